@@ -1,0 +1,102 @@
+"""Storage of the node. Services use `Store` (opened with `open_store`) and never write SQL themselves."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .base import (
+    DEFAULT_CHANNEL,
+    Account,
+    AlreadyExists,
+    Clock,
+    Inbox,
+    InboxMessage,
+    InboxStats,
+    KeyPackage,
+    LimitExceeded,
+    LoginState,
+    NotFound,
+    SchemaTooNew,
+    Session,
+    Store,
+    StoreClosed,
+    StoreError,
+    StoreLimits,
+    StoreMetrics,
+)
+from .wakeups import InboxWaiter, InboxWakeups, InProcessWakeups
+
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "Account",
+    "AlreadyExists",
+    "Clock",
+    "InProcessWakeups",
+    "Inbox",
+    "InboxMessage",
+    "InboxStats",
+    "InboxWaiter",
+    "InboxWakeups",
+    "KeyPackage",
+    "LimitExceeded",
+    "LoginState",
+    "NotFound",
+    "SchemaTooNew",
+    "Session",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoreLimits",
+    "StoreMetrics",
+    "open_store",
+    "sqlite_path_from_url",
+]
+
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path_from_url(url_or_path: str | os.PathLike[str]) -> str | None:
+    """The file path an SQLite location names, or None if it names another backend.
+
+    `sqlite:///relative.db` and `sqlite:////absolute.db` follow the SQLAlchemy convention; anything without a
+    scheme is a plain path.
+    """
+    location = os.fspath(url_or_path)
+    if location.startswith(_SQLITE_PREFIX):
+        path = location[len(_SQLITE_PREFIX) :]
+    elif "://" in location:
+        return None
+    else:
+        path = location
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise ValueError(
+            "the store needs a database file (in-memory SQLite cannot be shared by the writer and reader threads)"
+        )
+    return path
+
+
+async def open_store(
+    url_or_path: str | os.PathLike[str],
+    limits: StoreLimits | None = None,
+    *,
+    clock: Clock = time.time,
+) -> Store:
+    """Open (creating and migrating as needed) the store at a path, `sqlite:///path` or `postgresql://...`.
+
+    The returned store belongs to the running event loop.
+    """
+    location = os.fspath(url_or_path)
+    if location.startswith(("postgresql://", "postgres://")):
+        raise NotImplementedError(
+            "the PostgreSQL store is not implemented yet; use a file path or sqlite:///path for now"
+        )
+    path = sqlite_path_from_url(location)
+    if path is None:
+        scheme = location.split("://", 1)[0]
+        raise ValueError(
+            f"unsupported store URL scheme {scheme!r} (expected a path, sqlite:/// or postgresql://)"
+        )
+    from .sqlite import SqliteStore
+
+    return await SqliteStore.open(path, limits, clock=clock)

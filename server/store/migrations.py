@@ -1,0 +1,153 @@
+"""Versioned SQLite schema migrations, applied in order when a store opens.
+
+Each migration is a list of statements plus a row in `schema_version`, applied in one transaction. Never edit
+a released migration: append a new one. A database whose version is newer than the last one listed here is
+refused (`SchemaTooNew`) rather than touched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from .base import SchemaTooNew
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+SQLITE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial",
+        (
+            """CREATE TABLE accounts (
+                username TEXT PRIMARY KEY,
+                password_file BLOB NOT NULL,
+                identity_key BLOB NOT NULL UNIQUE,
+                created_at REAL NOT NULL
+            )""",
+            """CREATE TABLE sessions (
+                token_hash BLOB PRIMARY KEY,
+                identity_key BLOB NOT NULL,
+                device_id BLOB NOT NULL,
+                issued_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX sessions_by_identity ON sessions (identity_key)",
+            "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+            """CREATE TABLE login_states (
+                state_id BLOB PRIMARY KEY,
+                username TEXT NOT NULL,
+                state BLOB NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
+            # id orders packages oldest first; AUTOINCREMENT keeps ids of taken packages from coming back.
+            """CREATE TABLE key_packages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                identity_key BLOB NOT NULL,
+                fingerprint BLOB NOT NULL UNIQUE,
+                package BLOB NOT NULL,
+                last_resort INTEGER NOT NULL,
+                not_after REAL
+            )""",
+            "CREATE INDEX key_packages_by_identity ON key_packages (identity_key, last_resort, id)",
+            """CREATE TABLE hybrid_keys (
+                identity_key BLOB PRIMARY KEY,
+                public_key BLOB NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            """CREATE TABLE endpoints (
+                identity_key BLOB PRIMARY KEY,
+                node_addr BLOB NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            # The pair is stored ordered (member_lo <= member_hi) so that UNIQUE covers the unordered pair.
+            """CREATE TABLE channels (
+                channel_id BLOB PRIMARY KEY,
+                member_lo BLOB NOT NULL,
+                member_hi BLOB NOT NULL,
+                created_at REAL NOT NULL,
+                UNIQUE (member_lo, member_hi)
+            )""",
+            # One row per inbox ever used: last_seq is the never-reused counter; depth and bytes are kept
+            # here so that limit checks do not have to count or sum the queue on every enqueue.
+            """CREATE TABLE inboxes (
+                recipient BLOB NOT NULL,
+                channel_id BLOB NOT NULL,
+                last_seq INTEGER NOT NULL,
+                depth INTEGER NOT NULL,
+                bytes INTEGER NOT NULL,
+                PRIMARY KEY (recipient, channel_id)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE messages (
+                id INTEGER PRIMARY KEY,
+                recipient BLOB NOT NULL,
+                channel_id BLOB NOT NULL,
+                seq INTEGER NOT NULL,
+                size INTEGER NOT NULL,
+                expires_at REAL,
+                payload BLOB NOT NULL,
+                UNIQUE (recipient, channel_id, seq)
+            )""",
+            "CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
+        ),
+    ),
+)
+
+LATEST_VERSION = SQLITE_MIGRATIONS[-1].version
+
+
+def _check_sequence(migrations: tuple[Migration, ...]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(
+            f"migration versions must be 1..n without gaps, got {versions}"
+        )
+
+
+_check_sequence(SQLITE_MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "SELECT coalesce(max(version), 0) FROM schema_version"
+    ).fetchone()
+    return int(row[0])
+
+
+def migrate(
+    conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS
+) -> int:
+    """Bring the database to the latest version; returns it. `conn` must be in autocommit mode."""
+    known = migrations[-1].version
+    # The write lock is taken before reading the version, so two processes opening one new file cannot both
+    # apply migration 1.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        on_disk = current_version(conn)
+        if on_disk > known:
+            raise SchemaTooNew(on_disk, known)
+        for migration in migrations[on_disk:]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return known
