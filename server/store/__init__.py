@@ -94,9 +94,7 @@ async def open_store(
     path = sqlite_path_from_url(location)
     if path is None:
         scheme = location.split("://", 1)[0]
-        raise ValueError(
-            f"unsupported store URL scheme {scheme!r} (expected a path, sqlite:/// or postgresql://)"
-        )
+        raise ValueError(f"unsupported store URL scheme {scheme!r} (expected a path, sqlite:/// or postgresql://)")
     from .sqlite import SqliteStore
 
     return await SqliteStore.open(path, limits, clock=clock)

@@ -45,9 +45,7 @@ class NotFound(StoreError):
 class LimitExceeded(StoreError):
     """A configured limit refused the operation; nothing that was already stored was changed."""
 
-    def __init__(
-        self, limit_name: str, limit: int, actual: int, *, index: int | None = None
-    ) -> None:
+    def __init__(self, limit_name: str, limit: int, actual: int, *, index: int | None = None) -> None:
         where = "" if index is None else f"recipient #{index}: "
         super().__init__(f"{where}{limit_name} exceeded ({actual} > {limit})")
         self.limit_name = limit_name
@@ -180,9 +178,7 @@ class Store(Protocol):
         ...
 
     # Accounts
-    async def create_account(
-        self, username: str, password_file: bytes, identity_key: bytes
-    ) -> Account:
+    async def create_account(self, username: str, password_file: bytes, identity_key: bytes) -> Account:
         """Raises AlreadyExists("username") or AlreadyExists("identity_key")."""
         ...
 
@@ -218,9 +214,7 @@ class Store(Protocol):
     async def purge_expired_sessions(self) -> int: ...
 
     # OPAQUE login states between loginStart and loginFinish
-    async def put_login_state(
-        self, state_id: bytes, username: str, state: bytes, expires_at: float
-    ) -> None: ...
+    async def put_login_state(self, state_id: bytes, username: str, state: bytes, expires_at: float) -> None: ...
 
     async def take_login_state(self, state_id: bytes) -> LoginState | None:
         """Remove and return the state if present and unexpired; a second take returns None."""
@@ -254,9 +248,7 @@ class Store(Protocol):
 
     async def get_hybrid_key(self, identity_key: bytes) -> bytes | None: ...
 
-    async def get_hybrid_keys(
-        self, identity_keys: Sequence[bytes]
-    ) -> list[bytes | None]:
+    async def get_hybrid_keys(self, identity_keys: Sequence[bytes]) -> list[bytes | None]:
         """In the order asked; None where nothing is published."""
         ...
 
@@ -275,9 +267,7 @@ class Store(Protocol):
         ...
 
     # Inboxes
-    async def enqueue(
-        self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None
-    ) -> int:
+    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
         """Append and return the inbox's next seq (1, 2, ...; never reused). Raises LimitExceeded."""
         ...
 
@@ -291,15 +281,11 @@ class Store(Protocol):
         """One seq per recipient in the order given; all or nothing."""
         ...
 
-    async def fetch(
-        self, recipient: bytes, channel: bytes, limit: int = 0
-    ) -> list[InboxMessage]:
+    async def fetch(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
         """Remove and return up to `limit` unexpired messages in seq order (0 or above the cap: the cap)."""
         ...
 
-    async def peek(
-        self, recipient: bytes, channel: bytes, limit: int = 0
-    ) -> list[InboxMessage]:
+    async def peek(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
         """Like fetch, without removing."""
         ...
 

@@ -107,24 +107,18 @@ LATEST_VERSION = SQLITE_MIGRATIONS[-1].version
 def _check_sequence(migrations: tuple[Migration, ...]) -> None:
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
-        raise RuntimeError(
-            f"migration versions must be 1..n without gaps, got {versions}"
-        )
+        raise RuntimeError(f"migration versions must be 1..n without gaps, got {versions}")
 
 
 _check_sequence(SQLITE_MIGRATIONS)
 
 
 def current_version(conn: sqlite3.Connection) -> int:
-    row = conn.execute(
-        "SELECT coalesce(max(version), 0) FROM schema_version"
-    ).fetchone()
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
     return int(row[0])
 
 
-def migrate(
-    conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS
-) -> int:
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS) -> int:
     """Bring the database to the latest version; returns it. `conn` must be in autocommit mode."""
     known = migrations[-1].version
     # The write lock is taken before reading the version, so two processes opening one new file cannot both

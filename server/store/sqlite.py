@@ -54,9 +54,7 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
         if not read_only:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(
-                    f"could not switch the database to WAL mode (got {mode})"
-                )
+                raise StoreError(f"could not switch the database to WAL mode (got {mode})")
         # FULL syncs the WAL on every commit: an acknowledged write survives power loss, not just a crash.
         conn.execute("PRAGMA synchronous = FULL")
         if read_only:
@@ -92,9 +90,7 @@ class SqliteStore:
         self._loop = asyncio.get_running_loop()
         self._writer = GroupCommitWriter(write_conn, self._loop, wakeups.notify)
         self._read_conn = read_conn
-        self._reader = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="qpc-store-read"
-        )
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
         self._closed = False
 
     @classmethod
@@ -112,17 +108,13 @@ class SqliteStore:
                 _create_private(db_path)
                 write_conn = _connect(db_path, read_only=False)
             except (OSError, sqlite3.Error) as exc:
-                raise StoreError(
-                    f"cannot open the database at {db_path}: {exc}"
-                ) from exc
+                raise StoreError(f"cannot open the database at {db_path}: {exc}") from exc
             try:
                 migrate(write_conn)
                 read_conn = _connect(db_path, read_only=True)
             except sqlite3.Error as exc:
                 write_conn.close()
-                raise StoreError(
-                    f"cannot open the database at {db_path}: {exc}"
-                ) from exc
+                raise StoreError(f"cannot open the database at {db_path}: {exc}") from exc
             except BaseException:
                 write_conn.close()
                 raise
@@ -189,18 +181,12 @@ class SqliteStore:
         if self._closed:
             raise StoreClosed()
         if asyncio.get_running_loop() is not self._loop:
-            raise RuntimeError(
-                "the store is used from an event loop other than the one that opened it"
-            )
+            raise RuntimeError("the store is used from an event loop other than the one that opened it")
 
     # ── accounts ──────────────────────────────────────────────────────────────────────────────────────────────
 
-    async def create_account(
-        self, username: str, password_file: bytes, identity_key: bytes
-    ) -> Account:
-        account = Account(
-            username, bytes(identity_key), self._clock(), bytes(password_file)
-        )
+    async def create_account(self, username: str, password_file: bytes, identity_key: bytes) -> Account:
+        account = Account(username, bytes(identity_key), self._clock(), bytes(password_file))
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Account:
             try:
@@ -223,15 +209,11 @@ class SqliteStore:
         return await self._read(lambda conn: _account_where(conn, "username", username))
 
     async def get_account_by_identity(self, identity_key: bytes) -> Account | None:
-        return await self._read(
-            lambda conn: _account_where(conn, "identity_key", bytes(identity_key))
-        )
+        return await self._read(lambda conn: _account_where(conn, "identity_key", bytes(identity_key)))
 
     async def resolve_username(self, username: str) -> bytes | None:
         row = await self._read(
-            lambda conn: conn.execute(
-                "SELECT identity_key FROM accounts WHERE username = ?", (username,)
-            ).fetchone()
+            lambda conn: conn.execute("SELECT identity_key FROM accounts WHERE username = ?", (username,)).fetchone()
         )
         return None if row is None else bytes(row[0])
 
@@ -253,9 +235,7 @@ class SqliteStore:
         device_id: bytes,
         expires_at: float,
     ) -> Session:
-        session = Session(
-            bytes(identity_key), bytes(device_id), self._clock(), float(expires_at)
-        )
+        session = Session(bytes(identity_key), bytes(device_id), self._clock(), float(expires_at))
         key = bytes(token_hash)
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> Session:
@@ -286,11 +266,7 @@ class SqliteStore:
                 (bytes(token_hash), now),
             ).fetchone()
         )
-        return (
-            None
-            if row is None
-            else Session(bytes(row[0]), bytes(row[1]), row[2], row[3])
-        )
+        return None if row is None else Session(bytes(row[0]), bytes(row[1]), row[2], row[3])
 
     async def revoke_session(self, token_hash: bytes) -> bool:
         key = bytes(token_hash)
@@ -318,18 +294,12 @@ class SqliteStore:
     async def purge_expired_sessions(self) -> int:
         now = self._clock()
         return await self._write(
-            lambda conn, ctx: (
-                conn.execute(
-                    "DELETE FROM sessions WHERE expires_at <= ?", (now,)
-                ).rowcount
-            )
+            lambda conn, ctx: conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
         )
 
     # ── OPAQUE login states ───────────────────────────────────────────────────────────────────────────────────
 
-    async def put_login_state(
-        self, state_id: bytes, username: str, state: bytes, expires_at: float
-    ) -> None:
+    async def put_login_state(self, state_id: bytes, username: str, state: bytes, expires_at: float) -> None:
         params = (bytes(state_id), username, bytes(state), float(expires_at))
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
@@ -362,11 +332,7 @@ class SqliteStore:
     async def purge_expired_login_states(self) -> int:
         now = self._clock()
         return await self._write(
-            lambda conn, ctx: (
-                conn.execute(
-                    "DELETE FROM login_states WHERE expires_at <= ?", (now,)
-                ).rowcount
-            )
+            lambda conn, ctx: conn.execute("DELETE FROM login_states WHERE expires_at <= ?", (now,)).rowcount
         )
 
     # ── key packages ──────────────────────────────────────────────────────────────────────────────────────────
@@ -396,9 +362,7 @@ class SqliteStore:
                 "DELETE FROM key_packages WHERE identity_key = ? AND not_after IS NOT NULL AND not_after <= ?",
                 (params[0], now),
             )
-            count = conn.execute(
-                "SELECT count(*) FROM key_packages WHERE identity_key = ?", (params[0],)
-            ).fetchone()[0]
+            count = conn.execute("SELECT count(*) FROM key_packages WHERE identity_key = ?", (params[0],)).fetchone()[0]
             if count >= cap:
                 raise LimitExceeded("max_key_packages_per_identity", cap, count + 1)
             try:
@@ -433,11 +397,7 @@ class SqliteStore:
                 " ORDER BY id DESC LIMIT 1",
                 (key, now),
             ).fetchone()
-            return (
-                None
-                if row is None
-                else KeyPackage(bytes(row[0]), True, row[2], bytes(row[1]))
-            )
+            return None if row is None else KeyPackage(bytes(row[0]), True, row[2], bytes(row[1]))
 
         return await self._write(op)
 
@@ -446,8 +406,7 @@ class SqliteStore:
         return await self._read(
             lambda conn: int(
                 conn.execute(
-                    "SELECT count(*) FROM key_packages"
-                    " WHERE identity_key = ? AND (not_after IS NULL OR not_after > ?)",
+                    "SELECT count(*) FROM key_packages WHERE identity_key = ? AND (not_after IS NULL OR not_after > ?)",
                     (bytes(identity_key), now),
                 ).fetchone()[0]
             )
@@ -471,9 +430,7 @@ class SqliteStore:
     async def get_hybrid_key(self, identity_key: bytes) -> bytes | None:
         return (await self.get_hybrid_keys([identity_key]))[0]
 
-    async def get_hybrid_keys(
-        self, identity_keys: Sequence[bytes]
-    ) -> list[bytes | None]:
+    async def get_hybrid_keys(self, identity_keys: Sequence[bytes]) -> list[bytes | None]:
         keys = [bytes(k) for k in identity_keys]
         if not keys:
             self._check_open()
@@ -485,10 +442,9 @@ class SqliteStore:
             for start in range(0, len(unique), _IN_CHUNK):
                 chunk = unique[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for identity, public in conn.execute(
-                    f"SELECT identity_key, public_key FROM hybrid_keys WHERE identity_key IN ({marks})",
-                    chunk,
-                ):
+                # Only "?" placeholders are interpolated; the keys themselves are bound.
+                query = f"SELECT identity_key, public_key FROM hybrid_keys WHERE identity_key IN ({marks})"  # noqa: S608
+                for identity, public in conn.execute(query, chunk):
                     found[bytes(identity)] = bytes(public)
             return found
 
@@ -559,9 +515,7 @@ class SqliteStore:
 
     # ── inboxes ───────────────────────────────────────────────────────────────────────────────────────────────
 
-    async def enqueue(
-        self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None
-    ) -> int:
+    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
         return (await self.batch_enqueue([recipient], channel, payload, expires_at))[0]
 
     async def batch_enqueue(
@@ -574,9 +528,7 @@ class SqliteStore:
         self._check_open()
         limits = self._limits
         if len(payload) > limits.max_payload_bytes:
-            raise LimitExceeded(
-                "max_payload_bytes", limits.max_payload_bytes, len(payload)
-            )
+            raise LimitExceeded("max_payload_bytes", limits.max_payload_bytes, len(payload))
         if not recipients:
             return []
         now = self._clock()
@@ -588,23 +540,17 @@ class SqliteStore:
             seqs = []
             for index, inbox in enumerate(inboxes):
                 try:
-                    seqs.append(
-                        _enqueue_one(conn, limits, inbox, data, expires_at, now)
-                    )
+                    seqs.append(_enqueue_one(conn, limits, inbox, data, expires_at, now))
                 except LimitExceeded as exc:
                     if single:
                         raise
-                    raise LimitExceeded(
-                        exc.limit_name, exc.limit, exc.actual, index=index
-                    ) from None
+                    raise LimitExceeded(exc.limit_name, exc.limit, exc.actual, index=index) from None
             ctx.touched.extend(inboxes)
             return seqs
 
         return await self._write(op)
 
-    async def fetch(
-        self, recipient: bytes, channel: bytes, limit: int = 0
-    ) -> list[InboxMessage]:
+    async def fetch(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
         inbox = (bytes(recipient), bytes(channel))
         count = self._fetch_limit(limit)
         now = self._clock()
@@ -619,15 +565,11 @@ class SqliteStore:
             ).fetchall()
             _shrink(conn, inbox, len(rows), sum(r[2] for r in rows))
             # RETURNING promises no order.
-            return sorted(
-                (InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq
-            )
+            return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
 
         return await self._write(op)
 
-    async def peek(
-        self, recipient: bytes, channel: bytes, limit: int = 0
-    ) -> list[InboxMessage]:
+    async def peek(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
         params = (
             bytes(recipient),
             bytes(channel),
@@ -667,9 +609,7 @@ class SqliteStore:
                 (bytes(recipient), bytes(channel)),
             ).fetchone()
         )
-        return (
-            InboxStats(0, 0, 0) if row is None else InboxStats(row[0], row[1], row[2])
-        )
+        return InboxStats(0, 0, 0) if row is None else InboxStats(row[0], row[1], row[2])
 
     async def sweep_expired(self, now: float | None = None) -> int:
         cutoff = self._clock() if now is None else now
@@ -707,18 +647,15 @@ class SqliteStore:
 # ── SQL helpers run on the writer or reader thread ────────────────────────────────────────────────────────────
 
 
-def _account_where(
-    conn: sqlite3.Connection, column: str, value: object
-) -> Account | None:
-    row = conn.execute(
-        f"SELECT username, identity_key, created_at, password_file FROM accounts WHERE {column} = ?",
-        (value,),
-    ).fetchone()
-    return (
-        None
-        if row is None
-        else Account(str(row[0]), bytes(row[1]), row[2], bytes(row[3]))
-    )
+_ACCOUNT_BY = {
+    "username": "SELECT username, identity_key, created_at, password_file FROM accounts WHERE username = ?",
+    "identity_key": "SELECT username, identity_key, created_at, password_file FROM accounts WHERE identity_key = ?",
+}
+
+
+def _account_where(conn: sqlite3.Connection, column: str, value: object) -> Account | None:
+    row = conn.execute(_ACCOUNT_BY[column], (value,)).fetchone()
+    return None if row is None else Account(str(row[0]), bytes(row[1]), row[2], bytes(row[3]))
 
 
 def _already_exists(exc: sqlite3.IntegrityError, table: str) -> AlreadyExists:
@@ -731,9 +668,7 @@ def _already_exists(exc: sqlite3.IntegrityError, table: str) -> AlreadyExists:
 
 
 def _inbox_usage(conn: sqlite3.Connection, inbox: Inbox) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT depth, bytes FROM inboxes WHERE recipient = ? AND channel_id = ?", inbox
-    ).fetchone()
+    row = conn.execute("SELECT depth, bytes FROM inboxes WHERE recipient = ? AND channel_id = ?", inbox).fetchone()
     return (0, 0) if row is None else (row[0], row[1])
 
 

@@ -9,6 +9,7 @@ only then resolves the callers' futures: a result is never seen before it is dur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -66,9 +67,7 @@ class GroupCommitWriter:
         self._stopped: asyncio.Future[None] = loop.create_future()
         # Daemon: an interpreter exiting without close() must not hang on us. An uncommitted transaction is
         # rolled back by SQLite, and nobody was told its results, so nothing acknowledged is lost.
-        self._thread = threading.Thread(
-            target=self._run, name="qpc-store-writer", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="qpc-store-writer", daemon=True)
         self._thread.start()
 
     def metrics(self) -> StoreMetrics:
@@ -111,9 +110,7 @@ class GroupCommitWriter:
                         break
                 if batch:
                     self._run_batch(batch)
-        except (
-            BaseException
-        ):  # pragma: no cover - a bug here must not leave callers hanging forever
+        except BaseException:  # pragma: no cover - a bug here must not leave callers hanging forever
             log.exception("store writer thread failed")
             self._fail_pending()
         finally:
@@ -173,11 +170,9 @@ class GroupCommitWriter:
             self._call_on_loop(self._deliver, pending, set())
 
     def _call_on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
+        # RuntimeError: the loop is already closed, so nobody is left to receive the results.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            # The loop is already closed: nobody is left to receive the results.
-            pass
 
     # ── back on the event loop ────────────────────────────────────────────────────────────────────────────────
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from store_testlib import Backend, FakeClock
 
 from quicnprotochat.server.store import Store
+
+from .store_testlib import Backend, FakeClock
 
 BACKENDS = ["sqlite"]
 

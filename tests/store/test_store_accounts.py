@@ -4,9 +4,10 @@ import asyncio
 import hashlib
 
 import pytest
-from store_testlib import FakeClock, key
 
 from quicnprotochat.server.store import AlreadyExists, Store
+
+from .store_testlib import FakeClock, key
 
 pytestmark = pytest.mark.asyncio
 

@@ -4,9 +4,10 @@ import asyncio
 import hashlib
 
 import pytest
-from store_testlib import Backend, FakeClock, key
 
 from quicnprotochat.server.store import AlreadyExists, LimitExceeded, Store, StoreLimits
+
+from .store_testlib import Backend, FakeClock, key
 
 pytestmark = pytest.mark.asyncio
 
@@ -18,7 +19,9 @@ def package(n: int) -> tuple[bytes, bytes]:
     return data, hashlib.sha256(data).digest()
 
 
-async def add(store: Store, identity: bytes, n: int, *, last_resort: bool = False, not_after: float | None = None) -> None:
+async def add(
+    store: Store, identity: bytes, n: int, *, last_resort: bool = False, not_after: float | None = None
+) -> None:
     data, fingerprint = package(n)
     await store.add_key_package(identity, data, fingerprint, last_resort=last_resort, not_after=not_after)
 

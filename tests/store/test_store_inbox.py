@@ -3,9 +3,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from store_testlib import Backend, FakeClock, drain_all, key
 
 from quicnprotochat.server.store import LimitExceeded, Store, StoreClosed, StoreLimits
+
+from .store_testlib import Backend, FakeClock, drain_all, key
 
 pytestmark = pytest.mark.asyncio
 
