@@ -1,0 +1,806 @@
+//! MLS (RFC 9420) over OpenMLS with an encrypted, persistent store.
+//!
+//! A [`Vault`] is one SQLCipher database (raw 32-byte key) that holds
+//! * the OpenMLS state (through `openmls_sqlite_storage`, JSON codec),
+//! * the Ed25519 identity (the basic credential is the 32-byte public key),
+//! * the X-Wing seed of the client's hybrid envelope key,
+//! * the list of groups this vault takes part in.
+//!
+//! Every operation runs in one SQLite transaction: either all of its state changes
+//! (ratchets, epoch, proposals) are stored, or none are.
+
+use std::rc::Rc;
+
+use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_libcrux_crypto::CryptoProvider;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::{crypto::OpenMlsCrypto, signatures::Signer, OpenMlsProvider};
+use rusqlite::{params, Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+use crate::envelope::HybridKeyPair;
+use crate::error::{Error, Result};
+
+/// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (the default).
+pub const SUITE_DEFAULT: u16 = 0x0001;
+/// MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (X-Wing KEM; supported by the libcrux provider).
+pub const SUITE_XWING: u16 = 0x004D;
+
+/// How many past epochs' message secrets a group keeps, so that application messages sent just
+/// before a commit and delivered after it still decrypt. Older ones are deleted (forward secrecy).
+pub const MAX_PAST_EPOCHS: usize = 2;
+
+/// Serde codec for the OpenMLS storage rows.
+#[derive(Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> std::result::Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(
+        slice: &[u8],
+    ) -> std::result::Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+type Storage = SqliteStorageProvider<JsonCodec, Rc<Connection>>;
+
+/// OpenMLS provider: libcrux crypto and randomness, SQLCipher storage.
+pub struct Provider {
+    crypto: CryptoProvider,
+    storage: Storage,
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = Storage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+/// Maps a ciphersuite id to an OpenMLS ciphersuite this crate supports.
+pub fn ciphersuite(id: u16) -> Result<Ciphersuite> {
+    match id {
+        SUITE_DEFAULT => Ok(Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519),
+        SUITE_XWING => Ok(Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519),
+        other => Err(Error::Unsupported(format!(
+            "ciphersuite {other:#06x} (supported: 0x0001, 0x004d)"
+        ))),
+    }
+}
+
+fn mls_err(kind: fn(String) -> Error, what: &str, e: impl std::fmt::Display) -> Error {
+    kind(format!("{what}: {e}"))
+}
+
+/// What `validate_key_package` learned about a valid KeyPackage.
+#[derive(Clone, Debug)]
+pub struct KeyPackageInfo {
+    /// Ed25519 signature public key of the leaf (= the basic credential's identity).
+    pub identity_key: Vec<u8>,
+    pub ciphersuite: u16,
+    pub last_resort: bool,
+    pub not_before: u64,
+    pub not_after: u64,
+    /// KeyPackageRef (RFC 9420 section 5.2) under the package's ciphersuite.
+    pub reference: Vec<u8>,
+}
+
+fn check_credential(kp: &KeyPackage) -> Result<Vec<u8>> {
+    let leaf = kp.leaf_node();
+    let sig_key = leaf.signature_key().as_slice().to_vec();
+    if kp.ciphersuite().signature_algorithm() != SignatureScheme::ED25519 || sig_key.len() != 32 {
+        return Err(Error::InvalidKeyPackage(
+            "signature key is not a 32-byte Ed25519 key".into(),
+        ));
+    }
+    let cred = BasicCredential::try_from(leaf.credential().clone())
+        .map_err(|_| Error::InvalidKeyPackage("credential is not a basic credential".into()))?;
+    if cred.identity() != sig_key.as_slice() {
+        return Err(Error::InvalidKeyPackage(
+            "credential identity differs from the signature key".into(),
+        ));
+    }
+    Ok(sig_key)
+}
+
+fn parse_key_package(crypto: &impl OpenMlsCrypto, data: &[u8]) -> Result<KeyPackage> {
+    let kp_in = KeyPackageIn::tls_deserialize_exact(data)
+        .map_err(|e| mls_err(Error::InvalidKeyPackage, "does not parse", e))?;
+    let kp = kp_in
+        .validate(crypto, ProtocolVersion::Mls10)
+        .map_err(|e| mls_err(Error::InvalidKeyPackage, "rejected", e))?;
+    let cs = kp.ciphersuite();
+    ciphersuite(cs as u16).map_err(|_| {
+        Error::InvalidKeyPackage(format!("unsupported ciphersuite {:#06x}", cs as u16))
+    })?;
+    crypto
+        .supports(cs)
+        .map_err(|_| Error::InvalidKeyPackage("ciphersuite not supported by the provider".into()))?;
+    check_credential(&kp)?;
+    Ok(kp)
+}
+
+/// Parses and fully validates a TLS-encoded KeyPackage (signatures, lifetime against the
+/// current time, init key != encryption key, supported ciphersuite, basic credential equal to
+/// the Ed25519 signature key).
+pub fn validate_key_package(data: &[u8]) -> Result<KeyPackageInfo> {
+    let crypto = CryptoProvider::new()
+        .map_err(|_| Error::Crypto("crypto provider initialisation failed".into()))?;
+    let kp = parse_key_package(&crypto, data)?;
+    let identity_key = check_credential(&kp)?;
+    let lifetime = kp.life_time();
+    let reference = kp
+        .hash_ref(&crypto)
+        .map_err(|e| mls_err(Error::InvalidKeyPackage, "hash", e))?;
+    Ok(KeyPackageInfo {
+        identity_key,
+        ciphersuite: kp.ciphersuite() as u16,
+        last_resort: kp.last_resort(),
+        not_before: lifetime.not_before(),
+        not_after: lifetime.not_after(),
+        reference: reference.as_slice().to_vec(),
+    })
+}
+
+/// Verifies a pure Ed25519 signature (RFC 8032). Malformed keys or signatures give `false`.
+pub fn verify_ed25519(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(pk) = <[u8; 32]>::try_from(public_key) else {
+        return false;
+    };
+    let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&pk) else {
+        return false;
+    };
+    vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .is_ok()
+}
+
+/// Kind of a processed MLS message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Application,
+    Commit,
+    Proposal,
+}
+
+impl MessageKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageKind::Application => "application",
+            MessageKind::Commit => "commit",
+            MessageKind::Proposal => "proposal",
+        }
+    }
+}
+
+/// Result of [`Vault::process`].
+#[derive(Debug)]
+pub struct Processed {
+    pub kind: MessageKind,
+    pub group_id: Vec<u8>,
+    /// Epoch of the group after processing (a merged commit advances it).
+    pub epoch: u64,
+    /// Signature key of the sending member (None for non-member senders).
+    pub sender: Option<Vec<u8>>,
+    /// Application plaintext (application messages only).
+    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// Identity keys added by the commit.
+    pub added: Vec<Vec<u8>>,
+    /// Identity keys removed by the commit (or proposed for removal).
+    pub removed: Vec<Vec<u8>>,
+    /// Whether this vault's member was removed by the commit.
+    pub self_removed: bool,
+}
+
+/// Result of a commit created locally (already merged).
+pub struct CommitOutput {
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// Encrypted client state: MLS groups, identity and hybrid key.
+pub struct Vault {
+    // Field order matters for drop: the provider (holding an Rc of the connection) goes first.
+    provider: Provider,
+    signer: SignatureKeyPair,
+    hybrid: HybridKeyPair,
+    conn: Rc<Connection>,
+}
+
+// SAFETY: `Rc<Connection>` is not `Send` because of its non-atomic reference count and because
+// `Connection` is not `Sync`. All clones of this `Rc` live inside this one `Vault` (the provider's
+// storage and `conn`), they are never handed out, so moving the `Vault` to another thread moves
+// every reference to the connection together; `&mut self` / external locking (the Python
+// wrapper holds the vault in a `Mutex`) serialises all access. `Vault` is deliberately not `Sync`.
+unsafe impl Send for Vault {}
+
+const META_IDENTITY: &str = "identity_public_key";
+const META_HYBRID: &str = "hybrid_seed";
+
+fn hex(bytes: &[u8]) -> Zeroizing<String> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Zeroizing::new(String::with_capacity(bytes.len() * 2));
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn open_connection(path: &str, key: &[u8]) -> Result<Connection> {
+    if key.len() != 32 {
+        return Err(Error::InvalidKey(format!(
+            "vault key must be 32 bytes, got {}",
+            key.len()
+        )));
+    }
+    let conn = Connection::open(path)
+        .map_err(|e| Error::Storage(format!("cannot open vault file: {e}")))?;
+    {
+        // SQLCipher would otherwise print "hmac check failed" to stderr on a wrong key.
+        let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
+        let mut pragma = Zeroizing::new(String::from("PRAGMA key = \"x'"));
+        pragma.push_str(&hex(key));
+        pragma.push_str("'\";");
+        // The statement text holds the key: do not let it reach an error message.
+        conn.execute_batch(&pragma)
+            .map_err(|_| Error::Storage("setting the vault key failed".into()))?;
+    }
+    // The first read decrypts page 1: a wrong key (or a non-vault file) fails here.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        .map_err(|_| {
+            Error::VaultKey("the vault cannot be decrypted with this key (or is not a vault)".into())
+        })?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+impl Vault {
+    /// Opens (or creates) the vault at `path`, encrypted with the raw 32-byte `key`.
+    pub fn open(path: &str, key: &[u8]) -> Result<Self> {
+        let mut conn = open_connection(path, key)?;
+        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+            .run_migrations()
+            .map_err(|e| Error::Storage(format!("migrations failed: {e}")))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS qpc_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS qpc_groups (
+                 group_id BLOB PRIMARY KEY,
+                 created_at INTEGER NOT NULL DEFAULT (strftime('%s','now')));",
+        )?;
+        let conn = Rc::new(conn);
+        let crypto = CryptoProvider::new()
+            .map_err(|_| Error::Crypto("crypto provider initialisation failed".into()))?;
+        let provider = Provider {
+            crypto,
+            storage: SqliteStorageProvider::new(conn.clone()),
+        };
+
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let loaded = Self::load_or_create_secrets(&conn, &provider);
+        match loaded {
+            Ok(_) => conn.execute_batch("COMMIT")?,
+            Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
+        let (signer, hybrid) = loaded?;
+        Ok(Vault {
+            provider,
+            signer,
+            hybrid,
+            conn,
+        })
+    }
+
+    fn load_or_create_secrets(
+        conn: &Connection,
+        provider: &Provider,
+    ) -> Result<(SignatureKeyPair, HybridKeyPair)> {
+        let get = |k: &str| -> Result<Option<Vec<u8>>> {
+            Ok(conn
+                .query_row("SELECT v FROM qpc_meta WHERE k = ?1", params![k], |r| r.get(0))
+                .optional()?)
+        };
+        let signer = match get(META_IDENTITY)? {
+            Some(public) => SignatureKeyPair::read(provider.storage(), &public, SignatureScheme::ED25519)
+                .ok_or_else(|| Error::Storage("identity key pair missing from the vault".into()))?,
+            None => {
+                let kp = SignatureKeyPair::new(SignatureScheme::ED25519)
+                    .map_err(|_| Error::Crypto("identity key generation failed".into()))?;
+                kp.store(provider.storage())?;
+                conn.execute(
+                    "INSERT INTO qpc_meta (k, v) VALUES (?1, ?2)",
+                    params![META_IDENTITY, kp.public()],
+                )?;
+                kp
+            }
+        };
+        let hybrid = match get(META_HYBRID)? {
+            Some(seed) => {
+                let seed = Zeroizing::new(seed);
+                HybridKeyPair::from_seed(&seed)?
+            }
+            None => {
+                let kp = HybridKeyPair::generate()?;
+                let seed = kp.export_seed();
+                conn.execute(
+                    "INSERT INTO qpc_meta (k, v) VALUES (?1, ?2)",
+                    params![META_HYBRID, seed.as_slice()],
+                )?;
+                kp
+            }
+        };
+        Ok((signer, hybrid))
+    }
+
+    /// Runs `f` inside one transaction; rolls back on error.
+    fn tx<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let out = f(self);
+        match &out {
+            Ok(_) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(e.into());
+                }
+            }
+            Err(_) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+        }
+        out
+    }
+
+    /// The 32-byte Ed25519 identity public key (= the MLS basic credential).
+    pub fn identity_key(&self) -> Vec<u8> {
+        self.signer.public().to_vec()
+    }
+
+    /// Ed25519 signature by the identity key.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.signer
+            .sign(message)
+            .map_err(|_| Error::Crypto("signing failed".into()))
+    }
+
+    /// The client's X-Wing public key (1216 bytes).
+    pub fn hybrid_public_key(&self) -> Vec<u8> {
+        self.hybrid.public_key().to_vec()
+    }
+
+    /// Opens a hybrid envelope addressed to this vault's X-Wing key.
+    pub fn open_envelope(&self, envelope: &[u8], info: &[u8]) -> Result<Vec<u8>> {
+        self.hybrid.open(envelope, info)
+    }
+
+    /// Replaces the hybrid key pair with a fresh one; returns the new public key.
+    pub fn rotate_hybrid_key(&mut self) -> Result<Vec<u8>> {
+        let kp = HybridKeyPair::generate()?;
+        let seed = kp.export_seed();
+        self.tx(|v| {
+            v.conn.execute(
+                "UPDATE qpc_meta SET v = ?2 WHERE k = ?1",
+                params![META_HYBRID, seed.as_slice()],
+            )?;
+            Ok(())
+        })?;
+        self.hybrid = kp;
+        Ok(self.hybrid.public_key().to_vec())
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.signer.public().to_vec()).into(),
+            signature_key: self.signer.public().into(),
+        }
+    }
+
+    /// Leaf capabilities: default versions, ciphersuites and credentials, plus the
+    /// last-resort KeyPackage extension (required in the leaf when the package carries it).
+    fn capabilities() -> Capabilities {
+        Capabilities::builder()
+            .extensions(vec![ExtensionType::LastResort])
+            .build()
+    }
+
+    fn join_config() -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .build()
+    }
+
+    fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup> {
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| Error::Storage(format!("loading group: {e}")))?
+            .ok_or_else(|| Error::GroupNotFound(format!("{} bytes id not in this vault", group_id.len())))
+    }
+
+    /// Creates a TLS-serialized KeyPackage; its private keys stay in the vault.
+    pub fn create_key_package(&mut self, last_resort: bool, suite: u16) -> Result<Vec<u8>> {
+        let cs = ciphersuite(suite)?;
+        let cred = self.credential();
+        self.tx(|v| {
+            let mut builder = KeyPackage::builder().leaf_node_capabilities(Self::capabilities());
+            if last_resort {
+                builder = builder.mark_as_last_resort();
+            }
+            let bundle = builder
+                .build(cs, &v.provider, &v.signer, cred)
+                .map_err(|e| mls_err(Error::Crypto, "key package", e))?;
+            bundle
+                .key_package()
+                .tls_serialize_detached()
+                .map_err(|e| mls_err(Error::Crypto, "serialise key package", e))
+        })
+    }
+
+    /// Creates a group with this vault as its only member; returns the group id.
+    pub fn create_group(&mut self, suite: u16) -> Result<Vec<u8>> {
+        let cs = ciphersuite(suite)?;
+        let cred = self.credential();
+        self.tx(|v| {
+            let config = MlsGroupCreateConfig::builder()
+                .ciphersuite(cs)
+                .capabilities(Self::capabilities())
+                .use_ratchet_tree_extension(true)
+                .max_past_epochs(MAX_PAST_EPOCHS)
+                .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+                .build();
+            let group = MlsGroup::new(&v.provider, &v.signer, &config, cred)
+                .map_err(|e| mls_err(Error::Crypto, "create group", e))?;
+            let id = group.group_id().as_slice().to_vec();
+            v.conn
+                .execute("INSERT INTO qpc_groups (group_id) VALUES (?1)", params![id])?;
+            Ok(id)
+        })
+    }
+
+    /// Adds members by KeyPackage; merges the commit locally; returns (commit, welcome).
+    pub fn add_members(&mut self, group_id: &[u8], key_packages: &[Vec<u8>]) -> Result<CommitOutput> {
+        if key_packages.is_empty() {
+            return Err(Error::State("no key packages given".into()));
+        }
+        let kps = key_packages
+            .iter()
+            .map(|b| parse_key_package(self.provider.crypto(), b))
+            .collect::<Result<Vec<_>>>()?;
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            if let Some(kp) = kps.iter().find(|kp| kp.ciphersuite() != group.ciphersuite()) {
+                return Err(Error::InvalidKeyPackage(format!(
+                    "key package ciphersuite {:#06x} differs from the group's {:#06x}",
+                    kp.ciphersuite() as u16,
+                    group.ciphersuite() as u16
+                )));
+            }
+            let (commit, welcome, _) = group
+                .add_members(&v.provider, &v.signer, &kps)
+                .map_err(|e| mls_err(Error::State, "add members", e))?;
+            group
+                .merge_pending_commit(&v.provider)
+                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            Ok(CommitOutput {
+                commit: ser(&commit)?,
+                welcome: Some(ser(&welcome)?),
+            })
+        })
+    }
+
+    /// Removes the members with these identity keys; merges locally; returns the commit.
+    pub fn remove_members(&mut self, group_id: &[u8], identity_keys: &[Vec<u8>]) -> Result<Vec<u8>> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            let mut indices = Vec::with_capacity(identity_keys.len());
+            for key in identity_keys {
+                let member = group
+                    .members()
+                    .find(|m| &m.signature_key == key)
+                    .ok_or_else(|| Error::State("identity key is not a member of the group".into()))?;
+                indices.push(member.index);
+            }
+            if indices.contains(&group.own_leaf_index()) {
+                return Err(Error::State(
+                    "cannot remove oneself with a commit; use leave_group".into(),
+                ));
+            }
+            let (commit, _, _) = group
+                .remove_members(&v.provider, &v.signer, &indices)
+                .map_err(|e| mls_err(Error::State, "remove members", e))?;
+            group
+                .merge_pending_commit(&v.provider)
+                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            ser(&commit)
+        })
+    }
+
+    /// Rotates this member's leaf key material (post-compromise security); returns the commit.
+    pub fn self_update(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            let bundle = group
+                .self_update(&v.provider, &v.signer, LeafNodeParameters::default())
+                .map_err(|e| mls_err(Error::State, "self update", e))?;
+            let commit = ser(bundle.commit())?;
+            group
+                .merge_pending_commit(&v.provider)
+                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            Ok(commit)
+        })
+    }
+
+    /// Commits all pending proposals received so far (e.g. another member's leave);
+    /// returns (commit, welcome if the proposals added members).
+    pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<CommitOutput> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            let (commit, welcome, _) = group
+                .commit_to_pending_proposals(&v.provider, &v.signer)
+                .map_err(|e| mls_err(Error::State, "commit proposals", e))?;
+            group
+                .merge_pending_commit(&v.provider)
+                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            Ok(CommitOutput {
+                commit: ser(&commit)?,
+                welcome: welcome.map(|w| ser(&w)).transpose()?,
+            })
+        })
+    }
+
+    /// Proposes to leave the group; returns the proposal for the other members (one of them
+    /// must commit it).
+    pub fn leave_group(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            let msg = group
+                .leave_group(&v.provider, &v.signer)
+                .map_err(|e| mls_err(Error::State, "leave group", e))?;
+            ser(&msg)
+        })
+    }
+
+    /// Deletes all local state of a group.
+    pub fn delete_group(&mut self, group_id: &[u8]) -> Result<()> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            group
+                .delete(v.provider.storage())
+                .map_err(|e| Error::Storage(format!("delete group: {e}")))?;
+            v.conn
+                .execute("DELETE FROM qpc_groups WHERE group_id = ?1", params![group_id])?;
+            Ok(())
+        })
+    }
+
+    /// Joins a group from a Welcome; returns the group id.
+    pub fn join_group(&mut self, welcome: &[u8]) -> Result<Vec<u8>> {
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+            .map_err(|e| mls_err(Error::Malformed, "welcome does not parse", e))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(Error::Malformed("message is not a Welcome".into()));
+        };
+        self.tx(|v| {
+            let staged = StagedWelcome::new_from_welcome(&v.provider, &Self::join_config(), welcome, None)
+                .map_err(|e| mls_err(Error::Decrypt, "welcome rejected", e))?;
+            let group = staged
+                .into_group(&v.provider)
+                .map_err(|e| mls_err(Error::State, "join", e))?;
+            let id = group.group_id().as_slice().to_vec();
+            v.conn.execute(
+                "INSERT OR IGNORE INTO qpc_groups (group_id) VALUES (?1)",
+                params![id],
+            )?;
+            Ok(id)
+        })
+    }
+
+    /// Encrypts an application message to the group.
+    pub fn encrypt(&mut self, group_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            let msg = group
+                .create_message(&v.provider, &v.signer, plaintext)
+                .map_err(|e| mls_err(Error::State, "encrypt", e))?;
+            ser(&msg)
+        })
+    }
+
+    /// Processes an incoming MLS message (group id read from the message). Commits are merged,
+    /// proposals from members are stored for a later commit.
+    pub fn process(&mut self, message: &[u8]) -> Result<Processed> {
+        let msg = MlsMessageIn::tls_deserialize_exact(message)
+            .map_err(|e| mls_err(Error::Malformed, "MLS message does not parse", e))?;
+        let protocol: ProtocolMessage = match msg.extract() {
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            MlsMessageBodyIn::PublicMessage(m) => m.into(),
+            _ => {
+                return Err(Error::Malformed(
+                    "not a group message (Welcome, GroupInfo or KeyPackage)".into(),
+                ))
+            }
+        };
+        let group_id = protocol.group_id().as_slice().to_vec();
+        self.tx(|v| v.process_in_tx(group_id, protocol))
+    }
+
+    fn process_in_tx(&mut self, group_id: Vec<u8>, protocol: ProtocolMessage) -> Result<Processed> {
+        let mut group = self.load_group(&group_id)?;
+        let msg_epoch = protocol.epoch().as_u64();
+        let cur_epoch = group.epoch().as_u64();
+        let is_handshake = protocol.is_handshake_message();
+        if is_handshake && msg_epoch != cur_epoch {
+            return Err(Error::WrongEpoch(format!(
+                "handshake message for epoch {msg_epoch}, group is at {cur_epoch}"
+            )));
+        }
+        let processed = group
+            .process_message(&self.provider, protocol)
+            .map_err(|e| classify_process_error(e, msg_epoch, cur_epoch))?;
+        let sender = match processed.sender() {
+            Sender::Member(idx) => group.member_at(*idx).map(|m| m.signature_key),
+            _ => None,
+        };
+        let mut out = Processed {
+            kind: MessageKind::Application,
+            group_id,
+            epoch: cur_epoch,
+            sender,
+            plaintext: None,
+            added: vec![],
+            removed: vec![],
+            self_removed: false,
+        };
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                out.plaintext = Some(Zeroizing::new(app.into_bytes()));
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                out.kind = MessageKind::Proposal;
+                if let Proposal::Remove(r) = proposal.proposal() {
+                    if let Some(m) = group.member_at(r.removed()) {
+                        out.removed.push(m.signature_key);
+                    }
+                }
+                if let Proposal::Add(a) = proposal.proposal() {
+                    out.added
+                        .push(a.key_package().leaf_node().signature_key().as_slice().to_vec());
+                }
+                group
+                    .store_pending_proposal(self.provider.storage(), *proposal)
+                    .map_err(|e| Error::Storage(format!("store proposal: {e}")))?;
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                // External joins are not part of this application's protocol: reported, not stored.
+                out.kind = MessageKind::Proposal;
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                out.kind = MessageKind::Commit;
+                for add in staged.add_proposals() {
+                    let kp = add.add_proposal().key_package();
+                    check_credential(kp).map_err(|_| {
+                        Error::InvalidKeyPackage(
+                            "commit adds a member whose credential is not its signature key".into(),
+                        )
+                    })?;
+                    out.added
+                        .push(kp.leaf_node().signature_key().as_slice().to_vec());
+                }
+                for rem in staged.remove_proposals() {
+                    if let Some(m) = group.member_at(rem.remove_proposal().removed()) {
+                        out.removed.push(m.signature_key);
+                    }
+                }
+                out.self_removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&self.provider, *staged)
+                    .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                out.kind = MessageKind::Commit;
+                group
+                    .merge_pending_commit(&self.provider)
+                    .map_err(|e| mls_err(Error::State, "merge own commit", e))?;
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Err(Error::Unsupported("message content type".into())),
+        }
+        out.epoch = group.epoch().as_u64();
+        Ok(out)
+    }
+
+    /// Identity keys of the group's members, in leaf order.
+    pub fn members(&self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let group = self.load_group(group_id)?;
+        Ok(group.members().map(|m| m.signature_key).collect())
+    }
+
+    /// Current epoch of the group.
+    pub fn epoch(&self, group_id: &[u8]) -> Result<u64> {
+        Ok(self.load_group(group_id)?.epoch().as_u64())
+    }
+
+    /// Ciphersuite id of the group.
+    pub fn group_ciphersuite(&self, group_id: &[u8]) -> Result<u16> {
+        Ok(self.load_group(group_id)?.ciphersuite() as u16)
+    }
+
+    /// Whether this vault is still an active member of the group.
+    pub fn is_active(&self, group_id: &[u8]) -> Result<bool> {
+        Ok(self.load_group(group_id)?.is_active())
+    }
+
+    /// Ids of all groups stored in this vault.
+    pub fn group_ids(&self) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT group_id FROM qpc_groups ORDER BY created_at, group_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+}
+
+fn ser(msg: &MlsMessageOut) -> Result<Vec<u8>> {
+    msg.tls_serialize_detached()
+        .map_err(|e| mls_err(Error::Crypto, "serialise message", e))
+}
+
+fn classify_process_error<E: std::fmt::Display>(
+    e: ProcessMessageError<E>,
+    msg_epoch: u64,
+    cur_epoch: u64,
+) -> Error {
+    match e {
+        ProcessMessageError::ValidationError(ValidationError::WrongEpoch) => Error::WrongEpoch(
+            format!("message for epoch {msg_epoch}, group is at {cur_epoch}"),
+        ),
+        ProcessMessageError::ValidationError(
+            ValidationError::UnableToDecrypt(_) | ValidationError::InvalidSignature,
+        ) => {
+            if msg_epoch != cur_epoch {
+                Error::WrongEpoch(format!(
+                    "cannot decrypt a message for epoch {msg_epoch}, group is at {cur_epoch}"
+                ))
+            } else {
+                Error::Decrypt(format!("{e}"))
+            }
+        }
+        ProcessMessageError::ValidationError(v) => {
+            if msg_epoch != cur_epoch {
+                Error::WrongEpoch(format!(
+                    "message for epoch {msg_epoch}, group is at {cur_epoch}: {v}"
+                ))
+            } else {
+                Error::Decrypt(format!("message rejected: {v}"))
+            }
+        }
+        other => Error::Decrypt(format!("message rejected: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! MLS round trips through the encrypted vault.
+
+use super::*;
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.path().join(name).to_str().unwrap().to_owned()
+    }
+}
+
+const KEY_A: [u8; 32] = [1; 32];
+const KEY_B: [u8; 32] = [2; 32];
+const KEY_C: [u8; 32] = [3; 32];
+
+fn three_member_group(dir: &Dir, suite: u16) -> (Vault, Vault, Vault, Vec<u8>) {
+    let mut a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    let mut c = Vault::open(&dir.path("c.db"), &KEY_C).unwrap();
+    let gid = a.create_group(suite).unwrap();
+    let kp_b = b.create_key_package(false, suite).unwrap();
+    let kp_c = c.create_key_package(true, suite).unwrap();
+    let info = validate_key_package(&kp_c).unwrap();
+    assert!(info.last_resort);
+    assert_eq!(info.identity_key, c.identity_key());
+    assert_eq!(info.ciphersuite, suite);
+    let out = a.add_members(&gid, &[kp_b, kp_c]).unwrap();
+    assert_eq!(b.join_group(out.welcome.as_ref().unwrap()).unwrap(), gid);
+    assert_eq!(c.join_group(out.welcome.as_ref().unwrap()).unwrap(), gid);
+    assert_eq!(a.epoch(&gid).unwrap(), 1);
+    assert_eq!(b.epoch(&gid).unwrap(), 1);
+    assert_eq!(a.members(&gid).unwrap().len(), 3);
+    (a, b, c, gid)
+}
+
+fn group_flow(suite: u16) {
+    let dir = Dir::new();
+    let (mut a, mut b, mut c, gid) = three_member_group(&dir, suite);
+    for (sender, name) in [(0usize, "a"), (1, "b"), (2, "c")] {
+        let mut vs = [&mut a, &mut b, &mut c];
+        let text = format!("hello from {name}");
+        let ct = vs[sender].encrypt(&gid, text.as_bytes()).unwrap();
+        let sender_key = vs[sender].identity_key();
+        for (i, v) in vs.iter_mut().enumerate() {
+            if i == sender {
+                continue;
+            }
+            let p = v.process(&ct).unwrap();
+            assert_eq!(p.kind, MessageKind::Application);
+            assert_eq!(p.plaintext.as_ref().unwrap().as_slice(), text.as_bytes());
+            assert_eq!(p.sender.as_ref().unwrap(), &sender_key);
+        }
+    }
+    // Tampered message rejected, state unchanged afterwards.
+    let ct = a.encrypt(&gid, b"secret").unwrap();
+    let mut bad = ct.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 1;
+    assert!(b.process(&bad).is_err());
+    assert_eq!(b.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"secret");
+
+    // Remove c.
+    let commit = a.remove_members(&gid, &[c.identity_key()]).unwrap();
+    let p = b.process(&commit).unwrap();
+    assert_eq!(p.kind, MessageKind::Commit);
+    assert_eq!(p.removed, vec![c.identity_key()]);
+    assert_eq!(p.epoch, 2);
+    assert!(!p.self_removed);
+    let pc = c.process(&commit).unwrap();
+    assert!(pc.self_removed);
+    assert!(!c.is_active(&gid).unwrap());
+    let ct = a.encrypt(&gid, b"after removal").unwrap();
+    assert!(c.process(&ct).is_err());
+    assert_eq!(b.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"after removal");
+
+    // Reload from disk.
+    drop(a);
+    drop(b);
+    let mut a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    assert_eq!(a.group_ids().unwrap(), vec![gid.clone()]);
+    assert_eq!(a.epoch(&gid).unwrap(), 2);
+    let ct = b.encrypt(&gid, b"after restart").unwrap();
+    assert_eq!(a.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"after restart");
+    let upd = a.self_update(&gid).unwrap();
+    assert_eq!(b.process(&upd).unwrap().epoch, 3);
+    // Replaying an old-epoch commit is a WrongEpoch error.
+    assert!(matches!(b.process(&commit), Err(Error::WrongEpoch(_))));
+}
+
+#[test]
+fn default_suite_group() {
+    group_flow(SUITE_DEFAULT);
+}
+
+#[test]
+fn xwing_suite_group() {
+    group_flow(SUITE_XWING);
+}
+
+#[test]
+fn wrong_key_and_no_plaintext_on_disk() {
+    let dir = Dir::new();
+    let (mut a, mut b, _c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let marker = b"PLAINTEXT-MARKER-4f1c2e9a";
+    let ct = a.encrypt(&gid, marker).unwrap();
+    b.process(&ct).unwrap();
+    drop(a);
+    drop(b);
+    for f in std::fs::read_dir(dir.0.path()).unwrap() {
+        let data = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(!data.windows(marker.len()).any(|w| w == marker));
+        assert!(!data.windows(16).any(|w| w == b"SQLite format 3\0"));
+    }
+    assert!(matches!(
+        Vault::open(&dir.path("a.db"), &KEY_B),
+        Err(Error::VaultKey(_))
+    ));
+    assert!(matches!(
+        Vault::open(&dir.path("a.db"), &[1u8; 31]),
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(Vault::open(&dir.path("a.db"), &KEY_A).is_ok());
+}
+
+#[test]
+fn key_package_validation_and_signatures() {
+    let dir = Dir::new();
+    let mut a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    let kp = a.create_key_package(false, SUITE_DEFAULT).unwrap();
+    let info = validate_key_package(&kp).unwrap();
+    assert!(!info.last_resort);
+    assert!(info.not_after > info.not_before);
+    let mut bad = kp.clone();
+    let n = bad.len();
+    bad[n - 10] ^= 1;
+    assert!(matches!(validate_key_package(&bad), Err(Error::InvalidKeyPackage(_))));
+    assert!(validate_key_package(&kp[..kp.len() - 1]).is_err());
+    assert!(validate_key_package(b"").is_err());
+
+    let sig = a.sign(b"transcript").unwrap();
+    assert!(verify_ed25519(&a.identity_key(), b"transcript", &sig));
+    assert!(!verify_ed25519(&a.identity_key(), b"transcripT", &sig));
+    assert!(!verify_ed25519(&a.identity_key()[..31], b"transcript", &sig));
+    assert!(matches!(a.create_group(0x0002), Err(Error::Unsupported(_))));
+    assert!(matches!(a.epoch(b"nope"), Err(Error::GroupNotFound(_))));
+}
