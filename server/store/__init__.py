@@ -25,6 +25,7 @@ from .base import (
     StoreLimits,
     StoreMetrics,
 )
+from .fetch_wait import fetch_wait
 from .wakeups import InboxWaiter, InboxWakeups, InProcessWakeups
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "StoreError",
     "StoreLimits",
     "StoreMetrics",
+    "fetch_wait",
     "open_store",
     "sqlite_path_from_url",
 ]

@@ -92,6 +92,7 @@ class SqliteStore:
         self._read_conn = read_conn
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
         self._closed = False
+        self._shutdown: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(
@@ -148,13 +149,17 @@ class SqliteStore:
         return self._writer.metrics()
 
     async def close(self) -> None:
-        if not self._closed:
+        if self._shutdown is None:
             self._closed = True
-            await self._writer.close()
-            await asyncio.to_thread(self._reader.shutdown, True)
-            self._read_conn.close()
-        else:
-            await self._writer.close()
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        # Every caller, the first included, returns only once everything is released; shielded so that a
+        # cancelled caller cannot leave the database half closed.
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
+        await self._writer.close()
+        await asyncio.to_thread(self._reader.shutdown, True)
+        self._read_conn.close()
 
     async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T]) -> T:
         self._check_open()

@@ -225,3 +225,11 @@ async def test_close_finishes_submitted_work_then_refuses(backend: Backend) -> N
     await store.close()  # idempotent
     reopened = await backend.open()
     assert len(await drain_all(reopened, R1)) == 50
+
+
+async def test_concurrent_closes_all_wait_for_the_end(backend: Backend) -> None:
+    store = await backend.open()
+    pending = asyncio.create_task(store.enqueue(R1, b"", b"x", None))
+    await asyncio.sleep(0)
+    await asyncio.gather(store.close(), store.close(), store.close())
+    assert await pending == 1

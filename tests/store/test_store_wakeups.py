@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from quicnprotochat.server.store import InProcessWakeups, LimitExceeded, Store, StoreLimits
+from quicnprotochat.server.store import InProcessWakeups, LimitExceeded, Store, StoreLimits, fetch_wait
 
 from .store_testlib import Backend, key
 
@@ -143,3 +143,35 @@ async def test_cancelled_fetch_wait_style_loop_leaks_nothing(store: Store) -> No
         task.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
     assert store.wakeups.waiter_count() == 0
+
+
+async def test_fetch_wait_returns_queued_messages_at_once(store: Store) -> None:
+    await store.enqueue(R1, b"", b"ready", None)
+    messages = await fetch_wait(store, R1, b"", 0, 5)
+    assert [m.payload for m in messages] == [b"ready"]
+
+
+async def test_fetch_wait_is_woken_by_an_enqueue(store: Store) -> None:
+    waiting = asyncio.create_task(fetch_wait(store, R1, b"", 0, 5))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await store.enqueue(R1, b"", b"late", None)
+    assert [m.payload for m in await waiting] == [b"late"]
+    assert time.monotonic() - started < 1
+    assert store.wakeups.waiter_count() == 0
+
+
+async def test_fetch_wait_times_out_empty(store: Store) -> None:
+    before = store.metrics()
+    assert await fetch_wait(store, R1, b"", 0, 0.03) == []
+    assert store.metrics().write_ops == before.write_ops, "an empty inbox should cost no write"
+    assert store.wakeups.waiter_count() == 0
+
+
+async def test_two_fetch_waiters_share_nothing(store: Store) -> None:
+    first = asyncio.create_task(fetch_wait(store, R1, b"", 0, 0.3))
+    second = asyncio.create_task(fetch_wait(store, R1, b"", 0, 0.3))
+    await asyncio.sleep(0.01)
+    await store.enqueue(R1, b"", b"only one", None)
+    results = await asyncio.gather(first, second)
+    assert sorted(len(r) for r in results) == [0, 1]

@@ -1,0 +1,28 @@
+"""`fetchWait` on top of any `Store`: drain now, or sleep on the inbox's wake-up until something arrives."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .base import InboxMessage, Store
+
+
+async def fetch_wait(store: Store, recipient: bytes, channel: bytes, limit: int, timeout: float) -> list[InboxMessage]:
+    """Remove and return up to `limit` messages, waiting up to `timeout` seconds for the first one.
+
+    Returns [] on timeout. The caller caps `timeout`; cancelling the call leaves nothing registered.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(timeout, 0.0)
+    # Registered before the first look at the inbox: a commit between that look and the wait still wakes us.
+    async with store.wakeups.waiter(recipient, channel) as waiter:
+        while True:
+            # The depth check is a read; only a non-empty inbox costs a write transaction. That matters when
+            # thousands of idle clients poll.
+            if (await store.inbox_stats(recipient, channel)).depth > 0:
+                messages = await store.fetch(recipient, channel, limit)
+                if messages:
+                    return messages
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await waiter.wait(remaining):
+                return []
