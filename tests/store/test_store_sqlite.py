@@ -43,26 +43,22 @@ asyncio.run(main())
 
 def test_acknowledged_enqueues_survive_sigkill(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ENQUEUE_FOREVER, str(db)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     acknowledged: list[int] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while len(acknowledged) < 1000 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            acknowledged.append(int(line))
-        os.kill(proc.pid, signal.SIGKILL)
-        # Lines already in the pipe were printed after their commit too.
-        acknowledged.extend(int(line) for line in proc.stdout.read().split())
-    finally:
-        proc.kill()
-        proc.wait()
+    with subprocess.Popen([sys.executable, "-c", _ENQUEUE_FOREVER, str(db)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 30
+            while len(acknowledged) < 1000 and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                acknowledged.append(int(line))
+            os.kill(proc.pid, signal.SIGKILL)
+            # Lines already in the pipe were printed after their commit too.
+            acknowledged.extend(int(line) for line in proc.stdout.read().split())
+        finally:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert len(acknowledged) >= 1000, "the child did not get going"
 
