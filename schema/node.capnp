@@ -1,0 +1,113 @@
+# The wire contract of a quicnprotochat node.
+#
+# Methods @0..@20 keep the names, ordinals and parameter/result types of the interface the node was specified
+# with, and the file id below is that interface's id: Cap'n Proto derives interface ids from it, and RPC calls
+# carry those ids, so clients written against the original interface keep working unchanged. Everything we add
+# only appends: new methods from @21 on, new fields at the end of a parameter or result list.
+@0xd5ca5648a9cc1c28;
+
+interface NodeService {
+  # ── Directories ────────────────────────────────────────────────────────────────────────────────────────────
+  # Store a TLS-encoded MLS KeyPackage of `identityKey` (the caller's own Ed25519 key). The node validates it
+  # and returns its SHA-256 fingerprint. Packages are single-use unless marked last-resort.
+  uploadKeyPackage @0 (identityKey :Data, package :Data, auth :Auth) -> (fingerprint :Data);
+
+  # Take one KeyPackage of `identityKey` (removed atomically; a last-resort one is returned without removal
+  # when no other is left). Empty when none is stored.
+  fetchKeyPackage @1 (identityKey :Data, auth :Auth) -> (package :Data);
+
+  # ── Inboxes ────────────────────────────────────────────────────────────────────────────────────────────────
+  # Append `payload` to the inbox (recipientKey, channelId); an empty channelId is the recipient's default
+  # inbox. `version` is the wire version and must be 1. Returns the inbox's next sequence number, only once the
+  # message is durable.
+  enqueue @2 (recipientKey :Data, payload :Data, channelId :Data, version :UInt16, auth :Auth) -> (seq :UInt64);
+
+  # Remove and return up to `limit` queued envelopes in seq order (0 = as many as the node's cap allows).
+  fetch @3 (recipientKey :Data, channelId :Data, version :UInt16, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
+
+  # Like fetch, but when the inbox is empty wait until something is enqueued or `timeoutMs` passes (the node
+  # caps the wait); then drain as fetch does.
+  fetchWait @4 (recipientKey :Data, channelId :Data, version :UInt16, timeoutMs :UInt64, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
+
+  # Liveness probe; needs no authentication.
+  health @5 () -> (status :Text);
+
+  # Publish the caller's hybrid (X-Wing: X25519 + ML-KEM-768) public key used to seal envelopes to it.
+  uploadHybridKey @6 (identityKey :Data, hybridPublicKey :Data, auth :Auth) -> ();
+
+  # Read a peer's hybrid public key; empty when none is published.
+  fetchHybridKey @7 (identityKey :Data, auth :Auth) -> (hybridPublicKey :Data);
+
+  # ── Accounts: OPAQUE (RFC 9807) registration and login ─────────────────────────────────────────────────────
+  opaqueRegisterStart @8 (username :Text, request :Data) -> (response :Data);
+  opaqueRegisterFinish @9 (username :Text, upload :Data, identityKey :Data) -> (success :Bool);
+  opaqueLoginStart @10 (username :Text, request :Data) -> (response :Data);
+  opaqueLoginFinish @11 (username :Text, finalization :Data, identityKey :Data) -> (sessionToken :Data);
+
+  # ── Peer-to-peer endpoints ─────────────────────────────────────────────────────────────────────────────────
+  # Publish the caller's direct-connection address (opaque bytes, size-limited by the node).
+  publishEndpoint @12 (identityKey :Data, nodeAddr :Data, auth :Auth) -> ();
+
+  # Read a peer's published address; empty when none.
+  resolveEndpoint @13 (identityKey :Data, auth :Auth) -> (nodeAddr :Data);
+
+  # ── More inbox operations ──────────────────────────────────────────────────────────────────────────────────
+  # Return up to `limit` queued envelopes in seq order without removing them.
+  peek @14 (recipientKey :Data, channelId :Data, version :UInt16, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
+
+  # Remove every queued envelope with seq <= seqUpTo.
+  ack @15 (recipientKey :Data, channelId :Data, version :UInt16, seqUpTo :UInt64, auth :Auth) -> ();
+
+  # Read several peers' hybrid public keys at once, in the order asked; an empty entry where none is published.
+  fetchHybridKeys @16 (identityKeys :List(Data), auth :Auth) -> (keys :List(Data));
+
+  # Enqueue one payload to several recipients in one durable step; one seq per recipient, in the order given.
+  batchEnqueue @17 (recipientKeys :List(Data), payload :Data, channelId :Data, version :UInt16, auth :Auth) -> (seqs :List(UInt64));
+
+  # The 16-byte id of the 1:1 channel between the caller and `peerKey` (created on first use; the same pair
+  # always gets the same id). Only the two members may use its inboxes.
+  createChannel @18 (peerKey :Data, auth :Auth) -> (channelId :Data);
+
+  # Username -> Ed25519 identity key; empty when the username is not registered.
+  resolveUser @19 (username :Text, auth :Auth) -> (identityKey :Data);
+
+  # Ed25519 identity key -> username; empty when the key belongs to no account.
+  resolveIdentity @20 (identityKey :Data, auth :Auth) -> (username :Text);
+
+  # ── Additions (append only) ────────────────────────────────────────────────────────────────────────────────
+  # What this node is and what it accepts; needs no authentication.
+  serverInfo @21 () -> (info :ServerInfo);
+}
+
+struct Auth {
+  version @0 :UInt16;       # 1: bearer token
+  accessToken @1 :Data;     # the session token issued by opaqueLoginFinish
+  deviceId @2 :Data;        # optional device UUID, for auditing and per-device limits
+}
+
+# One queued message with the sequence number its inbox assigned. Clients process envelopes in seq order,
+# which keeps MLS commits in the order the node received them.
+struct Envelope {
+  seq @0 :UInt64;
+  data @1 :Data;            # opaque to the node: a sealed, MLS-encrypted message
+}
+
+struct ServerInfo {
+  nodeVersion @0 :Text;           # the node software's version
+  protocolVersion @1 :UInt16;     # the wire `version` the node accepts (1)
+  certFingerprint @2 :Text;       # SHA-256 of the TLS certificate's SubjectPublicKeyInfo, lowercase hex
+  allowSealedSender @3 :Bool;     # whether default-inbox enqueue is accepted without binding the sender
+  limits @4 :Limits;
+}
+
+# The node's configured limits, so that clients can stay inside them instead of learning them from errors.
+struct Limits {
+  maxPayloadBytes @0 :UInt64;
+  maxInboxDepth @1 :UInt64;       # queued messages per inbox
+  maxInboxBytes @2 :UInt64;       # queued payload bytes per inbox
+  messageTtlSeconds @3 :UInt64;   # queued messages older than this are dropped
+  maxFetchLimit @4 :UInt32;       # what `limit = 0` means for fetch, fetchWait and peek
+  maxWaitMs @5 :UInt64;           # the cap on fetchWait's timeoutMs
+  maxKeyPackagesPerIdentity @6 :UInt32;
+  maxEndpointBytes @7 :UInt32;
+}
