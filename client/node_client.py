@@ -1,0 +1,328 @@
+"""`NodeClient`: a typed async API over every NodeService method. This is what bots import.
+
+One NodeClient holds one connection (QUIC by default, or TLS over TCP) to one node, pinned by the node's key
+fingerprint. When the connection drops, the call in flight fails with `Disconnected` and the next call
+reconnects (calls are not retried automatically: an enqueue may have landed before the drop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import capnp  # type: ignore[import-untyped]
+
+from quicnprotochat.client.known_hosts import KnownHosts
+from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
+from quicnprotochat.common import kj_loop
+from quicnprotochat.common.errors import Disconnected, error_from_reason
+from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
+
+DEFAULT_PORT = 7700
+Transport = Literal["quic", "tcp"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_payload_bytes: int
+    max_inbox_depth: int
+    max_inbox_bytes: int
+    message_ttl_seconds: int
+    max_fetch_limit: int
+    max_wait_ms: int
+    max_key_packages_per_identity: int
+    max_endpoint_bytes: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    node_version: str
+    protocol_version: int
+    cert_fingerprint: str
+    allow_sealed_sender: bool
+    limits: ServerLimits
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, DEFAULT_PORT
+    if not port.isdigit():
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _envelopes(payloads: Any) -> list[Envelope]:
+    return sorted((Envelope(int(item.seq), bytes(item.data)) for item in payloads), key=lambda e: e.seq)
+
+
+def _optional_bytes(data: Any) -> bytes | None:
+    value = bytes(data)
+    return value or None
+
+
+class NodeClient:
+    def __init__(
+        self,
+        address: str,
+        *,
+        transport: Transport = "quic",
+        known_hosts: KnownHosts | None = None,
+        server_fingerprint: str | None = None,
+        access_token: bytes | None = None,
+        device_id: bytes = b"",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if transport not in ("quic", "tcp"):
+            raise ValueError("transport is 'quic' or 'tcp'")
+        self.host, self.port = split_address(address)
+        self.address = f"{self.host}:{self.port}"
+        self.transport: Transport = transport
+        self.known_hosts = known_hosts if known_hosts is not None else KnownHosts()
+        self.server_fingerprint = server_fingerprint
+        self.access_token = access_token
+        self.device_id = device_id
+        self.connect_timeout = connect_timeout
+        self._connection: RpcConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._kj_acquired = False
+        self._closing: set[asyncio.Future[None]] = set()
+
+    # -- connection --------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, address: str, **options: Any) -> NodeClient:
+        client = cls(address, **options)
+        await client.connect()
+        return client
+
+    async def __aenter__(self) -> NodeClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self._connection.fingerprint if self._connection else None
+
+    async def connect(self) -> None:
+        await self._ensure_connection()
+
+    async def _ensure_connection(self) -> RpcConnection:
+        if self._connection is not None:
+            return self._connection
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None:
+                return self._connection
+            if not self._kj_acquired:
+                await kj_loop.acquire()
+                self._kj_acquired = True
+            opener = open_quic if self.transport == "quic" else open_tcp
+
+            def verify(fingerprint: str) -> None:
+                self.known_hosts.verify(self.address, fingerprint, self.server_fingerprint)
+
+            connection = await opener(self.host, self.port, verify, connect_timeout=self.connect_timeout)
+            self._connection = connection
+            connection.disconnected().add_done_callback(lambda _f: self._forget(connection))
+            return connection
+
+    def _forget(self, connection: RpcConnection) -> None:
+        if self._connection is connection:
+            self._connection = None
+            closing = asyncio.ensure_future(connection.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+        if self._kj_acquired:
+            self._kj_acquired = False
+            await kj_loop.release()
+
+    async def _call(self, method: str, **params: Any) -> Any:
+        connection = await self._ensure_connection()
+        try:
+            return await getattr(connection.service, method)(**params)
+        except capnp.KjException as error:
+            if error.type == "DISCONNECTED":
+                self._forget(connection)
+                raise Disconnected(f"{method}: the connection to {self.address} was lost") from None
+            raise error_from_reason(error.description) from None
+
+    def _auth(self) -> dict[str, Any]:
+        return {"version": AUTH_VERSION, "accessToken": self.access_token or b"", "deviceId": self.device_id}
+
+    # -- public, unauthenticated -------------------------------------------------------------------------------
+
+    async def health(self) -> str:
+        return str((await self._call("health")).status)
+
+    async def server_info(self) -> ServerInfo:
+        info = (await self._call("serverInfo")).info
+        limits = info.limits
+        return ServerInfo(
+            node_version=str(info.nodeVersion),
+            protocol_version=int(info.protocolVersion),
+            cert_fingerprint=str(info.certFingerprint),
+            allow_sealed_sender=bool(info.allowSealedSender),
+            limits=ServerLimits(
+                max_payload_bytes=int(limits.maxPayloadBytes),
+                max_inbox_depth=int(limits.maxInboxDepth),
+                max_inbox_bytes=int(limits.maxInboxBytes),
+                message_ttl_seconds=int(limits.messageTtlSeconds),
+                max_fetch_limit=int(limits.maxFetchLimit),
+                max_wait_ms=int(limits.maxWaitMs),
+                max_key_packages_per_identity=int(limits.maxKeyPackagesPerIdentity),
+                max_endpoint_bytes=int(limits.maxEndpointBytes),
+            ),
+        )
+
+    # -- OPAQUE (the raw protocol messages; the account helpers build on these) --------------------------------
+
+    async def opaque_register_start(self, username: str, request: bytes) -> bytes:
+        return bytes((await self._call("opaqueRegisterStart", username=username, request=request)).response)
+
+    async def opaque_register_finish(self, username: str, upload: bytes, identity_key: bytes) -> bool:
+        result = await self._call("opaqueRegisterFinish", username=username, upload=upload, identityKey=identity_key)
+        return bool(result.success)
+
+    async def opaque_login_start(self, username: str, request: bytes) -> bytes:
+        return bytes((await self._call("opaqueLoginStart", username=username, request=request)).response)
+
+    async def opaque_login_finish(self, username: str, finalization: bytes, identity_key: bytes) -> bytes:
+        result = await self._call(
+            "opaqueLoginFinish", username=username, finalization=finalization, identityKey=identity_key
+        )
+        return bytes(result.sessionToken)
+
+    # -- directories -------------------------------------------------------------------------------------------
+
+    async def upload_key_package(self, identity_key: bytes, package: bytes) -> bytes:
+        result = await self._call("uploadKeyPackage", identityKey=identity_key, package=package, auth=self._auth())
+        return bytes(result.fingerprint)
+
+    async def fetch_key_package(self, identity_key: bytes) -> bytes | None:
+        result = await self._call("fetchKeyPackage", identityKey=identity_key, auth=self._auth())
+        return _optional_bytes(result.package)
+
+    async def upload_hybrid_key(self, identity_key: bytes, hybrid_public_key: bytes) -> None:
+        await self._call(
+            "uploadHybridKey", identityKey=identity_key, hybridPublicKey=hybrid_public_key, auth=self._auth()
+        )
+
+    async def fetch_hybrid_key(self, identity_key: bytes) -> bytes | None:
+        result = await self._call("fetchHybridKey", identityKey=identity_key, auth=self._auth())
+        return _optional_bytes(result.hybridPublicKey)
+
+    async def fetch_hybrid_keys(self, identity_keys: Sequence[bytes]) -> list[bytes | None]:
+        result = await self._call("fetchHybridKeys", identityKeys=list(identity_keys), auth=self._auth())
+        return [_optional_bytes(key) for key in result.keys]
+
+    async def publish_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
+        await self._call("publishEndpoint", identityKey=identity_key, nodeAddr=node_addr, auth=self._auth())
+
+    async def resolve_endpoint(self, identity_key: bytes) -> bytes | None:
+        result = await self._call("resolveEndpoint", identityKey=identity_key, auth=self._auth())
+        return _optional_bytes(result.nodeAddr)
+
+    async def resolve_user(self, username: str) -> bytes | None:
+        result = await self._call("resolveUser", username=username, auth=self._auth())
+        return _optional_bytes(result.identityKey)
+
+    async def resolve_identity(self, identity_key: bytes) -> str | None:
+        result = await self._call("resolveIdentity", identityKey=identity_key, auth=self._auth())
+        return str(result.username) or None
+
+    # -- inboxes -----------------------------------------------------------------------------------------------
+
+    async def enqueue(self, recipient_key: bytes, payload: bytes, channel_id: bytes = b"") -> int:
+        result = await self._call(
+            "enqueue",
+            recipientKey=recipient_key,
+            payload=payload,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            auth=self._auth(),
+        )
+        return int(result.seq)
+
+    async def batch_enqueue(
+        self, recipient_keys: Sequence[bytes], payload: bytes, channel_id: bytes = b""
+    ) -> list[int]:
+        result = await self._call(
+            "batchEnqueue",
+            recipientKeys=list(recipient_keys),
+            payload=payload,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            auth=self._auth(),
+        )
+        return [int(seq) for seq in result.seqs]
+
+    async def fetch(self, recipient_key: bytes, channel_id: bytes = b"", limit: int = 0) -> list[Envelope]:
+        result = await self._call(
+            "fetch",
+            recipientKey=recipient_key,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            auth=self._auth(),
+            limit=limit,
+        )
+        return _envelopes(result.payloads)
+
+    async def fetch_wait(
+        self, recipient_key: bytes, channel_id: bytes = b"", timeout_ms: int = 10_000, limit: int = 0
+    ) -> list[Envelope]:
+        result = await self._call(
+            "fetchWait",
+            recipientKey=recipient_key,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            timeoutMs=timeout_ms,
+            auth=self._auth(),
+            limit=limit,
+        )
+        return _envelopes(result.payloads)
+
+    async def peek(self, recipient_key: bytes, channel_id: bytes = b"", limit: int = 0) -> list[Envelope]:
+        result = await self._call(
+            "peek",
+            recipientKey=recipient_key,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            auth=self._auth(),
+            limit=limit,
+        )
+        return _envelopes(result.payloads)
+
+    async def ack(self, recipient_key: bytes, seq_up_to: int, channel_id: bytes = b"") -> None:
+        await self._call(
+            "ack",
+            recipientKey=recipient_key,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            seqUpTo=seq_up_to,
+            auth=self._auth(),
+        )
+
+    async def create_channel(self, peer_key: bytes) -> bytes:
+        return bytes((await self._call("createChannel", peerKey=peer_key, auth=self._auth())).channelId)

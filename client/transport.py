@@ -1,0 +1,168 @@
+"""Opening an RPC connection to a node over QUIC or TLS-over-TCP, with the node's key checked first."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import capnp  # type: ignore[import-untyped]
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from quicnprotochat.common.capnp_bridge import attach_capnp_stream, capnp_protocol_factory, reader_limit_words
+from quicnprotochat.common.fingerprint import spki_fingerprint, spki_fingerprint_der
+from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
+from quicnprotochat.common.schema import ALPN, node_schema
+
+# The largest response the client reads: a full fetch can carry many payloads.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+QUIC_IDLE_TIMEOUT_S = 60.0
+
+Verifier = Callable[[str], None]
+
+
+class _ClientQuicConnection(QuicConnectionProtocol):
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
+        super().__init__(quic, stream_handler)
+        self.stream: QuicStreamTransport | None = None
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        if isinstance(event, events.StreamDataReceived) and event.stream_id == stream.stream_id:
+            try:
+                stream.feed(event.data, event.end_stream)
+            except StreamBufferOverflow as error:
+                stream.connection_lost(error)
+                self.close(reason_phrase="response buffer overflow")
+        elif isinstance(event, events.StreamReset) and event.stream_id == stream.stream_id:
+            stream.connection_lost(ConnectionResetError("the node reset the RPC stream"))
+        elif isinstance(event, events.ConnectionTerminated):
+            stream.connection_lost(ConnectionError(event.reason_phrase or "QUIC connection closed"))
+
+    def peer_certificate_fingerprint(self) -> str:
+        # aioquic keeps the verified peer certificate on its TLS context; with our own pinning we run it with
+        # CERT_NONE (the handshake still proves possession of the certificate's key).
+        certificate = self._quic.tls._peer_certificate
+        if certificate is None:
+            raise ConnectionError("the node presented no certificate")
+        return spki_fingerprint(certificate)
+
+
+@dataclass
+class RpcConnection:
+    """A live RPC connection: the NodeService capability and what ends the connection."""
+
+    service: Any
+    fingerprint: str
+    transport_name: str
+    _client: Any
+    _close: Callable[[], Any]
+
+    def disconnected(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._client.on_disconnect())
+
+    async def close(self) -> None:
+        await self._close()
+
+
+def _client_rpc(stream: Any) -> tuple[Any, Any]:
+    client = capnp.TwoPartyClient(stream, traversal_limit_in_words=reader_limit_words(MAX_RESPONSE_BYTES))
+    return client, client.bootstrap().cast_as(node_schema().NodeService)
+
+
+async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: float = 10.0) -> RpcConnection:
+    loop = asyncio.get_running_loop()
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        verify_mode=ssl.CERT_NONE,
+        server_name=host,
+        idle_timeout=QUIC_IDLE_TIMEOUT_S,
+    )
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, address = infos[0]
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _ClientQuicConnection(QuicConnection(configuration=configuration)),
+        family=family,
+        remote_addr=None,
+        # An ephemeral client port on any local address: the kernel routes it toward the node.
+        local_addr=("::" if family == socket.AF_INET6 else "0.0.0.0", 0),  # noqa: S104
+    )
+    assert isinstance(protocol, _ClientQuicConnection)
+    client: Any = None
+
+    async def close() -> None:
+        if client is not None:
+            client.close()
+        # close() sends CONNECTION_CLOSE at once; waiting for the node to acknowledge it (about three probe
+        # timeouts) would only slow the caller down.
+        protocol.close()
+        transport.close()
+
+    try:
+        protocol.connect(address)
+        await asyncio.wait_for(protocol.wait_connected(), connect_timeout)
+        fingerprint = protocol.peer_certificate_fingerprint()
+        verify(fingerprint)
+        quic = protocol._quic
+        stream_transport = QuicStreamTransport(
+            quic,
+            quic.get_next_available_stream_id(),
+            protocol._transmit_soon,
+            max_buffered=MAX_RESPONSE_BYTES,
+            extra={"peername": address},
+        )
+        protocol.stream = stream_transport
+        stream, _ = attach_capnp_stream(stream_transport)
+        client, service = _client_rpc(stream)
+    except BaseException:
+        await close()
+        raise
+    return RpcConnection(service, fingerprint, "quic", client, close)
+
+
+async def open_tcp(host: str, port: int, verify: Verifier, *, connect_timeout: float = 10.0) -> RpcConnection:
+    loop = asyncio.get_running_loop()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # The node's certificate is self-signed: we pin its key fingerprint below instead of trusting a CA.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([ALPN])
+    streams: list[Any] = []
+    transport, _protocol = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: capnp_protocol_factory(lambda stream, _protocol: streams.append(stream)),
+            host,
+            port,
+            ssl=context,
+            server_hostname=host,
+        ),
+        connect_timeout,
+    )
+    client: Any = None
+
+    async def close() -> None:
+        if client is not None:
+            client.close()
+        transport.close()
+
+    try:
+        certificate = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if not certificate:
+            raise ConnectionError("the node presented no certificate")
+        fingerprint = spki_fingerprint_der(certificate)
+        verify(fingerprint)
+        client, service = _client_rpc(streams[0])
+    except BaseException:
+        await close()
+        raise
+    return RpcConnection(service, fingerprint, "tcp", client, close)

@@ -1,0 +1,128 @@
+"""Node configuration: defaults, then a TOML file, then QPC_SERVER_* environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "QPC_SERVER_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "quicnprotochat" / "node"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    # "host:port"; an empty string turns that listener off. Port 0 picks a free port.
+    quic_listen: str = "127.0.0.1:7700"
+    tcp_listen: str = "127.0.0.1:7700"
+    log_level: str = "info"
+    allow_sealed_sender: bool = False
+    # Must stay above max_wait_ms: a parked fetchWait must not look like an idle connection.
+    quic_idle_timeout_s: float = 60.0
+    max_payload_bytes: int = 1024 * 1024
+    max_inbox_depth: int = 10_000
+    max_inbox_bytes: int = 64 * 1024 * 1024
+    message_ttl_seconds: int = 7 * 24 * 3600
+    max_fetch_limit: int = 1000
+    max_wait_ms: int = 30_000
+    max_key_packages_per_identity: int = 100
+    max_endpoint_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        if not self.quic_listen and not self.tcp_listen:
+            raise ConfigError("at least one of quic_listen and tcp_listen must be set")
+        for name in ("quic_listen", "tcp_listen"):
+            value = getattr(self, name)
+            if value:
+                parse_listen(value, name)
+        if self.quic_idle_timeout_s * 1000 <= self.max_wait_ms:
+            raise ConfigError("quic_idle_timeout_s must be longer than max_wait_ms")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and value <= 0:
+                raise ConfigError(f"{field.name} must be positive, got {value}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest Cap'n Proto message the node reads: a payload plus room for the rest of a call."""
+        return self.max_payload_bytes + 64 * 1024
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_listen(value: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{what} must look like host:port, got {value!r}")
+    return host, int(port_text)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    try:
+        if type_name == "Path":
+            return Path(value).expanduser()
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if type_name == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} as {type_name}") from None
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    fields = {field.name: str(field.type) for field in dataclasses.fields(NodeConfig)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as handle:
+                document = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {config_file}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {error}") from None
+        unknown = sorted(set(document) - set(fields))
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown keys {', '.join(unknown)}")
+        values.update(document)
+    environ = os.environ if environ is None else environ
+    for name in fields:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = env_value
+    for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name}")
+        if value is not None:
+            values[name] = value
+    coerced = {name: _coerce(name, fields[name], value) for name, value in values.items()}
+    return NodeConfig(**coerced)

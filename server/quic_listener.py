@@ -1,0 +1,147 @@
+"""The QUIC side of the node: each connection carries one client-opened bidirectional stream of RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from quicnprotochat.common.capnp_bridge import attach_capnp_stream
+from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
+from quicnprotochat.common.schema import ALPN
+from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.peer import Peer, peer_from_address
+from quicnprotochat.server.rpc_session import RpcSessions
+
+log = logging.getLogger("quicnprotochat.server.quic")
+
+# Application error code for a peer that broke the one-stream-per-connection rule or flooded a stream.
+PROTOCOL_VIOLATION = 0x1
+
+
+def _is_client_bidi(stream_id: int) -> bool:
+    return stream_id % 4 == 0
+
+
+class NodeQuicConnection(QuicConnectionProtocol):
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        *,
+        sessions: RpcSessions,
+        connections: set[NodeQuicConnection],
+        max_buffered: int,
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self._sessions = sessions
+        self._connections = connections
+        self._max_buffered = max_buffered
+        self._stream: QuicStreamTransport | None = None
+        self._peer: Peer | None = None
+        connections.add(self)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self._peer is None:
+            self._peer = peer_from_address("quic", addr)
+        super().datagram_received(data, addr)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._on_stream_data(event)
+        elif isinstance(event, events.StreamReset):
+            if self._stream is not None and event.stream_id == self._stream.stream_id:
+                self._stream.connection_lost(ConnectionResetError("the client reset its RPC stream"))
+        elif isinstance(event, events.ConnectionTerminated):
+            self._connections.discard(self)
+            if self._stream is not None:
+                self._stream.connection_lost(ConnectionError(event.reason_phrase or "connection closed"))
+
+    def _on_stream_data(self, event: events.StreamDataReceived) -> None:
+        if self._stream is None:
+            if not _is_client_bidi(event.stream_id):
+                self._violation("the RPC stream must be a client-opened bidirectional stream")
+                return
+            self._stream = QuicStreamTransport(
+                self._quic,
+                event.stream_id,
+                self._transmit_soon,
+                max_buffered=self._max_buffered,
+                on_closed=self._rpc_stream_closed,
+                extra={"peername": self._peer},
+            )
+            stream, _protocol = attach_capnp_stream(self._stream)
+            self._sessions.start(stream, self._peer or Peer("quic", "unknown", 0), self._rpc_stream_closed)
+        elif event.stream_id != self._stream.stream_id:
+            self._violation("one RPC stream per connection")
+            return
+        try:
+            self._stream.feed(event.data, event.end_stream)
+        except StreamBufferOverflow as error:
+            self._violation(str(error))
+
+    def _rpc_stream_closed(self) -> None:
+        # The RPC session is the connection's only purpose; once it is over the connection goes too.
+        self.close()
+
+    def _violation(self, reason: str) -> None:
+        log.info("closing QUIC connection from %s: %s", self._peer, reason)
+        self.close(error_code=PROTOCOL_VIOLATION, reason_phrase=reason)
+
+
+def quic_server_configuration(identity: NodeIdentity, idle_timeout: float) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], idle_timeout=idle_timeout, verify_mode=ssl.CERT_NONE
+    )
+    configuration.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    return configuration
+
+
+class QuicListener:
+    def __init__(self, sessions: RpcSessions, configuration: QuicConfiguration, max_buffered: int) -> None:
+        self._sessions = sessions
+        self._configuration = configuration
+        self._max_buffered = max_buffered
+        self._connections: set[NodeQuicConnection] = set()
+        self._transport: asyncio.DatagramTransport | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        create_protocol = functools.partial(
+            NodeQuicConnection,
+            sessions=self._sessions,
+            connections=self._connections,
+            max_buffered=self._max_buffered,
+        )
+        transport, _protocol = await loop.create_datagram_endpoint(
+            lambda: QuicServer(configuration=self._configuration, create_protocol=create_protocol),
+            local_addr=(host, port),
+        )
+        self._transport = transport
+        address = transport.get_extra_info("sockname")
+        return str(address[0]), int(address[1])
+
+    async def close(self) -> None:
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close(reason_phrase="node shutting down")
+        # Closing waits for the peer's acknowledgement (or a few probe timeouts); don't let one slow peer
+        # hold up shutdown.
+        if connections:
+            await asyncio.wait(
+                [asyncio.ensure_future(connection.wait_closed()) for connection in connections], timeout=2.0
+            )
+        if self._transport is not None:
+            self._transport.close()

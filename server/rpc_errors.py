@@ -1,0 +1,44 @@
+"""What a failed call tells the caller.
+
+pycapnp 2.2.4 reports an exception raised by a Python server method to the remote caller as the full Python
+traceback text (`void_task_done_callback` formats it with `traceback.format_exception`). That would leak file
+paths and internals, so we swap the formatter pycapnp uses for one that renders our `RpcError`s as
+`code: reason` and anything else as a generic `internal:` reason, logging the real traceback on the node only.
+pycapnp also fixes the kj exception type to FAILED and its description begins with "message = ": clients find
+the code after that prefix (quicnprotochat.common.errors.error_from_reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import traceback
+import types
+from typing import Any
+
+import capnp.lib.capnp as pycapnp_lib  # type: ignore[import-untyped]
+
+from quicnprotochat.common.errors import RpcError
+
+log = logging.getLogger("quicnprotochat.server.rpc")
+
+
+def render_error(exc: BaseException) -> str:
+    if isinstance(exc, RpcError):
+        return str(exc)
+    reference = secrets.token_hex(4)
+    log.error("unexpected error in an RPC handler (ref %s)", reference, exc_info=exc)
+    return f"internal: unexpected error (ref {reference}; details are in the node's log)"
+
+
+class _SanitizingTraceback(types.ModuleType):
+    def format_exception(self, exc_type: Any, exc: BaseException, tb: Any = None, *_args: Any) -> list[str]:
+        return [render_error(exc)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(traceback, name)
+
+
+def install_error_sanitizer() -> None:
+    if not isinstance(pycapnp_lib._traceback, _SanitizingTraceback):
+        pycapnp_lib._traceback = _SanitizingTraceback("traceback")
