@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import capnp  # type: ignore[import-untyped]
 
@@ -22,6 +22,7 @@ from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
 
 DEFAULT_PORT = 7700
 Transport = Literal["quic", "tcp"]
+TRANSPORTS: tuple[str, ...] = ("quic", "tcp")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class NodeClient:
         device_id: bytes = b"",
         connect_timeout: float = 10.0,
     ) -> None:
-        if transport not in ("quic", "tcp"):
+        if cast(str, transport) not in TRANSPORTS:  # bots pass plain strings; a typo must not mean TCP
             raise ValueError("transport is 'quic' or 'tcp'")
         self.host, self.port = split_address(address)
         self.address = f"{self.host}:{self.port}"
@@ -128,8 +129,9 @@ class NodeClient:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._connection is not None:
-                return self._connection
+            existing = self._live()  # another caller may have connected while we waited for the lock
+            if existing is not None:
+                return existing
             if not self._kj_acquired:
                 await kj_loop.acquire()
                 self._kj_acquired = True
@@ -142,6 +144,9 @@ class NodeClient:
             self._connection = connection
             connection.disconnected().add_done_callback(lambda _f: self._forget(connection))
             return connection
+
+    def _live(self) -> RpcConnection | None:
+        return self._connection
 
     def _forget(self, connection: RpcConnection) -> None:
         if self._connection is connection:

@@ -67,7 +67,8 @@ class RpcConnection:
     _close: Callable[[], Any]
 
     def disconnected(self) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._client.on_disconnect())
+        future: asyncio.Future[None] = asyncio.ensure_future(self._client.on_disconnect())
+        return future
 
     async def close(self) -> None:
         await self._close()

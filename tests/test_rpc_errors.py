@@ -66,7 +66,7 @@ async def test_unexpected_errors_hide_details(failing_client: NodeClient, caplog
 
 
 async def test_codes_map_to_classes(failing_client: NodeClient) -> None:
-    with pytest.raises(Forbidden, match="^forbidden: you may not$"):
+    with pytest.raises(Forbidden, match=r"^forbidden: you may not$"):
         await failing_client.resolve_user("alice")
     with pytest.raises(ResourceExhausted) as raised:
         await failing_client.create_channel(b"x" * 32)

@@ -21,7 +21,9 @@ TRANSPORTS = ["quic", "tcp"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_health_and_server_info(node: Node, connect: ClientFactory, transport: str, node_config: NodeConfig) -> None:
+async def test_health_and_server_info(
+    node: Node, connect: ClientFactory, transport: str, node_config: NodeConfig
+) -> None:
     client = await connect(node, transport)
     assert await client.health() == "ok"
     info = await client.server_info()
@@ -80,7 +82,7 @@ async def test_garbage_on_quic_ends_only_that_connection(node: Node, connect: Cl
     host, port = node.quic_address
     configuration = QuicConfiguration(is_client=True, alpn_protocols=["capnp"], verify_mode=ssl.CERT_NONE)
     async with quic_connect(host, port, configuration=configuration) as protocol:
-        reader, writer = await protocol.create_stream()
+        _reader, writer = await protocol.create_stream()
         writer.write(b"\x00\x00\x00\x00\xff\xff\xff\x7f" + bytes(range(256)) * 64)
         await asyncio.wait_for(protocol.wait_closed(), 10)
     assert await healthy.health() == "ok"

@@ -1,0 +1,152 @@
+"""`qpc-server` as an operator runs it: a real process, real signals, real files."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quicnprotochat.client import KnownHosts, NodeClient
+from quicnprotochat.client.node_client import Transport
+
+TRANSPORTS: tuple[Transport, ...] = ("quic", "tcp")
+
+FINGERPRINT = re.compile(r"node fingerprint \(SHA-256 of its public key\): ([0-9a-f]{64})")
+LISTENING = re.compile(r"listening for (QUIC|TLS over TCP) on 127\.0\.0\.1:(\d+)")
+
+
+def _server(data_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", str(data_dir), *args]
+
+
+def _start(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, dict[str, int], list[str]]:
+    process = subprocess.Popen(
+        _server(data_dir, *extra, "run", "--quic-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stderr is not None
+    fingerprint, ports, lines = "", dict[str, int](), list[str]()
+    deadline = time.monotonic() + 30
+    while len(ports) < 2 and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := FINGERPRINT.search(line):
+            fingerprint = match[1]
+        if match := LISTENING.search(line):
+            ports["quic" if match[1] == "QUIC" else "tcp"] = int(match[2])
+    if len(ports) < 2:
+        process.kill()
+        pytest.fail("the node did not report its listeners:\n" + "".join(lines))
+    return process, fingerprint, ports, lines
+
+
+def _stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
+    process.send_signal(signum)
+    try:
+        _, rest = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the node did not stop on a signal")
+    return process.returncode, rest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_run_serves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    process, fingerprint, ports, _ = _start(tmp_path / "node")
+    try:
+        known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
+        for transport in TRANSPORTS:
+            client = NodeClient(
+                f"127.0.0.1:{ports[transport]}",
+                transport=transport,
+                known_hosts=known,
+                server_fingerprint=fingerprint,
+            )
+            assert await client.health() == "ok"
+            await client.close()
+    finally:
+        code, rest = _stop(process, signum)
+    assert code == 0
+    assert "stopped" in rest
+    assert "Traceback" not in rest
+
+
+def test_info_prints_the_same_fingerprint(tmp_path: Path) -> None:
+    process, fingerprint, _, lines = _start(tmp_path / "node")
+    _stop(process)
+    assert any("created a new node identity" in line for line in lines)
+    info = subprocess.run(_server(tmp_path / "node", "info"), capture_output=True, text=True, check=True)
+    assert f"fingerprint: {fingerprint}" in info.stdout
+    # A second run keeps the identity.
+    process, again, _, lines = _start(tmp_path / "node")
+    _stop(process)
+    assert again == fingerprint
+    assert not any("created a new node identity" in line for line in lines)
+
+
+def test_info_without_identity_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(_server(tmp_path / "empty", "info"), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "no node identity" in result.stderr
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("max_payload_bytes = 12345\n")
+    env = dict(os.environ, QPC_SERVER_LOG_LEVEL="debug")
+    process, _, _, lines = _start(tmp_path / "node", "--config", str(config), env=env)
+    _stop(process)
+    assert any(" DEBUG " in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--quic-listen", "nonsense"], "quic_listen must look like host:port"),
+        (["run", "--quic-listen", "", "--tcp-listen", ""], "at least one of quic_listen and tcp_listen"),
+    ],
+)
+def test_bad_settings_are_explained(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(_server(tmp_path / "node", *args), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_explained(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("max_payload = 5\n")
+    result = subprocess.run(
+        _server(tmp_path / "node", "--config", str(config), "run"), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "unknown keys max_payload" in result.stderr
+
+
+def test_port_in_use_is_explained(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            _server(tmp_path / "node", "run", "--quic-listen", "", "--tcp-listen", f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
