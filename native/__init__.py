@@ -1,5 +1,71 @@
-"""The native core: MLS, OPAQUE and hybrid envelopes, implemented in Rust."""
+"""The native core: MLS, OPAQUE and hybrid envelopes, implemented in Rust.
 
-from quicnprotochat.native._native import version
+Secret keys live in Rust objects (zeroized on drop); Python holds handles to them. Every
+failure raises a subclass of :class:`NativeError` with a reason that never contains secrets.
+"""
 
-__all__ = ["version"]
+from quicnprotochat.native._native import (
+    CIPHERSUITE_DEFAULT,
+    CIPHERSUITE_XWING,
+    ENVELOPE_VERSION,
+    HYBRID_ENC_LEN,
+    HYBRID_KEM_ID,
+    HYBRID_PUBLIC_KEY_LEN,
+    DecryptError,
+    GroupNotFound,
+    HybridKeyPair,
+    InvalidKeyError,
+    InvalidKeyPackage,
+    KeyPackageInfo,
+    MalformedError,
+    NativeError,
+    OpaqueClientLogin,
+    OpaqueClientRegistration,
+    OpaqueError,
+    OpaqueServer,
+    ProcessedMessage,
+    StateError,
+    StorageError,
+    UnsupportedError,
+    Vault,
+    VaultKeyError,
+    WrongEpoch,
+    seal_envelope,
+    validate_hybrid_public_key,
+    validate_key_package,
+    verify_ed25519,
+    version,
+)
+
+__all__ = [
+    "CIPHERSUITE_DEFAULT",
+    "CIPHERSUITE_XWING",
+    "ENVELOPE_VERSION",
+    "HYBRID_ENC_LEN",
+    "HYBRID_KEM_ID",
+    "HYBRID_PUBLIC_KEY_LEN",
+    "DecryptError",
+    "GroupNotFound",
+    "HybridKeyPair",
+    "InvalidKeyError",
+    "InvalidKeyPackage",
+    "KeyPackageInfo",
+    "MalformedError",
+    "NativeError",
+    "OpaqueClientLogin",
+    "OpaqueClientRegistration",
+    "OpaqueError",
+    "OpaqueServer",
+    "ProcessedMessage",
+    "StateError",
+    "StorageError",
+    "UnsupportedError",
+    "Vault",
+    "VaultKeyError",
+    "WrongEpoch",
+    "seal_envelope",
+    "validate_hybrid_public_key",
+    "validate_key_package",
+    "verify_ed25519",
+    "version",
+]
