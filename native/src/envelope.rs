@@ -106,7 +106,11 @@ pub fn seal_envelope(recipient_public_key: &[u8], payload: &[u8], info: &[u8]) -
     Ok(out)
 }
 
-fn open_envelope(sk: &<Kem as KemTrait>::PrivateKey, envelope: &[u8], info: &[u8]) -> Result<Vec<u8>> {
+fn open_envelope(
+    sk: &<Kem as KemTrait>::PrivateKey,
+    envelope: &[u8],
+    info: &[u8],
+) -> Result<Vec<u8>> {
     if envelope.len() < 1 + ENC_LEN + TAG_LEN {
         return Err(Error::Malformed(format!(
             "envelope too short: {} bytes, need at least {}",
@@ -130,7 +134,9 @@ fn open_envelope(sk: &<Kem as KemTrait>::PrivateKey, envelope: &[u8], info: &[u8
         &envelope[1 + ENC_LEN..],
         b"",
     )
-    .map_err(|_| Error::Decrypt("envelope authentication failed (wrong key, info or tampered)".into()))
+    .map_err(|_| {
+        Error::Decrypt("envelope authentication failed (wrong key, info or tampered)".into())
+    })
 }
 
 #[cfg(test)]
@@ -155,7 +161,10 @@ mod tests {
         let mut bad = env.clone();
         bad[0] = 2;
         assert!(matches!(kp.open(&bad, b"info"), Err(Error::Malformed(_))));
-        assert!(matches!(kp.open(&env[..100], b"info"), Err(Error::Malformed(_))));
+        assert!(matches!(
+            kp.open(&env[..100], b"info"),
+            Err(Error::Malformed(_))
+        ));
         // another key cannot open
         let other = HybridKeyPair::generate().unwrap();
         assert!(other.open(&env, b"info").is_err());

@@ -129,9 +129,9 @@ fn parse_key_package(crypto: &impl OpenMlsCrypto, data: &[u8]) -> Result<KeyPack
     ciphersuite(cs as u16).map_err(|_| {
         Error::InvalidKeyPackage(format!("unsupported ciphersuite {:#06x}", cs as u16))
     })?;
-    crypto
-        .supports(cs)
-        .map_err(|_| Error::InvalidKeyPackage("ciphersuite not supported by the provider".into()))?;
+    crypto.supports(cs).map_err(|_| {
+        Error::InvalidKeyPackage("ciphersuite not supported by the provider".into())
+    })?;
     check_credential(&kp)?;
     Ok(kp)
 }
@@ -265,10 +265,12 @@ fn open_connection(path: &str, key: &[u8]) -> Result<Connection> {
             .map_err(|_| Error::Storage("setting the vault key failed".into()))?;
     }
     // The first read decrypts page 1: a wrong key (or a non-vault file) fails here.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-        .map_err(|_| {
-            Error::VaultKey("the vault cannot be decrypted with this key (or is not a vault)".into())
-        })?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|_| {
+        Error::VaultKey("the vault cannot be decrypted with this key (or is not a vault)".into())
+    })?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -322,12 +324,18 @@ impl Vault {
     ) -> Result<(SignatureKeyPair, HybridKeyPair)> {
         let get = |k: &str| -> Result<Option<Vec<u8>>> {
             Ok(conn
-                .query_row("SELECT v FROM qpc_meta WHERE k = ?1", params![k], |r| r.get(0))
+                .query_row("SELECT v FROM qpc_meta WHERE k = ?1", params![k], |r| {
+                    r.get(0)
+                })
                 .optional()?)
         };
         let signer = match get(META_IDENTITY)? {
-            Some(public) => SignatureKeyPair::read(provider.storage(), &public, SignatureScheme::ED25519)
-                .ok_or_else(|| Error::Storage("identity key pair missing from the vault".into()))?,
+            Some(public) => {
+                SignatureKeyPair::read(provider.storage(), &public, SignatureScheme::ED25519)
+                    .ok_or_else(|| {
+                        Error::Storage("identity key pair missing from the vault".into())
+                    })?
+            }
             None => {
                 let kp = SignatureKeyPair::new(SignatureScheme::ED25519)
                     .map_err(|_| Error::Crypto("identity key generation failed".into()))?;
@@ -438,7 +446,9 @@ impl Vault {
     fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup> {
         MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
             .map_err(|e| Error::Storage(format!("loading group: {e}")))?
-            .ok_or_else(|| Error::GroupNotFound(format!("{} bytes id not in this vault", group_id.len())))
+            .ok_or_else(|| {
+                Error::GroupNotFound(format!("{} bytes id not in this vault", group_id.len()))
+            })
     }
 
     /// Creates a TLS-serialized KeyPackage; its private keys stay in the vault.
@@ -482,7 +492,11 @@ impl Vault {
     }
 
     /// Adds members by KeyPackage; merges the commit locally; returns (commit, welcome).
-    pub fn add_members(&mut self, group_id: &[u8], key_packages: &[Vec<u8>]) -> Result<CommitOutput> {
+    pub fn add_members(
+        &mut self,
+        group_id: &[u8],
+        key_packages: &[Vec<u8>],
+    ) -> Result<CommitOutput> {
         if key_packages.is_empty() {
             return Err(Error::State("no key packages given".into()));
         }
@@ -492,7 +506,10 @@ impl Vault {
             .collect::<Result<Vec<_>>>()?;
         self.tx(|v| {
             let mut group = v.load_group(group_id)?;
-            if let Some(kp) = kps.iter().find(|kp| kp.ciphersuite() != group.ciphersuite()) {
+            if let Some(kp) = kps
+                .iter()
+                .find(|kp| kp.ciphersuite() != group.ciphersuite())
+            {
                 return Err(Error::InvalidKeyPackage(format!(
                     "key package ciphersuite {:#06x} differs from the group's {:#06x}",
                     kp.ciphersuite() as u16,
@@ -513,7 +530,11 @@ impl Vault {
     }
 
     /// Removes the members with these identity keys; merges locally; returns the commit.
-    pub fn remove_members(&mut self, group_id: &[u8], identity_keys: &[Vec<u8>]) -> Result<Vec<u8>> {
+    pub fn remove_members(
+        &mut self,
+        group_id: &[u8],
+        identity_keys: &[Vec<u8>],
+    ) -> Result<Vec<u8>> {
         self.tx(|v| {
             let mut group = v.load_group(group_id)?;
             let mut indices = Vec::with_capacity(identity_keys.len());
@@ -521,7 +542,9 @@ impl Vault {
                 let member = group
                     .members()
                     .find(|m| &m.signature_key == key)
-                    .ok_or_else(|| Error::State("identity key is not a member of the group".into()))?;
+                    .ok_or_else(|| {
+                        Error::State("identity key is not a member of the group".into())
+                    })?;
                 indices.push(member.index);
             }
             if indices.contains(&group.own_leaf_index()) {
@@ -591,8 +614,10 @@ impl Vault {
             group
                 .delete(v.provider.storage())
                 .map_err(|e| Error::Storage(format!("delete group: {e}")))?;
-            v.conn
-                .execute("DELETE FROM qpc_groups WHERE group_id = ?1", params![group_id])?;
+            v.conn.execute(
+                "DELETE FROM qpc_groups WHERE group_id = ?1",
+                params![group_id],
+            )?;
             Ok(())
         })
     }
@@ -605,8 +630,9 @@ impl Vault {
             return Err(Error::Malformed("message is not a Welcome".into()));
         };
         self.tx(|v| {
-            let staged = StagedWelcome::new_from_welcome(&v.provider, &Self::join_config(), welcome, None)
-                .map_err(|e| mls_err(Error::Decrypt, "welcome rejected", e))?;
+            let staged =
+                StagedWelcome::new_from_welcome(&v.provider, &Self::join_config(), welcome, None)
+                    .map_err(|e| mls_err(Error::Decrypt, "welcome rejected", e))?;
             let group = staged
                 .into_group(&v.provider)
                 .map_err(|e| mls_err(Error::State, "join", e))?;
@@ -687,8 +713,13 @@ impl Vault {
                     }
                 }
                 if let Proposal::Add(a) = proposal.proposal() {
-                    out.added
-                        .push(a.key_package().leaf_node().signature_key().as_slice().to_vec());
+                    out.added.push(
+                        a.key_package()
+                            .leaf_node()
+                            .signature_key()
+                            .as_slice()
+                            .to_vec(),
+                    );
                 }
                 group
                     .store_pending_proposal(self.provider.storage(), *proposal)

@@ -15,6 +15,7 @@
 use std::marker::PhantomData;
 
 use opaque_ke::generic_array::{ArrayLength, GenericArray};
+use opaque_ke::rand::{CryptoRng, RngCore};
 use opaque_ke::{
     errors::{InternalError, ProtocolError},
     ksf::{Identity, Ksf},
@@ -23,7 +24,6 @@ use opaque_ke::{
     CredentialResponse, Identifiers, RegistrationRequest, RegistrationResponse, RegistrationUpload,
     Ristretto255, ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup, TripleDh,
 };
-use opaque_ke::rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -116,7 +116,9 @@ fn protocol(e: ProtocolError) -> Error {
     match e {
         // Wrong password, unknown user (fake record) and a bad server MAC all end here.
         ProtocolError::InvalidLoginError => Error::Opaque("login failed".into()),
-        ProtocolError::ReflectedValueError => Error::Opaque("server reflected the OPRF value".into()),
+        ProtocolError::ReflectedValueError => {
+            Error::Opaque("server reflected the OPRF value".into())
+        }
         ProtocolError::SerializationError | ProtocolError::SizeError { .. } => {
             Error::Malformed("OPAQUE message does not decode".into())
         }
@@ -158,11 +160,16 @@ impl<K: Ksf> Server<K> {
     }
 
     /// RegistrationRequest -> RegistrationResponse.
-    pub fn registration_start(&self, credential_identifier: &[u8], request: &[u8]) -> Result<Vec<u8>> {
+    pub fn registration_start(
+        &self,
+        credential_identifier: &[u8],
+        request: &[u8],
+    ) -> Result<Vec<u8>> {
         let request = RegistrationRequest::<Suite<K>>::deserialize(request)
             .map_err(malformed("registration request"))?;
-        let result = ServerRegistration::<Suite<K>>::start(&self.setup, request, credential_identifier)
-            .map_err(protocol)?;
+        let result =
+            ServerRegistration::<Suite<K>>::start(&self.setup, request, credential_identifier)
+                .map_err(protocol)?;
         Ok(result.message.serialize().to_vec())
     }
 
@@ -170,7 +177,9 @@ impl<K: Ksf> Server<K> {
     pub fn registration_finish(upload: &[u8]) -> Result<Vec<u8>> {
         let upload = RegistrationUpload::<Suite<K>>::deserialize(upload)
             .map_err(malformed("registration upload"))?;
-        Ok(ServerRegistration::<Suite<K>>::finish(upload).serialize().to_vec())
+        Ok(ServerRegistration::<Suite<K>>::finish(upload)
+            .serialize()
+            .to_vec())
     }
 
     /// KE1 -> (KE2, secret server state). `password_file = None` takes the fake-record path,
@@ -185,7 +194,8 @@ impl<K: Ksf> Server<K> {
     ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
         let record = match password_file {
             Some(b) => Some(
-                ServerRegistration::<Suite<K>>::deserialize(b).map_err(malformed("password file"))?,
+                ServerRegistration::<Suite<K>>::deserialize(b)
+                    .map_err(malformed("password file"))?,
             ),
             None => None,
         };

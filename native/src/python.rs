@@ -20,7 +20,12 @@ create_exception!(
     PyException,
     "Base class of every error raised by the native core."
 );
-create_exception!(quicnprotochat_native, MalformedError, NativeError, "Input bytes do not parse.");
+create_exception!(
+    quicnprotochat_native,
+    MalformedError,
+    NativeError,
+    "Input bytes do not parse."
+);
 create_exception!(
     quicnprotochat_native,
     DecryptError,
@@ -51,14 +56,24 @@ create_exception!(
     NativeError,
     "A key has the wrong size or does not decode."
 );
-create_exception!(quicnprotochat_native, StorageError, NativeError, "Vault storage failure.");
+create_exception!(
+    quicnprotochat_native,
+    StorageError,
+    NativeError,
+    "Vault storage failure."
+);
 create_exception!(
     quicnprotochat_native,
     VaultKeyError,
     StorageError,
     "The vault cannot be decrypted with the given key."
 );
-create_exception!(quicnprotochat_native, GroupNotFound, NativeError, "Unknown group id.");
+create_exception!(
+    quicnprotochat_native,
+    GroupNotFound,
+    NativeError,
+    "Unknown group id."
+);
 create_exception!(
     quicnprotochat_native,
     StateError,
@@ -140,7 +155,9 @@ impl HybridKeyPair {
 
     #[staticmethod]
     fn from_seed(py: Python<'_>, seed: &[u8]) -> PyResult<Self> {
-        Ok(HybridKeyPair(py.detach(|| envelope::HybridKeyPair::from_seed(seed))?))
+        Ok(HybridKeyPair(
+            py.detach(|| envelope::HybridKeyPair::from_seed(seed))?,
+        ))
     }
 
     #[getter]
@@ -148,7 +165,12 @@ impl HybridKeyPair {
         bytes(py, self.0.public_key())
     }
 
-    fn open<'py>(&self, py: Python<'py>, envelope: &[u8], info: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    fn open<'py>(
+        &self,
+        py: Python<'py>,
+        envelope: &[u8],
+        info: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let out = py.detach(|| self.0.open(envelope, info))?;
         Ok(bytes(py, &out))
     }
@@ -334,7 +356,11 @@ impl Vault {
     }
 
     #[pyo3(signature = (ciphersuite = mls::SUITE_DEFAULT))]
-    fn create_group<'py>(&self, py: Python<'py>, ciphersuite: u16) -> PyResult<Bound<'py, PyBytes>> {
+    fn create_group<'py>(
+        &self,
+        py: Python<'py>,
+        ciphersuite: u16,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let id = self.with(py, |v| v.create_group(ciphersuite))?;
         Ok(bytes(py, &id))
     }
@@ -537,7 +563,10 @@ impl OpaqueClientRegistration {
     #[staticmethod]
     fn start<'py>(py: Python<'py>, password: &[u8]) -> PyResult<(Self, Bound<'py, PyBytes>)> {
         let (flow, req) = opaque::ClientRegistrationFlow::start(&mut OsRng, password)?;
-        Ok((OpaqueClientRegistration(Mutex::new(Some(flow))), bytes(py, &req)))
+        Ok((
+            OpaqueClientRegistration(Mutex::new(Some(flow))),
+            bytes(py, &req),
+        ))
     }
 
     /// RegistrationResponse -> (RegistrationUpload, export_key). Runs Argon2id without the GIL.

@@ -61,7 +61,10 @@ fn group_flow(suite: u16) {
     let n = bad.len();
     bad[n - 3] ^= 1;
     assert!(b.process(&bad).is_err());
-    assert_eq!(b.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"secret");
+    assert_eq!(
+        b.process(&ct).unwrap().plaintext.unwrap().as_slice(),
+        b"secret"
+    );
 
     // Remove c.
     let commit = a.remove_members(&gid, &[c.identity_key()]).unwrap();
@@ -75,7 +78,10 @@ fn group_flow(suite: u16) {
     assert!(!c.is_active(&gid).unwrap());
     let ct = a.encrypt(&gid, b"after removal").unwrap();
     assert!(c.process(&ct).is_err());
-    assert_eq!(b.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"after removal");
+    assert_eq!(
+        b.process(&ct).unwrap().plaintext.unwrap().as_slice(),
+        b"after removal"
+    );
 
     // Reload from disk.
     drop(a);
@@ -85,7 +91,10 @@ fn group_flow(suite: u16) {
     assert_eq!(a.group_ids().unwrap(), vec![gid.clone()]);
     assert_eq!(a.epoch(&gid).unwrap(), 2);
     let ct = b.encrypt(&gid, b"after restart").unwrap();
-    assert_eq!(a.process(&ct).unwrap().plaintext.unwrap().as_slice(), b"after restart");
+    assert_eq!(
+        a.process(&ct).unwrap().plaintext.unwrap().as_slice(),
+        b"after restart"
+    );
     let upd = a.self_update(&gid).unwrap();
     assert_eq!(b.process(&upd).unwrap().epoch, 3);
     // Replaying an old-epoch commit is a WrongEpoch error.
@@ -138,14 +147,21 @@ fn key_package_validation_and_signatures() {
     let mut bad = kp.clone();
     let n = bad.len();
     bad[n - 10] ^= 1;
-    assert!(matches!(validate_key_package(&bad), Err(Error::InvalidKeyPackage(_))));
+    assert!(matches!(
+        validate_key_package(&bad),
+        Err(Error::InvalidKeyPackage(_))
+    ));
     assert!(validate_key_package(&kp[..kp.len() - 1]).is_err());
     assert!(validate_key_package(b"").is_err());
 
     let sig = a.sign(b"transcript").unwrap();
     assert!(verify_ed25519(&a.identity_key(), b"transcript", &sig));
     assert!(!verify_ed25519(&a.identity_key(), b"transcripT", &sig));
-    assert!(!verify_ed25519(&a.identity_key()[..31], b"transcript", &sig));
+    assert!(!verify_ed25519(
+        &a.identity_key()[..31],
+        b"transcript",
+        &sig
+    ));
     assert!(matches!(a.create_group(0x0002), Err(Error::Unsupported(_))));
     assert!(matches!(a.epoch(b"nope"), Err(Error::GroupNotFound(_))));
 }

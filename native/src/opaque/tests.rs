@@ -56,7 +56,10 @@ impl RngCore for ScriptRng {
         let first_tail = self.total_calls.saturating_sub(self.tail.len());
         if idx >= first_tail && self.total_calls != usize::MAX {
             let v = &self.tail[idx - first_tail];
-            assert!(v.len() <= dest.len(), "scripted value longer than the request");
+            assert!(
+                v.len() <= dest.len(),
+                "scripted value longer than the request"
+            );
             // A 32-byte scalar requested as 64 bytes (wide reduction): pad with zeros.
             dest.fill(0);
             dest[..v.len()].copy_from_slice(v);
@@ -64,7 +67,10 @@ impl RngCore for ScriptRng {
             dest.fill(0x5a);
         }
     }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), opaque_ke::rand::Error> {
+    fn try_fill_bytes(
+        &mut self,
+        dest: &mut [u8],
+    ) -> std::result::Result<(), opaque_ke::rand::Error> {
         self.fill_bytes(dest);
         Ok(())
     }
@@ -208,18 +214,22 @@ fn run_vector(v: &Vector) {
         ],
         |rng| {
             server
-                .login_start(rng, &v.credential_identifier, Some(&password_file), &ke1, &params)
+                .login_start(
+                    rng,
+                    &v.credential_identifier,
+                    Some(&password_file),
+                    &ke1,
+                    &params,
+                )
                 .unwrap()
         },
     );
     assert_eq!(ke2, v.ke2);
 
     // KE3.
-    let (flow, _) = ClientLoginFlow::<Identity>::start(
-        &mut ScriptRng::with_tail(3, client_tail),
-        &v.password,
-    )
-    .unwrap();
+    let (flow, _) =
+        ClientLoginFlow::<Identity>::start(&mut ScriptRng::with_tail(3, client_tail), &v.password)
+            .unwrap();
     let out = flow.finish(&mut OsRng, &ke2, &params).unwrap();
     assert_eq!(out.finalization, v.ke3);
     assert_eq!(out.session_key.as_slice(), v.session_key.as_slice());
@@ -276,9 +286,15 @@ fn argon2_suite_round_trip_wrong_password_and_unknown_user() {
     assert_eq!(c.len(), 64);
 
     let wrong = login(&server, b"alice", Some(&file), b"wrong horse");
-    assert!(matches!(wrong, Err(Error::Opaque(_))), "wrong password accepted");
+    assert!(
+        matches!(wrong, Err(Error::Opaque(_))),
+        "wrong password accepted"
+    );
     let unknown = login(&server, b"mallory", None, b"whatever");
-    assert!(matches!(unknown, Err(Error::Opaque(_))), "unknown user accepted");
+    assert!(
+        matches!(unknown, Err(Error::Opaque(_))),
+        "unknown user accepted"
+    );
     // Same error text for both, so the caller cannot tell them apart.
     assert_eq!(
         wrong.err().unwrap().to_string(),
@@ -287,8 +303,12 @@ fn argon2_suite_round_trip_wrong_password_and_unknown_user() {
     // A KE2 for an unknown user has the same size as for a known user.
     let (_, ke1) = ClientLoginFlow::<AppArgon2>::start(&mut OsRng, b"x").unwrap();
     let p = Params::default();
-    let (ke2_known, _) = server.login_start(&mut OsRng, b"alice", Some(&file), &ke1, &p).unwrap();
-    let (ke2_fake, _) = server.login_start(&mut OsRng, b"nobody", None, &ke1, &p).unwrap();
+    let (ke2_known, _) = server
+        .login_start(&mut OsRng, b"alice", Some(&file), &ke1, &p)
+        .unwrap();
+    let (ke2_fake, _) = server
+        .login_start(&mut OsRng, b"nobody", None, &ke1, &p)
+        .unwrap();
     assert_eq!(ke2_known.len(), ke2_fake.len());
 
     assert!(matches!(
