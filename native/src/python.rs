@@ -107,6 +107,16 @@ impl From<Error> for PyErr {
     }
 }
 
+/// Releases the GIL around `f` and turns a panic inside it into a `NativeError` (PyO3 would
+/// otherwise raise `PanicException`, a `BaseException` that ordinary handlers do not catch).
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    py.detach(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(Error::Crypto("internal error".into())))
+    })
+    .map_err(PyErr::from)
+}
+
 fn bytes<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, data)
 }
@@ -132,7 +142,9 @@ fn seal_envelope<'py>(
     payload: &[u8],
     info: &[u8],
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let out = py.detach(|| envelope::seal_envelope(recipient_public_key, payload, info))?;
+    let out = run(py, || {
+        envelope::seal_envelope(recipient_public_key, payload, info)
+    })?;
     Ok(bytes(py, &out))
 }
 
@@ -150,14 +162,14 @@ struct HybridKeyPair(envelope::HybridKeyPair);
 impl HybridKeyPair {
     #[staticmethod]
     fn generate(py: Python<'_>) -> PyResult<Self> {
-        Ok(HybridKeyPair(py.detach(envelope::HybridKeyPair::generate)?))
+        Ok(HybridKeyPair(run(py, envelope::HybridKeyPair::generate)?))
     }
 
     #[staticmethod]
     fn from_seed(py: Python<'_>, seed: &[u8]) -> PyResult<Self> {
-        Ok(HybridKeyPair(
-            py.detach(|| envelope::HybridKeyPair::from_seed(seed))?,
-        ))
+        Ok(HybridKeyPair(run(py, || {
+            envelope::HybridKeyPair::from_seed(seed)
+        })?))
     }
 
     #[getter]
@@ -171,7 +183,7 @@ impl HybridKeyPair {
         envelope: &[u8],
         info: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let out = py.detach(|| self.0.open(envelope, info))?;
+        let out = run(py, || self.0.open(envelope, info))?;
         Ok(bytes(py, &out))
     }
 
@@ -213,7 +225,7 @@ impl KeyPackageInfo {
 /// Parses and validates a TLS-encoded KeyPackage (raises InvalidKeyPackage).
 #[pyfunction]
 fn validate_key_package(py: Python<'_>, data: &[u8]) -> PyResult<KeyPackageInfo> {
-    let info = py.detach(|| mls::validate_key_package(data))?;
+    let info = run(py, || mls::validate_key_package(data))?;
     Ok(KeyPackageInfo {
         identity_key: bytes(py, &info.identity_key).unbind(),
         ciphersuite: info.ciphersuite,
@@ -269,14 +281,13 @@ impl Vault {
         py: Python<'_>,
         f: impl FnOnce(&mut mls::Vault) -> Result<T, Error> + Send,
     ) -> PyResult<T> {
-        py.detach(|| {
+        run(py, || {
             let mut guard = lock(&self.inner);
             let vault = guard
                 .as_mut()
                 .ok_or_else(|| Error::State("vault is closed".into()))?;
             f(vault)
         })
-        .map_err(PyErr::from)
     }
 }
 
@@ -285,16 +296,17 @@ impl Vault {
     /// Opens or creates the vault at `path`, encrypted with the raw 32-byte `key`.
     #[staticmethod]
     fn open(py: Python<'_>, path: &str, key: &[u8]) -> PyResult<Self> {
-        let v = py.detach(|| mls::Vault::open(path, key))?;
+        let v = run(py, || mls::Vault::open(path, key))?;
         Ok(Vault {
             inner: Mutex::new(Some(v)),
         })
     }
 
     /// Closes the database and drops (zeroizes) the secrets. Further calls raise StateError.
-    fn close(&self, py: Python<'_>) {
-        py.detach(|| {
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        run(py, || {
             lock(&self.inner).take();
+            Ok(())
         })
     }
 
@@ -308,9 +320,9 @@ impl Vault {
         _exc_type: Option<Bound<'_, PyAny>>,
         _exc: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close(py);
-        false
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
     }
 
     #[getter]
@@ -503,7 +515,9 @@ impl OpaqueServer {
         credential_identifier: &[u8],
         request: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let r = py.detach(|| self.0.registration_start(credential_identifier, request))?;
+        let r = run(py, || {
+            self.0.registration_start(credential_identifier, request)
+        })?;
         Ok(bytes(py, &r))
     }
 
@@ -523,7 +537,7 @@ impl OpaqueServer {
         request: &[u8],
         password_file: Option<&[u8]>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let (ke2, state) = py.detach(|| {
+        let (ke2, state) = run(py, || {
             self.0.login_start(
                 &mut OsRng,
                 credential_identifier,
@@ -542,7 +556,7 @@ impl OpaqueServer {
         state: &[u8],
         finalization: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let k = py.detach(|| {
+        let k = run(py, || {
             opaque::Server::<AppArgon2>::login_finish(state, finalization, &Params::default())
         })?;
         Ok(bytes(py, &k))
@@ -575,7 +589,7 @@ impl OpaqueClientRegistration {
         py: Python<'py>,
         response: &[u8],
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let out = py.detach(|| {
+        let out = run(py, || {
             let flow = lock(&self.0)
                 .take()
                 .ok_or_else(|| Error::Opaque("registration already finished".into()))?;
@@ -604,7 +618,7 @@ impl OpaqueClientLogin {
         py: Python<'py>,
         response: &[u8],
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let out = py.detach(|| {
+        let out = run(py, || {
             let flow = lock(&self.0)
                 .take()
                 .ok_or_else(|| Error::Opaque("login already finished".into()))?;

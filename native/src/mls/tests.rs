@@ -165,3 +165,33 @@ fn key_package_validation_and_signatures() {
     assert!(matches!(a.create_group(0x0002), Err(Error::Unsupported(_))));
     assert!(matches!(a.epoch(b"nope"), Err(Error::GroupNotFound(_))));
 }
+
+#[test]
+fn expired_and_foreign_credential_key_packages_rejected() {
+    let dir = Dir::new();
+    let a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    let cs = ciphersuite(SUITE_DEFAULT).unwrap();
+    // Lifetime entirely in the past (1970).
+    let expired = KeyPackage::builder()
+        .key_package_lifetime(Lifetime::init(0, 1000))
+        .leaf_node_capabilities(Vault::capabilities())
+        .build(cs, &a.provider, &a.signer, a.credential())
+        .unwrap();
+    let bytes = expired.key_package().tls_serialize_detached().unwrap();
+    let err = validate_key_package(&bytes).unwrap_err();
+    assert!(matches!(err, Error::InvalidKeyPackage(_)), "{err}");
+    assert!(err.to_string().to_lowercase().contains("lifetime"), "{err}");
+
+    // A basic credential naming another key than the signature key.
+    let foreign = CredentialWithKey {
+        credential: BasicCredential::new(vec![7u8; 32]).into(),
+        signature_key: a.signer.public().into(),
+    };
+    let kp = KeyPackage::builder()
+        .leaf_node_capabilities(Vault::capabilities())
+        .build(cs, &a.provider, &a.signer, foreign)
+        .unwrap();
+    let bytes = kp.key_package().tls_serialize_detached().unwrap();
+    let err = validate_key_package(&bytes).unwrap_err();
+    assert!(err.to_string().contains("credential identity"), "{err}");
+}
