@@ -59,6 +59,9 @@ def version() -> str: ...
 def seal_envelope(recipient_public_key: bytes, payload: bytes, info: bytes) -> bytes:
     """Return ``0x01 | enc (1120 bytes) | ciphertext``; raises InvalidKeyError."""
 
+def envelope_info(recipient_identity_key: bytes, channel_id: bytes | None = None) -> bytes:
+    """``b"quicnprotochat envelope v1" | recipient identity key (32) | channel id (empty or 16)``."""
+
 def validate_hybrid_public_key(public_key: bytes) -> None:
     """Raise InvalidKeyError unless ``public_key`` is a well-formed X-Wing public key."""
 

@@ -76,6 +76,31 @@ impl HybridKeyPair {
     }
 }
 
+/// HPKE `info` label of envelope v1 (DESIGN section 8).
+pub const INFO_LABEL: &[u8] = b"quicnprotochat envelope v1";
+
+/// `info = "quicnprotochat envelope v1" | recipient identity key (32) | channel id (0 or 16)`.
+/// The identity key has a fixed length, so the concatenation is unambiguous.
+pub fn envelope_info(recipient_identity_key: &[u8], channel_id: &[u8]) -> Result<Vec<u8>> {
+    if recipient_identity_key.len() != 32 {
+        return Err(Error::InvalidKey(format!(
+            "recipient identity key must be 32 bytes, got {}",
+            recipient_identity_key.len()
+        )));
+    }
+    if !(channel_id.is_empty() || channel_id.len() == 16) {
+        return Err(Error::Malformed(format!(
+            "channel id must be empty or 16 bytes, got {}",
+            channel_id.len()
+        )));
+    }
+    let mut info = Vec::with_capacity(INFO_LABEL.len() + 32 + channel_id.len());
+    info.extend_from_slice(INFO_LABEL);
+    info.extend_from_slice(recipient_identity_key);
+    info.extend_from_slice(channel_id);
+    Ok(info)
+}
+
 fn parse_public_key(public_key: &[u8]) -> Result<<Kem as KemTrait>::PublicKey> {
     if public_key.len() != PUBLIC_KEY_LEN {
         return Err(Error::InvalidKey(format!(
@@ -168,6 +193,16 @@ mod tests {
         // another key cannot open
         let other = HybridKeyPair::generate().unwrap();
         assert!(other.open(&env, b"info").is_err());
+    }
+
+    #[test]
+    fn info_layout() {
+        let info = envelope_info(&[9; 32], &[]).unwrap();
+        assert_eq!(&info[..26], b"quicnprotochat envelope v1");
+        assert_eq!(info.len(), 26 + 32);
+        assert_eq!(envelope_info(&[9; 32], &[1; 16]).unwrap().len(), 26 + 48);
+        assert!(envelope_info(&[9; 31], &[]).is_err());
+        assert!(envelope_info(&[9; 32], &[1; 15]).is_err());
     }
 
     #[test]

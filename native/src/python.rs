@@ -148,6 +148,18 @@ fn seal_envelope<'py>(
     Ok(bytes(py, &out))
 }
 
+/// HPKE info of envelope v1: label | recipient identity key (32) | channel id (empty or 16).
+#[pyfunction]
+#[pyo3(signature = (recipient_identity_key, channel_id = None))]
+fn envelope_info<'py>(
+    py: Python<'py>,
+    recipient_identity_key: &[u8],
+    channel_id: Option<&[u8]>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let info = envelope::envelope_info(recipient_identity_key, channel_id.unwrap_or_default())?;
+    Ok(bytes(py, &info))
+}
+
 /// Checks that bytes are a well-formed X-Wing public key (raises InvalidKeyError otherwise).
 #[pyfunction]
 fn validate_hybrid_public_key(public_key: &[u8]) -> PyResult<()> {
@@ -639,6 +651,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(seal_envelope, m)?)?;
     m.add_function(wrap_pyfunction!(validate_hybrid_public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(envelope_info, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key_package, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ed25519, m)?)?;
     m.add_class::<HybridKeyPair>()?;

@@ -39,6 +39,17 @@ def test_constants() -> None:
     assert native.HYBRID_KEM_ID == 0x647A
 
 
+def test_envelope_info_layout() -> None:
+    identity = bytes(range(32))
+    channel = bytes(range(16))
+    assert native.envelope_info(identity) == b"quicnprotochat envelope v1" + identity
+    assert native.envelope_info(identity, channel) == b"quicnprotochat envelope v1" + identity + channel
+    with pytest.raises(native.InvalidKeyError):
+        native.envelope_info(identity[:31])
+    with pytest.raises(native.MalformedError):
+        native.envelope_info(identity, channel[:15])
+
+
 def test_native_seal_opened_by_cryptography() -> None:
     seed = os.urandom(32)
     recipient = native.HybridKeyPair.from_seed(seed)
