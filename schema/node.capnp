@@ -39,10 +39,20 @@ interface NodeService {
   fetchHybridKey @7 (identityKey :Data, auth :Auth) -> (hybridPublicKey :Data);
 
   # ── Accounts: OPAQUE (RFC 9807) registration and login ─────────────────────────────────────────────────────
+  # Usernames are NFKC-normalized and case-folded, then must be 3 to 32 of [a-z0-9_.-].
+  # `identitySig` (appended to the specified parameters) proves possession of `identityKey`: an Ed25519
+  # signature by that key over the transcript defined in quicnprotochat.common.transcripts. Without a valid one
+  # the call is refused.
   opaqueRegisterStart @8 (username :Text, request :Data) -> (response :Data);
-  opaqueRegisterFinish @9 (username :Text, upload :Data, identityKey :Data) -> (success :Bool);
+
+  # Creates the account username -> (password file, identityKey); one account per username and per key.
+  opaqueRegisterFinish @9 (username :Text, upload :Data, identityKey :Data, identitySig :Data) -> (success :Bool);
+
+  # The login state between start and finish is kept by the node for a short time, for this connection only.
   opaqueLoginStart @10 (username :Text, request :Data) -> (response :Data);
-  opaqueLoginFinish @11 (username :Text, finalization :Data, identityKey :Data) -> (sessionToken :Data);
+
+  # Returns a 32-byte bearer token for Auth.accessToken; identityKey must be the account's.
+  opaqueLoginFinish @11 (username :Text, finalization :Data, identityKey :Data, identitySig :Data) -> (sessionToken :Data);
 
   # ── Peer-to-peer endpoints ─────────────────────────────────────────────────────────────────────────────────
   # Publish the caller's direct-connection address (opaque bytes, size-limited by the node).
@@ -77,6 +87,9 @@ interface NodeService {
   # ── Additions (append only) ────────────────────────────────────────────────────────────────────────────────
   # What this node is and what it accepts; needs no authentication.
   serverInfo @21 () -> (info :ServerInfo);
+
+  # Revokes the session token given in `auth`; later calls with it fail with `unauthenticated:`.
+  logout @22 (auth :Auth) -> ();
 }
 
 struct Auth {

@@ -35,6 +35,25 @@ class NodeConfig:
     max_wait_ms: int = 30_000
     max_key_packages_per_identity: int = 100
     max_endpoint_bytes: int = 4096
+    # Where the node keeps its data: empty means `node.sqlite3` in data_dir; or a path, `sqlite:///path`, or
+    # `postgresql://...` for several nodes sharing one database.
+    store: str = ""
+    session_ttl_seconds: int = 24 * 3600
+    login_state_seconds: int = 60
+    # Token buckets: calls per second and burst, per authenticated identity and per source address (every call);
+    # OPAQUE login and registration attempts per username and per address; sealed-sender enqueues per connection.
+    rate_per_identity: float = 500.0
+    burst_per_identity: int = 1000
+    rate_per_address: float = 2000.0
+    burst_per_address: int = 4000
+    login_rate_per_username: float = 0.2
+    login_burst_per_username: int = 10
+    login_rate_per_address: float = 2.0
+    login_burst_per_address: int = 30
+    sealed_rate_per_connection: float = 50.0
+    sealed_burst_per_connection: int = 100
+    # How often expired messages, sessions and login states are swept.
+    sweep_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -47,10 +66,14 @@ class NodeConfig:
             raise ConfigError("quic_idle_timeout_s must be longer than max_wait_ms")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "int" and value <= 0:
+            if field.type in ("int", "float") and value <= 0:
                 raise ConfigError(f"{field.name} must be positive, got {value}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+    @property
+    def store_location(self) -> str:
+        return self.store or str(self.data_dir / "node.sqlite3")
 
     @property
     def max_message_bytes(self) -> int:

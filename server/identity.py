@@ -83,12 +83,12 @@ def load_or_create_identity(data_dir: Path) -> tuple[NodeIdentity, bool]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     key_path, cert_path = data_dir / KEY_FILE, data_dir / CERT_FILE
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+    write_private_file(key_path, key_pem)
+    write_private_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
     return NodeIdentity(key_path, cert_path, certificate), True
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private_file(path: Path, data: bytes) -> None:
     """Writes a file readable by the node's user only, atomically, so a crash never leaves half a key."""
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,11 +1,13 @@
-"""A running node: its identity and state, its listeners, and their start and orderly stop."""
+"""A running node: its identity, store and services, its listeners, and their start and orderly stop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from quicnprotochat.common import kj_loop
@@ -18,17 +20,75 @@ from quicnprotochat.server.quic_listener import QuicListener, quic_server_config
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
+from quicnprotochat.server.services.accounts import AccountService, load_or_create_opaque_setup
+from quicnprotochat.server.services.directory import DirectoryService
+from quicnprotochat.server.services.inboxes import InboxService
+from quicnprotochat.server.services.rate_limits import RateLimit, RateLimiter, RateLimits
+from quicnprotochat.server.services.sessions import SessionService
+from quicnprotochat.server.store import Clock, Store, StoreLimits, open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 
 log = logging.getLogger("quicnprotochat.server")
 
 
+def store_limits(config: NodeConfig) -> StoreLimits:
+    return StoreLimits(
+        max_payload_bytes=config.max_payload_bytes,
+        max_inbox_depth=config.max_inbox_depth,
+        max_inbox_bytes=config.max_inbox_bytes,
+        max_fetch=config.max_fetch_limit,
+        max_key_packages_per_identity=config.max_key_packages_per_identity,
+    )
+
+
+def rate_limits(config: NodeConfig) -> RateLimits:
+    return RateLimits(
+        per_identity=RateLimit(config.rate_per_identity, config.burst_per_identity),
+        per_address=RateLimit(config.rate_per_address, config.burst_per_address),
+        login_per_username=RateLimit(config.login_rate_per_username, config.login_burst_per_username),
+        login_per_address=RateLimit(config.login_rate_per_address, config.login_burst_per_address),
+        sealed_per_connection=RateLimit(config.sealed_rate_per_connection, config.sealed_burst_per_connection),
+    )
+
+
 @dataclass
 class NodeState:
-    """What every connection's handlers share."""
+    """What every connection's handlers share: configuration, identity and the services."""
 
     config: NodeConfig
     identity: NodeIdentity
+    store: Store
+    sessions: SessionService
+    accounts: AccountService
+    directory: DirectoryService
+    inboxes: InboxService
+    limiter: RateLimiter
+
+    @classmethod
+    async def open(cls, config: NodeConfig, identity: NodeIdentity, clock: Clock) -> NodeState:
+        opaque = load_or_create_opaque_setup(config.data_dir)
+        store = await open_store(config.store_location, store_limits(config), clock=clock)
+        sessions = SessionService(store, config.session_ttl_seconds, clock)
+        return cls(
+            config=config,
+            identity=identity,
+            store=store,
+            sessions=sessions,
+            accounts=AccountService(
+                store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock
+            ),
+            directory=DirectoryService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
+            inboxes=InboxService(
+                store,
+                message_ttl_seconds=config.message_ttl_seconds,
+                max_fetch=config.max_fetch_limit,
+                max_wait_ms=config.max_wait_ms,
+                max_payload_bytes=config.max_payload_bytes,
+                allow_sealed_sender=config.allow_sealed_sender,
+                clock=clock,
+            ),
+            limiter=RateLimiter(rate_limits(config)),
+        )
 
     def server_info(self) -> dict[str, Any]:
         config = self.config
@@ -49,19 +109,28 @@ class NodeState:
             },
         }
 
+    async def sweep(self) -> None:
+        """Drops what has expired: queued messages past their TTL, sessions, unfinished logins."""
+        swept = await self.store.sweep_expired()
+        await self.store.purge_expired_sessions()
+        await self.store.purge_expired_login_states()
+        if swept:
+            log.info("dropped %d expired messages", swept)
 
-@dataclass
+
 class Node:
-    config: NodeConfig
-    state: NodeState | None = None
-    quic_address: tuple[str, int] | None = None
-    tcp_address: tuple[str, int] | None = None
-    identity_created: bool = False
-    _sessions: RpcSessions | None = None
-    _quic: QuicListener | None = None
-    _tcp: TcpListener | None = None
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    _kj_acquired: bool = False
+    def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self._clock: Clock = clock or time.time
+        self.state: NodeState | None = None
+        self.quic_address: tuple[str, int] | None = None
+        self.tcp_address: tuple[str, int] | None = None
+        self.identity_created = False
+        self._sessions: RpcSessions | None = None
+        self._quic: QuicListener | None = None
+        self._tcp: TcpListener | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._kj_acquired = False
 
     @property
     def fingerprint(self) -> str:
@@ -69,21 +138,21 @@ class Node:
         return self.state.identity.fingerprint
 
     async def start(self) -> None:
-        """Creates or loads the node's identity and binds its listeners."""
+        """Loads or creates the identity, opens the store and binds the listeners."""
         install_error_sanitizer()
         await kj_loop.acquire()
         self._kj_acquired = True
-        identity, self.identity_created = load_or_create_identity(self.config.data_dir)
-        state = NodeState(self.config, identity)
-        self.state = state
-
-        def bootstrap(peer: Peer) -> NodeServiceImpl:
-            return NodeServiceImpl(state, peer)
-
-        self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
-        # Bound what a QUIC stream may buffer ahead of the RPC reader: a few maximal messages.
-        max_buffered = 4 * self.config.max_message_bytes
         try:
+            identity, self.identity_created = load_or_create_identity(self.config.data_dir)
+            state = await NodeState.open(self.config, identity, self._clock)
+            self.state = state
+
+            def bootstrap(peer: Peer) -> NodeServiceImpl:
+                return NodeServiceImpl(state, peer)
+
+            self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
+            # Bound what a QUIC stream may buffer ahead of the RPC reader: a few maximal messages.
+            max_buffered = 4 * self.config.max_message_bytes
             if self.config.quic_listen:
                 self._quic = QuicListener(
                     self._sessions,
@@ -94,27 +163,43 @@ class Node:
             if self.config.tcp_listen:
                 self._tcp = TcpListener(self._sessions, tls_server_context(identity))
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         except BaseException:
             await self.stop()
             raise
 
+    async def _sweep_forever(self) -> None:
+        assert self.state is not None
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                await self.state.sweep()
+            except Exception:  # a failed sweep is retried next round; the node keeps serving
+                log.exception("sweeping expired data failed")
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._quic is not None:
             await self._quic.close()
+            self._quic = None
         if self._tcp is not None:
             await self._tcp.close()
+            self._tcp = None
         if self._sessions is not None:
             await self._sessions.close()
+            self._sessions = None
+        if self.state is not None:
+            await self.state.store.close()
         if self._kj_acquired:
             self._kj_acquired = False
             await kj_loop.release()
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
-async def serve(config: NodeConfig, ready: asyncio.Future[Node] | None = None) -> None:
+async def serve(config: NodeConfig) -> None:
     """Runs a node until SIGINT or SIGTERM, then stops it cleanly."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -124,8 +209,6 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Node] | None = None) -
     await node.start()
     try:
         announce(node)
-        if ready is not None:
-            ready.set_result(node)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -134,7 +217,6 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Node] | None = None) -
 
 
 def announce(node: Node) -> None:
-    assert node.state is not None
     if node.identity_created:
         log.warning("created a new node identity in %s", node.config.data_dir)
     log.warning("node fingerprint (SHA-256 of its public key): %s", node.fingerprint)

@@ -1,0 +1,71 @@
+"""Session tokens: issued at login, checked on every authenticated call, revoked at logout.
+
+A token is 32 random bytes; the store keeps only its SHA-256 with the identity, device, issue and expiry time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from quicnprotochat.common.errors import InvalidArgument, Unauthenticated
+from quicnprotochat.common.schema import AUTH_VERSION
+from quicnprotochat.server.store import Clock, Store
+
+TOKEN_BYTES = 32
+MAX_DEVICE_ID_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who an authenticated call acts for."""
+
+    identity_key: bytes
+    device_id: bytes
+    token_hash: bytes = b""
+
+
+def auth_absent(auth: Any) -> bool:
+    """True when the caller sent no Auth at all (Cap'n Proto then reads the all-zero default struct)."""
+    return auth is None or (int(auth.version) == 0 and not bytes(auth.accessToken))
+
+
+def token_hash(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+class SessionService:
+    def __init__(self, store: Store, lifetime_seconds: float, clock: Clock) -> None:
+        self._store = store
+        self._lifetime = lifetime_seconds
+        self._clock = clock
+
+    async def issue(self, identity_key: bytes, device_id: bytes) -> bytes:
+        token = secrets.token_bytes(TOKEN_BYTES)
+        await self._store.create_session(token_hash(token), identity_key, device_id, self._clock() + self._lifetime)
+        return token
+
+    async def authenticate(self, auth: Any) -> Caller:
+        """The caller an `Auth` struct stands for; `unauthenticated:` unless it carries a live token."""
+        if auth_absent(auth):
+            raise Unauthenticated("this method needs auth with an access token")
+        if int(auth.version) != AUTH_VERSION:
+            raise InvalidArgument(f"auth.version must be {AUTH_VERSION}, got {int(auth.version)}")
+        token = bytes(auth.accessToken)
+        if not token:
+            raise Unauthenticated("missing access token")
+        if len(token) != TOKEN_BYTES:
+            raise Unauthenticated("malformed access token")
+        device_id = bytes(auth.deviceId)
+        if len(device_id) > MAX_DEVICE_ID_BYTES:
+            raise InvalidArgument(f"auth.deviceId is longer than {MAX_DEVICE_ID_BYTES} bytes")
+        digest = token_hash(token)
+        session = await self._store.get_session(digest)
+        if session is None:
+            raise Unauthenticated("unknown, expired or revoked access token; log in again")
+        return Caller(session.identity_key, session.device_id, digest)
+
+    async def revoke(self, caller: Caller) -> None:
+        await self._store.revoke_session(caller.token_hash)
