@@ -8,7 +8,7 @@ reconnects (calls are not retried automatically: an enqueue may have landed befo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -17,7 +17,7 @@ import capnp  # type: ignore[import-untyped]
 from quicnprotochat.client.known_hosts import KnownHosts
 from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
-from quicnprotochat.common.errors import Disconnected, error_from_reason
+from quicnprotochat.common.errors import Disconnected, Unauthenticated, error_from_reason
 from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
 
 DEFAULT_PORT = 7700
@@ -91,6 +91,9 @@ class NodeClient:
         self.server_fingerprint = server_fingerprint
         self.access_token = access_token
         self.device_id = device_id
+        # Called to get a fresh token when an authenticated call is refused as unauthenticated (see
+        # quicnprotochat.client.accounts.login); the call is then retried once.
+        self.relogin: Callable[[], Awaitable[None]] | None = None
         self.connect_timeout = connect_timeout
         self._connection: RpcConnection | None = None
         self._connecting: asyncio.Lock | None = None
@@ -164,6 +167,17 @@ class NodeClient:
             await kj_loop.release()
 
     async def _call(self, method: str, **params: Any) -> Any:
+        try:
+            return await self._call_once(method, **params)
+        except Unauthenticated:
+            if "auth" not in params or self.relogin is None or method == "logout":
+                raise
+        # The node refused the token: nothing was done, so logging in again and retrying is safe.
+        await self.relogin()
+        params["auth"] = self._auth()
+        return await self._call_once(method, **params)
+
+    async def _call_once(self, method: str, **params: Any) -> Any:
         connection = await self._ensure_connection()
         try:
             return await getattr(connection.service, method)(**params)
@@ -174,7 +188,9 @@ class NodeClient:
             raise error_from_reason(error.description) from None
 
     def _auth(self) -> dict[str, Any]:
-        return {"version": AUTH_VERSION, "accessToken": self.access_token or b"", "deviceId": self.device_id}
+        if self.access_token is None:
+            return {}  # no Auth at all: what a sealed-sender enqueue sends
+        return {"version": AUTH_VERSION, "accessToken": self.access_token, "deviceId": self.device_id}
 
     # -- public, unauthenticated -------------------------------------------------------------------------------
 
@@ -206,18 +222,32 @@ class NodeClient:
     async def opaque_register_start(self, username: str, request: bytes) -> bytes:
         return bytes((await self._call("opaqueRegisterStart", username=username, request=request)).response)
 
-    async def opaque_register_finish(self, username: str, upload: bytes, identity_key: bytes) -> bool:
-        result = await self._call("opaqueRegisterFinish", username=username, upload=upload, identityKey=identity_key)
+    async def opaque_register_finish(
+        self, username: str, upload: bytes, identity_key: bytes, identity_sig: bytes
+    ) -> bool:
+        result = await self._call(
+            "opaqueRegisterFinish", username=username, upload=upload, identityKey=identity_key, identitySig=identity_sig
+        )
         return bool(result.success)
 
     async def opaque_login_start(self, username: str, request: bytes) -> bytes:
         return bytes((await self._call("opaqueLoginStart", username=username, request=request)).response)
 
-    async def opaque_login_finish(self, username: str, finalization: bytes, identity_key: bytes) -> bytes:
+    async def opaque_login_finish(
+        self, username: str, finalization: bytes, identity_key: bytes, identity_sig: bytes
+    ) -> bytes:
         result = await self._call(
-            "opaqueLoginFinish", username=username, finalization=finalization, identityKey=identity_key
+            "opaqueLoginFinish",
+            username=username,
+            finalization=finalization,
+            identityKey=identity_key,
+            identitySig=identity_sig,
         )
         return bytes(result.sessionToken)
+
+    async def logout(self) -> None:
+        """Revokes this client's access token on the node."""
+        await self._call("logout", auth=self._auth())
 
     # -- directories -------------------------------------------------------------------------------------------
 

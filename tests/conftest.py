@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quicnprotochat.client import KnownHosts, NodeClient
+from quicnprotochat.client import KnownHosts, NodeClient, accounts
+from quicnprotochat.client.accounts import Session
+from quicnprotochat.native import Vault
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
 
@@ -66,3 +69,54 @@ async def connect(known_hosts: KnownHosts) -> AsyncIterator[ClientFactory]:
     yield factory
     for client in opened:
         await client.close()
+
+
+class FakeClock:
+    """Unix time that tests move by hand (the only thing besides faults we may fake)."""
+
+    def __init__(self, start: float = 1_900_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class User:
+    name: str
+    password: str
+    vault: Vault
+    client: NodeClient
+    session: Session | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.vault.identity_key
+
+
+UserFactory = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+async def make_user(tmp_path: Path, connect: ClientFactory) -> AsyncIterator[UserFactory]:
+    """Creates users with their own vault and connection; registered and logged in unless told otherwise."""
+    vaults: list[Vault] = []
+
+    async def factory(
+        node: Node, name: str, *, register: bool = True, login: bool = True, transport: str = "quic"
+    ) -> User:
+        vault = Vault.open(str(tmp_path / f"vault-{name}-{len(vaults)}.sqlite"), os.urandom(32))
+        vaults.append(vault)
+        user = User(name, f"correct horse {name}", vault, await connect(node, transport))
+        if register:
+            await accounts.register(user.client, vault, name, user.password)
+        if register and login:
+            user.session = await accounts.login(user.client, vault, name, user.password)
+        return user
+
+    yield factory
+    for vault in vaults:
+        vault.close()

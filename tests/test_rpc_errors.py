@@ -29,10 +29,10 @@ class FailingService(NodeServiceImpl):
     async def health(self, _context: Any, **_params: Any) -> str:
         raise KeyError("/srv/secret/path token=deadbeef")
 
-    async def resolveUser(self, _context: Any, **_params: Any) -> bytes:  # noqa: N802
+    async def resolveUser(self, username: str, auth: Any, _context: Any, **_: Any) -> bytes:
         raise Forbidden("you may not")
 
-    async def createChannel(self, _context: Any, **_params: Any) -> bytes:  # noqa: N802
+    async def createChannel(self, peerKey: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
         raise ResourceExhausted("too many calls", retry_after=1.5)
 
 

@@ -77,6 +77,7 @@ def test_specified_parameters_and_results_keep_their_order() -> None:
 def test_additions_only_append() -> None:
     methods = node_service_methods()
     assert methods["serverInfo"] == 21
+    assert methods["logout"] == 22
     assert sorted(methods.values()) == list(range(len(methods)))
 
 
