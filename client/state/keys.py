@@ -94,6 +94,8 @@ def derive_state_key(password: str, salt_file: Path, *, create: bool = True) -> 
     an existing one is reused; a malformed one raises `CorruptState`. Blocks for about 0.2 s: from asyncio,
     call it through ``asyncio.to_thread``.
     """
+    if not password:
+        raise StateError("the state password is empty (leave it unset to keep state unencrypted)")
     return argon2id(password, read_salt(salt_file, create=create))
 
 
