@@ -90,9 +90,10 @@ async def open_store(
     """
     location = os.fspath(url_or_path)
     if location.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError(
-            "the PostgreSQL store is not implemented yet; use a file path or sqlite:///path for now"
-        )
+        from .postgres import PostgresStore
+
+        # Pool sizes and group commit are URL options: ?pool_min_size=2&pool_max_size=10&group_commit=on
+        return await PostgresStore.open(location, limits, clock=clock)
     path = sqlite_path_from_url(location)
     if path is None:
         scheme = location.split("://", 1)[0]

@@ -1,5 +1,8 @@
 """Versioned SQLite schema migrations, applied in order when a store opens.
 
+The versioning rules (`Migration`, `check_sequence`, `pending`) are shared with the PostgreSQL backend
+(`postgres_migrations`), which keeps its own list of statements under the same kind of `schema_version` table.
+
 Each migration is a list of statements plus a row in `schema_version`, applied in one transaction. Never edit
 a released migration: append a new one. A database whose version is newer than the last one listed here is
 refused (`SchemaTooNew`) rather than touched.
@@ -104,13 +107,21 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version
 
 
-def _check_sequence(migrations: tuple[Migration, ...]) -> None:
+def check_sequence(migrations: tuple[Migration, ...]) -> None:
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise RuntimeError(f"migration versions must be 1..n without gaps, got {versions}")
 
 
-_check_sequence(SQLITE_MIGRATIONS)
+def pending(migrations: tuple[Migration, ...], on_disk: int) -> tuple[Migration, ...]:
+    """The migrations still to apply to a database at version `on_disk`; SchemaTooNew if it is ahead of us."""
+    known = migrations[-1].version
+    if on_disk > known:
+        raise SchemaTooNew(on_disk, known)
+    return migrations[on_disk:]
+
+
+check_sequence(SQLITE_MIGRATIONS)
 
 
 def current_version(conn: sqlite3.Connection) -> int:
@@ -129,10 +140,7 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE
             "CREATE TABLE IF NOT EXISTS schema_version ("
             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
-        on_disk = current_version(conn)
-        if on_disk > known:
-            raise SchemaTooNew(on_disk, known)
-        for migration in migrations[on_disk:]:
+        for migration in pending(migrations, current_version(conn)):
             for statement in migration.statements:
                 conn.execute(statement)
             conn.execute(

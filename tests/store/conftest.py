@@ -1,28 +1,57 @@
 """One store suite for every backend: tests take the `store` (or `backend`) fixture and never name a backend.
 
-A PostgreSQL backend is added later as another `backend` param, not as a copy of the tests.
+Every test runs against SQLite and PostgreSQL. PostgreSQL is a throwaway cluster started once per session
+(`tests/pgcluster.py`), or the server named by QPC_TEST_POSTGRES_URL; each test gets a database of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from quicnprotochat.server.store import Store
+from tests.pgcluster import PgServer, server_for_tests
 
 from .store_testlib import Backend, FakeClock
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the whole session; PostgreSQL tests skip (saying why) when there is none."""
+    server, why_not = server_for_tests()
+    if server is None:
+        pytest.skip(why_not)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
+    """A fresh, empty database for one test (PostgreSQL-only tests take this)."""
+    url = await pg_server.create_database()
+    try:
+        yield url
+    finally:
+        await pg_server.drop_database(url)
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    server: PgServer | None = None
     if request.param == "sqlite":
         # tmp_path is absolute, so this is sqlite://// + path: the SQLAlchemy spelling of an absolute file.
         url = f"sqlite:///{tmp_path / 'store.db'}"
+    elif request.param == "postgresql":
+        # Requested only here, so that a run of SQLite tests alone never starts PostgreSQL.
+        server = request.getfixturevalue("pg_server")
+        url = await server.create_database()
     else:  # pragma: no cover - new backends register here
         raise AssertionError(request.param)
     backend = Backend(request.param, url, FakeClock())
@@ -30,6 +59,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield backend
     finally:
         await backend.close_all()
+        if server is not None:
+            await server.drop_database(url)
 
 
 @pytest_asyncio.fixture

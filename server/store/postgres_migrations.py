@@ -1,0 +1,131 @@
+"""Versioned PostgreSQL schema migrations, the same scheme as SQLite's (`migrations.py`).
+
+One `schema_version` table, migrations applied in order in one transaction, never edited once released, and a
+database whose version is newer than the last one listed here is refused (`SchemaTooNew`). Nodes sharing one
+database may start together: a transaction-level advisory lock makes them migrate one after the other.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .migrations import Migration, check_sequence, pending
+
+# Arbitrary but fixed: the advisory lock every node takes while migrating ("qpc" "mig" in ASCII).
+MIGRATION_LOCK = 0x717063_6D6967
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial",
+        (
+            # Constraint names are spelled out: AlreadyExists is derived from them.
+            """CREATE TABLE accounts (
+                username TEXT NOT NULL CONSTRAINT accounts_username_key PRIMARY KEY,
+                password_file BYTEA NOT NULL,
+                identity_key BYTEA NOT NULL CONSTRAINT accounts_identity_key_key UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE sessions (
+                token_hash BYTEA PRIMARY KEY,
+                identity_key BYTEA NOT NULL,
+                device_id BYTEA NOT NULL,
+                issued_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                revoked BOOLEAN NOT NULL DEFAULT false
+            )""",
+            "CREATE INDEX sessions_by_identity ON sessions (identity_key)",
+            "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+            """CREATE TABLE login_states (
+                state_id BYTEA PRIMARY KEY,
+                username TEXT NOT NULL,
+                state BYTEA NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            # id orders packages oldest first; identity values are never handed out twice.
+            """CREATE TABLE key_packages (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                identity_key BYTEA NOT NULL,
+                fingerprint BYTEA NOT NULL CONSTRAINT key_packages_fingerprint_key UNIQUE,
+                package BYTEA NOT NULL,
+                last_resort BOOLEAN NOT NULL,
+                not_after DOUBLE PRECISION
+            )""",
+            "CREATE INDEX key_packages_by_identity ON key_packages (identity_key, last_resort, id)",
+            """CREATE TABLE hybrid_keys (
+                identity_key BYTEA PRIMARY KEY,
+                public_key BYTEA NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE endpoints (
+                identity_key BYTEA PRIMARY KEY,
+                node_addr BYTEA NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            # The pair is stored ordered (member_lo <= member_hi) so that UNIQUE covers the unordered pair.
+            """CREATE TABLE channels (
+                channel_id BYTEA PRIMARY KEY,
+                member_lo BYTEA NOT NULL,
+                member_hi BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                CONSTRAINT channels_pair_key UNIQUE (member_lo, member_hi)
+            )""",
+            # One row per inbox ever used: last_seq is the never-reused counter, depth and bytes make limit
+            # checks cheap. The row is also the inbox's lock: every writer locks it before touching its messages.
+            # It is updated on every enqueue without changing an indexed column, so leave room for HOT updates.
+            """CREATE TABLE inboxes (
+                recipient BYTEA NOT NULL,
+                channel_id BYTEA NOT NULL,
+                last_seq BIGINT NOT NULL,
+                depth BIGINT NOT NULL,
+                bytes BIGINT NOT NULL,
+                PRIMARY KEY (recipient, channel_id)
+            ) WITH (fillfactor = 70)""",
+            """CREATE TABLE messages (
+                recipient BYTEA NOT NULL,
+                channel_id BYTEA NOT NULL,
+                seq BIGINT NOT NULL,
+                size INTEGER NOT NULL,
+                expires_at DOUBLE PRECISION,
+                payload BYTEA NOT NULL,
+                PRIMARY KEY (recipient, channel_id, seq)
+            )""",
+            # Payloads are ciphertext: trying to compress them is wasted work.
+            "ALTER TABLE messages ALTER COLUMN payload SET STORAGE EXTERNAL",
+            "CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
+        ),
+    ),
+)
+
+LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version
+
+check_sequence(POSTGRES_MIGRATIONS)
+
+
+async def current_version(conn: Any) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
+async def migrate(conn: Any, migrations: tuple[Migration, ...] = POSTGRES_MIGRATIONS) -> int:
+    """Bring the database to the latest version; returns it. `conn` is an asyncpg connection outside a transaction."""
+    async with conn.transaction():
+        # Held until commit: a second node opening the same new database waits here, then finds it migrated.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        for migration in pending(migrations, await current_version(conn)):
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                time.time(),
+            )
+    return migrations[-1].version
