@@ -1,0 +1,254 @@
+"""What only the PostgreSQL backend has: several nodes on one database, LISTEN/NOTIFY, its migrations and URL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+import pytest_asyncio
+
+from quicnprotochat.server.store import SchemaTooNew, StoreError, StoreLimits, fetch_wait, open_store
+from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redacted
+from quicnprotochat.server.store.postgres_migrations import LATEST_VERSION, POSTGRES_MIGRATIONS
+from quicnprotochat.server.store.postgres_wakeups import MAX_PAYLOAD, decode_payload, encode_payloads
+
+from .store_testlib import FakeClock, key
+
+R1, R2 = key(1), key(2)
+
+
+class Nodes:
+    """Stores opened on one database, as several nodes of a cluster would."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clock = FakeClock()
+        self.opened: list[PostgresStore] = []
+
+    async def open(self, limits: StoreLimits | None = None, options: str = "") -> PostgresStore:
+        store = await open_store(self.url + options, limits, clock=self.clock)
+        assert isinstance(store, PostgresStore)
+        self.opened.append(store)
+        return store
+
+    async def close(self) -> None:
+        for store in self.opened:
+            await store.close()
+
+
+@pytest_asyncio.fixture
+async def nodes(pg_url: str) -> AsyncIterator[Nodes]:
+    cluster = Nodes(pg_url)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+async def test_an_enqueue_on_one_node_wakes_a_waiter_on_another(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    waiting = asyncio.create_task(fetch_wait(b, R1, b"", 0, 10))
+    await asyncio.sleep(0.05)  # parked: registered and found the inbox empty
+    assert b.wakeups.waiter_count() == 1
+    started = time.monotonic()
+    await a.enqueue(R1, b"", b"across", None)
+    messages = await waiting
+    woken_after = time.monotonic() - started
+    assert [m.payload for m in messages] == [b"across"]
+    # A notification, not a poll: well under any polling interval worth having.
+    assert woken_after < 0.5, woken_after
+    assert b.wakeups.waiter_count() == 0
+
+
+async def test_a_notification_for_another_inbox_does_not_wake(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    async with b.wakeups.waiter(R1, b"") as waiter:
+        await a.enqueue(R2, b"", b"x", None)
+        await a.enqueue(R1, b"chan", b"x", None)
+        assert not await waiter.wait(0.2)
+        await a.batch_enqueue([R2, R1], b"", b"x", None)
+        assert await waiter.wait(5)
+
+
+async def test_seqs_stay_gap_free_with_enqueuers_on_two_nodes(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    per_worker, workers = 25, 8
+
+    async def worker(store: PostgresStore, w: int) -> list[int]:
+        return [await store.enqueue(R1, b"", b"%d:%d" % (w, i), None) for i in range(per_worker)]
+
+    results = await asyncio.gather(*(worker(a if w % 2 else b, w) for w in range(workers)))
+    total = per_worker * workers
+    assert sorted(s for seqs in results for s in seqs) == list(range(1, total + 1))
+    assert all(seqs == sorted(seqs) for seqs in results)
+    queued = await a.peek(R1, b"", 0)
+    assert [m.seq for m in queued] == list(range(1, total + 1))
+    # Both nodes batched their own enqueues.
+    for store in (a, b):
+        metrics = store.metrics()
+        assert metrics.commits < metrics.write_ops
+
+
+async def test_crossing_batch_enqueues_on_two_nodes_all_land(nodes: Nodes) -> None:
+    """Multi-recipient batches in opposite orders on two nodes: locks are taken in one order, nothing is lost."""
+    a, b = await nodes.open(), await nodes.open()
+    recipients = [key(n) for n in range(8)]
+    rng = random.Random(7)
+
+    async def sender(store: PostgresStore, n: int) -> None:
+        for _ in range(n):
+            chosen = rng.sample(recipients, 4)
+            await store.batch_enqueue(chosen, b"", b"m", None)
+
+    await asyncio.gather(*(sender(a if i % 2 else b, 10) for i in range(8)))
+    total = 0
+    for r in recipients:
+        seqs = [m.seq for m in await a.peek(r, b"", 0)]
+        assert seqs == list(range(1, len(seqs) + 1))
+        total += len(seqs)
+    assert total == 8 * 10 * 4
+
+
+async def test_a_key_package_is_never_handed_out_twice_across_nodes(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    packages = [b"kp %d" % n for n in range(30)]
+    for n, data in enumerate(packages):
+        await (a if n % 2 else b).add_key_package(R1, data, hashlib.sha256(data).digest())
+    await a.add_key_package(R1, b"last resort", b"lr", last_resort=True)
+    taken = await asyncio.gather(*(((a, b)[i % 2]).take_key_package(R1) for i in range(50)))
+    ordinary = [t.package for t in taken if t is not None and not t.last_resort]
+    assert sorted(ordinary) == sorted(packages)
+    assert sum(1 for t in taken if t is not None and t.last_resort) == 20
+
+
+async def test_key_package_cap_holds_across_nodes(nodes: Nodes) -> None:
+    limits = StoreLimits(max_key_packages_per_identity=5)
+    a, b = await nodes.open(limits), await nodes.open(limits)
+    results = await asyncio.gather(
+        *(((a, b)[n % 2]).add_key_package(R1, b"%d" % n, b"fp%d" % n) for n in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 5
+    assert await a.count_key_packages(R1) == 5
+
+
+async def test_get_or_create_and_registration_race_across_nodes(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    ids = await asyncio.gather(*(((a, b)[i % 2]).get_or_create_channel(R1, R2) for i in range(20)))
+    assert len(set(ids)) == 1
+    results = await asyncio.gather(
+        *(((a, b)[i % 2]).create_account("dave", b"file", key(100 + i)) for i in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+
+
+async def test_listener_reconnects_and_wakes_waiters_after_its_connection_is_killed(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    listener = b.pg_wakeups
+    old_pid = listener.listener_pid
+    assert old_pid is not None and listener.listening
+    async with b.wakeups.waiter(R1, b"") as waiter:
+        await a._with_conn(lambda conn: conn.execute("SELECT pg_terminate_backend($1)", old_pid))
+        # Whatever was committed while the connection was down is unknown: reconnecting wakes every waiter.
+        assert await waiter.wait(10)
+        await asyncio.wait_for(listener.wait_listening(), 10)
+        assert listener.reconnects == 1
+        assert listener.listener_pid not in (None, old_pid)
+        # And notifications flow again.
+        assert not await waiter.wait(0.05)
+        await a.enqueue(R1, b"", b"after the reconnect", None)
+        assert await waiter.wait(5)
+    assert [m.payload for m in await b.fetch(R1, b"")] == [b"after the reconnect"]
+
+
+async def test_fetch_wait_survives_a_listener_outage(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    waiting = asyncio.create_task(fetch_wait(b, R1, b"", 0, 10))
+    await asyncio.sleep(0.05)
+    pid = b.pg_wakeups.listener_pid
+    await a._with_conn(lambda conn: conn.execute("SELECT pg_terminate_backend($1)", pid))
+    await a.enqueue(R1, b"", b"sent during the gap", None)
+    assert [m.payload for m in await waiting] == [b"sent during the gap"]
+
+
+async def test_own_notifications_are_not_delivered_twice(nodes: Nodes) -> None:
+    a = await nodes.open()
+    async with a.wakeups.waiter(R1, b"") as waiter:
+        await a.enqueue(R1, b"", b"x", None)
+        assert await waiter.wait(1)
+        # The echo of our own NOTIFY arrives over the listener and is ignored.
+        assert not await waiter.wait(0.2)
+
+
+async def test_migrations_are_versioned_and_applied_once(nodes: Nodes) -> None:
+    # Two nodes opening one new database at once: the advisory lock lets one migrate, the other waits.
+    a, b = await asyncio.gather(nodes.open(), nodes.open())
+    conn = await asyncpg.connect(nodes.url)
+    try:
+        rows = await conn.fetch("SELECT version, name FROM schema_version ORDER BY version")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [(m.version, m.name) for m in POSTGRES_MIGRATIONS]
+    assert await a.enqueue(R1, b"", b"x", None) == 1
+    assert await b.enqueue(R1, b"", b"y", None) == 2
+
+
+async def test_newer_schema_version_is_refused(nodes: Nodes) -> None:
+    await (await nodes.open()).close()
+    conn = await asyncpg.connect(nodes.url)
+    try:
+        await conn.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, 'from the future', 0)",
+            LATEST_VERSION + 1,
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooNew) as refused:
+        await open_store(nodes.url)
+    assert refused.value.on_disk == LATEST_VERSION + 1 and refused.value.known == LATEST_VERSION
+
+
+async def test_enqueues_without_group_commit_are_equivalent(nodes: Nodes) -> None:
+    a = await nodes.open(StoreLimits(max_inbox_depth=30), "?group_commit=off&pool_max_size=4")
+    assert not a.options.group_commit and a.options.pool_max_size == 4
+    results = await asyncio.gather(*(a.enqueue(R1, b"", b"%d" % i, None) for i in range(40)), return_exceptions=True)
+    seqs = sorted(r for r in results if isinstance(r, int))
+    assert seqs == list(range(1, 31))
+    assert sum(isinstance(r, StoreError) for r in results) == 10
+    metrics = a.metrics()
+    assert metrics.commits == metrics.write_ops  # one transaction each
+
+
+async def test_url_options_and_errors() -> None:
+    dsn, options = parse_url(
+        "postgresql://u:secret@db.example:5433/qpc?sslmode=require&pool_min_size=1&pool_max_size=3"
+    )
+    assert dsn == "postgresql://u:secret@db.example:5433/qpc?sslmode=require"
+    assert (options.pool_min_size, options.pool_max_size, options.group_commit) == (1, 3, True)
+    assert redacted(dsn) == "postgresql://db.example:5433/qpc"
+    for bad in ("?pool_max_size=x", "?pool_min_size=5&pool_max_size=2", "?group_commit=maybe"):
+        with pytest.raises(ValueError):
+            parse_url("postgresql://localhost/qpc" + bad)
+    # Nothing listens on port 1: a clear StoreError that does not show the password.
+    with pytest.raises(StoreError) as refused:
+        await open_store("postgresql://u:hunter2@127.0.0.1:1/qpc")
+    assert "hunter2" not in str(refused.value) and "127.0.0.1:1/qpc" in str(refused.value)
+
+
+def test_notification_payloads_stay_under_the_limit() -> None:
+    inboxes = [(key(n), bytes(16)) for n in range(500)]
+    payloads = encode_payloads("0123456789abcdef", inboxes)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) < min(MAX_PAYLOAD + 1, 8000) for p in payloads)
+    decoded = [inbox for p in payloads for inbox in decode_payload(p)[1]]
+    assert sorted(decoded) == sorted(inboxes)
+    assert decode_payload(encode_payloads("n", [(R1, b"")])[0]) == ("n", [(R1, b"")])
+    for junk in ("", "node;", "no separator", "n;zz.00"):
+        with pytest.raises(ValueError):
+            decode_payload(junk)
