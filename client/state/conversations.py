@@ -269,6 +269,7 @@ def encrypt_in_place(path: Path, key: bytes | bytearray, *, old_key: bytes | byt
         try:
             if old_key is not None:
                 _apply_key(source, old_key, path)
+            source.execute("PRAGMA temp_store = MEMORY")  # no temporary file may hold clear pages
             # Reading page 1 also rolls back a hot journal left by a crash.
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
             source.execute("ATTACH DATABASE ? AS encrypted KEY ?", (str(target), sqlcipher_key_literal(key)))

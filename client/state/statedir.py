@@ -42,6 +42,8 @@ SALT_NAME = ".convdb-salt"
 VAULT_NAME = "vault.sqlite"
 VAULT_KEYFILE_NAME = ".vault-key"
 SESSION_NAME = "session"
+# Purposes of `files.temp_sibling` names: see `StateDir.remove_leftovers`.
+_TEMP_PURPOSES = ("tmp", "new", "encrypting")
 
 PLAINTEXT_WARNING = (
     "state is stored in clear in {root}: conversations, messages, keys and the session token are readable by "
@@ -112,6 +114,16 @@ class StateDir:
         """Create the directory (and parents) with mode 0700; tighten an existing one to 0700."""
         ensure_private_dir(self.root)
 
+    def remove_leftovers(self) -> list[str]:
+        """Scrub and remove temporary files a crash left behind (atomic-write and in-place-encryption
+        copies, all named ``.<file>.<purpose>-<hex>``); return their names."""
+        removed = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") and any(f".{purpose}-" in path.name for purpose in _TEMP_PURPOSES):
+                scrub_and_unlink(path)
+                removed.append(path.name)
+        return sorted(removed)
+
     def _vault_is_encrypted(self) -> bool:
         """A vault under the password-derived key (it exists, and no clear key file sits next to it)."""
         return _non_empty(self.vault_path) and not self.vault_keyfile_path.exists()
@@ -132,6 +144,7 @@ class StateDir:
         changed then); plain parts are encrypted in place. Argon2id runs once, off the event loop.
         """
         self.create()
+        await asyncio.to_thread(self.remove_leftovers)
         if password is None:
             return await self._open_plain()
         return await self._open_encrypted(password)

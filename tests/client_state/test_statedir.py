@@ -298,3 +298,13 @@ async def test_closed_state_wipes_keys(tmp_path: Path) -> None:
     # The token cache's key is zeroed: it no longer decrypts the session file.
     with pytest.raises(WrongStatePassword):
         state.tokens.load()
+
+
+async def test_crash_leftovers_are_removed(tmp_path: Path) -> None:
+    state_dir = StateDir(tmp_path / "state")
+    await fill(state_dir, None)
+    for name in (".session.tmp-0011aa", ".convdb.sqlite.encrypting-22bb33", ".convdb-salt.new-44cc55"):
+        (state_dir.root / name).write_bytes(BODY.encode())
+    async with await state_dir.open(None):
+        pass
+    assert names(state_dir.root) == [".vault-key", "convdb.sqlite", "session"]
