@@ -22,7 +22,9 @@ from quicnprotochat.common.schema import ALPN, node_schema
 
 # The largest response the client reads: a full fetch can carry many payloads.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-QUIC_IDLE_TIMEOUT_S = 60.0
+# The client pings every third of the idle timeout, so a parked fetchWait never looks idle, while a node that
+# vanished without closing (crash, network loss) is noticed within the idle timeout.
+QUIC_IDLE_TIMEOUT_S = 30.0
 
 Verifier = Callable[[str], None]
 
@@ -31,6 +33,28 @@ class _ClientQuicConnection(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler)
         self.stream: QuicStreamTransport | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+
+    def start_keepalive(self, interval: float) -> None:
+        def ping() -> None:
+            self._quic.send_ping(0)
+            self.transmit()
+            self._keepalive = self._loop.call_later(interval, ping)
+
+        self._keepalive = self._loop.call_later(interval, ping)
+
+    def stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    def error_received(self, exc: Exception) -> None:
+        # On our connected UDP socket, an ICMP "port unreachable" arrives as ConnectionRefusedError: the node's
+        # process is gone. Fail the pending calls now instead of waiting for the idle timeout.
+        if isinstance(exc, ConnectionRefusedError) and self.stream is not None:
+            self.stop_keepalive()
+            self.stream.connection_lost(ConnectionError("the node is unreachable (port closed)"))
+            self._quic.close(reason_phrase="node unreachable")
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         stream = self.stream
@@ -45,6 +69,7 @@ class _ClientQuicConnection(QuicConnectionProtocol):
         elif isinstance(event, events.StreamReset) and event.stream_id == stream.stream_id:
             stream.connection_lost(ConnectionResetError("the node reset the RPC stream"))
         elif isinstance(event, events.ConnectionTerminated):
+            self.stop_keepalive()
             stream.connection_lost(ConnectionError(event.reason_phrase or "QUIC connection closed"))
 
     def peer_certificate_fingerprint(self) -> str:
@@ -90,17 +115,17 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
     )
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, _, _, _, address = infos[0]
+    # A connected UDP socket: the kernel then reports ICMP errors for it (see error_received).
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _ClientQuicConnection(QuicConnection(configuration=configuration)),
         family=family,
-        remote_addr=None,
-        # An ephemeral client port on any local address: the kernel routes it toward the node.
-        local_addr=("::" if family == socket.AF_INET6 else "0.0.0.0", 0),  # noqa: S104
+        remote_addr=address,
     )
     assert isinstance(protocol, _ClientQuicConnection)
     client: Any = None
 
     async def close() -> None:
+        protocol.stop_keepalive()
         if client is not None:
             client.close()
         # close() sends CONNECTION_CLOSE at once; waiting for the node to acknowledge it (about three probe
@@ -124,6 +149,7 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
         protocol.stream = stream_transport
         stream, _ = attach_capnp_stream(stream_transport)
         client, service = _client_rpc(stream)
+        protocol.start_keepalive(QUIC_IDLE_TIMEOUT_S / 3)
     except BaseException:
         await close()
         raise

@@ -26,7 +26,7 @@ def _server(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", str(data_dir), *args]
 
 
-def _start(
+def start_node_process(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], str, dict[str, int], list[str]]:
     process = subprocess.Popen(
@@ -53,7 +53,7 @@ def _start(
     return process, fingerprint, ports, lines
 
 
-def _stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
+def stop_node_process(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
     process.send_signal(signum)
     try:
         _, rest = process.communicate(timeout=20)
@@ -65,7 +65,7 @@ def _stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_run_serves_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    process, fingerprint, ports, _ = _start(tmp_path / "node")
+    process, fingerprint, ports, _ = start_node_process(tmp_path / "node")
     try:
         known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
         for transport in TRANSPORTS:
@@ -78,21 +78,21 @@ async def test_run_serves_and_stops_cleanly(tmp_path: Path, signum: int) -> None
             assert await client.health() == "ok"
             await client.close()
     finally:
-        code, rest = _stop(process, signum)
+        code, rest = stop_node_process(process, signum)
     assert code == 0
     assert "stopped" in rest
     assert "Traceback" not in rest
 
 
 def test_info_prints_the_same_fingerprint(tmp_path: Path) -> None:
-    process, fingerprint, _, lines = _start(tmp_path / "node")
-    _stop(process)
+    process, fingerprint, _, lines = start_node_process(tmp_path / "node")
+    stop_node_process(process)
     assert any("created a new node identity" in line for line in lines)
     info = subprocess.run(_server(tmp_path / "node", "info"), capture_output=True, text=True, check=True)
     assert f"fingerprint: {fingerprint}" in info.stdout
     # A second run keeps the identity.
-    process, again, _, lines = _start(tmp_path / "node")
-    _stop(process)
+    process, again, _, lines = start_node_process(tmp_path / "node")
+    stop_node_process(process)
     assert again == fingerprint
     assert not any("created a new node identity" in line for line in lines)
 
@@ -107,8 +107,8 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text("max_payload_bytes = 12345\n")
     env = dict(os.environ, QPC_SERVER_LOG_LEVEL="debug")
-    process, _, _, lines = _start(tmp_path / "node", "--config", str(config), env=env)
-    _stop(process)
+    process, _, _, lines = start_node_process(tmp_path / "node", "--config", str(config), env=env)
+    stop_node_process(process)
     assert any(" DEBUG " in line for line in lines)
 
 
