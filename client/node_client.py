@@ -338,6 +338,21 @@ class NodeClient:
         )
         return _envelopes(result.payloads)
 
+    async def peek_wait(
+        self, recipient_key: bytes, channel_id: bytes = b"", timeout_ms: int = 10_000, limit: int = 0
+    ) -> list[Envelope]:
+        """Like fetch_wait, but removes nothing: ack what you have stored."""
+        result = await self._call(
+            "peekWait",
+            recipientKey=recipient_key,
+            channelId=channel_id,
+            version=PROTOCOL_VERSION,
+            timeoutMs=timeout_ms,
+            auth=self._auth(),
+            limit=limit,
+        )
+        return _envelopes(result.payloads)
+
     async def peek(self, recipient_key: bytes, channel_id: bytes = b"", limit: int = 0) -> list[Envelope]:
         result = await self._call(
             "peek",

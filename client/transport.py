@@ -114,7 +114,8 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
         idle_timeout=QUIC_IDLE_TIMEOUT_S,
     )
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    family, _, _, _, address = infos[0]
+    family, _, _, _, sockaddr = infos[0]
+    address = (str(sockaddr[0]), int(sockaddr[1]))
     # A connected UDP socket: the kernel then reports ICMP errors for it (see error_received).
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _ClientQuicConnection(QuicConnection(configuration=configuration)),

@@ -90,6 +90,10 @@ interface NodeService {
 
   # Revokes the session token given in `auth`; later calls with it fail with `unauthenticated:`.
   logout @22 (auth :Auth) -> ();
+
+  # Like fetchWait, but nothing is removed: the client acks (`ack`) once it has stored what it got, so a crash
+  # between receiving and storing loses nothing.
+  peekWait @23 (recipientKey :Data, channelId :Data, version :UInt16, timeoutMs :UInt64, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
 }
 
 struct Auth {

@@ -182,6 +182,23 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         messages = await self._node.inboxes.fetch_wait(caller, recipientKey, channelId, version, timeoutMs, limit)
         return _envelopes(messages)
 
+    async def peekWait(
+        self,
+        recipientKey: bytes,
+        channelId: bytes,
+        version: int,
+        timeoutMs: int,
+        auth: Any,
+        limit: int,
+        _context: Any,
+        **_: Any,
+    ) -> list[dict[str, Any]]:
+        caller = await self._caller(auth)
+        messages = await self._node.inboxes.fetch_wait(
+            caller, recipientKey, channelId, version, timeoutMs, limit, remove=False
+        )
+        return _envelopes(messages)
+
     async def peek(
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any
     ) -> list[dict[str, Any]]:

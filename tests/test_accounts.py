@@ -230,6 +230,7 @@ AUTHENTICATED_CALLS: dict[str, dict[str, Any]] = {
     "publishEndpoint": {"identityKey": KEY, "nodeAddr": b"a"},
     "resolveEndpoint": {"identityKey": KEY},
     "peek": {"recipientKey": KEY, "channelId": b"", "version": 1, "limit": 0},
+    "peekWait": {"recipientKey": KEY, "channelId": b"", "version": 1, "timeoutMs": 10, "limit": 0},
     "ack": {"recipientKey": KEY, "channelId": b"", "version": 1, "seqUpTo": 1},
     "fetchHybridKeys": {"identityKeys": [KEY]},
     "batchEnqueue": {"recipientKeys": [KEY], "payload": b"x", "channelId": b"", "version": 1},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quicnprotochat.client import inbox_stream
 from quicnprotochat.common.errors import Forbidden, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from quicnprotochat.server.node import Node
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config
@@ -240,3 +241,39 @@ async def test_sealed_sender_is_rate_limited_per_connection(
         assert await another.enqueue(bob.key, b"3") == 3
     finally:
         await node.stop()
+
+
+async def test_peek_wait_keeps_until_acked(node: Node, make_user: UserFactory) -> None:
+    alice, bob = await _pair(node, make_user)
+    waiter = asyncio.ensure_future(bob.client.peek_wait(bob.key, timeout_ms=20_000))
+    await asyncio.sleep(0.2)
+    await alice.client.enqueue(bob.key, b"kept")
+    assert [e.data for e in await asyncio.wait_for(waiter, 10)] == [b"kept"]
+    assert [e.data for e in await bob.client.peek_wait(bob.key, timeout_ms=10)] == [b"kept"]  # still there
+    await bob.client.ack(bob.key, 1)
+    assert await bob.client.peek_wait(bob.key, timeout_ms=10) == []
+
+
+async def test_async_iterators(node: Node, make_user: UserFactory) -> None:
+    alice, bob = await _pair(node, make_user)
+    for n in range(3):
+        await alice.client.enqueue(bob.key, b"d%d" % n)
+    drained = inbox_stream.drain(bob.client, bob.key, wait_ms=200)
+    assert [(await anext(drained)).data for _ in range(3)] == [b"d0", b"d1", b"d2"]
+    await drained.aclose()
+    assert await bob.client.peek(bob.key) == []  # drain removed them
+
+    for n in range(2):
+        await alice.client.enqueue(bob.key, b"r%d" % n)
+    received = inbox_stream.receive(bob.client, bob.key, wait_ms=200)
+    first = await anext(received)
+    assert first.data == b"r0"
+    assert [e.seq for e in await bob.client.peek(bob.key)] == [4, 5]  # not acked while being handled
+    second = await anext(received)
+    assert second.data == b"r1"
+    assert [e.seq for e in await bob.client.peek(bob.key)] == [5]  # the first is acked once we moved on
+    later = asyncio.ensure_future(anext(received))
+    await asyncio.sleep(0.1)
+    await alice.client.enqueue(bob.key, b"r2")
+    assert (await asyncio.wait_for(later, 10)).data == b"r2"
+    await received.aclose()

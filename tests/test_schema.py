@@ -78,6 +78,7 @@ def test_additions_only_append() -> None:
     methods = node_service_methods()
     assert methods["serverInfo"] == 21
     assert methods["logout"] == 22
+    assert methods["peekWait"] == 23
     assert sorted(methods.values()) == list(range(len(methods)))
 
 

@@ -156,12 +156,20 @@ class InboxService:
             return await self._store.fetch(recipient, channel, self._limit(limit))
 
     async def fetch_wait(
-        self, caller: Caller, recipient: bytes, channel: bytes, version: int, timeout_ms: int, limit: int
+        self,
+        caller: Caller,
+        recipient: bytes,
+        channel: bytes,
+        version: int,
+        timeout_ms: int,
+        limit: int,
+        *,
+        remove: bool = True,
     ) -> list[InboxMessage]:
         recipient, channel = await self._own_inbox(caller, recipient, channel, version)
         timeout = min(timeout_ms, self._max_wait_ms) / 1000.0
         with store_errors():
-            return await fetch_wait(self._store, recipient, channel, self._limit(limit), timeout)
+            return await fetch_wait(self._store, recipient, channel, self._limit(limit), timeout, remove=remove)
 
     async def peek(
         self, caller: Caller, recipient: bytes, channel: bytes, version: int, limit: int

@@ -7,8 +7,11 @@ import asyncio
 from .base import InboxMessage, Store
 
 
-async def fetch_wait(store: Store, recipient: bytes, channel: bytes, limit: int, timeout: float) -> list[InboxMessage]:
-    """Remove and return up to `limit` messages, waiting up to `timeout` seconds for the first one.
+async def fetch_wait(
+    store: Store, recipient: bytes, channel: bytes, limit: int, timeout: float, *, remove: bool = True
+) -> list[InboxMessage]:
+    """Return up to `limit` messages, waiting up to `timeout` seconds for the first one; they are removed
+    unless `remove` is False (peekWait: the client acks once it has stored them).
 
     Returns [] on timeout. The caller caps `timeout`; cancelling the call leaves nothing registered.
     """
@@ -20,7 +23,8 @@ async def fetch_wait(store: Store, recipient: bytes, channel: bytes, limit: int,
             # The depth check is a read; only a non-empty inbox costs a write transaction. That matters when
             # thousands of idle clients poll.
             if (await store.inbox_stats(recipient, channel)).depth > 0:
-                messages = await store.fetch(recipient, channel, limit)
+                read = store.fetch if remove else store.peek
+                messages = await read(recipient, channel, limit)
                 if messages:
                     return messages
             remaining = deadline - loop.time()
