@@ -245,6 +245,23 @@ fn hex(bytes: &[u8]) -> Zeroizing<String> {
     s
 }
 
+/// Creates the vault file with mode 0600 if it does not exist (SQLite gives the -wal and -shm
+/// files the main file's permissions). The content is encrypted anyway; this is hygiene.
+fn create_private_file(path: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Storage(format!("cannot create vault file: {e}"))),
+    }
+}
+
 fn open_connection(path: &str, key: &[u8]) -> Result<Connection> {
     if key.len() != 32 {
         return Err(Error::InvalidKey(format!(
@@ -252,6 +269,7 @@ fn open_connection(path: &str, key: &[u8]) -> Result<Connection> {
             key.len()
         )));
     }
+    create_private_file(path)?;
     let conn = Connection::open(path)
         .map_err(|e| Error::Storage(format!("cannot open vault file: {e}")))?;
     {

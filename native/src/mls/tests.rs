@@ -134,6 +134,15 @@ fn wrong_key_and_no_plaintext_on_disk() {
         Err(Error::InvalidKey(_))
     ));
     assert!(Vault::open(&dir.path("a.db"), &KEY_A).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path("a.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "vault file readable by others: {mode:o}");
+    }
 }
 
 #[test]
