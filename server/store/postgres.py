@@ -138,7 +138,7 @@ class PostgresStore:
         self._wakeups = wakeups
         self._options = options
         self._loop = asyncio.get_running_loop()
-        self._writer = GroupCommitWriter(pool, CHANNEL, wakeups.payloads, wakeups.notify)
+        self._writer = GroupCommitWriter(pool, CHANNEL, wakeups.payloads, wakeups.notify, enqueue_many)
         self._closed = False
         self._shutdown: asyncio.Future[None] | None = None
         self._in_flight = 0
@@ -579,7 +579,7 @@ class PostgresStore:
         )
         inboxes = [(r, op.channel) for r in op.distinct]
         if self._options.group_commit:
-            return await self._writer.submit(op.run, inboxes)
+            return await self._writer.submit(op.run, inboxes, op)
         return await self._enqueue_alone(op, inboxes)
 
     async def _enqueue_alone(self, op: _EnqueueOp, inboxes: list[Inbox]) -> list[int]:
@@ -754,29 +754,88 @@ WITH gone AS (
 SELECT count(*), coalesce(sum(size), 0) FROM gone
 """
 
-# Locks every inbox of an operation (in sorted order: rows are inserted in the SELECT's order), assigns k seqs to
-# each (last_seq + 1 .. last_seq + k) if its limits allow, and inserts the messages. An inbox whose limits do not
-# allow it is locked but left unchanged and missing from the result; the caller then rolls back and looks closer.
+# Enqueues of one or many operations in one statement: locks every inbox involved (in sorted order: rows are
+# inserted in the SELECT's order), moves each inbox's counter by the k messages it gets if its limits allow, and
+# inserts the messages with seqs last_seq - k + 1 .. last_seq. An inbox whose limits do not allow it is locked
+# but left unchanged and missing from the result; the caller then rolls back and looks closer.
+#   $1..$4: per inbox (recipient, channel, k, bytes);  $5, $6: depth and bytes limits;
+#   $7..$11: per message (recipient, channel, rank n within its inbox in this statement, expires_at, payload index);
+#   $12: the distinct payloads.
 _ENQUEUE = """
 WITH input AS (
-    SELECT r, k FROM unnest($1::bytea[], $2::bigint[]) AS t(r, k)
+    SELECT r, c, k, b FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[]) AS t(r, c, k, b)
 ), up AS (
     INSERT INTO inboxes AS i (recipient, channel_id, last_seq, depth, bytes)
-    SELECT r, $3, k, k, k * $4 FROM input ORDER BY r
+    SELECT r, c, k, k, b FROM input ORDER BY r, c
     ON CONFLICT (recipient, channel_id) DO UPDATE
         SET last_seq = i.last_seq + excluded.last_seq,
             depth = i.depth + excluded.depth,
             bytes = i.bytes + excluded.bytes
         WHERE i.depth + excluded.depth <= $5 AND i.bytes + excluded.bytes <= $6
-    RETURNING i.recipient, i.last_seq
+    RETURNING i.recipient, i.channel_id, i.last_seq
 ), ins AS (
     INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload)
-    SELECT up.recipient, $3, s.seq, $4, $7, $8
-    FROM up JOIN input ON input.r = up.recipient,
-    LATERAL generate_series(up.last_seq - input.k + 1, up.last_seq) AS s(seq)
+    SELECT m.r, m.c, up.last_seq - input.k + m.n, length(($12::bytea[])[m.p]), m.e, ($12::bytea[])[m.p]
+    FROM unnest($7::bytea[], $8::bytea[], $9::bigint[], $10::float8[], $11::int[]) AS m(r, c, n, e, p)
+    JOIN input ON input.r = m.r AND input.c = m.c
+    JOIN up ON up.recipient = m.r AND up.channel_id = m.c
 )
-SELECT recipient, last_seq FROM up
+SELECT recipient, channel_id, last_seq FROM up
 """
+
+
+async def enqueue_many(conn: Any, ops: Sequence[_EnqueueOp]) -> list[list[int]] | None:
+    """Apply every operation in one statement and return their seqs; None if a limit is in the way of any of
+    them (or would be even for an empty inbox): the caller must then roll back what the statement did.
+
+    All the operations come from one store, so they share its limits.
+    """
+    if not ops:
+        return []
+    limits = ops[0].limits
+    usage: dict[Inbox, list[int]] = {}  # inbox -> [k, bytes]
+    messages: list[tuple[bytes, bytes, int, float | None, int]] = []
+    payloads: list[bytes] = []
+    for op in ops:
+        payloads.append(op.payload)
+        size = len(op.payload)
+        for r in op.recipients:
+            entry = usage.setdefault((r, op.channel), [0, 0])
+            entry[0] += 1
+            entry[1] += size
+            messages.append((r, op.channel, entry[0], op.expires_at, len(payloads)))
+    # A new inbox row is inserted without the limit check: refuse here what cannot fit even an empty inbox.
+    if any(k > limits.max_inbox_depth or b > limits.max_inbox_bytes for k, b in usage.values()):
+        return None
+    inboxes = list(usage)
+    rows = await conn.fetch(
+        _ENQUEUE,
+        [r for r, _ in inboxes],
+        [c for _, c in inboxes],
+        [usage[i][0] for i in inboxes],
+        [usage[i][1] for i in inboxes],
+        limits.max_inbox_depth,
+        limits.max_inbox_bytes,
+        [m[0] for m in messages],
+        [m[1] for m in messages],
+        [m[2] for m in messages],
+        [m[3] for m in messages],
+        [m[4] for m in messages],
+        payloads,
+    )
+    if len(rows) != len(inboxes):
+        return None
+    next_seq = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
+    for inbox, (k, _) in usage.items():
+        next_seq[inbox] -= k - 1
+    results: list[list[int]] = []
+    for op in ops:
+        seqs = []
+        for r in op.recipients:
+            seqs.append(next_seq[(r, op.channel)])
+            next_seq[(r, op.channel)] += 1
+        results.append(seqs)
+    return results
 
 
 class _EnqueueOp:
@@ -806,14 +865,10 @@ class _EnqueueOp:
         self.distinct = sorted(counts)
 
     async def run(self, conn: Any, attempt: int) -> list[int]:
-        size = len(self.payload)
-        limits = self.limits
         if attempt == 0:
-            # A new inbox row is inserted without the limit check: refuse what cannot fit even an empty inbox.
-            if all(k <= limits.max_inbox_depth and k * size <= limits.max_inbox_bytes for k in self.counts.values()):
-                seqs = await self._apply(conn)
-                if seqs is not None:
-                    return seqs
+            seqs = await self._apply(conn)
+            if seqs is not None:
+                return seqs
             raise Again()
         # Something did not fit: the exact, SQLite-equivalent walk, recipient by recipient, making room from
         # expired messages before refusing. Refusing raises, and the savepoint undoes the clean-up too.
@@ -824,26 +879,8 @@ class _EnqueueOp:
         return seqs
 
     async def _apply(self, conn: Any) -> list[int] | None:
-        limits = self.limits
-        rows = await conn.fetch(
-            _ENQUEUE,
-            self.distinct,
-            [self.counts[r] for r in self.distinct],
-            self.channel,
-            len(self.payload),
-            limits.max_inbox_depth,
-            limits.max_inbox_bytes,
-            self.expires_at,
-            self.payload,
-        )
-        if len(rows) != len(self.distinct):
-            return None
-        next_seq = {bytes(row[0]): int(row[1]) - self.counts[bytes(row[0])] + 1 for row in rows}
-        seqs = []
-        for r in self.recipients:
-            seqs.append(next_seq[r])
-            next_seq[r] += 1
-        return seqs
+        applied = await enqueue_many(conn, [self])
+        return None if applied is None else applied[0]
 
     async def _check_limits(self, conn: Any) -> None:
         limits = self.limits

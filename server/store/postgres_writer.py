@@ -1,9 +1,13 @@
 """Group commit for PostgreSQL: concurrent enqueues share one transaction, and so one WAL flush.
 
 Every commit in PostgreSQL waits for its own WAL flush. An asyncio task takes every enqueue submitted while the
-previous batch was running, runs them in one transaction on one pooled connection (each in its own SAVEPOINT, so
-a refused one rolls back alone), sends the batch's notifications inside that transaction, commits once, and only
-then resolves the callers' futures: a seq is never seen before it is durable.
+previous batch was running, runs them in one transaction on one pooled connection, sends the batch's notifications
+inside that transaction, commits once, and only then resolves the callers' futures: a seq is never seen before it
+is durable.
+
+Within the transaction, the whole batch is first tried as one statement (`merge`: one round trip for all of it).
+If anything in it is refused or fails, that is rolled back and each operation runs in its own SAVEPOINT, so that a
+refused one rolls back alone.
 
 Lock order. Every writer locks an inbox's counter row before touching its messages, so message rows are never
 part of a lock cycle. Counter rows are locked in sorted order within an operation, and the operations of a batch
@@ -52,10 +56,15 @@ class WriteOp(Generic[T]):
     """Woken after the commit if the operation succeeded."""
     future: asyncio.Future[T]
     sort_key: Inbox = (b"", b"")
+    data: Any = None
+    """What `merge` needs to run this operation together with others; None: run it alone."""
     deadlocks: int = 0
 
 
 Publish = Callable[[Iterable[Inbox]], list[str]]
+Merge = Callable[[Any, list[Any]], Awaitable[list[Any] | None]]
+"""(connection, [op.data, ...]) -> one result per operation, or None if the batch cannot be applied as a whole
+(the writer then rolls back what it did)."""
 
 
 @dataclass(slots=True)
@@ -73,8 +82,10 @@ class GroupCommitWriter:
         channel: str,
         publish: Publish,
         on_committed: Callable[[Iterable[Inbox]], None],
+        merge: Merge | None = None,
     ) -> None:
         self._pool = pool
+        self._merge = merge
         self._channel = channel
         self._publish = publish
         self._on_committed = on_committed
@@ -94,12 +105,12 @@ class GroupCommitWriter:
         self._counters.commits += 1
         self._counters.largest_batch = max(self._counters.largest_batch, ops)
 
-    async def submit(self, fn: OpFn[T], inboxes: list[Inbox]) -> T:
+    async def submit(self, fn: OpFn[T], inboxes: list[Inbox], data: Any = None) -> T:
         # Checked and queued without an await in between, as close() is: nothing slips in behind the close.
         if self._closing:
             raise StoreClosed()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(WriteOp(fn, inboxes, future, min(inboxes) if inboxes else (b"", b"")))
+        self._queue.append(WriteOp(fn, inboxes, future, min(inboxes) if inboxes else (b"", b""), data))
         self._work.set()
         # Cancelling the caller does not withdraw the operation: it may already be committed.
         return await future
@@ -166,6 +177,28 @@ class GroupCommitWriter:
         if touched:
             self._on_committed(touched)
 
+    async def _run_merged(
+        self,
+        conn: Any,
+        batch: list[WriteOp[Any]],
+        outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]],
+        touched: set[Inbox],
+    ) -> bool:
+        if self._merge is None or len(batch) < 2 or any(op.data is None for op in batch):
+            return False
+        try:
+            results = await self._merge(conn, [op.data for op in batch])
+        except asyncpg.PostgresError as exc:  # deadlock or anything else: the per-operation path sorts it out
+            log.info("merged batch failed (%s); running its operations one by one", type(exc).__name__)
+            results = None
+        if results is None:
+            await conn.execute("ROLLBACK TO SAVEPOINT op")
+            return False
+        for op, result in zip(batch, results, strict=True):
+            outcomes.append((op, result, None))
+            touched.update(op.inboxes)
+        return True
+
     async def _run_transaction(
         self,
         conn: Any,
@@ -178,6 +211,8 @@ class GroupCommitWriter:
         await conn.execute("BEGIN; SAVEPOINT op")
         committed = False
         try:
+            if await self._run_merged(conn, batch, outcomes, touched):
+                batch = []
             for op in batch:
                 attempt = 0
                 while True:

@@ -233,3 +233,34 @@ async def test_concurrent_closes_all_wait_for_the_end(backend: Backend) -> None:
     await asyncio.sleep(0)
     await asyncio.gather(store.close(), store.close(), store.close())
     assert await pending == 1
+
+
+async def test_concurrent_mixed_enqueues_put_each_payload_at_its_seq(store: Store) -> None:
+    """Enqueues and batch enqueues (repeated recipients, several inboxes, sizes) committed together."""
+    calls: list[tuple[bytes | list[bytes], bytes, bytes]] = [
+        (R1, b"", b"a"),
+        ([R1, R2, R1], CHAN, b"bb"),
+        (R1, b"", b"ccc"),
+        ([R2], b"", b"dddd"),
+        ([R3, R1], b"", b"e" * 50),
+        (R2, CHAN, b"f"),
+    ]
+
+    async def call(target: bytes | list[bytes], channel: bytes, payload: bytes) -> list[int]:
+        if isinstance(target, bytes):
+            return [await store.enqueue(target, channel, payload, None)]
+        return await store.batch_enqueue(target, channel, payload, None)
+
+    results = await asyncio.gather(*(call(*c) for c in calls))
+    expected: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
+    for (target, channel, payload), seqs in zip(calls, results, strict=True):
+        recipients = [target] if isinstance(target, bytes) else target
+        assert len(seqs) == len(recipients)
+        for recipient, seq in zip(recipients, seqs, strict=True):
+            assert seq not in expected.setdefault((recipient, channel), {})
+            expected[(recipient, channel)][seq] = payload
+    for (recipient, channel), by_seq in expected.items():
+        assert sorted(by_seq) == list(range(1, len(by_seq) + 1))
+        assert await drain_all(store, recipient, channel) == sorted(by_seq.items())
+        stats = await store.inbox_stats(recipient, channel)
+        assert (stats.depth, stats.bytes) == (len(by_seq), sum(len(p) for p in by_seq.values()))
