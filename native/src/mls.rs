@@ -557,14 +557,22 @@ impl Vault {
             let mut group = v.load_group(group_id)?;
             let mut indices = Vec::with_capacity(identity_keys.len());
             for key in identity_keys {
-                let member = group
-                    .members()
-                    .find(|m| &m.signature_key == key)
-                    .ok_or_else(|| {
-                        Error::State("identity key is not a member of the group".into())
-                    })?;
-                indices.push(member.index);
+                let before = indices.len();
+                // Every leaf of that identity (the same key could sit in several leaves).
+                indices.extend(
+                    group
+                        .members()
+                        .filter(|m| &m.signature_key == key)
+                        .map(|m| m.index),
+                );
+                if indices.len() == before {
+                    return Err(Error::State(
+                        "identity key is not a member of the group".into(),
+                    ));
+                }
             }
+            indices.sort_unstable_by_key(|i| i.u32());
+            indices.dedup();
             if indices.contains(&group.own_leaf_index()) {
                 return Err(Error::State(
                     "cannot remove oneself with a commit; use leave_group".into(),
