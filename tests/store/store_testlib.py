@@ -46,3 +46,25 @@ async def drain_all(store: Store, recipient: bytes, channel: bytes = b"") -> lis
     """Everything queued, without removing it."""
     messages = await store.peek(recipient, channel, store.limits.max_fetch)
     return [(m.seq, m.payload) for m in messages]
+
+
+# A node that enqueues forever and prints each seq after enqueue returned (argv[1]: the store URL or path);
+# the crash-durability tests SIGKILL it and hold the store to every printed seq.
+ENQUEUE_FOREVER = """
+import asyncio, sys
+from quicnprotochat.server.store import open_store
+
+async def main() -> None:
+    store = await open_store(sys.argv[1])
+    async def worker(w: int) -> None:
+        i = 0
+        while True:
+            seq = await store.enqueue(bytes(32), b"", b"%d:%d" % (w, i), None)
+            # Printed only after enqueue returned, i.e. after the commit: the parent holds us to every line.
+            sys.stdout.write(f"{seq}\\n")
+            sys.stdout.flush()
+            i += 1
+    await asyncio.gather(*(worker(w) for w in range(8)))
+
+asyncio.run(main())
+"""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +19,7 @@ from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redac
 from quicnprotochat.server.store.postgres_migrations import LATEST_VERSION, POSTGRES_MIGRATIONS
 from quicnprotochat.server.store.postgres_wakeups import MAX_PAYLOAD, decode_payload, encode_payloads
 
-from .store_testlib import FakeClock, key
+from .store_testlib import ENQUEUE_FOREVER, FakeClock, key
 
 R1, R2 = key(1), key(2)
 
@@ -252,3 +254,33 @@ def test_notification_payloads_stay_under_the_limit() -> None:
     for junk in ("", "node;", "no separator", "n;zz.00"):
         with pytest.raises(ValueError):
             decode_payload(junk)
+
+
+async def test_acknowledged_enqueues_survive_a_killed_node(pg_url: str) -> None:
+    """The SQLite SIGKILL test's node, on PostgreSQL: what a killed node acknowledged is in the database."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ENQUEUE_FOREVER, pg_url, stdout=asyncio.subprocess.PIPE
+    )
+    acknowledged: list[int] = []
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            while len(acknowledged) < 1000 and (line := await proc.stdout.readline()):
+                acknowledged.append(int(line))
+        proc.send_signal(signal.SIGKILL)
+        acknowledged.extend(int(line) for line in (await proc.stdout.read()).split())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acknowledged) >= 1000, "the child did not get going"
+    store = await open_store(pg_url)
+    try:
+        messages: list[int] = []
+        while batch := await store.fetch(bytes(32), b""):
+            messages.extend(m.seq for m in batch)
+    finally:
+        await store.close()
+    assert set(acknowledged) <= set(messages)
+    assert sorted(messages) == list(range(1, max(messages) + 1))

@@ -17,34 +17,15 @@ import pytest
 from quicnprotochat.server.store import SchemaTooNew, StoreError, open_store, sqlite_path_from_url
 from quicnprotochat.server.store.migrations import LATEST_VERSION, SQLITE_MIGRATIONS
 
-from .store_testlib import key
+from .store_testlib import ENQUEUE_FOREVER, key
 
 R1 = key(1)
-
-_ENQUEUE_FOREVER = """
-import asyncio, sys
-from quicnprotochat.server.store import open_store
-
-async def main() -> None:
-    store = await open_store(sys.argv[1])
-    async def worker(w: int) -> None:
-        i = 0
-        while True:
-            seq = await store.enqueue(bytes(32), b"", b"%d:%d" % (w, i), None)
-            # Printed only after enqueue returned, i.e. after the commit: the parent holds us to every line.
-            sys.stdout.write(f"{seq}\\n")
-            sys.stdout.flush()
-            i += 1
-    await asyncio.gather(*(worker(w) for w in range(8)))
-
-asyncio.run(main())
-"""
 
 
 def test_acknowledged_enqueues_survive_sigkill(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     acknowledged: list[int] = []
-    with subprocess.Popen([sys.executable, "-c", _ENQUEUE_FOREVER, str(db)], stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen([sys.executable, "-c", ENQUEUE_FOREVER, str(db)], stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             deadline = time.monotonic() + 30
