@@ -12,7 +12,7 @@ import pytest
 from quicnprotochat.client import inbox_stream
 from quicnprotochat.common.errors import Forbidden, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from quicnprotochat.server.node import Node
-from tests.conftest import ClientFactory, User, UserFactory, loopback_config
+from tests.conftest import ClientFactory, FakeClock, User, UserFactory, loopback_config
 
 
 async def _pair(node: Node, make_user: UserFactory) -> tuple[User, User]:
@@ -277,3 +277,22 @@ async def test_async_iterators(node: Node, make_user: UserFactory) -> None:
     await alice.client.enqueue(bob.key, b"r2")
     assert (await asyncio.wait_for(later, 10)).data == b"r2"
     await received.aclose()
+
+
+async def test_expired_messages_are_dropped(tmp_path: Path, make_user: UserFactory) -> None:
+    clock = FakeClock()
+    node = Node(loopback_config(tmp_path / "node", message_ttl_seconds=3600), clock=clock)
+    await node.start()
+    try:
+        alice, bob = await _pair(node, make_user)
+        await alice.client.enqueue(bob.key, b"old")
+        clock.advance(1800)
+        await alice.client.enqueue(bob.key, b"newer")
+        clock.advance(1801)  # "old" is past its TTL, "newer" is not
+        assert [e.data for e in await bob.client.peek(bob.key)] == [b"newer"]
+        assert node.state is not None
+        await node.state.sweep()
+        assert (await node.state.store.inbox_stats(bob.key, b"")).depth == 1
+        assert await alice.client.enqueue(bob.key, b"next") == 3  # the dropped seq is not reused
+    finally:
+        await node.stop()
