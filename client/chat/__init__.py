@@ -1,1 +1,67 @@
-"""(filled in by the client work)"""
+"""The conversation engine: DMs, groups and a notepad over MLS and hybrid envelopes (see `engine`).
+
+Bots use `ChatClient` directly; the REPL and the `qpc` command are built on it. The frames inside the
+envelopes are documented in `framing`.
+"""
+
+from quicnprotochat.client.chat.engine import (
+    NOTES_NAME,
+    ChatClient,
+    ChatConfig,
+    ConversationSummary,
+    PasswordSource,
+    default_state_dir,
+    key_fingerprint,
+)
+from quicnprotochat.client.chat.errors import (
+    ChatError,
+    DeliveryFailed,
+    LoginFailed,
+    NodeUnavailable,
+    NoHybridKey,
+    NoKeyPackage,
+    NotAllowed,
+    PasswordRequired,
+    StateUnavailable,
+    UnknownConversation,
+    UserNotFound,
+)
+from quicnprotochat.client.chat.events import (
+    ErrorEvent,
+    Event,
+    JoinedConversation,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Notice,
+    RemovedFromConversation,
+)
+
+__all__ = [
+    "NOTES_NAME",
+    "ChatClient",
+    "ChatConfig",
+    "ChatError",
+    "ConversationSummary",
+    "DeliveryFailed",
+    "ErrorEvent",
+    "Event",
+    "JoinedConversation",
+    "LoginFailed",
+    "MemberJoined",
+    "MemberLeft",
+    "MessageReceived",
+    "NoHybridKey",
+    "NoKeyPackage",
+    "NodeUnavailable",
+    "NotAllowed",
+    "Notice",
+    "PasswordRequired",
+    "PasswordSource",
+    "RemovedFromConversation",
+    "StateUnavailable",
+    "UnknownConversation",
+    "UserNotFound",
+    "default_state_dir",
+    "key_fingerprint",
+]

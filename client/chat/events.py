@@ -1,0 +1,66 @@
+"""What the conversation engine reports to its user (the REPL, a bot): see `ChatClient.events`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quicnprotochat.client.state import Conversation, Message
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """A message from a peer was decrypted and stored (it is in `history` from now on)."""
+
+    conversation: Conversation
+    message: Message
+
+
+@dataclass(frozen=True)
+class MemberJoined:
+    conversation: Conversation
+    identity_key: bytes
+    username: str | None
+    by: str | None
+    """Username of the member who added them, when known."""
+
+
+@dataclass(frozen=True)
+class MemberLeft:
+    conversation: Conversation
+    identity_key: bytes
+    username: str | None
+    by: str | None
+
+
+@dataclass(frozen=True)
+class JoinedConversation:
+    """A Welcome was accepted: this client is now a member of `conversation`."""
+
+    conversation: Conversation
+    inviter: str | None
+
+
+@dataclass(frozen=True)
+class RemovedFromConversation:
+    """Another member removed this client; the history stays, nothing new can be read or sent."""
+
+    conversation: Conversation
+    by: str | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something worth telling the user that is not an error (connection restored, ...)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """Something failed in the background (node unreachable, an undecryptable message, ...)."""
+
+    text: str
+    error: BaseException | None = None
+
+
+Event = MessageReceived | MemberJoined | MemberLeft | JoinedConversation | RemovedFromConversation | Notice | ErrorEvent

@@ -1,0 +1,95 @@
+"""Helpers for the chat client tests: real nodes on loopback, real vaults and state dirs under tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from quicnprotochat.client import KnownHosts
+from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, MessageReceived
+from quicnprotochat.server.node import Node
+from tests.conftest import node_address
+
+E = TypeVar("E")
+
+
+def files_containing(root: Path, *needles: bytes) -> list[tuple[str, bytes]]:
+    found: list[tuple[str, bytes]] = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            data = path.read_bytes()
+            found.extend((str(path.relative_to(root)), needle) for needle in needles if needle in data)
+    return found
+
+
+class EventLog:
+    """Every event of one client, with a way to wait for one."""
+
+    def __init__(self, chat: ChatClient) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+        chat.add_listener(self._record)
+
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, kind: type[E], predicate: Callable[[E], bool] = lambda _e: True, timeout: float = 15) -> E:
+        async def wait() -> E:
+            seen = 0
+            while True:
+                for event in self.events[seen:]:
+                    if isinstance(event, kind) and predicate(event):
+                        return event
+                seen = len(self.events)
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def message(self, body: str, timeout: float = 15) -> MessageReceived:
+        return await self.wait_for(MessageReceived, lambda e: e.message.body == body, timeout)
+
+    def bodies(self) -> list[str]:
+        return [e.message.body for e in self.events if isinstance(e, MessageReceived)]
+
+
+ChatFactory = Callable[..., Awaitable[tuple[ChatClient, EventLog]]]
+
+
+@pytest.fixture
+async def open_chat(tmp_path: Path) -> AsyncIterator[ChatFactory]:
+    """Opens chat clients (state in tmp_path/state-<name>, password-protected); all are closed at the end."""
+    opened: list[ChatClient] = []
+    known_hosts = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
+
+    async def factory(
+        server: Node | str, name: str, *, start: bool = True, state_password: str | None = "state pw", **options: Any
+    ) -> tuple[ChatClient, EventLog]:
+        address = server if isinstance(server, str) else node_address(server, "quic")
+        options.setdefault("register", True)
+        options.setdefault("password", f"password of {name}")
+        options.setdefault("wait_ms", 5_000)
+        config = ChatConfig(
+            server=address,
+            username=name,
+            state_dir=tmp_path / f"state-{name}",
+            state_password=state_password,
+            known_hosts=known_hosts,
+            **options,
+        )
+        chat = await ChatClient.open(config)
+        opened.append(chat)
+        log = EventLog(chat)
+        if start:
+            await chat.start()
+        return chat, log
+
+    yield factory
+    await asyncio.gather(*(chat.close() for chat in opened), return_exceptions=True)
