@@ -41,6 +41,7 @@ class ServerLimits:
     max_wait_ms: int
     max_key_packages_per_identity: int
     max_endpoint_bytes: int
+    max_fetch_bytes: int
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class NodeClient:
                 max_wait_ms=int(limits.maxWaitMs),
                 max_key_packages_per_identity=int(limits.maxKeyPackagesPerIdentity),
                 max_endpoint_bytes=int(limits.maxEndpointBytes),
+                max_fetch_bytes=int(limits.maxFetchBytes),
             ),
         )
 

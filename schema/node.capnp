@@ -127,4 +127,5 @@ struct Limits {
   maxWaitMs @5 :UInt64;           # the cap on fetchWait's timeoutMs
   maxKeyPackagesPerIdentity @6 :UInt32;
   maxEndpointBytes @7 :UInt32;
+  maxFetchBytes @8 :UInt64;       # payload bytes one fetch, fetchWait, peek or peekWait returns at most
 }

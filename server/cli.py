@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quic-listen", help="host:port for QUIC (udp); empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--tcp-listen", help="host:port for TLS over TCP; empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--store", help="database: a path, sqlite:///path or postgresql://... (default: in the data dir)")
     run.add_argument(
         "--allow-sealed-sender",
         action="store_true",
@@ -43,6 +44,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
             "quic_listen": args.quic_listen,
             "tcp_listen": args.tcp_listen,
             "log_level": args.log_level,
+            "store": args.store,
             "allow_sealed_sender": args.allow_sealed_sender,
         }
     return load_config(config_file=args.config, overrides=overrides)

@@ -32,6 +32,8 @@ class NodeConfig:
     max_inbox_bytes: int = 64 * 1024 * 1024
     message_ttl_seconds: int = 7 * 24 * 3600
     max_fetch_limit: int = 1000
+    # One fetch/peek response carries at most this many payload bytes (or one message, when a single one is larger).
+    max_fetch_bytes: int = 16 * 1024 * 1024
     max_wait_ms: int = 30_000
     max_key_packages_per_identity: int = 100
     max_endpoint_bytes: int = 4096
@@ -77,8 +79,11 @@ class NodeConfig:
 
     @property
     def max_message_bytes(self) -> int:
-        """The largest Cap'n Proto message the node reads: a payload plus room for the rest of a call."""
-        return self.max_payload_bytes + 64 * 1024
+        """The largest Cap'n Proto message the node reads or writes (kj refuses to send past its own read limit):
+        a call with a maximal payload, or a response with a full fetch (a message larger than max_fetch_bytes
+        still travels alone, and every envelope costs a few words of framing)."""
+        largest_response = max(self.max_fetch_bytes, self.max_payload_bytes) + 32 * self.max_fetch_limit
+        return max(self.max_payload_bytes, largest_response) + 64 * 1024
 
 
 class ConfigError(ValueError):

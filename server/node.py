@@ -37,6 +37,7 @@ def store_limits(config: NodeConfig) -> StoreLimits:
         max_inbox_depth=config.max_inbox_depth,
         max_inbox_bytes=config.max_inbox_bytes,
         max_fetch=config.max_fetch_limit,
+        max_fetch_bytes=config.max_fetch_bytes,
         max_key_packages_per_identity=config.max_key_packages_per_identity,
     )
 
@@ -106,6 +107,7 @@ class NodeState:
                 "maxWaitMs": config.max_wait_ms,
                 "maxKeyPackagesPerIdentity": config.max_key_packages_per_identity,
                 "maxEndpointBytes": config.max_endpoint_bytes,
+                "maxFetchBytes": config.max_fetch_bytes,
             },
         }
 

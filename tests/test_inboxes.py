@@ -296,3 +296,18 @@ async def test_expired_messages_are_dropped(tmp_path: Path, make_user: UserFacto
         assert await alice.client.enqueue(bob.key, b"next") == 3  # the dropped seq is not reused
     finally:
         await node.stop()
+
+
+async def test_fetch_responses_are_bounded_in_bytes(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "node", max_fetch_bytes=250_000, max_payload_bytes=200_000))
+    await node.start()
+    try:
+        alice, bob = await _pair(node, make_user)
+        assert (await bob.client.server_info()).limits.max_fetch_bytes == 250_000
+        for n in range(4):
+            await alice.client.enqueue(bob.key, bytes([n]) * 100_000)
+        first = await bob.client.fetch(bob.key)
+        assert [e.seq for e in first] == [1, 2, 3]  # 200 kB came before the third; the budget ends there
+        assert [e.seq for e in await bob.client.fetch(bob.key)] == [4]
+    finally:
+        await node.stop()

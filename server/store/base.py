@@ -81,6 +81,9 @@ class StoreLimits:
     max_inbox_depth: int = 10_000
     max_inbox_bytes: int = 64 << 20
     max_fetch: int = 1000
+    # A fetch or peek returns messages in seq order until their payloads would pass this many bytes (always at
+    # least one), so that a response stays readable by the client: removed messages must reach it.
+    max_fetch_bytes: int = 16 << 20
     max_key_packages_per_identity: int = 100
 
     def __post_init__(self) -> None:

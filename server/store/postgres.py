@@ -611,25 +611,19 @@ class PostgresStore:
         async def op(conn: Any) -> list[InboxMessage]:
             if not await _lock_inbox(conn, r, c):
                 return []
-            rows = await conn.fetch(
-                _FETCH,
-                r,
-                c,
-                now,
-                count,
-            )
+            rows = await conn.fetch(_FETCH, r, c, now, count, self._limits.max_fetch_bytes)
             return [InboxMessage(row[0], bytes(row[1])) for row in rows]
 
         return await self._transact(op)
 
     async def peek(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
         rows = await self._fetch(
-            "SELECT seq, payload FROM messages WHERE recipient = $1 AND channel_id = $2"
-            " AND (expires_at IS NULL OR expires_at > $3) ORDER BY seq LIMIT $4",
+            _PEEK,
             bytes(recipient),
             bytes(channel),
             self._clock(),
             self._fetch_limit(limit),
+            self._limits.max_fetch_bytes,
         )
         return [InboxMessage(row[0], bytes(row[1])) for row in rows]
 
@@ -718,11 +712,21 @@ _ACCOUNT_BY_IDENTITY = "SELECT username, identity_key, created_at, password_file
 
 # Each deletes messages of the inbox $1/$2 and shrinks its counters by what it deleted, in one statement; the
 # caller holds the counter row's lock already.
-_FETCH = """
+# The first seqs of inbox $1/$2 in order, at most $4 of them, while the payload bytes before each stay under $5
+# (so at least one): a response must stay readable by the client, since fetched messages are gone.
+_FIRST_SEQS = """
+SELECT seq FROM (
+    SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages
+    WHERE recipient = $1 AND channel_id = $2 AND (expires_at IS NULL OR expires_at > $3) ORDER BY seq LIMIT $4
+) AS first WHERE before < $5
+"""
+
+# Both compose module constants only (no values), hence the S608 exemptions.
+_PEEK = f"SELECT seq, payload FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq IN ({_FIRST_SEQS}) ORDER BY seq"  # noqa: S608, E501
+
+_FETCH = f"""
 WITH gone AS (
-    DELETE FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq IN (
-        SELECT seq FROM messages WHERE recipient = $1 AND channel_id = $2
-        AND (expires_at IS NULL OR expires_at > $3) ORDER BY seq LIMIT $4)
+    DELETE FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq IN ({_FIRST_SEQS})
     RETURNING seq, payload, size
 ), shrink AS (
     UPDATE inboxes SET depth = depth - (SELECT count(*) FROM gone),
@@ -730,7 +734,7 @@ WITH gone AS (
     WHERE recipient = $1 AND channel_id = $2
 )
 SELECT seq, payload FROM gone ORDER BY seq
-"""
+"""  # noqa: S608
 
 _ACK = """
 WITH gone AS (

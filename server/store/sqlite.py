@@ -562,11 +562,8 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[InboxMessage]:
             rows = conn.execute(
-                "DELETE FROM messages WHERE id IN ("
-                " SELECT id FROM messages WHERE recipient = ? AND channel_id = ?"
-                " AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?"
-                ") RETURNING seq, payload, size",
-                (*inbox, now, count),
+                _FETCH,
+                (*inbox, now, count, self._limits.max_fetch_bytes),
             ).fetchall()
             _shrink(conn, inbox, len(rows), sum(r[2] for r in rows))
             # RETURNING promises no order.
@@ -580,11 +577,11 @@ class SqliteStore:
             bytes(channel),
             self._clock(),
             self._fetch_limit(limit),
+            self._limits.max_fetch_bytes,
         )
         rows = await self._read(
             lambda conn: conn.execute(
-                "SELECT seq, payload FROM messages WHERE recipient = ? AND channel_id = ?"
-                " AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?",
+                _PEEK,
                 params,
             ).fetchall()
         )
@@ -651,6 +648,18 @@ class SqliteStore:
 
 # ── SQL helpers run on the writer or reader thread ────────────────────────────────────────────────────────────
 
+
+# The first messages of an inbox in seq order, each with the payload bytes queued before it; callers keep those
+# with `before` under the byte budget. Parameters: recipient, channel, now, count.
+_FIRST_MESSAGES = (
+    "SELECT id, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages"
+    " WHERE recipient = ? AND channel_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?"
+)
+# Both compose module constants only (no values), hence the S608 exemptions. Extra parameter: the byte budget.
+_FETCH = f"DELETE FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) WHERE before < ?) RETURNING seq, payload, size"  # noqa: S608, E501
+_PEEK = (
+    f"SELECT seq, payload FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) WHERE before < ?) ORDER BY seq"  # noqa: S608
+)
 
 _ACCOUNT_BY = {
     "username": "SELECT username, identity_key, created_at, password_file FROM accounts WHERE username = ?",

@@ -136,6 +136,19 @@ async def test_fetch_limit_defaults_to_and_is_capped_by_max_fetch(backend: Backe
         await store.fetch(R1, b"", -1)
 
 
+async def test_fetch_and_peek_stop_at_max_fetch_bytes(backend: Backend) -> None:
+    store = await backend.open(StoreLimits(max_fetch_bytes=10))
+    for payload in (b"aaaa", b"bbbb", b"cccc", b"d" * 20, b"e"):
+        await store.enqueue(R1, b"", payload, None)
+    # 4 + 4 bytes come before the third message, 12 before the fourth: the budget ends after the third.
+    assert [m.seq for m in await store.peek(R1, b"", 0)] == [1, 2, 3]
+    assert [m.seq for m in await store.fetch(R1, b"", 0)] == [1, 2, 3]
+    # A message larger than the budget still comes, alone: nothing is ever stuck.
+    assert [m.payload for m in await store.fetch(R1, b"", 0)] == [b"d" * 20]
+    assert [m.payload for m in await store.fetch(R1, b"", 0)] == [b"e"]
+    assert (await store.inbox_stats(R1, b"")).depth == 0
+
+
 async def test_expired_messages_are_hidden_and_swept(store: Store, clock: FakeClock) -> None:
     await store.enqueue(R1, b"", b"short", clock() + 10)
     await store.enqueue(R1, b"", b"forever", None)
