@@ -221,7 +221,8 @@ class ChatClient:
         self._names: dict[bytes, str] = {self.identity_key: self.username}
         self._hybrid_keys: dict[bytes, bytes] = {}
         self._groups_changed = asyncio.Event()
-        self._replenishing: asyncio.Lock = asyncio.Lock()
+        self._replenishing = asyncio.Lock()
+        self._stock_lock = asyncio.Lock()
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
 
@@ -405,21 +406,23 @@ class ChatClient:
         """How many (non last-resort) KeyPackages this client believes the node still holds for it."""
         return int(await self.store.get_setting(_SETTING_KP_STOCK) or 0)
 
+    async def _adjust_key_package_stock(self, delta: int) -> int:
+        async with self._stock_lock:
+            stock = max(0, await self.key_package_stock() + delta)
+            await self.store.set_setting(_SETTING_KP_STOCK, str(stock))
+            return stock
+
     async def _replenish_key_packages(self) -> None:
         async with self._replenishing:
-            stock = await self.key_package_stock()
-            if stock > self.config.key_packages_low:
+            if await self.key_package_stock() > self.config.key_packages_low:
                 return
-            for _ in range(self.config.key_packages - stock):
+            while await self.key_package_stock() < self.config.key_packages:
                 package = await asyncio.to_thread(self.vault.create_key_package, False)
                 await self.node.upload_key_package(self.identity_key, package)
-                stock += 1
-                await self.store.set_setting(_SETTING_KP_STOCK, str(stock))
+                await self._adjust_key_package_stock(+1)
 
     async def _consumed_key_package(self) -> None:
-        stock = max(0, await self.key_package_stock() - 1)
-        await self.store.set_setting(_SETTING_KP_STOCK, str(stock))
-        if stock <= self.config.key_packages_low:
+        if await self._adjust_key_package_stock(-1) <= self.config.key_packages_low:
             self._spawn(self._replenish_in_background())
 
     async def _replenish_in_background(self) -> None:

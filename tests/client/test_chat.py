@@ -1,0 +1,208 @@
+"""The conversation engine against a real node: groups, DMs, invites, removal, errors, the notepad."""
+
+from __future__ import annotations
+
+import asyncio
+import pytest
+
+from quicnprotochat.client.chat import (
+    ChatClient,
+    ChatError,
+    ErrorEvent,
+    JoinedConversation,
+    MemberJoined,
+    MemberLeft,
+    NoHybridKey,
+    NoKeyPackage,
+    NotAllowed,
+    RemovedFromConversation,
+    UnknownConversation,
+    UserNotFound,
+)
+from quicnprotochat.server.node import Node
+from tests.client.conftest import ChatFactory, EventLog
+from tests.conftest import UserFactory
+
+
+async def joined(log: EventLog, name: str) -> JoinedConversation:
+    return await log.wait_for(JoinedConversation, lambda e: e.conversation.name == name)
+
+
+async def names(chat: ChatClient, conversation: str) -> list[str | None]:
+    return sorted(str(m.username) for m in await chat.members(conversation))
+
+
+async def test_group_of_three_dm_invite_and_remove(node: Node, open_chat: ChatFactory) -> None:
+    alice, alice_log = await open_chat(node, "alice")
+    bob, bob_log = await open_chat(node, "bob")
+    carol, carol_log = await open_chat(node, "carol")
+    dave, dave_log = await open_chat(node, "dave")
+
+    group = await alice.create_group("team")
+    await alice.invite(group, "@bob")
+    await alice.invite(group, "carol")
+    bob_group = (await joined(bob_log, "team")).conversation
+    assert (await joined(carol_log, "team")).inviter == "alice"
+    # Bob processed carol's addition (a commit on his default inbox) before he can see her as a member.
+    await bob_log.wait_for(MemberJoined, lambda e: e.username == "carol")
+    assert await names(bob, "team") == ["alice", "bob", "carol"]
+
+    # Messages in every direction.
+    await alice.send(group, "from alice")
+    await bob.send(bob_group, "from bob")
+    await carol.send("team", "from carol")
+    for log, expected in (
+        (alice_log, ["from bob", "from carol"]),
+        (bob_log, ["from alice", "from carol"]),
+        (carol_log, ["from alice", "from bob"]),
+    ):
+        for body in expected:
+            received = await log.message(body)
+            assert received.conversation.name == "team"
+    carol_sees = {e.message.body: e.message.sender_username for e in (await carol_log.message("from bob"),)}
+    assert carol_sees == {"from bob": "bob"}
+
+    # A DM between bob and carol, both ways; alice sees none of it.
+    dm = await bob.dm("carol")
+    assert dm.name == "@carol" and dm.kind == "dm"
+    await bob.send(dm, "psst carol")
+    got = await carol_log.message("psst carol")
+    assert got.conversation.name == "@bob" and got.conversation.kind == "dm"
+    await carol.send(got.conversation, "psst bob")
+    assert (await bob_log.message("psst bob")).conversation.id == dm.id
+    assert await names(carol, "@bob") == ["bob", "carol"]
+
+    # Dave is invited mid-conversation: he reads what comes later, nothing earlier.
+    await bob.invite(bob_group, "dave")
+    assert (await joined(dave_log, "team")).inviter == "bob"
+    await alice_log.wait_for(MemberJoined, lambda e: e.username == "dave" and e.by == "bob")
+    await carol_log.wait_for(MemberJoined, lambda e: e.username == "dave")
+    await alice.send(group, "welcome dave")
+    await dave_log.message("welcome dave")
+    await dave.send("team", "thanks")
+    for log in (alice_log, bob_log, carol_log):
+        assert (await log.message("thanks")).message.sender_username == "dave"
+    assert [m.body for m in await dave.history("team")] == ["welcome dave", "thanks"]
+
+    # Carol is removed: she is told, and reads nothing afterwards.
+    await alice.remove(group, "carol")
+    removed = await carol_log.wait_for(RemovedFromConversation)
+    assert removed.by == "alice"
+    for log in (bob_log, dave_log):
+        await log.wait_for(MemberLeft, lambda e: e.username == "carol" and e.by == "alice")
+    await bob.send(bob_group, "carol is gone")
+    await dave_log.message("carol is gone")
+    await alice_log.message("carol is gone")
+    assert "carol is gone" not in carol_log.bodies()
+    assert await names(alice, "team") == ["alice", "bob", "dave"]
+    with pytest.raises(NotAllowed):
+        await carol.send("team", "still here?")
+    summaries = {s.conversation.name: s for s in await carol.conversations()}
+    assert not summaries["team"].active and summaries["@bob"].active
+    # Her history is kept.
+    assert "from alice" in [m.body for m in await carol.history("team")]
+    assert not [e for e in carol_log.events if isinstance(e, ErrorEvent)]
+
+
+async def test_outgoing_history_unread_and_notes(node: Node, open_chat: ChatFactory) -> None:
+    alice, alice_log = await open_chat(node, "alice")
+    bob, bob_log = await open_chat(node, "bob")
+    dm = await alice.dm("bob")
+    for text in ("one", "two", "three"):
+        await alice.send(dm, text)
+    await bob_log.message("three")
+    history = await bob.history("alice")  # "alice" finds the DM "@alice"
+    assert [(m.body, m.outgoing, m.sender_username) for m in history] == [
+        ("one", False, "alice"),
+        ("two", False, "alice"),
+        ("three", False, "alice"),
+    ]
+    assert [m.body for m in await alice.history(dm) if m.outgoing] == ["one", "two", "three"]
+    unread = {s.conversation.name: s.unread for s in await bob.conversations()}
+    assert unread == {"@alice": 3}
+    await bob.mark_read("@alice")
+    assert {s.conversation.name: s.unread for s in await bob.conversations()} == {"@alice": 0}
+
+    # The self-DM is a local notepad: nothing goes to the node.
+    for alias in ("@me", "me", "alice", "@alice"):
+        assert (await alice.dm(alias)).kind == "notes"
+    note = await alice.send("@me", "buy milk")
+    assert note.outgoing
+    assert [m.body for m in await alice.history("@me")] == ["buy milk"]
+    assert [m.body for m in await alice.history(dm)] == ["one", "two", "three"]
+
+
+async def test_errors_are_clear(node: Node, open_chat: ChatFactory, make_user: UserFactory) -> None:
+    alice, alice_log = await open_chat(node, "alice")
+    with pytest.raises(UserNotFound, match="nobody"):
+        await alice.dm("nobody")
+    with pytest.raises(ChatError, match="username"):
+        await alice.dm("x")
+    with pytest.raises(UnknownConversation):
+        await alice.send("nowhere", "hello")
+    bob, _ = await open_chat(node, "bob")
+    dm = await alice.dm("bob")
+    with pytest.raises(NotAllowed, match="groups"):
+        await alice.invite(dm, "bob")
+    group = await alice.create_group("g1")
+    with pytest.raises(ChatError, match="already"):
+        await alice.create_group("g1")
+    with pytest.raises(ChatError, match="group name"):
+        await alice.create_group("has space")
+    with pytest.raises(NotAllowed, match="not a member"):
+        await alice.remove(group, "bob")
+    await alice.invite(group, "bob")
+    with pytest.raises(NotAllowed, match="already a member"):
+        await alice.invite(group, "bob")
+
+    # An account that never ran a chat client: no hybrid key, then no key package.
+    erin = await make_user(node, "erin")
+    with pytest.raises(NoHybridKey, match="erin"):
+        await alice.dm("erin")
+    await erin.client.upload_hybrid_key(erin.key, erin.vault.hybrid_public_key())
+    with pytest.raises(NoKeyPackage, match="erin"):
+        await alice.dm("erin")
+    assert await alice.store.find_dm(erin.key) is None  # nothing half-made is left behind
+    assert not [e for e in alice_log.events if isinstance(e, ErrorEvent)]
+
+
+async def test_key_packages_replenished(node: Node, open_chat: ChatFactory) -> None:
+    assert node.state is not None
+    store = node.state.store
+    bob, bob_log = await open_chat(node, "bob", key_packages=4, key_packages_low=2)
+    assert await bob.key_package_stock() == 4
+    assert await store.count_key_packages(bob.identity_key) == 5  # + the last-resort one
+    alice, _ = await open_chat(node, "alice")
+    for i in range(5):
+        group = await alice.create_group(f"g{i}")
+        await alice.invite(group, "bob")
+        await joined(bob_log, f"g{i}")
+    # 5 Welcomes consumed 5 packages; bob topped his stock up when it ran low.
+    for _ in range(50):
+        if await bob.key_package_stock() > 2:
+            break
+        await asyncio.sleep(0.1)
+    stock = await bob.key_package_stock()
+    assert stock > 2
+    assert await store.count_key_packages(bob.identity_key) == stock + 1
+
+
+async def test_simultaneous_dm_creation_converges(node: Node, open_chat: ChatFactory) -> None:
+    alice, alice_log = await open_chat(node, "alice")
+    bob, bob_log = await open_chat(node, "bob")
+    dm_a, dm_b = await asyncio.gather(alice.dm("bob"), bob.dm("alice"))
+    assert dm_a.channel_id == dm_b.channel_id
+    await alice.send(dm_a, "a1")
+    await bob.send(dm_b, "b1")
+    await bob_log.message("a1")
+    await alice_log.message("b1")
+    # Once both Welcomes are processed, both sides send in the same group and everything still arrives.
+    await asyncio.sleep(0.5)
+    for i in range(3):
+        await alice.send("@bob", f"a{i + 2}")
+        await bob.send("@alice", f"b{i + 2}")
+    await bob_log.message("a4")
+    await alice_log.message("b4")
+    assert [c.name for c in await alice.store.list_conversations()] == ["@bob"]
+    assert [c.name for c in await bob.store.list_conversations()] == ["@alice"]
+    assert not [e for e in alice_log.events + bob_log.events if isinstance(e, ErrorEvent)]
