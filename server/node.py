@@ -67,8 +67,8 @@ class NodeState:
 
     @classmethod
     async def open(cls, config: NodeConfig, identity: NodeIdentity, clock: Clock) -> NodeState:
-        opaque = load_or_create_opaque_setup(config.data_dir)
         store = await open_store(config.store_location, store_limits(config), clock=clock)
+        opaque = await load_or_create_opaque_setup(store)
         sessions = SessionService(store, config.session_ttl_seconds, clock)
         return cls(
             config=config,

@@ -284,8 +284,6 @@ async def test_opaque_setup_persists(node_config: NodeConfig, make_user: UserFac
     await node.start()
     alice = await make_user(node, "alice", login=False)
     await node.stop()
-    setup = (node_config.data_dir / "opaque-server-setup.bin").stat()
-    assert setup.st_mode & 0o777 == 0o600
     restarted = Node(node_config)
     await restarted.start()
     try:

@@ -6,36 +6,31 @@ import hashlib
 import hmac
 import logging
 import os
-from pathlib import Path
 
 from quicnprotochat.common.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from quicnprotochat.common.transcripts import login_transcript, register_transcript
 from quicnprotochat.common.usernames import normalize_username
 from quicnprotochat.native import NativeError, OpaqueServer, verify_ed25519
 from quicnprotochat.server import store
-from quicnprotochat.server.identity import write_private_file
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.sessions import SessionService
 from quicnprotochat.server.store import Clock, Store
 
 log = logging.getLogger("quicnprotochat.server.accounts")
 
-OPAQUE_SETUP_FILE = "opaque-server-setup.bin"
+OPAQUE_SETUP_NAME = "opaque_server_setup"  # the store key under which the setup is kept
 SIGNATURE_BYTES = 64
 MAX_OPAQUE_MESSAGE_BYTES = 4096
 
 
-def load_or_create_opaque_setup(data_dir: Path) -> OpaqueServer:
-    """The node's OPAQUE server setup; made once and kept (readable by the node's user only)."""
-    path = data_dir / OPAQUE_SETUP_FILE
-    if path.exists():
-        try:
-            return OpaqueServer.from_bytes(path.read_bytes())
-        except NativeError:
-            raise RuntimeError(f"{path} is not a valid OPAQUE server setup") from None
-    setup = OpaqueServer.generate()
-    write_private_file(path, setup.to_bytes())
-    return setup
+async def load_or_create_opaque_setup(store: Store) -> OpaqueServer:
+    """The OPAQUE server setup, made once and kept in the store: every node of a shared database must use the same
+    one, since password files depend on its OPRF key."""
+    stored = await store.get_or_create_secret(OPAQUE_SETUP_NAME, OpaqueServer.generate().to_bytes())
+    try:
+        return OpaqueServer.from_bytes(stored)
+    except NativeError:
+        raise RuntimeError("the OPAQUE server setup in the store is damaged") from None
 
 
 def _opaque_message(name: str, data: bytes) -> bytes:

@@ -255,6 +255,12 @@ class Store(Protocol):
         """In the order asked; None where nothing is published."""
         ...
 
+    # Server secrets: made once, then the same for every node of the database
+    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
+        """The secret stored under `name`; `candidate` is stored and returned when there is none yet (when
+        several nodes race, all get the one stored first)."""
+        ...
+
     # Peer-to-peer endpoints, one per identity
     async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None: ...
 

@@ -102,6 +102,17 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
         ),
     ),
+    Migration(
+        2,
+        "server secrets shared by every node of the database",
+        (
+            """CREATE TABLE server_secrets (
+                name TEXT PRIMARY KEY,
+                value BLOB NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

@@ -510,6 +510,16 @@ class PostgresStore:
         found = {bytes(r[0]): bytes(r[1]) for r in rows}
         return [found.get(k) for k in keys]
 
+    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
+        await self._execute1(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            name,
+            bytes(candidate),
+            self._clock(),
+        )
+        row = await self._fetchrow("SELECT value FROM server_secrets WHERE name = $1", name)
+        return bytes(row[0])
+
     async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
         await self._execute1(
             "INSERT INTO endpoints (identity_key, node_addr, updated_at) VALUES ($1, $2, $3)"

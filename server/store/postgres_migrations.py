@@ -96,6 +96,17 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
         ),
     ),
+    Migration(
+        2,
+        "server secrets shared by every node of the database",
+        (
+            """CREATE TABLE server_secrets (
+                name TEXT PRIMARY KEY,
+                value BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

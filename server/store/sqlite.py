@@ -456,6 +456,19 @@ class SqliteStore:
         found = await self._read(read)
         return [found.get(k) for k in keys]
 
+    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
+        params = (name, bytes(candidate), self._clock())
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> bytes:
+            conn.execute(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                params,
+            )
+            row = conn.execute("SELECT value FROM server_secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._write(op)
+
     async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
         params = (bytes(identity_key), bytes(node_addr), self._clock())
 

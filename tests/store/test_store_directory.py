@@ -131,3 +131,15 @@ async def test_concurrent_channel_creation_yields_one_id(store: Store) -> None:
     pairs = [(ALICE, BOB) if i % 2 else (BOB, ALICE) for i in range(20)]
     ids = await asyncio.gather(*(store.get_or_create_channel(a, b) for a, b in pairs))
     assert len(set(ids)) == 1
+
+
+async def test_server_secret_is_created_once(store: Store) -> None:
+    assert await store.get_or_create_secret("opaque", b"first") == b"first"
+    assert await store.get_or_create_secret("opaque", b"second") == b"first"
+    assert await store.get_or_create_secret("other", b"x") == b"x"
+
+
+async def test_concurrent_secret_creation_agrees(store: Store) -> None:
+    candidates = [bytes([n]) * 8 for n in range(10)]
+    results = await asyncio.gather(*(store.get_or_create_secret("raced", c) for c in candidates))
+    assert len(set(results)) == 1 and results[0] in candidates
