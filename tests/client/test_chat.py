@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 import pytest
 
 from quicnprotochat.client.chat import (
@@ -28,7 +29,7 @@ async def joined(log: EventLog, name: str) -> JoinedConversation:
     return await log.wait_for(JoinedConversation, lambda e: e.conversation.name == name)
 
 
-async def names(chat: ChatClient, conversation: str) -> list[str | None]:
+async def names(chat: ChatClient, conversation: str) -> list[str]:
     return sorted(str(m.username) for m in await chat.members(conversation))
 
 
@@ -105,7 +106,7 @@ async def test_group_of_three_dm_invite_and_remove(node: Node, open_chat: ChatFa
 
 
 async def test_outgoing_history_unread_and_notes(node: Node, open_chat: ChatFactory) -> None:
-    alice, alice_log = await open_chat(node, "alice")
+    alice, _alice_log = await open_chat(node, "alice")
     bob, bob_log = await open_chat(node, "bob")
     dm = await alice.dm("bob")
     for text in ("one", "two", "three"):
@@ -140,7 +141,7 @@ async def test_errors_are_clear(node: Node, open_chat: ChatFactory, make_user: U
         await alice.dm("x")
     with pytest.raises(UnknownConversation):
         await alice.send("nowhere", "hello")
-    bob, _ = await open_chat(node, "bob")
+    _bob, _ = await open_chat(node, "bob")
     dm = await alice.dm("bob")
     with pytest.raises(NotAllowed, match="groups"):
         await alice.invite(dm, "bob")

@@ -78,9 +78,7 @@ async def restartable(tmp_path: Path) -> AsyncIterator[list[Node]]:
         await node.stop()
 
 
-async def test_node_restart_and_offline_client(
-    restartable: list[Node], open_chat: ChatFactory, tmp_path: Path
-) -> None:
+async def test_node_restart_and_offline_client(restartable: list[Node], open_chat: ChatFactory, tmp_path: Path) -> None:
     first = Node(loopback_config(tmp_path / "node"))
     await first.start()
     restartable.append(first)
