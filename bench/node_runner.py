@@ -1,0 +1,173 @@
+"""The node under test: a `qpc-server run` subprocess (default), a Node in this process, or a running target."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quicnprotochat.server.config import ENV_PREFIX, NodeConfig
+from quicnprotochat.server.node import Node
+
+# The node's defaults would refuse a load test: every bench connection comes from 127.0.0.1 (one address bucket
+# of 2000 calls/s) and a bot calls far more than 500 times a second. The bench's node runs with these instead,
+# and the report says so.
+BENCH_NODE_SETTINGS: dict[str, Any] = {
+    "rate_per_identity": 10_000_000.0,
+    "burst_per_identity": 10_000_000,
+    "rate_per_address": 10_000_000.0,
+    "burst_per_address": 10_000_000,
+    "login_rate_per_username": 1000.0,
+    "login_burst_per_username": 1000,
+    "login_rate_per_address": 100_000.0,
+    "login_burst_per_address": 100_000,
+    "log_level": "warning",
+}
+
+_FINGERPRINT = re.compile(r"fingerprint \(SHA-256 of its public key\): ([0-9a-f]+)")
+_LISTENING = re.compile(r"listening for (QUIC|TLS over TCP) on [^ ]+:(\d+)")
+
+
+@dataclass
+class NodeUnderTest:
+    mode: str  # "process", "in-process" or "target"
+    host: str
+    quic_port: int | None
+    tcp_port: int | None
+    fingerprint: str
+    pid: int | None  # whose CPU and RSS we read; None: not measurable (a remote target without --node-pid)
+    settings: dict[str, Any] = field(default_factory=dict)
+    data_dir: Path | None = None
+    _process: asyncio.subprocess.Process | None = None
+    _node: Node | None = None
+    _stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    _stderr_task: asyncio.Task[None] | None = None
+
+    def address(self, transport: str) -> str:
+        port = self.quic_port if transport == "quic" else self.tcp_port
+        if port is None:
+            raise ValueError(f"the node has no {transport} listener")
+        return f"{self.host}:{port}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "address": self.host,
+            "quic_port": self.quic_port,
+            "tcp_port": self.tcp_port,
+            "fingerprint": self.fingerprint,
+            "pid": self.pid,
+            "settings_raised_for_load": self.settings,
+        }
+
+    def stderr_tail(self) -> str:
+        return "".join(self._stderr_tail)
+
+    async def stop(self) -> None:
+        if self._node is not None:
+            await self._node.stop()
+            self._node = None
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stderr_task
+
+
+def node_environment(settings: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.items():
+        env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
+async def start_node_process(data_dir: Path, settings: dict[str, Any], timeout: float = 60.0) -> NodeUnderTest:
+    """Runs `qpc-server run` on loopback ports picked by the kernel; raised limits go in as QPC_SERVER_* vars."""
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 -- once, before the node starts
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quicnprotochat.server.cli",
+        "--data-dir",
+        str(data_dir),
+        "run",
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--tcp-listen",
+        "127.0.0.1:0",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=node_environment(settings),
+    )
+    assert process.stderr is not None
+    node = NodeUnderTest("process", "127.0.0.1", None, None, "", process.pid, settings, data_dir, _process=process)
+    ports: dict[str, int] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while len(ports) < 2:
+                line = (await process.stderr.readline()).decode(errors="replace")
+                if not line:
+                    raise RuntimeError("the node process ended before listening:\n" + node.stderr_tail())
+                node._stderr_tail.append(line)
+                if match := _FINGERPRINT.search(line):
+                    node.fingerprint = match[1]
+                if match := _LISTENING.search(line):
+                    ports["quic" if match[1] == "QUIC" else "tcp"] = int(match[2])
+    except BaseException:
+        await node.stop()
+        raise
+    node.quic_port, node.tcp_port = ports["quic"], ports["tcp"]
+
+    async def drain_stderr() -> None:
+        # Keep reading so the pipe never fills up and blocks the node; keep the tail for error reports.
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            node._stderr_tail.append(line.decode(errors="replace"))
+
+    node._stderr_task = asyncio.get_running_loop().create_task(drain_stderr())
+    return node
+
+
+async def start_node_in_process(data_dir: Path, settings: dict[str, Any]) -> NodeUnderTest:
+    config = dataclasses.replace(
+        NodeConfig(data_dir=data_dir, quic_listen="127.0.0.1:0", tcp_listen="127.0.0.1:0"), **settings
+    )
+    node = Node(config)
+    await node.start()
+    assert node.quic_address is not None and node.tcp_address is not None
+    return NodeUnderTest(
+        "in-process",
+        "127.0.0.1",
+        node.quic_address[1],
+        node.tcp_address[1],
+        node.fingerprint,
+        os.getpid(),
+        settings,
+        data_dir,
+        _node=node,
+    )
+
+
+def target_node(address: str, transport: str, fingerprint: str, pid: int | None) -> NodeUnderTest:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--target must be host:port, got {address!r}")
+    quic_port = int(port) if transport == "quic" else None
+    tcp_port = int(port) if transport == "tcp" else None
+    return NodeUnderTest("target", host.strip("[]"), quic_port, tcp_port, fingerprint, pid)

@@ -1,0 +1,114 @@
+"""The end-of-run tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _mib(value: Any) -> str:
+    return f"{value / 2**20:.1f} MiB" if isinstance(value, int | float) else "-"
+
+
+def _latency(summary: dict[str, Any] | None) -> str:
+    if not summary or not summary.get("count"):
+        return "-"
+    return (
+        f"p50 {summary['p50']:.2f}  p90 {summary['p90']:.2f}  p99 {summary['p99']:.2f}  max {summary['max']:.2f} ms"
+        f"  (n={summary['count']})"
+    )
+
+
+def _cpu(figures: dict[str, Any] | None) -> str:
+    if not figures:
+        return "-"
+    return (
+        f"{figures['cpu_user_s']:.2f} s user + {figures['cpu_sys_s']:.2f} s sys = "
+        f"{figures['cpu_percent_of_one_core']:.0f}% of one core"
+    )
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    results: dict[str, Any] = report.get("results", {})
+    table = Table(title=f"qpc-bench {report['scenario']} ({report['transport']})", show_header=False)
+    table.add_column("figure", style="bold")
+    table.add_column("value")
+    rows: list[tuple[str, Any]] = [
+        ("enqueues/s", results.get("enqueues_per_s")),
+        ("batches/s", results.get("batches_per_s")),
+        ("calls/s", results.get("calls_per_s")),
+        ("wake-ups/s", results.get("wakeups_per_s")),
+        ("deliveries/s", results.get("deliveries_per_s")),
+        ("connections", results.get("connections")),
+        ("connections opened/s", results.get("connections_per_s")),
+    ]
+    for name, value in rows:
+        if value is not None:
+            table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
+    if "delivery_latency_ms" in results:
+        what = "wake-up latency (enqueue call -> receipt)" if report["scenario"] == "longpoll" else "delivery latency"
+        table.add_row(what, _latency(results["delivery_latency_ms"]))
+    if "wakeup_after_enqueue_returned_ms" in results:
+        table.add_row("receipt after enqueue returned", _latency(results["wakeup_after_enqueue_returned_ms"]))
+    if "call_latency_ms" in results:
+        table.add_row("call latency", _latency(results["call_latency_ms"]))
+    for method, figures in results.get("by_method", {}).items():
+        table.add_row(f"  {method}", f"{figures['calls_per_s']:,}/s  " + _latency(figures["latency_ms"]))
+    check = results.get("delivery_check")
+    if check:
+        verdict = "exactly once" if check["lost"] == 0 and check["duplicates"] == 0 else "[red]NOT exactly once"
+        table.add_row(
+            "delivery check",
+            f"{verdict}: {check['acknowledged']:,} acknowledged, {check['received']:,} received, "
+            f"{check['lost']} lost, {check['duplicates']} duplicates, {check['failed']} failed calls, "
+            f"{check['received_unacknowledged']} received unacknowledged, {check['stale']} stale",
+        )
+    errors = results.get("errors") or {}
+    table.add_row("errors", ", ".join(f"{code}: {count}" for code, count in errors.items()) or "none")
+    node = results.get("node")
+    if node:
+        table.add_row("node CPU", _cpu(node))
+        table.add_row("node RSS", f"{_mib(node['rss_bytes'])} at end, {_mib(node['rss_max_during_run_bytes'])} max")
+        if node.get("note"):
+            table.add_row("", node["note"])
+    if "node_rss_per_connection_bytes" in results:
+        table.add_row(
+            "node RSS per connection",
+            f"{results['node_rss_per_connection_bytes'] / 1024:.1f} KiB "
+            f"({_mib(results['node_rss_before_bytes'])} -> {_mib(results['node_rss_open_bytes'])}; "
+            f"5,000 connections -> {_mib(results['node_rss_projected_5000_bytes'])})",
+        )
+    client = results.get("client")
+    if client:
+        table.add_row("load generator CPU", _cpu(client))
+    node_info = report.get("node", {})
+    if node_info.get("settings_raised_for_load"):
+        raised = ", ".join(
+            f"{key}={value:g}" for key, value in node_info["settings_raised_for_load"].items() if "rate" in key
+        )
+        table.add_row("node rate limits", f"raised for load testing: {raised}")
+    machine = report.get("machine", {})
+    table.add_row(
+        "machine",
+        f"{machine.get('cpus')} CPUs, load {machine.get('load_average')} -> {machine.get('load_average_at_end')}, "
+        f"Python {machine.get('python')}, node {node_info.get('mode')}, loop {report.get('loop')}",
+    )
+    console.print(table)
+
+    baselines = report.get("baselines")
+    if baselines:
+        ceiling = Table(title="ceilings measured in the same run")
+        for column in ("path", "calls/s", "latency", "server CPU", "enqueues/s ÷ this"):
+            ceiling.add_column(column)
+        ratios = report.get("ratios", {})
+        for name, figures in baselines.items():
+            ceiling.add_row(
+                figures.get("what", name),
+                f"{figures['calls_per_s']:,}",
+                _latency(figures.get("latency_ms")),
+                _cpu(figures.get("server")),
+                f"{ratios.get(f'enqueues_per_s / {name}', 0):.2f}x",
+            )
+        console.print(ceiling)
