@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,34 @@ from quicnprotochat.client.accounts import Session
 from quicnprotochat.native import Vault
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
+from tests.pgcluster import PgServer, server_for_tests
 
 ClientFactory = Callable[..., Awaitable[NodeClient]]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the whole session. Without one, PostgreSQL tests skip saying why, unless
+    QPC_TEST_REQUIRE_POSTGRES is set (CI sets it: there, a missing server is a failure)."""
+    server, why_not = server_for_tests()
+    if server is None:
+        if os.environ.get("QPC_TEST_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here but unavailable: {why_not}")
+        pytest.skip(why_not)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
+    """A fresh, empty database for one test."""
+    url = await pg_server.create_database()
+    try:
+        yield url
+    finally:
+        await pg_server.drop_database(url)
 
 
 def loopback_config(data_dir: Path, **settings: Any) -> NodeConfig:

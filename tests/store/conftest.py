@@ -1,45 +1,24 @@
 """One store suite for every backend: tests take the `store` (or `backend`) fixture and never name a backend.
 
 Every test runs against SQLite and PostgreSQL. PostgreSQL is a throwaway cluster started once per session
-(`tests/pgcluster.py`), or the server named by QPC_TEST_POSTGRES_URL; each test gets a database of its own.
+(`tests/pgcluster.py`, fixtures `pg_server`/`pg_url` in tests/conftest.py), or the server named by
+QPC_TEST_POSTGRES_URL; each test gets a database of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from quicnprotochat.server.store import Store
-from tests.pgcluster import PgServer, server_for_tests
+from tests.pgcluster import PgServer
 
 from .store_testlib import Backend, FakeClock
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL server for the whole session; PostgreSQL tests skip (saying why) when there is none."""
-    server, why_not = server_for_tests()
-    if server is None:
-        pytest.skip(why_not)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest_asyncio.fixture
-async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
-    """A fresh, empty database for one test (PostgreSQL-only tests take this)."""
-    url = await pg_server.create_database()
-    try:
-        yield url
-    finally:
-        await pg_server.drop_database(url)
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
