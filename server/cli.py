@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from quicnprotochat.server import __version__
-from quicnprotochat.server.config import ConfigError, NodeConfig, load_config
+from quicnprotochat.server.config import ConfigError, NodeConfig, load_config, parse_listen
 from quicnprotochat.server.identity import IdentityError, load_identity
 from quicnprotochat.server.node import serve
 
@@ -34,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("info", help="print the node's fingerprint and where its data lives")
+
+    health = commands.add_parser(
+        "health", help="call `health` on a running node of this data dir (exit 0 when it answers ok); for probes"
+    )
+    health.add_argument("--address", help="host:port to call (default: this node's QUIC listen address)")
+    health.add_argument("--transport", choices=["quic", "tcp"], default="quic")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     return parser
 
 
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         if args.command == "info":
             return _info(config)
+        if args.command == "health":
+            return asyncio.run(_health(config, args))
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(serve(config))
         return 0
@@ -65,6 +75,35 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 1
+
+
+async def _health(config: NodeConfig, args: argparse.Namespace) -> int:
+    # Imported here: `run` and `info` do not need the client side.
+    from quicnprotochat.client import KnownHosts, NodeClient
+
+    identity = load_identity(config.data_dir)
+    if identity is None:
+        print(f"qpc-server: no node identity in {config.data_dir}", file=sys.stderr)
+        return 1
+    address = args.address or (config.quic_listen if args.transport == "quic" else config.tcp_listen)
+    host, port = parse_listen(address)
+    if host in ("0.0.0.0", "::"):  # noqa: S104 -- a wildcard listen address is reached on loopback
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"  # noqa: S104
+    with tempfile.TemporaryDirectory() as scratch:
+        # Strict pinning to our own key; the known-hosts file is a throwaway.
+        known = KnownHosts(Path(scratch) / "known_hosts", notice=lambda _message: None)
+        client = NodeClient(
+            f"{host}:{port}", transport=args.transport, known_hosts=known, server_fingerprint=identity.fingerprint
+        )
+        try:
+            status = await asyncio.wait_for(client.health(), args.timeout)
+        except (OSError, TimeoutError, ConnectionError) as error:
+            print(f"unhealthy: {error or type(error).__name__}", file=sys.stderr)
+            return 1
+        finally:
+            await client.close()
+    print(status)
+    return 0 if status == "ok" else 1
 
 
 def _info(config: NodeConfig) -> int:

@@ -150,3 +150,29 @@ def test_port_in_use_is_explained(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+
+
+def test_health_probe(tmp_path: Path) -> None:
+    process, _, ports, _ = start_node_process(tmp_path / "node")
+    try:
+        for transport in ("quic", "tcp"):
+            probe = subprocess.run(
+                _server(
+                    tmp_path / "node", "health", "--transport", transport, "--address", f"127.0.0.1:{ports[transport]}"
+                ),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert probe.returncode == 0, probe.stderr
+            assert probe.stdout.strip() == "ok"
+    finally:
+        stop_node_process(process)
+    down = subprocess.run(
+        _server(tmp_path / "node", "health", "--address", f"127.0.0.1:{ports['tcp']}", "--transport", "tcp"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 1
+    assert "unhealthy" in down.stderr and "Traceback" not in down.stderr
