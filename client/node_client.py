@@ -315,56 +315,39 @@ class NodeClient:
         )
         return [int(seq) for seq in result.seqs]
 
+    async def _read_inbox(
+        self, method: str, recipient_key: bytes, channel_id: bytes, limit: int, timeout_ms: int | None = None
+    ) -> list[Envelope]:
+        params: dict[str, Any] = {
+            "recipientKey": recipient_key,
+            "channelId": channel_id,
+            "version": PROTOCOL_VERSION,
+            "auth": self._auth(),
+            "limit": limit,
+        }
+        if timeout_ms is not None:
+            params["timeoutMs"] = timeout_ms
+        return _envelopes((await self._call(method, **params)).payloads)
+
     async def fetch(self, recipient_key: bytes, channel_id: bytes = b"", limit: int = 0) -> list[Envelope]:
-        result = await self._call(
-            "fetch",
-            recipientKey=recipient_key,
-            channelId=channel_id,
-            version=PROTOCOL_VERSION,
-            auth=self._auth(),
-            limit=limit,
-        )
-        return _envelopes(result.payloads)
+        """Removes and returns up to `limit` queued envelopes (0: as many as the node sends at once)."""
+        return await self._read_inbox("fetch", recipient_key, channel_id, limit)
 
     async def fetch_wait(
         self, recipient_key: bytes, channel_id: bytes = b"", timeout_ms: int = 10_000, limit: int = 0
     ) -> list[Envelope]:
-        result = await self._call(
-            "fetchWait",
-            recipientKey=recipient_key,
-            channelId=channel_id,
-            version=PROTOCOL_VERSION,
-            timeoutMs=timeout_ms,
-            auth=self._auth(),
-            limit=limit,
-        )
-        return _envelopes(result.payloads)
+        """Like fetch, but waits up to `timeout_ms` for something to arrive when the inbox is empty."""
+        return await self._read_inbox("fetchWait", recipient_key, channel_id, limit, timeout_ms)
 
     async def peek_wait(
         self, recipient_key: bytes, channel_id: bytes = b"", timeout_ms: int = 10_000, limit: int = 0
     ) -> list[Envelope]:
         """Like fetch_wait, but removes nothing: ack what you have stored."""
-        result = await self._call(
-            "peekWait",
-            recipientKey=recipient_key,
-            channelId=channel_id,
-            version=PROTOCOL_VERSION,
-            timeoutMs=timeout_ms,
-            auth=self._auth(),
-            limit=limit,
-        )
-        return _envelopes(result.payloads)
+        return await self._read_inbox("peekWait", recipient_key, channel_id, limit, timeout_ms)
 
     async def peek(self, recipient_key: bytes, channel_id: bytes = b"", limit: int = 0) -> list[Envelope]:
-        result = await self._call(
-            "peek",
-            recipientKey=recipient_key,
-            channelId=channel_id,
-            version=PROTOCOL_VERSION,
-            auth=self._auth(),
-            limit=limit,
-        )
-        return _envelopes(result.payloads)
+        """Returns queued envelopes without removing them."""
+        return await self._read_inbox("peek", recipient_key, channel_id, limit)
 
     async def ack(self, recipient_key: bytes, seq_up_to: int, channel_id: bytes = b"") -> None:
         await self._call(

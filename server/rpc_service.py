@@ -178,9 +178,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         _context: Any,
         **_: Any,
     ) -> list[dict[str, Any]]:
-        caller = await self._caller(auth)
-        messages = await self._node.inboxes.fetch_wait(caller, recipientKey, channelId, version, timeoutMs, limit)
-        return _envelopes(messages)
+        return await self._wait(recipientKey, channelId, version, timeoutMs, auth, limit, remove=True)
 
     async def peekWait(
         self,
@@ -193,11 +191,16 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         _context: Any,
         **_: Any,
     ) -> list[dict[str, Any]]:
+        return await self._wait(recipientKey, channelId, version, timeoutMs, auth, limit, remove=False)
+
+    async def _wait(
+        self, recipient: bytes, channel: bytes, version: int, timeout_ms: int, auth: Any, limit: int, *, remove: bool
+    ) -> list[dict[str, Any]]:
         caller = await self._caller(auth)
-        messages = await self._node.inboxes.fetch_wait(
-            caller, recipientKey, channelId, version, timeoutMs, limit, remove=False
+        inboxes = self._node.inboxes
+        return _envelopes(
+            await inboxes.fetch_wait(caller, recipient, channel, version, timeout_ms, limit, remove=remove)
         )
-        return _envelopes(messages)
 
     async def peek(
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any
