@@ -159,6 +159,8 @@ class ChatConfig:
     known_hosts: KnownHosts | None = None
     register: bool = False
     """Register the account on first use of this state directory (an existing account is then logged into)."""
+    fresh_login: bool = False
+    """Log in with the password even if a cached session token is still valid."""
     key_packages: int = 10
     key_packages_low: int = 3
     wait_ms: int = 25_000
@@ -328,7 +330,11 @@ class ChatClient:
             if isinstance(error, Disconnected):
                 raise NodeUnavailable(f"the node at {self.node.address} is unreachable: {error.reason}") from None
             raise ChatError(f"the node refused: {error.reason}") from None
-        except (OSError, TimeoutError) as error:
+        except TimeoutError:
+            raise NodeUnavailable(
+                f"cannot reach the node at {self.node.address}: no answer within {self.config.connect_timeout:g} s"
+            ) from None
+        except OSError as error:
             detail = str(error) or type(error).__name__
             raise NodeUnavailable(f"cannot reach the node at {self.node.address}: {detail}") from None
         except StateError as error:
@@ -349,20 +355,29 @@ class ChatClient:
         tokens = self.state.tokens
         cached = await asyncio.to_thread(tokens.load)
         if (
-            cached is not None
+            not self.config.fresh_login
+            and cached is not None
             and cached.is_valid()
             and cached.username == self.username
             and cached.node_address == self.node.address
         ):
             self.node.access_token = cached.token
         else:
+            taken = False
             if self.config.register and await self.store.get_setting(_SETTING_REGISTERED) is None:
                 password = await self._get_password()
-                # Already registered (an earlier run stopped before recording it): just log in.
-                with contextlib.suppress(AlreadyExists):
+                try:
                     await accounts.register(self.node, self.vault, self.username, password)
-                await self.store.set_setting(_SETTING_REGISTERED, "1")
-            await self._login()
+                except AlreadyExists:
+                    # Taken, or registered by an earlier run of this state dir that stopped before recording
+                    # it: the login below tells which.
+                    taken = True
+            try:
+                await self._login()
+            except LoginFailed:
+                if taken:
+                    raise LoginFailed(f"the username {self.username!r} is already taken on this node") from None
+                raise
         if first_use:
             await self.store.set_setting(_SETTING_USERNAME, self.username)
         self.node.relogin = self._relogin

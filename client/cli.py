@@ -1,0 +1,327 @@
+"""`qpc`: the chat client on the command line.
+
+    qpc --server HOST:PORT --username alice register
+    qpc --username alice send @bob "hello"          # a DM (a group: `send team "hello"`)
+    qpc --username alice recv [--follow]
+    qpc --username alice repl [--register]
+
+Passwords: `--password` / `QPC_PASSWORD` (the account) and `--state-password` / `QPC_STATE_PASSWORD` (the local
+state). When missing and a terminal is attached, they are asked for without echo, and only when needed (a
+cached session token spares the account password). Without a state password the local state is stored in clear,
+and `qpc` says so. Errors: one line on stderr and exit status 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import getpass
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from quicnprotochat.client.chat import (
+    ChatClient,
+    ChatConfig,
+    ChatError,
+    ErrorEvent,
+    Event,
+    JoinedConversation,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Notice,
+    RemovedFromConversation,
+    default_state_dir,
+)
+from quicnprotochat.client.known_hosts import FingerprintMismatch
+from quicnprotochat.client.node_client import TRANSPORTS, Transport
+from quicnprotochat.client.state import Message, StateDir, StateError
+from quicnprotochat.common.errors import InvalidArgument
+from quicnprotochat.common.usernames import normalize_username
+
+DEFAULT_SERVER = "127.0.0.1:7700"
+PROG = "qpc"
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported like argparse's errors (exit status 2)."""
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--server",
+        default=default(os.environ.get("QPC_SERVER", DEFAULT_SERVER)),
+        help="node address host:port (env QPC_SERVER; default %(default)s)",
+    )
+    parser.add_argument("--transport", choices=TRANSPORTS, default=default("quic"), help="quic (default) or tcp")
+    parser.add_argument(
+        "--server-fingerprint",
+        default=default(os.environ.get("QPC_SERVER_FINGERPRINT")),
+        help="expected node key fingerprint (hex, from `qpc-server info`); without it, trust on first use",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default(None),
+        help="local state directory (default ~/.local/share/quicnprotochat/client/<username>)",
+    )
+    parser.add_argument("--username", default=default(os.environ.get("QPC_USERNAME")), help="env QPC_USERNAME")
+    parser.add_argument(
+        "--password",
+        default=default(None),
+        help="account password (prefer env QPC_PASSWORD or the prompt: arguments are visible to other users)",
+    )
+    parser.add_argument(
+        "--state-password",
+        default=default(None),
+        help="password of the local state (env QPC_STATE_PASSWORD; empty string: keep state in clear)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="quicnprotochat chat client")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("register", parents=[common], help="create the account and publish its keys")
+    commands.add_parser("login", parents=[common], help="log in (refreshes the cached session)")
+    send = commands.add_parser("send", parents=[common], help="send a message: @user (a DM) or a group name")
+    send.add_argument("to", help="@username for a DM, or a conversation name")
+    send.add_argument("text", nargs="+", help="the message")
+    recv = commands.add_parser("recv", parents=[common], help="print pending messages and exit")
+    recv.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
+    repl = commands.add_parser("repl", parents=[common], help="the interactive client")
+    repl.add_argument("--register", action="store_true", help="register the account on first use")
+    return parser
+
+
+def _username(args: argparse.Namespace) -> str:
+    raw = args.username
+    if not raw and _interactive():
+        raw = input("Username: ").strip()
+    if not raw:
+        raise UsageError("a username is needed: --username or QPC_USERNAME")
+    try:
+        return normalize_username(str(raw).removeprefix("@"))
+    except InvalidArgument as error:
+        raise UsageError(str(error)) from None
+
+
+def _state_password(args: argparse.Namespace, state_dir: Path) -> str | None:
+    value = args.state_password if args.state_password is not None else os.environ.get("QPC_STATE_PASSWORD")
+    if value is not None:
+        return value or None
+    if not _interactive():
+        return None
+    directory = StateDir(state_dir)
+    if directory.root.exists() and any(directory.root.iterdir()) and not directory.is_encrypted():
+        return None  # existing plain state: nothing to ask (the warning is shown)
+    if directory.is_encrypted():
+        return getpass.getpass(f"State password for {state_dir}: ") or None
+    first = getpass.getpass("New state password (empty: store local state in clear): ")
+    if first and getpass.getpass("Repeat the state password: ") != first:
+        raise UsageError("the state passwords do not match")
+    return first or None
+
+
+def _password_source(args: argparse.Namespace, username: str, confirm: bool) -> str | Callable[[], str] | None:
+    value = args.password if args.password is not None else os.environ.get("QPC_PASSWORD")
+    if value is not None:
+        return str(value)
+    if not _interactive():
+        return None
+
+    def prompt() -> str:
+        first = getpass.getpass(f"Password for {username}: ")
+        if confirm and getpass.getpass("Repeat the password: ") != first:
+            raise UsageError("the passwords do not match")
+        return first
+
+    return prompt
+
+
+def _config(args: argparse.Namespace, *, register: bool = False, fresh_login: bool = False) -> ChatConfig:
+    username = _username(args)
+    state_dir = args.state_dir or default_state_dir(username)
+    return ChatConfig(
+        server=args.server,
+        username=username,
+        state_dir=state_dir,
+        password=_password_source(args, username, confirm=register),
+        state_password=_state_password(args, state_dir),
+        transport=args.transport,
+        server_fingerprint=args.server_fingerprint,
+        register=register,
+        fresh_login=fresh_login,
+    )
+
+
+async def _open(config: ChatConfig) -> ChatClient:
+    chat = await ChatClient.open(config)
+    if chat.state_warning:
+        print(f"{PROG}: warning: {chat.state_warning}", file=sys.stderr)
+    return chat
+
+
+def format_message(conversation: str, message: Message) -> str:
+    when = message.sent_at if message.sent_at is not None else message.received_at
+    clock = datetime.datetime.fromtimestamp(when).strftime("%H:%M")
+    sender = "me" if message.outgoing else (message.sender_username or "?")
+    return f"{clock} [{conversation}] {sender}: {message.body}"
+
+
+def describe(event: Event) -> str:
+    """One line for an event that is not a message."""
+    if isinstance(event, MessageReceived):
+        return format_message(event.conversation.name, event.message)
+    if isinstance(event, JoinedConversation):
+        by = f" (invited by {event.inviter})" if event.inviter else ""
+        return f"* joined {event.conversation.name}{by}"
+    if isinstance(event, MemberJoined):
+        by = f" (added by {event.by})" if event.by else ""
+        return f"* {event.username or event.identity_key.hex()[:16]} joined {event.conversation.name}{by}"
+    if isinstance(event, MemberLeft):
+        by = f" (removed by {event.by})" if event.by else ""
+        return f"* {event.username or event.identity_key.hex()[:16]} left {event.conversation.name}{by}"
+    if isinstance(event, RemovedFromConversation):
+        by = f" by {event.by}" if event.by else ""
+        return f"* you were removed from {event.conversation.name}{by}"
+    if isinstance(event, Notice):
+        return f"* {event.text}"
+    assert isinstance(event, ErrorEvent)
+    return f"! {event.text}"
+
+
+async def _print_unread(chat: ChatClient) -> int:
+    count = 0
+    for summary in reversed(await chat.conversations()):
+        if not summary.unread:
+            continue
+        conversation = summary.conversation
+        last_read = await chat.store.last_read(conversation.id)
+        for message in await chat.store.history(conversation.id, limit=max(summary.unread * 2, 100)):
+            if message.id > last_read and not message.outgoing:
+                print(format_message(conversation.name, message), flush=True)
+                count += 1
+        await chat.store.mark_read(conversation.id)
+    return count
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args, register=True))
+    try:
+        print(f"registered {chat.username} on {chat.node.address}; identity fingerprint {chat.fingerprint}")
+    finally:
+        await chat.close()
+    return 0
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args, fresh_login=True))
+    try:
+        print(f"logged in as {chat.username} on {chat.node.address}")
+    finally:
+        await chat.close()
+    return 0
+
+
+async def cmd_send(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args))
+    try:
+        await chat.sync()  # joins a DM the peer opened first, instead of opening a second one
+        target = str(args.to)
+        conversation = await chat.dm(target) if target.startswith("@") else await chat.conversation(target)
+        await chat.send(conversation, " ".join(args.text))
+    finally:
+        await chat.close()
+    return 0
+
+
+async def cmd_recv(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args))
+    try:
+        chat.add_listener(_print_event_unless_message)
+        await chat.sync()
+        await _print_unread(chat)
+        if not args.follow:
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        async def on_message(event: Event) -> None:
+            if isinstance(event, MessageReceived):
+                print(describe(event), flush=True)
+                await chat.store.mark_read(event.conversation.id)
+
+        chat.add_listener(on_message)
+        await chat.start()
+        await stop.wait()
+        return 0
+    finally:
+        await chat.close()
+
+
+def _print_event_unless_message(event: Event) -> None:
+    if not isinstance(event, MessageReceived):
+        print(describe(event), file=sys.stderr, flush=True)
+
+
+async def cmd_repl(args: argparse.Namespace) -> int:
+    from quicnprotochat.client.repl import run_repl
+
+    chat = await _open(_config(args, register=args.register))
+    try:
+        return await run_repl(chat)
+    finally:
+        await chat.close()
+
+
+COMMANDS = {"register": cmd_register, "login": cmd_login, "send": cmd_send, "recv": cmd_recv, "repl": cmd_repl}
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.transport not in TRANSPORTS:
+        parser.error("--transport is quic or tcp")
+    transport: Transport = args.transport
+    args.transport = transport
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except UsageError as error:
+        return _fail(str(error), 2)
+    except (ChatError, StateError, FingerprintMismatch) as error:
+        return _fail(str(error))
+    except ValueError as error:  # a malformed --server address, for instance
+        return _fail(str(error), 2)
+    except (KeyboardInterrupt, EOFError):
+        return _fail("interrupted", 130)
+    except Exception as error:
+        if os.environ.get("QPC_DEBUG"):
+            raise
+        return _fail(f"unexpected error: {type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

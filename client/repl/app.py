@@ -1,0 +1,330 @@
+"""The interactive client: a prompt_toolkit prompt over a `ChatClient`.
+
+Incoming messages and events are printed above the prompt (prompt_toolkit redraws the line being typed below
+them). Colors when the output is a terminal and ``NO_COLOR`` is not set. Without a terminal on stdin (a pipe),
+commands are read line by line and output is plain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
+
+from quicnprotochat.client.chat import (
+    ChatClient,
+    ChatError,
+    ErrorEvent,
+    Event,
+    JoinedConversation,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Notice,
+    RemovedFromConversation,
+)
+from quicnprotochat.client.cli import describe, format_message
+from quicnprotochat.client.state import Conversation, Message
+
+STYLE = Style.from_dict(
+    {
+        "time": "#888888",
+        "conversation": "#5f87ff",
+        "me": "#00af5f bold",
+        "peer": "#d7af00 bold",
+        "event": "#00afaf italic",
+        "error": "#ff5f5f bold",
+        "info": "",
+        "prompt": "#5f87ff bold",
+        "unread": "#ff8700 bold",
+    }
+)
+
+HELP = """\
+Commands:
+  /dm @user            open (or create) the DM with user; /dm @me is your local notepad
+  /group name          create a group and switch to it
+  /invite @user ...    add users to the current group
+  /remove @user        remove a user from the current group
+  /join [name]         list the conversations you were invited to, or switch to one
+  /switch name         switch to a conversation (@user for a DM)
+  /list                conversations with unread counts
+  /members             members of the current conversation
+  /history [n]         the last n messages (default 20) of the current conversation
+  /whoami              your username, key fingerprint, node, state encryption
+  /help                this text
+  /quit                leave (also Ctrl-D)
+Anything else is sent to the current conversation."""
+
+
+def colors_wanted() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@dataclass
+class Output:
+    """Prints styled lines; without colors the same text, unstyled."""
+
+    color: bool
+
+    def line(self, *parts: tuple[str, str]) -> None:
+        if self.color:
+            print_formatted_text(
+                FormattedText([(f"class:{style}" if style else "", text) for style, text in parts]), style=STYLE
+            )
+        else:
+            print("".join(text for _style, text in parts), flush=True)
+
+    def info(self, text: str) -> None:
+        self.line(("info", text))
+
+    def event(self, text: str) -> None:
+        self.line(("event", text))
+
+    def error(self, text: str) -> None:
+        self.line(("error", text))
+
+    def message(self, conversation: str, message: Message) -> None:
+        clock = format_message(conversation, message).split(" ", 1)[0]
+        sender = "me" if message.outgoing else (message.sender_username or "?")
+        self.line(
+            ("time", clock + " "),
+            ("conversation", f"[{conversation}] "),
+            ("me" if message.outgoing else "peer", sender),
+            ("", ": " + message.body),
+        )
+
+
+class Repl:
+    def __init__(self, chat: ChatClient, output: Output) -> None:
+        self.chat = chat
+        self.out = output
+        self.current: Conversation | None = None
+        self.invited: list[str] = []
+        self.running = True
+        self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
+            "/dm": self.cmd_dm,
+            "/group": self.cmd_group,
+            "/invite": self.cmd_invite,
+            "/remove": self.cmd_remove,
+            "/join": self.cmd_join,
+            "/switch": self.cmd_switch,
+            "/list": self.cmd_list,
+            "/members": self.cmd_members,
+            "/history": self.cmd_history,
+            "/whoami": self.cmd_whoami,
+            "/help": self.cmd_help,
+            "/quit": self.cmd_quit,
+            "/exit": self.cmd_quit,
+        }
+
+    def prompt(self) -> str:
+        return f"[{self.current.name}] > " if self.current else f"{self.chat.username} > "
+
+    # ── incoming ──────────────────────────────────────────────────────────────────────────────────────────
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            self.out.message(event.conversation.name, event.message)
+            if self.current is not None and event.conversation.id == self.current.id:
+                await self.chat.store.mark_read(event.conversation.id)
+            return
+        if isinstance(event, JoinedConversation):
+            self.invited.append(event.conversation.name)
+            self.out.event(describe(event) + (f" - /switch {event.conversation.name}" if self.current else ""))
+            if self.current is None:
+                await self.switch(event.conversation)
+            return
+        if isinstance(event, RemovedFromConversation | MemberJoined | MemberLeft | Notice):
+            self.out.event(describe(event))
+            return
+        assert isinstance(event, ErrorEvent)
+        self.out.error(describe(event))
+
+    # ── commands ──────────────────────────────────────────────────────────────────────────────────────────
+
+    async def handle(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if not line.startswith("/") or line.startswith("//"):
+            text = line[1:] if line.startswith("//") else line
+            if self.current is None:
+                self.out.error("no conversation selected: /dm @user, /group name or /switch name first")
+                return
+            message = await self.chat.send(self.current, text)
+            self.out.message(self.current.name, message)
+            return
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            words = line.split()
+        command = self.commands.get(words[0].lower())
+        if command is None:
+            self.out.error(f"unknown command {words[0]}: /help lists them")
+            return
+        await command(words[1:])
+
+    async def switch(self, conversation: Conversation) -> None:
+        self.current = conversation
+        unread = await self.chat.store.unread_count(conversation.id)
+        await self.chat.store.mark_read(conversation.id)
+        suffix = f" ({unread} unread: /history {max(unread, 1)})" if unread else ""
+        self.out.info(f"now in {conversation.name}{suffix}")
+
+    def _need_current(self) -> Conversation:
+        if self.current is None:
+            raise ChatError("no conversation selected: /switch name first")
+        return self.current
+
+    async def cmd_dm(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /dm @user")
+        await self.switch(await self.chat.dm(args[0]))
+
+    async def cmd_group(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /group name")
+        await self.switch(await self.chat.create_group(args[0]))
+
+    async def cmd_invite(self, args: list[str]) -> None:
+        if not args:
+            raise ChatError("usage: /invite @user [@user ...]")
+        conversation = self._need_current()
+        for user in args:
+            await self.chat.invite(conversation, user)
+            self.out.event(f"* invited {user.removeprefix('@')} to {conversation.name}")
+
+    async def cmd_remove(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /remove @user")
+        await self.chat.remove(self._need_current(), args[0])
+
+    async def cmd_join(self, args: list[str]) -> None:
+        if args:
+            await self.switch(await self.chat.conversation(args[0]))
+            return
+        if not self.invited:
+            self.out.info("no invitations in this session (invitations are joined automatically; /list shows all)")
+            return
+        self.out.info("joined by invitation: " + ", ".join(self.invited) + " - /join name to switch")
+
+    async def cmd_switch(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /switch name")
+        await self.switch(await self.chat.conversation(args[0]))
+
+    async def cmd_list(self, _args: list[str]) -> None:
+        summaries = await self.chat.conversations()
+        if not summaries:
+            self.out.info("no conversations yet: /dm @user or /group name")
+            return
+        for summary in summaries:
+            conversation = summary.conversation
+            marker = "*" if self.current is not None and conversation.id == self.current.id else " "
+            parts: list[tuple[str, str]] = [
+                ("", f"{marker} "),
+                ("conversation", conversation.name),
+                ("", f"  {conversation.kind}"),
+            ]
+            if summary.unread:
+                parts.append(("unread", f"  {summary.unread} unread"))
+            if not summary.active:
+                parts.append(("error", "  (you left)"))
+            self.out.line(*parts)
+
+    async def cmd_members(self, _args: list[str]) -> None:
+        conversation = self._need_current()
+        members = await self.chat.members(conversation)
+        names = [
+            ("you" if m.identity_key == self.chat.identity_key else m.username or m.identity_key.hex()[:16])
+            for m in members
+        ]
+        self.out.info(f"{conversation.name}: " + ", ".join(names))
+
+    async def cmd_history(self, args: list[str]) -> None:
+        conversation = self._need_current()
+        try:
+            count = int(args[0]) if args else 20
+        except ValueError:
+            raise ChatError("usage: /history [n]") from None
+        messages = await self.chat.history(conversation, max(1, count))
+        if not messages:
+            self.out.info(f"no messages in {conversation.name} yet")
+        for message in messages:
+            self.out.message(conversation.name, message)
+        await self.chat.store.mark_read(conversation.id)
+
+    async def cmd_whoami(self, _args: list[str]) -> None:
+        chat = self.chat
+        state = "encrypted" if chat.encrypted else "NOT encrypted (stored in clear)"
+        self.out.info(f"username:    {chat.username}")
+        self.out.info(f"fingerprint: {chat.fingerprint}")
+        self.out.info(f"node:        {chat.node.address} ({chat.node.transport}, key {chat.node.fingerprint or '?'})")
+        self.out.info(f"local state: {chat.state.dir.root} - {state}")
+
+    async def cmd_help(self, _args: list[str]) -> None:
+        for line in HELP.splitlines():
+            self.out.info(line)
+
+    async def cmd_quit(self, _args: list[str]) -> None:
+        self.running = False
+
+
+async def _read_lines() -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        yield line
+
+
+async def run_repl(chat: ChatClient, *, color: bool | None = None) -> int:
+    """Run the interactive client until /quit or end of input; returns the exit status."""
+    output = Output(colors_wanted() if color is None else color)
+    repl = Repl(chat, output)
+    chat.add_listener(repl.on_event)
+    interactive = sys.stdin.isatty()
+    with patch_stdout(raw=True) if interactive else contextlib.nullcontext():
+        if chat.state_warning:
+            output.error(f"warning: {chat.state_warning}")
+        output.info(f"logged in as {chat.username} on {chat.node.address}. /help lists the commands.")
+        try:
+            await chat.sync()
+        except ChatError as error:
+            output.error(str(error))
+        await chat.start()
+        unread = sum(s.unread for s in await chat.conversations())
+        if unread:
+            output.info(f"{unread} unread message(s): /list")
+        session: PromptSession[str] | None = PromptSession() if interactive else None
+        lines = None if interactive else _read_lines()
+        while repl.running:
+            try:
+                if session is not None:
+                    style = "class:prompt" if output.color else ""
+                    line = await session.prompt_async(
+                        FormattedText([(style, repl.prompt())]), style=STYLE if output.color else None
+                    )
+                else:
+                    assert lines is not None
+                    line = await anext(lines)
+            except KeyboardInterrupt:
+                continue
+            except (EOFError, StopAsyncIteration):
+                break
+            try:
+                await repl.handle(line)
+            except ChatError as error:
+                output.error(str(error))
+    return 0
