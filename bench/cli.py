@@ -39,7 +39,7 @@ from quicnprotochat.bench.node_runner import (
     target_node,
 )
 from quicnprotochat.bench.report import print_report
-from quicnprotochat.bench.scenarios import CONSUMERS, RUNNERS, SCENARIOS, Context, Spec
+from quicnprotochat.bench.scenarios import CONSUMERS, RUNNERS, SCENARIOS, Context, Measured, Spec
 from quicnprotochat.client import KnownHosts
 
 
@@ -94,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
     base.add_argument("--baseline-duration", type=float, default=None, help="seconds per baseline (default 5)")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the figures to this file")
+    out.add_argument(
+        "--profile-node",
+        type=Path,
+        metavar="PATH",
+        help="py-spy the node over the measured window (.svg flamegraph, .json speedscope, .txt collapsed stacks)",
+    )
     out.add_argument("--no-progress", action="store_true", help="no live progress bar")
     out.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop of the bench")
     return p
@@ -228,6 +234,7 @@ def ratios(results: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float
 async def run(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
     spec = spec_from(args)
     console = console or Console(stderr=True)
+    Measured.profile_path = args.profile_node
     if args.loop == "uvloop" and args.transport == "tcp":
         raise SystemExit("qpc-bench: pycapnp over TCP crashes under uvloop (docs/BENCHMARKS.md); use asyncio")
     if args.baselines is None:
@@ -303,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = asyncio.run
     report = runner(run(args))
-    print_report(report, Console())
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    print_report(report, console)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

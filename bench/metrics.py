@@ -257,3 +257,11 @@ class ProcessWatch:
         figures: dict[str, Any] = cpu_between(self._start, self._end)
         figures["rss_max_during_run_bytes"] = self.max_rss
         return figures
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / _TICKS, sum(fields) / _TICKS

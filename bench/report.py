@@ -30,6 +30,9 @@ def _cpu(figures: dict[str, Any] | None) -> str:
     )
 
 
+SHORT_NAMES = {"transport_echo": "bare echo", "rpc_echo": "pycapnp echo", "store": "store inserts"}
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     results: dict[str, Any] = report.get("results", {})
     table = Table(title=f"qpc-bench {report['scenario']} ({report['transport']})", show_header=False)
@@ -83,6 +86,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     client = results.get("client")
     if client:
         table.add_row("load generator CPU", _cpu(client))
+    busy = results.get("machine")
+    if busy:
+        table.add_row(
+            "machine during run",
+            f"{busy['busy_percent_of_all_cores']:.0f}% of all cores busy; other processes used "
+            f"{busy['others_cores']:.2f} cores",
+        )
     node_info = report.get("node", {})
     if node_info.get("settings_raised_for_load"):
         raised = ", ".join(
@@ -99,16 +109,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
     baselines = report.get("baselines")
     if baselines:
-        ceiling = Table(title="ceilings measured in the same run")
-        for column in ("path", "calls/s", "latency", "server CPU", "enqueues/s ÷ this"):
+        ceiling = Table(title="ceilings measured in the same run (same payload, connections, calls in flight)")
+        for column in ("ceiling", "calls/s", "latency", "server CPU", "errors", "enqueues/s ÷ ceiling"):
             ceiling.add_column(column)
         ratios = report.get("ratios", {})
         for name, figures in baselines.items():
+            server = figures.get("server")
             ceiling.add_row(
-                figures.get("what", name),
+                SHORT_NAMES.get(name, name),
                 f"{figures['calls_per_s']:,}",
                 _latency(figures.get("latency_ms")),
-                _cpu(figures.get("server")),
+                f"{server['cpu_percent_of_one_core']:.0f}%" if server else "-",
+                ", ".join(f"{code}: {count}" for code, count in figures.get("errors", {}).items()) or "none",
                 f"{ratios.get(f'enqueues_per_s / {name}', 0):.2f}x",
             )
         console.print(ceiling)

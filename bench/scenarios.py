@@ -9,6 +9,7 @@ import functools
 import math
 import os
 import random
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ from quicnprotochat.bench.metrics import (
     ErrorCounts,
     Latencies,
     ProcessWatch,
+    machine_cpu,
     now_ns,
     stamp_payload,
 )
@@ -277,28 +279,62 @@ async def sample_while(watches: Sequence[ProcessWatch | None], stop: asyncio.Eve
             await asyncio.wait_for(stop.wait(), every)
 
 
+PROFILE_FORMATS = {".json": "speedscope", ".txt": "raw", ".svg": "flamegraph"}
+
+
 class Measured:
-    """Node and client CPU/RSS over the measured window, sampled in the background."""
+    """Node and client CPU/RSS over the measured window, sampled in the background; optionally the node's
+    profile over the same window (py-spy, if installed: `pip install py-spy`)."""
+
+    profile_path: Path | None = None  # set by the CLI (--profile-node)
 
     def __init__(self, node: NodeUnderTest) -> None:
         self.node_watch = watch(node.pid)
         self.client_watch = watch(os.getpid()) if node.pid != os.getpid() else None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._profiler: asyncio.subprocess.Process | None = None
+        self._machine = (0.0, 0.0)
         self.mode = node.mode
+        self.pid = node.pid
 
     def start(self) -> None:
         for process in (self.node_watch, self.client_watch):
             if process is not None:
                 process.start()
+        self._machine = machine_cpu()
         self._task = asyncio.get_running_loop().create_task(
             sample_while([self.node_watch, self.client_watch], self._stop)
         )
+
+    async def start_profiler(self) -> None:
+        path = Measured.profile_path
+        if path is None or self.pid is None:
+            return
+        self._profiler = await asyncio.create_subprocess_exec(
+            "py-spy",
+            "record",
+            "--pid",
+            str(self.pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            PROFILE_FORMATS.get(path.suffix, "flamegraph"),
+            "--output",
+            str(path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(0.5)  # py-spy attaches
 
     async def stop(self) -> dict[str, Any]:
         self._stop.set()
         if self._task is not None:
             await self._task
+        if self._profiler is not None:
+            self._profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await self._profiler.wait()
         figures: dict[str, Any] = {}
         if self.node_watch is not None:
             figures["node"] = self.node_watch.stop()
@@ -306,6 +342,16 @@ class Measured:
                 figures["node"]["note"] = "in-process: node and load generator share this process"
         if self.client_watch is not None:
             figures["client"] = self.client_watch.stop()
+        busy, total = (after - before for after, before in zip(machine_cpu(), self._machine, strict=True))
+        ours = sum(
+            figures[name]["cpu_user_s"] + figures[name]["cpu_sys_s"] for name in ("node", "client") if name in figures
+        )
+        cores = os.cpu_count() or 1
+        figures["machine"] = {
+            "busy_percent_of_all_cores": round(100 * busy / total, 1) if total else 0.0,
+            # What other processes (builds, tests) took meanwhile: the noise in these figures.
+            "others_cores": round(max(0.0, busy - ours) / (total / cores), 2) if total else 0.0,
+        }
         return figures
 
 
@@ -389,6 +435,7 @@ async def produce(
             f"{calls_done} calls, {tracker.delivered} delivered, {tracker.pending} pending, {errors.total()} errors"
         )
 
+    await measured.start_profiler()
     measured.start()
     started_ns = now_ns()
     budget.start()
@@ -496,6 +543,7 @@ async def run_longpoll(ctx: Context) -> dict[str, Any]:
             return budget.fraction(), f"{woken} wake-ups, {errors.total()} errors"
 
         measured = Measured(ctx.node)
+        await measured.start_profiler()
         measured.start()
         started_ns = now_ns()
         budget.start()
@@ -596,6 +644,7 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
         after_open = measured.node_watch.sample() if measured.node_watch else None
         client_after_open = client_watch.sample() if client_watch else None
         budget = Budget(spec.duration or 0.0, None)
+        await measured.start_profiler()
         measured.start()
         budget.start()
         async with ctx.live.running(f"idle: holding {len(clients)} connections", lambda: (budget.fraction(), "")):
@@ -719,6 +768,7 @@ async def run_mixed(ctx: Context) -> dict[str, Any]:
                 f"{sum(done.values())} calls, {tracker.delivered} delivered, {errors.total()} errors",
             )
 
+        await measured.start_profiler()
         measured.start()
         started_ns = now_ns()
         budget.start()
