@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -68,10 +69,9 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
+        # Not possible outside the main thread: the caller stops us through `stop` then.
+        with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-        except (RuntimeError, ValueError):  # not the main thread: the caller stops us through `stop`
-            pass
     replies = 0
     try:
         events = chat.events()  # subscribe before receiving starts, so that nothing is missed

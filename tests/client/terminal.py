@@ -1,0 +1,107 @@
+"""Running `qpc` as users do: subprocesses, and the REPL in a real terminal (tmux) driven key by key.
+
+Everything is awaited, so that an in-process node on the same event loop keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+QPC = [sys.executable, "-m", "quicnprotochat.client.cli"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QPC_")}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"), **extra)
+    return env
+
+
+async def qpc(*args: str, env: dict[str, str], stdin: bytes = b"", timeout: float = 60) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        *QPC,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+class Tmux:
+    """One private tmux server (its own socket under tmp_path); one window per REPL."""
+
+    def __init__(self, socket: Path) -> None:
+        if shutil.which("tmux") is None:
+            raise RuntimeError("tmux is not installed")
+        self.socket = str(socket)
+        self.started = False
+
+    async def run(self, *args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "tmux", "-S", self.socket, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"tmux {args[0]} failed: {err.decode().strip()}")
+        return out.decode()
+
+    async def start(self, name: str, command: list[str], env: dict[str, str], width: int = 160) -> None:
+        env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        shell = " ".join(_quote(part) for part in command) + "; echo EXITED $?; sleep 600"
+        if not self.started:
+            self.started = True
+            await self.run("new-session", "-d", "-s", "qpc", "-n", name, "-x", str(width), "-y", "50", *env_args, shell)
+        else:
+            await self.run("new-window", "-d", "-t", "qpc", "-n", name, *env_args, shell)
+
+    async def keys(self, name: str, *keys: str) -> None:
+        await self.run("send-keys", "-t", f"qpc:{name}", *keys)
+
+    async def type(self, name: str, text: str) -> None:
+        await self.run("send-keys", "-t", f"qpc:{name}", "-l", text)
+
+    async def line(self, name: str, text: str) -> None:
+        await self.type(name, text)
+        await self.keys(name, "Enter")
+
+    async def screen(self, name: str, *, escapes: bool = False) -> str:
+        """The window's text (with `escapes`, its colors and attributes as SGR sequences too)."""
+        options = ["-e"] if escapes else []
+        return await self.run("capture-pane", "-p", "-J", *options, "-S", "-200", "-t", f"qpc:{name}")
+
+    async def wait_for(self, name: str, text: str, timeout: float = 20, count: int = 1) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = await self.screen(name)
+            if screen.count(text) >= count:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not on {name}'s screen after {timeout} s:\n{screen}")
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        if self.started:
+            with contextlib.suppress(RuntimeError):
+                await self.run("kill-server")
+
+
+def _quote(part: str) -> str:
+    return shlex.quote(part)
