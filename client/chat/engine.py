@@ -138,6 +138,7 @@ _SETTING_HYBRID = "account.hybrid_published"
 _SETTING_KP_STOCK = "account.key_packages"
 _SETTING_ALIAS = "group_alias:"
 _SETTING_LEFT = "left:"
+_MAX_TRIES = 3
 
 PasswordSource = str | Callable[[], str] | None
 """The account password, or a function asked for it only when a login is needed (a no-echo prompt)."""
@@ -195,6 +196,7 @@ class _InboxState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     deferred_since: dict[int, float] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
 
 
 class _Deferred(Exception):
@@ -790,15 +792,17 @@ class ChatClient:
         envelope = seal_envelope(hybrid, frame, envelope_info(peer, channel or None))
         # The same bytes are sent again after a dropped connection: the recipient stores by the envelope's hash,
         # so a copy that did land before the drop is not shown twice.
+        # Only a connection lost during the call is retried (the next call reconnects); a node that cannot be
+        # reached at all fails at once rather than after several connect timeouts.
         for attempt in range(3):
             try:
                 await self.node.enqueue(peer, envelope, channel)
                 return
-            except (Disconnected, OSError, TimeoutError) as error:
-                if isinstance(error, FingerprintMismatch) or attempt == 2:
+            except Disconnected as error:
+                if attempt == 2:
                     await self._guard(_reraise(error))
                 await asyncio.sleep(0.2 * (attempt + 1))
-            except RpcError as error:
+            except (RpcError, OSError, TimeoutError) as error:
                 await self._guard(_reraise(error))
 
     # ── receiving ───────────────────────────────────────────────────────────────────────────────────────
@@ -900,6 +904,8 @@ class ChatClient:
                     try:
                         async with self._mls:
                             await self._handle(inbox.channel, envelope)
+                    except (NodeUnavailable, Disconnected, OSError, TimeoutError):
+                        raise  # transient: the envelope is tried again later
                     except _Deferred:
                         first = inbox.deferred_since.setdefault(envelope.seq, time.monotonic())
                         if not final or time.monotonic() - first < self.config.defer_seconds:
@@ -908,6 +914,15 @@ class ChatClient:
                         self._emit(
                             ErrorEvent(f"dropped a message for a group this client never joined (seq {envelope.seq})")
                         )
+                    except Exception as error:
+                        # A bug or a local failure: try the envelope again a few times, then give up on it so
+                        # that one bad envelope cannot block its inbox for ever.
+                        tries = inbox.failures.get(envelope.seq, 0) + 1
+                        inbox.failures[envelope.seq] = tries
+                        if tries < _MAX_TRIES:
+                            raise
+                        self._emit(ErrorEvent(f"gave up on a message (seq {envelope.seq}): {error!r}", error))
+                    inbox.failures.pop(envelope.seq, None)
                     inbox.deferred_since.pop(envelope.seq, None)
                     await self.store.set_last_seq(self.identity_key, inbox.channel, envelope.seq)
                     last = envelope.seq
@@ -937,6 +952,13 @@ class ChatClient:
             await self._on_mls(frame.message, envelope, message_id)
 
     async def _on_welcome(self, frame: WelcomeFrame) -> None:
+        if frame.conversation_kind == "dm" and frame.inviter != self.identity_key:
+            # The node gives a pair of identities one channel: asking for it checks the one in the Welcome
+            # (before joining, so that a node that cannot be reached leaves the Welcome to be tried again).
+            channel = await self._guard(self.node.create_channel(frame.inviter))
+            if channel != frame.channel_id:
+                self._emit(ErrorEvent("ignored a DM invitation naming a channel that is not the sender's and ours"))
+                return
         try:
             group_id = await asyncio.to_thread(self.vault.join_group, frame.welcome)
         except NativeError as error:

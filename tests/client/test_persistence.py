@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quicnprotochat.client.chat import ChatClient, JoinedConversation, StateUnavailable
+from quicnprotochat.client.chat import ChatClient, JoinedConversation, NodeUnavailable, StateUnavailable
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, files_containing
 from tests.conftest import loopback_config, node_address
@@ -86,7 +86,7 @@ async def test_node_restart_and_offline_client(restartable: list[Node], open_cha
     assert first.tcp_address is not None
     config = loopback_config(tmp_path / "node", quic_listen=address, tcp_listen=f"127.0.0.1:{first.tcp_address[1]}")
 
-    alice, alice_log = await open_chat(address, "alice")
+    alice, alice_log = await open_chat(address, "alice", connect_timeout=2.0)
     bob, bob_log = await open_chat(address, "bob")
     group = await alice.create_group("crew")
     await alice.invite(group, "bob")
@@ -101,9 +101,11 @@ async def test_node_restart_and_offline_client(restartable: list[Node], open_cha
         await alice.send(dm, expected_dm[i])
         await alice.send(group, expected_group[i])
 
-    # The node restarts between send and receive.
+    # The node restarts between send and receive. While it is down, sending fails with a clear error.
     await first.stop()
     restartable.remove(first)
+    with pytest.raises(NodeUnavailable, match="cannot reach the node"):
+        await alice.send(dm, "lost in the void")
     second = Node(config)
     await second.start()
     restartable.append(second)
