@@ -56,7 +56,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -489,18 +489,13 @@ class ChatClient:
 
     # ── events ──────────────────────────────────────────────────────────────────────────────────────────
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event from the moment of the call on, until `close`. Several consumers may iterate."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                event = await queue.get()
-                if event is _CLOSED:
-                    return
-                yield event
-        finally:
-            self._queues.remove(queue)
+    def events(self) -> EventStream:
+        """Every event from the moment of this call on (subscribe before `start` to miss nothing), until
+        `close`. Several consumers may each have their own stream; `EventStream.close` unsubscribes."""
+        stream = EventStream(self._queues)
+        if self._closed:
+            stream.close()
+        return stream
 
     def add_listener(self, callback: EventCallback) -> None:
         """Call `callback(event)` for every event (a coroutine function is scheduled as a task)."""
@@ -1106,6 +1101,34 @@ class _Closed:
 _CLOSED: Any = _Closed()
 
 
+class EventStream:
+    """An async iterator over a `ChatClient`'s events; subscribed from its creation on."""
+
+    def __init__(self, queues: list[asyncio.Queue[Event]]) -> None:
+        self._queues = queues
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._done = False
+        queues.append(self._queue)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is _CLOSED:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        """Unsubscribe; iteration ends."""
+        self._done = True
+        if self._queue in self._queues:
+            self._queues.remove(self._queue)
+
+
 async def _awaited(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
@@ -1122,6 +1145,7 @@ __all__ = [
     "ChatClient",
     "ChatConfig",
     "ConversationSummary",
+    "EventStream",
     "PasswordSource",
     "default_state_dir",
     "key_fingerprint",

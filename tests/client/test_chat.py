@@ -13,6 +13,7 @@ from quicnprotochat.client.chat import (
     JoinedConversation,
     MemberJoined,
     MemberLeft,
+    MessageReceived,
     NoHybridKey,
     NoKeyPackage,
     NotAllowed,
@@ -107,11 +108,20 @@ async def test_group_of_three_dm_invite_and_remove(node: Node, open_chat: ChatFa
 
 async def test_outgoing_history_unread_and_notes(node: Node, open_chat: ChatFactory) -> None:
     alice, _alice_log = await open_chat(node, "alice")
-    bob, bob_log = await open_chat(node, "bob")
+    bob, _bob_log = await open_chat(node, "bob", start=False)
+    stream = bob.events()  # subscribed now: nothing from start() on is missed
+    await bob.start()
     dm = await alice.dm("bob")
     for text in ("one", "two", "three"):
         await alice.send(dm, text)
-    await bob_log.message("three")
+    received = []
+    async for event in stream:
+        if isinstance(event, MessageReceived):
+            received.append(event.message.body)
+            if len(received) == 3:
+                break
+    stream.close()
+    assert received == ["one", "two", "three"]
     history = await bob.history("alice")  # "alice" finds the DM "@alice"
     assert [(m.body, m.outgoing, m.sender_username) for m in history] == [
         ("one", False, "alice"),
