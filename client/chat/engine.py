@@ -212,7 +212,7 @@ class ChatClient:
         self.store = state.conversations
         self.vault = vault
         self.node = node
-        self.username = normalize_username(config.username)
+        self.username = self._checked_username(config.username)
         self.identity_key = vault.identity_key
         self._password: str | None = config.password if isinstance(config.password, str) else None
         self._mls = asyncio.Lock()
@@ -248,13 +248,16 @@ class ChatClient:
                 vault = await asyncio.to_thread(state.open_vault)
             except StateError as error:
                 raise StateUnavailable(str(error)) from None
-            node = NodeClient(
-                config.server,
-                transport=config.transport,
-                known_hosts=config.known_hosts,
-                server_fingerprint=config.server_fingerprint,
-                connect_timeout=config.connect_timeout,
-            )
+            try:
+                node = NodeClient(
+                    config.server,
+                    transport=config.transport,
+                    known_hosts=config.known_hosts,
+                    server_fingerprint=config.server_fingerprint,
+                    connect_timeout=config.connect_timeout,
+                )
+            except ValueError as error:  # a malformed address or transport
+                raise ChatError(str(error)) from None
             chat = cls(config, state, vault, node)
             await chat._guard(chat._sign_in(stored is None))
             await chat._guard(chat._publish_keys())
