@@ -16,6 +16,7 @@ from typing import Any
 
 from quicnprotochat.server.config import ENV_PREFIX, NodeConfig
 from quicnprotochat.server.node import Node
+from quicnprotochat.server.store import StoreMetrics
 
 # The node's defaults would refuse a load test: every bench connection comes from 127.0.0.1 (one address bucket
 # of 2000 calls/s) and a bot calls far more than 500 times a second. The bench's node runs with these instead,
@@ -67,6 +68,12 @@ class NodeUnderTest:
             "pid": self.pid,
             "settings_raised_for_load": self.settings,
         }
+
+    def store_metrics(self) -> StoreMetrics | None:
+        """The store's write-path counters; only known when the node runs in this process."""
+        if self._node is None or self._node.state is None:
+            return None
+        return self._node.state.store.metrics()
 
     def stderr_tail(self) -> str:
         return "".join(self._stderr_tail)

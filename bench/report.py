@@ -86,6 +86,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     client = results.get("client")
     if client:
         table.add_row("load generator CPU", _cpu(client))
+    store = results.get("store")
+    if store:
+        table.add_row(
+            "store writes",
+            f"{store['write_ops']:,} writes in {store['commits']:,} commits ({store['writes_per_commit']} per commit)",
+        )
     busy = results.get("machine")
     if busy:
         table.add_row(

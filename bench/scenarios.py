@@ -32,6 +32,7 @@ from quicnprotochat.bench.metrics import (
 from quicnprotochat.bench.node_runner import NodeUnderTest
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
+from quicnprotochat.server.store import StoreMetrics
 
 SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed")
 CONSUMERS = ("fetchwait", "peekack")
@@ -297,12 +298,15 @@ class Measured:
         self._machine = (0.0, 0.0)
         self.mode = node.mode
         self.pid = node.pid
+        self.node = node
+        self._store_before: StoreMetrics | None = None
 
     def start(self) -> None:
         for process in (self.node_watch, self.client_watch):
             if process is not None:
                 process.start()
         self._machine = machine_cpu()
+        self._store_before = self.node.store_metrics()
         self._task = asyncio.get_running_loop().create_task(
             sample_while([self.node_watch, self.client_watch], self._stop)
         )
@@ -342,6 +346,15 @@ class Measured:
                 figures["node"]["note"] = "in-process: node and load generator share this process"
         if self.client_watch is not None:
             figures["client"] = self.client_watch.stop()
+        store_after = self.node.store_metrics()
+        if self._store_before is not None and store_after is not None:
+            writes = store_after.write_ops - self._store_before.write_ops
+            commits = store_after.commits - self._store_before.commits
+            figures["store"] = {
+                "write_ops": writes,
+                "commits": commits,
+                "writes_per_commit": round(writes / commits, 2) if commits else 0.0,
+            }
         busy, total = (after - before for after, before in zip(machine_cpu(), self._machine, strict=True))
         ours = sum(
             figures[name]["cpu_user_s"] + figures[name]["cpu_sys_s"] for name in ("node", "client") if name in figures
