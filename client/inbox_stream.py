@@ -8,7 +8,7 @@ deduplicate by seq).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from quicnprotochat.client.node_client import Envelope, NodeClient
 
@@ -17,7 +17,7 @@ DEFAULT_WAIT_MS = 25_000
 
 async def drain(
     client: NodeClient, recipient_key: bytes, channel_id: bytes = b"", *, wait_ms: int = DEFAULT_WAIT_MS
-) -> AsyncIterator[Envelope]:
+) -> AsyncGenerator[Envelope, None]:
     while True:
         for envelope in await client.fetch_wait(recipient_key, channel_id, timeout_ms=wait_ms):
             yield envelope
@@ -25,7 +25,7 @@ async def drain(
 
 async def receive(
     client: NodeClient, recipient_key: bytes, channel_id: bytes = b"", *, wait_ms: int = DEFAULT_WAIT_MS
-) -> AsyncIterator[Envelope]:
+) -> AsyncGenerator[Envelope, None]:
     acked = 0
     while True:
         batch = [e for e in await client.peek_wait(recipient_key, channel_id, timeout_ms=wait_ms) if e.seq > acked]

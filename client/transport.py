@@ -34,6 +34,7 @@ class _ClientQuicConnection(QuicConnectionProtocol):
         super().__init__(quic, stream_handler)
         self.stream: QuicStreamTransport | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self.refused: asyncio.Future[None] = self._loop.create_future()
 
     def start_keepalive(self, interval: float) -> None:
         def ping() -> None:
@@ -49,9 +50,13 @@ class _ClientQuicConnection(QuicConnectionProtocol):
             self._keepalive = None
 
     def error_received(self, exc: Exception) -> None:
-        # On our connected UDP socket, an ICMP "port unreachable" arrives as ConnectionRefusedError: the node's
-        # process is gone. Fail the pending calls now instead of waiting for the idle timeout.
-        if isinstance(exc, ConnectionRefusedError) and self.stream is not None:
+        # On our connected UDP socket, an ICMP "port unreachable" arrives as ConnectionRefusedError: nothing
+        # listens there (any more). Fail the handshake or the pending calls now instead of waiting for a timeout.
+        if not isinstance(exc, ConnectionRefusedError):
+            return
+        if not self.refused.done():
+            self.refused.set_result(None)
+        if self.stream is not None:
             self.stop_keepalive()
             self.stream.connection_lost(ConnectionError("the node is unreachable (port closed)"))
             self._quic.close(reason_phrase="node unreachable")
@@ -136,7 +141,16 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
 
     try:
         protocol.connect(address)
-        await asyncio.wait_for(protocol.wait_connected(), connect_timeout)
+        handshake = asyncio.ensure_future(protocol.wait_connected())
+        done, _ = await asyncio.wait(
+            {handshake, protocol.refused}, timeout=connect_timeout, return_when="FIRST_COMPLETED"
+        )
+        if handshake not in done:
+            handshake.cancel()
+            if protocol.refused in done:
+                raise ConnectionRefusedError(f"nothing answers QUIC at {host}:{port} (port closed)")
+            raise TimeoutError(f"no QUIC handshake with {host}:{port} within {connect_timeout:g} s")
+        handshake.result()
         fingerprint = protocol.peer_certificate_fingerprint()
         verify(fingerprint)
         quic = protocol._quic

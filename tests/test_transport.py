@@ -130,3 +130,13 @@ async def test_node_stop_closes_client_connections(node_config: NodeConfig, conn
 def test_listen_ports_are_loopback(node_config: NodeConfig) -> None:
     assert node_config.quic_listen.startswith("127.0.0.1:")
     assert socket.gethostbyname("127.0.0.1") == "127.0.0.1"
+
+
+async def test_connecting_to_a_closed_port_fails_fast(connect: ClientFactory, node_config: NodeConfig) -> None:
+    node = Node(node_config)
+    await node.start()
+    await node.stop()  # its port is closed now
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConnectionRefusedError, match="nothing answers"):
+        await connect(node, "quic", connect_timeout=30)
+    assert asyncio.get_running_loop().time() - started < 10
