@@ -37,7 +37,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, now_ns
+from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, machine_cpu, now_ns
 from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
 from quicnprotochat.server.config import NodeConfig
@@ -313,6 +313,7 @@ async def _drive(calls: Sequence[Callable[[], Awaitable[Any]]], load: Load, pid:
     for watch in (server, client):
         if watch is not None:
             watch.start()
+    machine_before = machine_cpu()
     budget.start()
     per_connection = split(load.concurrency, len(calls))
     await asyncio.gather(*(loop(call) for index, call in enumerate(calls) for _ in range(per_connection[index])))
@@ -326,6 +327,8 @@ async def _drive(calls: Sequence[Callable[[], Awaitable[Any]]], load: Load, pid:
     if server is not None:
         figures["server"] = server.stop()
     figures["client"] = client.stop()
+    busy, total = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
+    figures["machine_busy_percent_of_all_cores"] = round(100 * busy / total, 1) if total else 0.0
     return figures
 
 

@@ -162,30 +162,22 @@ async def register_bots(
     return bots
 
 
-async def check_tokens(connector: Connector, bots: Sequence[Bot], *, parallel: int = 8) -> int:
+async def check_tokens(connector: Connector, bots: Sequence[Bot]) -> int:
     """Logs in again the bots whose token the node refuses; returns how many needed it."""
     client = await connector.open()
-    gate = asyncio.Semaphore(parallel)
     renewed = 0
-
-    async def one(bot: Bot) -> None:
-        nonlocal renewed
-        async with gate:
+    try:
+        # One at a time on one client: the access token belongs to the client.
+        for bot in bots:
             client.access_token = bot.token
-            try:
-                if bot.token is None:
-                    raise Unauthenticated("no token")
-                await client.resolve_identity(bot.key)
-                return
-            except Unauthenticated:
-                pass
+            if bot.token is not None:
+                try:
+                    await client.resolve_identity(bot.key)
+                    continue
+                except Unauthenticated:
+                    pass
             bot.token = await login_token(client, bot.signer, bot.username, bot.password)
             renewed += 1
-
-    try:
-        # One at a time on the shared client: access_token is per client.
-        for bot in bots:
-            await one(bot)
     finally:
         await client.close()
     return renewed
