@@ -109,6 +109,21 @@ async def test_token_expiry_and_relogin(tmp_path: Path, make_user: UserFactory) 
         await node.stop()
 
 
+async def test_a_recently_used_token_still_expires_on_time(tmp_path: Path, make_user: UserFactory) -> None:
+    clock = FakeClock()
+    node = Node(loopback_config(tmp_path / "node", session_ttl_seconds=60), clock=clock)
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        alice.client.relogin = None
+        assert await alice.client.resolve_user("alice") == alice.key  # the node now has the session at hand
+        clock.advance(61)
+        with pytest.raises(Unauthenticated, match="expired"):
+            await alice.client.resolve_user("alice")
+    finally:
+        await node.stop()
+
+
 async def test_token_acts_only_for_its_identity(node: Node, make_user: UserFactory) -> None:
     alice = await make_user(node, "alice")
     bob = await make_user(node, "bob")
