@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from quicnprotochat.bench.pgcluster import PgCluster, find_bin_dir
 from quicnprotochat.server.store import open_store
 
 
@@ -85,15 +85,10 @@ def main() -> None:
     if args.store:
         asyncio.run(bench_postgres(args.store, args, payload))
     elif args.pg_cluster:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from tests.pgcluster import PgCluster, find_bin_dir
-
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise SystemExit("no PostgreSQL binaries found (Debian: apt-get install postgresql-15)")
-        if args.dir is not None:
-            tempfile.tempdir = str(args.dir)
-        with PgCluster(bin_dir, fsync=True) as cluster:
+        with PgCluster(bin_dir, fsync=True, parent=args.dir) as cluster:
             print(f"throwaway cluster, fsync on, data under {cluster.base}")
             asyncio.run(bench_postgres(cluster.url, args, payload))
     else:
