@@ -7,6 +7,16 @@ the node's CPU and RSS, and compares with ceilings taken in the same run. See do
     qpc-bench idle --connections 5000 --duration 10
     qpc-bench mixed --producers 16
     qpc-bench enqueue --target 127.0.0.1:7700 --server-fingerprint HEX [--node-pid PID]
+
+Several nodes on one PostgreSQL database (the scale-out deployment):
+
+    qpc-bench enqueue --nodes 2 --pg-cluster           # a throwaway PostgreSQL (fsync on) in the data dir
+    qpc-bench longpoll --nodes 2 --store postgresql://user@host/db
+    qpc-bench mixed --target 127.0.0.1:7701 --server-fingerprint HEX1 --target 127.0.0.1:7702 --server-fingerprint HEX2
+
+The sending side (producers, senders, actors) and all setup go to node 1, the receiving side (consumers,
+recipients, waiters, readers) to node 2 (nodes 2..N in turn), so every delivery crosses nodes: enqueue, fanout,
+longpoll and mixed. idle uses node 1 only.
 """
 
 from __future__ import annotations
@@ -34,10 +44,13 @@ from quicnprotochat.bench.metrics import MIN_PAYLOAD_BYTES
 from quicnprotochat.bench.node_runner import (
     BENCH_NODE_SETTINGS,
     NodeUnderTest,
+    StoreUnderTest,
     start_node_in_process,
     start_node_process,
+    start_pg_cluster,
     target_node,
 )
+from quicnprotochat.bench.pgcluster import redact
 from quicnprotochat.bench.report import print_report
 from quicnprotochat.bench.scenarios import CONSUMERS, RUNNERS, SCENARIOS, Context, Measured, Spec
 from quicnprotochat.client import KnownHosts
@@ -79,9 +92,39 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--in-process", dest="node_mode", action="store_const", const="in-process", help="run the node in this process"
     )
-    where.add_argument("--target", metavar="HOST:PORT", help="load a running node instead (configure its limits)")
-    node.add_argument("--server-fingerprint", help="with --target: the node's key fingerprint (hex)")
-    node.add_argument("--node-pid", type=int, help="with --target on this machine: its pid, to read CPU and RSS")
+    where.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        action="append",
+        help="load a running node instead (configure its limits); repeat for the nodes of a cluster, node 1 first",
+    )
+    node.add_argument(
+        "--server-fingerprint",
+        action="append",
+        help="with --target: the node's key fingerprint (hex); one per --target, in the same order",
+    )
+    node.add_argument(
+        "--node-pid",
+        type=int,
+        action="append",
+        help="with --target on this machine: its pid, to read CPU and RSS; one per --target, in the same order",
+    )
+    node.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="node processes to start on one database (default 1; more need --store postgresql://... or "
+        "--pg-cluster); producers use node 1, consumers node 2 (2..N in turn); idle uses node 1 only",
+    )
+    store = node.add_mutually_exclusive_group()
+    store.add_argument(
+        "--store", metavar="URL", help="the nodes' store (default: SQLite in the node's data dir); postgresql://..."
+    )
+    store.add_argument(
+        "--pg-cluster",
+        action="store_true",
+        help="start a throwaway PostgreSQL cluster (fsync on) in the data dir for the nodes; stopped at the end",
+    )
     node.add_argument("--data-dir", type=Path, help="node data and accounts, kept for reuse (default: a temp dir)")
     node.add_argument("--accounts-file", type=Path, help="bot accounts to reuse and extend (default DATA_DIR/...)")
     base = p.add_argument_group("baselines")
@@ -151,9 +194,9 @@ def _cpu_model() -> str:
 
 
 async def prepare_bots(
-    node: NodeUnderTest, connector: Connector, spec: Spec, accounts: AccountsFile | None, live: Live
+    accounts_key: str, connector: Connector, spec: Spec, accounts: AccountsFile | None, live: Live
 ) -> tuple[list[Bot], dict[str, Any]]:
-    bots, extras = accounts.load(node.fingerprint) if accounts else ([], {})
+    bots, extras = accounts.load(accounts_key) if accounts else ([], {})
     reused = len(bots)
     if reused:
         with live.status(f"checking {reused} saved tokens"):
@@ -172,18 +215,71 @@ async def prepare_bots(
     elif reused:
         live.note(f"reusing {reused} bot accounts from {accounts.path if accounts else '?'}")
     if accounts is not None:
-        accounts.save(node.fingerprint, bots, extras)
+        accounts.save(accounts_key, bots, extras)
     return bots, extras
 
 
-async def start_node(args: argparse.Namespace, data_dir: Path) -> NodeUnderTest:
+def check_nodes(args: argparse.Namespace) -> None:
+    """Refuses inconsistent node options (before anything starts)."""
     if args.target:
-        if not args.server_fingerprint:
-            raise SystemExit("qpc-bench: --target needs --server-fingerprint")
-        return target_node(args.target, args.transport, args.server_fingerprint, args.node_pid)
-    if args.node_mode == "in-process":
-        return await start_node_in_process(data_dir / "node", BENCH_NODE_SETTINGS)
-    return await start_node_process(data_dir / "node", BENCH_NODE_SETTINGS)
+        fingerprints, pids = args.server_fingerprint or [], args.node_pid or []
+        if len(fingerprints) != len(args.target):
+            raise ValueError("give one --server-fingerprint per --target, in the same order")
+        if pids and len(pids) != len(args.target):
+            raise ValueError("give one --node-pid per --target, in the same order, or none")
+        if args.nodes is not None and args.nodes != len(args.target):
+            raise ValueError(f"--nodes {args.nodes} but {len(args.target)} --target given")
+        if args.store or args.pg_cluster:
+            raise ValueError("--store and --pg-cluster are for nodes started here, not for --target")
+        return
+    if args.server_fingerprint or args.node_pid:
+        raise ValueError("--server-fingerprint and --node-pid go with --target")
+    if args.nodes is not None and args.nodes < 1:
+        raise ValueError("--nodes must be at least 1")
+    postgres = args.pg_cluster or (args.store or "").startswith(("postgresql:", "postgres:"))
+    if (args.nodes or 1) > 1 and not postgres:
+        raise ValueError("several nodes share one PostgreSQL database: give --store postgresql://... or --pg-cluster")
+
+
+def node_count(args: argparse.Namespace) -> int:
+    return len(args.target) if args.target else (args.nodes or 1)
+
+
+async def start_nodes(args: argparse.Namespace, data_dir: Path, store: StoreUnderTest) -> list[NodeUnderTest]:
+    count = node_count(args)
+    names = [f"node{index + 1}" for index in range(count)]
+    if args.target:
+        pids = args.node_pid or [None] * count
+        return [
+            target_node(address, args.transport, fingerprint, pid, name)
+            for address, fingerprint, pid, name in zip(args.target, args.server_fingerprint, pids, names, strict=True)
+        ]
+    nodes: list[NodeUnderTest] = []
+    try:
+        # One after the other: the first applies the schema migrations.
+        for index, name in enumerate(names):
+            node_dir = data_dir / ("node" if index == 0 else name)
+            if args.node_mode == "in-process":
+                nodes.append(await start_node_in_process(node_dir, BENCH_NODE_SETTINGS, store=store.url, name=name))
+            else:
+                nodes.append(await start_node_process(node_dir, BENCH_NODE_SETTINGS, store=store.url, name=name))
+    except BaseException:
+        await stop_nodes(nodes)
+        raise
+    return nodes
+
+
+async def stop_nodes(nodes: list[NodeUnderTest]) -> None:
+    await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
+
+
+async def start_store(args: argparse.Namespace, data_dir: Path, live: Live) -> StoreUnderTest:
+    if args.pg_cluster:
+        with live.status("starting a throwaway PostgreSQL cluster (initdb)"):
+            store = await start_pg_cluster(data_dir)
+        live.note(f"throwaway PostgreSQL (fsync on) in {store.cluster.base if store.cluster else '?'}")
+        return store
+    return StoreUnderTest(args.store or None)
 
 
 async def run_baselines(
@@ -237,12 +333,17 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
     Measured.profile_path = args.profile_node
     if args.loop == "uvloop" and args.transport == "tcp":
         raise SystemExit("qpc-bench: pycapnp over TCP crashes under uvloop (docs/BENCHMARKS.md); use asyncio")
+    check_nodes(args)
     if args.baselines is None:
-        args.baselines = spec.scenario == "enqueue"
+        args.baselines = spec.scenario == "enqueue" and node_count(args) == 1
     keep = args.data_dir is not None
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="qpc-bench-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    accounts_path = args.accounts_file or (data_dir / "bench-accounts.json" if keep or args.target else None)
+    if not keep and args.pg_cluster and os.geteuid() == 0:
+        data_dir.chmod(0o711)  # PostgreSQL runs as `postgres` and must reach its directory in here
+    # A throwaway cluster's accounts die with it: nothing to reuse.
+    wanted = (keep or bool(args.target)) and not args.pg_cluster
+    accounts_path = args.accounts_file or (data_dir / "bench-accounts.json" if wanted else None)
     accounts = AccountsFile(accounts_path) if accounts_path else None
     report: dict[str, Any] = {
         "scenario": spec.scenario,
@@ -253,29 +354,55 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
         "transport": args.transport,
         "loop": args.loop,
     }
-    node: NodeUnderTest | None = None
+    nodes: list[NodeUnderTest] = []
+    store = StoreUnderTest()
     live = Live(console, not args.no_progress)
     try:
         with live:
-            node = await start_node(args, data_dir)
+            store = await start_store(args, data_dir, live)
+            report["store"] = store.describe() if not args.target else {"kind": "whatever the targets use"}
+            nodes = await start_nodes(args, data_dir, store)
+            node = nodes[0]
             report["node"] = node.describe()
+            if len(nodes) > 1:
+                report["nodes"] = [each.describe() for each in nodes]
             if node.settings:
                 live.note(
-                    "node started with rate limits raised for load testing: "
+                    ("node" if len(nodes) == 1 else f"{len(nodes)} nodes")
+                    + " started with rate limits raised for load testing: "
                     + ", ".join(f"{key}={value}" for key, value in node.settings.items() if "rate" in key)
                 )
             else:
-                live.note("targeting a running node: its rate limits must be raised (QPC_SERVER_RATE_PER_* etc.)")
+                live.note(
+                    f"targeting {len(nodes)} running node(s): their rate limits must be raised "
+                    "(QPC_SERVER_RATE_PER_* etc.)"
+                )
             known_hosts = KnownHosts(data_dir / "known_hosts", notice=lambda _message: None)
-            connector = Connector(node.address(args.transport), args.transport, node.fingerprint, known_hosts)
-            bots, extras = await prepare_bots(node, connector, spec, accounts, live)
+            connectors = [
+                Connector(each.address(args.transport), args.transport, each.fingerprint, known_hosts) for each in nodes
+            ]
+            # Saved accounts belong to a database: the node's own SQLite file, or the one the URL names.
+            accounts_key = node.fingerprint + (f" {redact(store.url)}" if store.url else "")
+            bots, extras = await prepare_bots(accounts_key, connectors[0], spec, accounts, live)
 
             def save_extras() -> None:
                 if accounts is not None:
-                    accounts.save(node.fingerprint if node else "", bots, extras)
+                    accounts.save(accounts_key, bots, extras)
 
-            ctx = Context(spec, node, connector, bots, extras, live, data_dir, save_extras=save_extras)
+            ctx = Context(
+                spec,
+                nodes,
+                connectors,
+                bots,
+                extras,
+                live,
+                data_dir,
+                save_extras=save_extras,
+                database_pid=store.server_pid,
+            )
             report["results"] = await RUNNERS[spec.scenario](ctx)
+            if len(nodes) > 1:
+                report["results"]["nodes_by_role"] = ctx.roles_report()
             report["results"]["errors"] = ctx.errors.report()
             if ctx.errors.first:
                 report["results"]["first_error_by_code"] = ctx.errors.first
@@ -284,8 +411,8 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
                 report["baselines"] = await run_baselines(args, spec, data_dir, connections, live)
                 report["ratios"] = ratios(report["results"], report["baselines"])
     finally:
-        if node is not None:
-            await node.stop()
+        await stop_nodes(nodes)
+        await store.stop()
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
     report["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
@@ -297,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         spec_from(args)
+        check_nodes(args)
     except ValueError as error:
         print(f"qpc-bench: {error}", file=sys.stderr)
         return 2

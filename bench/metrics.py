@@ -221,6 +221,34 @@ def sample_process(pid: int | None) -> ProcSample:
     return ProcSample(time.monotonic(), user, system, rss, hwm)
 
 
+def sample_process_tree(pid: int) -> ProcSample:
+    """CPU of a process and its children (PostgreSQL: the postmaster and its backends) from /proc. A child that
+    ended was reaped by the parent, so its CPU is in the parent's cutime/cstime: the sum only grows. RSS is the
+    sum of the processes' RSS (shared memory counted once per process)."""
+    user = system = 0.0
+    rss = 0
+    found = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        this = int(entry.name)
+        if this != pid and int(fields[1]) != pid:
+            continue
+        found = found or this == pid
+        # utime, stime, then cutime, cstime: the CPU of reaped children (backends that ended).
+        user += (int(fields[11]) + int(fields[13])) / _TICKS
+        system += (int(fields[12]) + int(fields[14])) / _TICKS
+        rss += int(fields[21]) * _PAGE
+    if not found:
+        raise ProcessLookupError(pid)
+    return ProcSample(time.monotonic(), user, system, rss, rss)
+
+
 def cpu_between(before: ProcSample, after: ProcSample) -> dict[str, float]:
     wall = max(after.at - before.at, 1e-9)
     user, system = after.user_s - before.user_s, after.sys_s - before.sys_s
@@ -234,20 +262,27 @@ def cpu_between(before: ProcSample, after: ProcSample) -> dict[str, float]:
 
 
 class ProcessWatch:
-    """CPU between start() and stop() of one process, and the largest RSS seen by periodic sample()s."""
+    """CPU between start() and stop() of one process (with `tree`: and its children), and the largest RSS seen by
+    periodic sample()s."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, *, tree: bool = False) -> None:
         self.pid = pid
+        self.tree = tree
         self._start: ProcSample | None = None
         self._end: ProcSample | None = None
         self.max_rss = 0
 
+    def _sample(self) -> ProcSample:
+        if self.tree and self.pid is not None:
+            return sample_process_tree(self.pid)
+        return sample_process(self.pid)
+
     def start(self) -> None:
-        self._start = sample_process(self.pid)
+        self._start = self._sample()
         self.max_rss = self._start.rss_bytes
 
     def sample(self) -> ProcSample:
-        current = sample_process(self.pid)
+        current = self._sample()
         self.max_rss = max(self.max_rss, current.rss_bytes)
         return current
 

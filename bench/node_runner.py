@@ -1,4 +1,5 @@
-"""The node under test: a `qpc-server run` subprocess (default), a Node in this process, or a running target."""
+"""The nodes under test: `qpc-server run` subprocesses (default), Nodes in this process, or running targets; and
+the store they share when there are several (a PostgreSQL database: given by URL, or a throwaway cluster)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicnprotochat.bench.pgcluster import PgCluster, create_database, find_bin_dir, redact
 from quicnprotochat.server.config import ENV_PREFIX, NodeConfig
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.store import StoreMetrics
@@ -47,6 +49,7 @@ class NodeUnderTest:
     pid: int | None  # whose CPU and RSS we read; None: not measurable (a remote target without --node-pid)
     settings: dict[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None
+    name: str = "node1"
     _process: asyncio.subprocess.Process | None = None
     _node: Node | None = None
     _stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=50))
@@ -60,6 +63,7 @@ class NodeUnderTest:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "name": self.name,
             "mode": self.mode,
             "address": self.host,
             "quic_port": self.quic_port,
@@ -96,14 +100,20 @@ class NodeUnderTest:
                 await self._stderr_task
 
 
-def node_environment(settings: dict[str, Any]) -> dict[str, str]:
+def node_environment(settings: dict[str, Any], store: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for name, value in settings.items():
         env[ENV_PREFIX + name.upper()] = str(value)
+    # The store is ours to choose: none means the node's default (SQLite in its data dir), not an inherited one.
+    env.pop(ENV_PREFIX + "STORE", None)
+    if store:
+        env[ENV_PREFIX + "STORE"] = store
     return env
 
 
-async def start_node_process(data_dir: Path, settings: dict[str, Any], timeout: float = 60.0) -> NodeUnderTest:
+async def start_node_process(
+    data_dir: Path, settings: dict[str, Any], timeout: float = 60.0, *, store: str | None = None, name: str = "node1"
+) -> NodeUnderTest:
     """Runs `qpc-server run` on loopback ports picked by the kernel; raised limits go in as QPC_SERVER_* vars."""
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 -- once, before the node starts
     process = await asyncio.create_subprocess_exec(
@@ -120,10 +130,12 @@ async def start_node_process(data_dir: Path, settings: dict[str, Any], timeout: 
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env=node_environment(settings),
+        env=node_environment(settings, store),
     )
     assert process.stderr is not None
-    node = NodeUnderTest("process", "127.0.0.1", None, None, "", process.pid, settings, data_dir, _process=process)
+    node = NodeUnderTest(
+        "process", "127.0.0.1", None, None, "", process.pid, settings, data_dir, name=name, _process=process
+    )
     ports: dict[str, int] = {}
     try:
         async with asyncio.timeout(timeout):
@@ -151,9 +163,12 @@ async def start_node_process(data_dir: Path, settings: dict[str, Any], timeout: 
     return node
 
 
-async def start_node_in_process(data_dir: Path, settings: dict[str, Any]) -> NodeUnderTest:
+async def start_node_in_process(
+    data_dir: Path, settings: dict[str, Any], *, store: str | None = None, name: str = "node1"
+) -> NodeUnderTest:
     config = dataclasses.replace(
-        NodeConfig(data_dir=data_dir, quic_listen="127.0.0.1:0", tcp_listen="127.0.0.1:0"), **settings
+        NodeConfig(data_dir=data_dir, quic_listen="127.0.0.1:0", tcp_listen="127.0.0.1:0", store=store or ""),
+        **settings,
     )
     node = Node(config)
     await node.start()
@@ -167,14 +182,73 @@ async def start_node_in_process(data_dir: Path, settings: dict[str, Any]) -> Nod
         os.getpid(),
         settings,
         data_dir,
+        name=name,
         _node=node,
     )
 
 
-def target_node(address: str, transport: str, fingerprint: str, pid: int | None) -> NodeUnderTest:
+def target_node(address: str, transport: str, fingerprint: str, pid: int | None, name: str = "node1") -> NodeUnderTest:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--target must be host:port, got {address!r}")
     quic_port = int(port) if transport == "quic" else None
     tcp_port = int(port) if transport == "tcp" else None
-    return NodeUnderTest("target", host.strip("[]"), quic_port, tcp_port, fingerprint, pid)
+    return NodeUnderTest("target", host.strip("[]"), quic_port, tcp_port, fingerprint, pid, name=name)
+
+
+# -- the shared store --------------------------------------------------------------------------------------------
+
+BENCH_DATABASE = "qpc_bench"
+
+
+@dataclass
+class StoreUnderTest:
+    """What the nodes store into: None (each node's own SQLite file), a URL given, or a throwaway cluster."""
+
+    url: str | None = None
+    cluster: PgCluster | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.url is None:
+            return "sqlite"
+        return "postgresql" if self.url.startswith(("postgresql:", "postgres:")) else "sqlite"
+
+    @property
+    def server_pid(self) -> int | None:
+        """The throwaway cluster's postmaster (its backends are its children), to measure its CPU."""
+        return self.cluster.server_pid() if self.cluster is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        if self.url is None:
+            return {"kind": "sqlite", "where": "node.sqlite3 in each node's data dir"}
+        figures: dict[str, Any] = {"kind": self.kind, "url": redact(self.url)}
+        if self.cluster is not None:
+            figures["throwaway_cluster"] = {
+                "directory": str(self.cluster.base),
+                "bin_dir": str(self.cluster.bin_dir),
+                "settings": self.cluster.settings,
+                "server_pid": self.server_pid,
+            }
+        return figures
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+            self.cluster = None
+
+
+async def start_pg_cluster(parent: Path) -> StoreUnderTest:
+    """A throwaway PostgreSQL cluster (fsync on: commits cost what they would in production) under `parent`, with
+    an empty database for the nodes."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("--pg-cluster: no PostgreSQL binaries found (Debian: apt-get install postgresql-15)")
+    cluster = PgCluster(bin_dir, fsync=True, parent=parent)
+    await asyncio.to_thread(cluster.start)
+    try:
+        url = await create_database(cluster.url, BENCH_DATABASE)
+    except BaseException:
+        await asyncio.to_thread(cluster.stop)
+        raise
+    return StoreUnderTest(url, cluster)

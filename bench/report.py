@@ -76,6 +76,20 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("node RSS", f"{_mib(node['rss_bytes'])} at end, {_mib(node['rss_max_during_run_bytes'])} max")
         if node.get("note"):
             table.add_row("", node["note"])
+    for name, figures in results.get("nodes", {}).items():
+        roles = ", ".join(figures.get("roles", [])) or "nothing"
+        table.add_row(f"{name} ({figures['address']})", f"used by: {roles}")
+        if "cpu_user_s" in figures:
+            table.add_row(f"  {name} CPU", _cpu(figures))
+            table.add_row(
+                f"  {name} RSS",
+                f"{_mib(figures['rss_bytes'])} at end, {_mib(figures['rss_max_during_run_bytes'])} max",
+            )
+        if figures.get("note"):
+            table.add_row("", figures["note"])
+    database = results.get("database")
+    if database:
+        table.add_row("PostgreSQL CPU", _cpu(database) + " (postmaster and backends)")
     if "node_rss_per_connection_bytes" in results:
         table.add_row(
             "node RSS per connection",
@@ -99,6 +113,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{busy['busy_percent_of_all_cores']:.0f}% of all cores busy; other processes used "
             f"{busy['others_cores']:.2f} cores",
         )
+    store_info = report.get("store", {})
+    if store_info.get("kind") == "postgresql":
+        where = store_info.get("url", "?")
+        if "throwaway_cluster" in store_info:
+            settings = store_info["throwaway_cluster"].get("settings", {})
+            where += f" (throwaway cluster, fsync {settings.get('fsync', '?')})"
+        table.add_row("store", "PostgreSQL " + where)
+    elif store_info.get("kind") == "sqlite":
+        table.add_row("store", "SQLite, " + store_info.get("where", store_info.get("url", "")))
     node_info = report.get("node", {})
     if node_info.get("settings_raised_for_load"):
         raised = ", ".join(
@@ -109,7 +132,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     table.add_row(
         "machine",
         f"{machine.get('cpus')} CPUs, load {machine.get('load_average')} -> {machine.get('load_average_at_end')}, "
-        f"Python {machine.get('python')}, node {node_info.get('mode')}, loop {report.get('loop')}",
+        f"Python {machine.get('python')}, "
+        + (f"{len(report['nodes'])} nodes " if report.get("nodes") else "node ")
+        + f"{node_info.get('mode')}, loop {report.get('loop')}",
     )
     console.print(table)
 

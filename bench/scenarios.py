@@ -1,5 +1,10 @@
 """The load scenarios. Each drives the node under test through NodeClient (the client library bots use) and
-returns its figures; every enqueued message is tracked until it is received exactly once."""
+returns its figures; every enqueued message is tracked until it is received exactly once.
+
+With several nodes on one database, the sending side (producers, senders, actors) connects to node 1 and the
+receiving side (consumers, recipients, waiters, readers) to node 2, or nodes 2..N in turn: every delivery crosses
+nodes (the enqueue commits through node 1, the waiter on another node is woken by LISTEN/NOTIFY). `idle` uses
+node 1 only."""
 
 from __future__ import annotations
 
@@ -32,7 +37,6 @@ from quicnprotochat.bench.metrics import (
 from quicnprotochat.bench.node_runner import NodeUnderTest
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
-from quicnprotochat.server.store import StoreMetrics
 
 SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed")
 CONSUMERS = ("fetchwait", "peekack")
@@ -129,8 +133,8 @@ class Budget:
 @dataclass
 class Context:
     spec: Spec
-    node: NodeUnderTest
-    connector: Connector
+    nodes: list[NodeUnderTest]
+    connectors: list[Connector]  # one per node, in the same order
     bots: list[Bot]
     extras: dict[str, Any]
     live: Live
@@ -138,6 +142,31 @@ class Context:
     tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
     errors: ErrorCounts = field(default_factory=ErrorCounts)
     save_extras: Callable[[], None] = lambda: None
+    database_pid: int | None = None  # a throwaway PostgreSQL's postmaster: its CPU is measured with the nodes'
+    roles: dict[str, set[int]] = field(default_factory=dict)  # which nodes each role connected to
+
+    @property
+    def node(self) -> NodeUnderTest:
+        """Node 1: where setup (registration, KeyPackages) and the sending side go."""
+        return self.nodes[0]
+
+    @property
+    def connector(self) -> Connector:
+        return self.connectors[0]
+
+    def sending(self, role: str) -> Connector:
+        """Node 1, for the side that enqueues."""
+        self.roles.setdefault(role, set()).add(0)
+        return self.connectors[0]
+
+    def receiving(self, role: str, index: int) -> Connector:
+        """For the side that receives: node 2 onwards in turn (node 1 when it is alone)."""
+        slot = 0 if len(self.connectors) == 1 else 1 + index % (len(self.connectors) - 1)
+        self.roles.setdefault(role, set()).add(slot)
+        return self.connectors[slot]
+
+    def roles_report(self) -> dict[str, list[str]]:
+        return {role: [self.nodes[slot].name for slot in sorted(slots)] for role, slots in self.roles.items()}
 
     def payload(self, message_id: int) -> bytes:
         return stamp_payload(self.tracker.run_id, message_id, self.spec.payload_size)
@@ -188,8 +217,10 @@ class Consumer:
         channel: bytes = b"",
         mode: str | None = None,
         on_message: Callable[[int, int], None] | None = None,
+        role: str = "consumers",
     ) -> None:
         self.ctx = ctx
+        self.role = role
         self.bot = bot
         self.inbox = inbox
         self.channel = channel
@@ -200,7 +231,7 @@ class Consumer:
         self.task: asyncio.Task[None] | None = None
 
     async def open(self) -> NodeClient:
-        self.client = await self.ctx.connector.open(self.bot)
+        self.client = await self.ctx.receiving(self.role, self.inbox).open(self.bot)
         return self.client
 
     def start(self) -> None:
@@ -283,33 +314,51 @@ async def sample_while(watches: Sequence[ProcessWatch | None], stop: asyncio.Eve
 PROFILE_FORMATS = {".json": "speedscope", ".txt": "raw", ".svg": "flamegraph"}
 
 
+def store_metrics(nodes: Sequence[NodeUnderTest]) -> tuple[int, int] | None:
+    """(write ops, commits) of the nodes' stores, summed; only known when the nodes run in this process."""
+    found = [metrics for metrics in (node.store_metrics() for node in nodes) if metrics is not None]
+    if not found:
+        return None
+    return sum(m.write_ops for m in found), sum(m.commits for m in found)
+
+
 class Measured:
-    """Node and client CPU/RSS over the measured window, sampled in the background; optionally the node's
-    profile over the same window (py-spy, if installed: `pip install py-spy`)."""
+    """Node(s), database and client CPU/RSS over the measured window, sampled in the background; optionally node
+    1's profile over the same window (py-spy, if installed: `pip install py-spy`)."""
 
     profile_path: Path | None = None  # set by the CLI (--profile-node)
 
-    def __init__(self, node: NodeUnderTest) -> None:
-        self.node_watch = watch(node.pid)
-        self.client_watch = watch(os.getpid()) if node.pid != os.getpid() else None
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.nodes = ctx.nodes
+        # One watch per process: nodes in this process share one.
+        self._watches: dict[int, ProcessWatch] = {}
+        for node in self.nodes:
+            if node.pid is not None and node.pid not in self._watches:
+                self._watches[node.pid] = ProcessWatch(node.pid)
+        self.node_watch = self._watches.get(self.nodes[0].pid) if self.nodes[0].pid is not None else None
+        self.client_watch = watch(os.getpid()) if os.getpid() not in self._watches else None
+        self.database_watch = ProcessWatch(ctx.database_pid, tree=True) if ctx.database_pid is not None else None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._profiler: asyncio.subprocess.Process | None = None
         self._machine = (0.0, 0.0)
-        self.mode = node.mode
-        self.pid = node.pid
-        self.node = node
-        self._store_before: StoreMetrics | None = None
+        self.mode = self.nodes[0].mode
+        self.pid = self.nodes[0].pid
+        self._store_before: tuple[int, int] | None = None
+
+    def _all_watches(self) -> list[ProcessWatch]:
+        return [
+            *self._watches.values(),
+            *(w for w in (self.client_watch, self.database_watch) if w is not None),
+        ]
 
     def start(self) -> None:
-        for process in (self.node_watch, self.client_watch):
-            if process is not None:
-                process.start()
+        for process in self._all_watches():
+            process.start()
         self._machine = machine_cpu()
-        self._store_before = self.node.store_metrics()
-        self._task = asyncio.get_running_loop().create_task(
-            sample_while([self.node_watch, self.client_watch], self._stop)
-        )
+        self._store_before = store_metrics(self.nodes)
+        self._task = asyncio.get_running_loop().create_task(sample_while(self._all_watches(), self._stop))
 
     async def start_profiler(self) -> None:
         path = Measured.profile_path
@@ -340,25 +389,54 @@ class Measured:
             self._profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             await self._profiler.wait()
         figures: dict[str, Any] = {}
-        if self.node_watch is not None:
-            figures["node"] = self.node_watch.stop()
-            if self.mode == "in-process":
-                figures["node"]["note"] = "in-process: node and load generator share this process"
+        ours = 0.0
+        by_pid = {pid: process.stop() for pid, process in self._watches.items()}
+        for process in by_pid.values():
+            ours += process["cpu_user_s"] + process["cpu_sys_s"]
+        if len(self.nodes) == 1:
+            if self.nodes[0].pid is not None:
+                figures["node"] = by_pid[self.nodes[0].pid]
+                if self.mode == "in-process":
+                    figures["node"]["note"] = "in-process: node and load generator share this process"
+        else:
+            roles = self.ctx.roles_report()
+            figures["nodes"] = {}
+            seen: dict[int, str] = {}
+            for node in self.nodes:
+                node_figures: dict[str, Any] = {}
+                if node.pid is not None and node.pid not in seen:
+                    node_figures.update(by_pid[node.pid])
+                node_figures["address"] = f"{node.host}:{node.quic_port or node.tcp_port}"
+                node_figures["roles"] = [role for role, names in roles.items() if node.name in names]
+                if node.mode == "in-process":
+                    node_figures["note"] = (
+                        f"in-process: counted with {seen[node.pid]}"
+                        if node.pid in seen
+                        else "in-process: the nodes and the load generator share this process"
+                    )
+                elif node.pid is None:
+                    node_figures["note"] = "not measured (a target without --node-pid)"
+                figures["nodes"][node.name] = node_figures
+                if node.pid is not None:
+                    seen.setdefault(node.pid, node.name)
         if self.client_watch is not None:
             figures["client"] = self.client_watch.stop()
-        store_after = self.node.store_metrics()
+            ours += figures["client"]["cpu_user_s"] + figures["client"]["cpu_sys_s"]
+        if self.database_watch is not None:
+            with contextlib.suppress(ProcessLookupError):
+                figures["database"] = self.database_watch.stop()
+                figures["database"]["what"] = "the throwaway PostgreSQL: postmaster and backends"
+                ours += figures["database"]["cpu_user_s"] + figures["database"]["cpu_sys_s"]
+        store_after = store_metrics(self.nodes)
         if self._store_before is not None and store_after is not None:
-            writes = store_after.write_ops - self._store_before.write_ops
-            commits = store_after.commits - self._store_before.commits
+            writes = store_after[0] - self._store_before[0]
+            commits = store_after[1] - self._store_before[1]
             figures["store"] = {
                 "write_ops": writes,
                 "commits": commits,
                 "writes_per_commit": round(writes / commits, 2) if commits else 0.0,
             }
         busy, total = (after - before for after, before in zip(machine_cpu(), self._machine, strict=True))
-        ours = sum(
-            figures[name]["cpu_user_s"] + figures[name]["cpu_sys_s"] for name in ("node", "client") if name in figures
-        )
         cores = os.cpu_count() or 1
         figures["machine"] = {
             "busy_percent_of_all_cores": round(100 * busy / total, 1) if total else 0.0,
@@ -394,8 +472,9 @@ async def run_enqueue(ctx: Context) -> dict[str, Any]:
     producers: list[NodeClient] = []
     try:
         await start_consumers(ctx, consumers, "consumers")
+        connector = ctx.sending("producers")
         with ctx.live.counter("connecting producers", count) as advance:
-            producers = await open_many([functools.partial(ctx.connector.open, bot) for bot in bots], on_open=advance)
+            producers = await open_many([functools.partial(connector.open, bot) for bot in bots], on_open=advance)
         figures = await produce(
             ctx,
             producers,
@@ -440,7 +519,7 @@ async def produce(
             tracker.acked(message_id, inboxes)
             calls_done += 1
 
-    measured = Measured(ctx.node)
+    measured = Measured(ctx)
     tasks_per_producer = split(spec.concurrency, len(producers))
 
     def status() -> tuple[float, str]:
@@ -484,11 +563,12 @@ async def run_fanout(ctx: Context) -> dict[str, Any]:
     spec = ctx.spec
     recipients = ctx.bots[: spec.recipients]
     senders = ctx.bots[: spec.producer_count]
-    consumers = [Consumer(ctx, bot, index) for index, bot in enumerate(recipients)]
+    consumers = [Consumer(ctx, bot, index, role="recipients") for index, bot in enumerate(recipients)]
     producers: list[NodeClient] = []
     try:
         await start_consumers(ctx, consumers, "recipients")
-        producers = await open_many([functools.partial(ctx.connector.open, bot) for bot in senders])
+        connector = ctx.sending("producers")
+        producers = await open_many([functools.partial(connector.open, bot) for bot in senders])
         everyone = list(range(len(recipients)))
         figures = await produce(ctx, producers, targets=[everyone for _ in producers], batch=True)
     finally:
@@ -537,10 +617,11 @@ async def run_longpoll(ctx: Context) -> dict[str, Any]:
             future.set_result(at)
 
     try:
-        senders = await open_many([functools.partial(ctx.connector.open, bot) for bot in accounts])
+        connector = ctx.sending("senders")
+        senders = await open_many([functools.partial(connector.open, bot) for bot in accounts])
         inboxes = await longpoll_inboxes(ctx, senders, spec.clients)
         waiters = [
-            Consumer(ctx, accounts[inbox.owner], index, inbox.channel, "fetchwait", arrived)
+            Consumer(ctx, accounts[inbox.owner], index, inbox.channel, "fetchwait", arrived, role="waiters")
             for index, inbox in enumerate(inboxes)
         ]
         await start_consumers(ctx, waiters, "parked waiters")
@@ -555,7 +636,7 @@ async def run_longpoll(ctx: Context) -> dict[str, Any]:
         def status() -> tuple[float, str]:
             return budget.fraction(), f"{woken} wake-ups, {errors.total()} errors"
 
-        measured = Measured(ctx.node)
+        measured = Measured(ctx)
         await measured.start_profiler()
         measured.start()
         started_ns = now_ns()
@@ -625,9 +706,10 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
     opened = 0
 
     # One connection first, so that what every connection shares (code, schema, TLS context) is already loaded.
-    warm = await ctx.connector.open()
+    connector = ctx.sending("connections")
+    warm = await connector.open()
     await warm.health()
-    measured = Measured(ctx.node)
+    measured = Measured(ctx)
     before_node = measured.node_watch.sample() if measured.node_watch else None
     client_watch = watch(os.getpid())
     before_client = client_watch.sample() if client_watch else None
@@ -635,7 +717,7 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
     async def one() -> None:
         nonlocal opened
         async with gate:
-            client = ctx.connector.client()
+            client = connector.client()
             try:
                 await client.health()  # the node has the RPC stream and its session once this returns
             except Exception as error:
@@ -736,7 +818,8 @@ async def run_mixed(ctx: Context) -> dict[str, Any]:
     kp_keys = await key_package_identities(ctx)
     # Half the bots read with fetchWait, half with peekWait + ack.
     consumers = [
-        Consumer(ctx, bot, index, mode="fetchwait" if index % 2 == 0 else "peekack") for index, bot in enumerate(bots)
+        Consumer(ctx, bot, index, mode="fetchwait" if index % 2 == 0 else "peekack", role="readers")
+        for index, bot in enumerate(bots)
     ]
     actors: list[NodeClient] = []
     latency = {name: Latencies() for name, _ in MIX}
@@ -772,8 +855,9 @@ async def run_mixed(ctx: Context) -> dict[str, Any]:
 
     try:
         await start_consumers(ctx, consumers, "readers")
-        actors = await open_many([functools.partial(ctx.connector.open, bot) for bot in bots])
-        measured = Measured(ctx.node)
+        connector = ctx.sending("actors")
+        actors = await open_many([functools.partial(connector.open, bot) for bot in bots])
+        measured = Measured(ctx)
 
         def status() -> tuple[float, str]:
             return (
