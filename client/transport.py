@@ -15,10 +15,11 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from quicnprotochat.common.capnp_bridge import attach_capnp_stream, capnp_protocol_factory, reader_limit_words
+from quicnprotochat.common.capnp_bridge import attach_capnp_stream, reader_limit_words
 from quicnprotochat.common.fingerprint import spki_fingerprint, spki_fingerprint_der
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN, node_schema
+from quicnprotochat.common.stream_bridge import TlsStreamProtocol
 
 # The largest response the client reads: a full fetch can carry many payloads.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
@@ -179,10 +180,9 @@ async def open_tcp(host: str, port: int, verify: Verifier, *, connect_timeout: f
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols([ALPN])
-    streams: list[Any] = []
-    transport, _protocol = await asyncio.wait_for(
+    transport, protocol = await asyncio.wait_for(
         loop.create_connection(
-            lambda: capnp_protocol_factory(lambda stream, _protocol: streams.append(stream)),
+            lambda: TlsStreamProtocol(max_buffered=MAX_RESPONSE_BYTES),
             host,
             port,
             ssl=context,
@@ -190,11 +190,14 @@ async def open_tcp(host: str, port: int, verify: Verifier, *, connect_timeout: f
         ),
         connect_timeout,
     )
+    assert isinstance(protocol, TlsStreamProtocol) and protocol.bridge is not None
+    bridge = protocol.bridge
     client: Any = None
 
     async def close() -> None:
         if client is not None:
             client.close()
+        bridge.close()
         transport.close()
 
     try:
@@ -203,7 +206,8 @@ async def open_tcp(host: str, port: int, verify: Verifier, *, connect_timeout: f
             raise ConnectionError("the node presented no certificate")
         fingerprint = spki_fingerprint_der(certificate)
         verify(fingerprint)
-        client, service = _client_rpc(streams[0])
+        stream, _ = attach_capnp_stream(bridge)
+        client, service = _client_rpc(stream)
     except BaseException:
         await close()
         raise

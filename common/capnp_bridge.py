@@ -1,8 +1,9 @@
 """Attaches pycapnp's two-party RPC to any asyncio-style transport.
 
 pycapnp reads through an `asyncio.BufferedProtocol` of its own (what its TCP streams use). We create that
-protocol through `AsyncIoStream._connect`, the factory pycapnp's own `create_server` uses, so that one code path
-serves TCP (asyncio's transports) and QUIC streams (our `QuicStreamTransport`).
+protocol through `AsyncIoStream._connect`, the factory pycapnp's own `create_server` uses, and drive it with
+transports we control (`StreamBridge`: `QuicStreamTransport` for QUIC streams, `TlsStreamTransport` for TLS over
+TCP), so that one code path serves both transports on either event loop.
 """
 
 from __future__ import annotations

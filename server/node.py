@@ -153,7 +153,7 @@ class Node:
                 return NodeServiceImpl(state, peer)
 
             self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
-            # Bound what a QUIC stream may buffer ahead of the RPC reader: a few maximal messages.
+            # Bound what a QUIC stream or TLS connection may buffer ahead of the RPC reader: a few maximal messages.
             max_buffered = 4 * self.config.max_message_bytes
             if self.config.quic_listen:
                 self._quic = QuicListener(
@@ -163,7 +163,7 @@ class Node:
                 )
                 self.quic_address = await self._quic.start(*parse_listen(self.config.quic_listen))
             if self.config.tcp_listen:
-                self._tcp = TcpListener(self._sessions, tls_server_context(identity))
+                self._tcp = TcpListener(self._sessions, tls_server_context(identity), max_buffered)
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         except BaseException:

@@ -14,6 +14,7 @@ from cryptography import x509
 from quicnprotochat.common.errors import Unauthenticated
 from quicnprotochat.common.fingerprint import spki_fingerprint
 from quicnprotochat.common.schema import node_service_methods
+from quicnprotochat.common.stream_bridge import StreamBufferOverflow, TlsStreamProtocol
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.rpc_service import NodeServiceImpl
@@ -140,3 +141,98 @@ async def test_connecting_to_a_closed_port_fails_fast(connect: ClientFactory, no
     with pytest.raises(ConnectionRefusedError, match="nothing answers"):
         await connect(node, "quic", connect_timeout=30)
     assert asyncio.get_running_loop().time() - started < 10
+
+
+class _FakeSocketTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+
+class _FakeCapnpProtocol(asyncio.BufferedProtocol):
+    """Reads like pycapnp's stream protocol: into its own buffer, only while it has a read pending."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.buffer = bytearray(1000)
+        self.lost: list[Exception | None] = []
+        self.eof = False
+        self.write_paused = False
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += self.buffer[:nbytes]
+
+    def eof_received(self) -> None:
+        self.eof = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+
+
+def _tls_bridge() -> tuple[TlsStreamProtocol, _FakeSocketTransport, _FakeCapnpProtocol]:
+    socket_transport = _FakeSocketTransport()
+    capnp_protocol = _FakeCapnpProtocol()
+    protocol = TlsStreamProtocol(
+        lambda bridge: bridge.set_protocol(capnp_protocol), max_buffered=10_000, pause_above=3000
+    )
+    protocol.connection_made(socket_transport)
+    return protocol, socket_transport, capnp_protocol
+
+
+def test_tls_bridge_hands_bytes_over_only_while_reading_and_pauses_the_socket() -> None:
+    protocol, socket_transport, capnp_protocol = _tls_bridge()
+    assert protocol.bridge is not None
+    protocol.data_received(b"a" * 2500)
+    assert capnp_protocol.received == b""  # no read pending: kept in the bridge
+    protocol.data_received(b"b" * 1000)
+    paused_while_lagging = socket_transport.paused  # more than pause_above waiting: stop reading the socket
+    protocol.bridge.resume_reading()  # pycapnp starts a read
+    assert capnp_protocol.received == b"a" * 2500 + b"b" * 1000
+    assert (paused_while_lagging, socket_transport.paused) == (True, False)
+    protocol.bridge.write(b"out")
+    assert socket_transport.written == [b"out"]
+    protocol.pause_writing()  # the socket's write buffer is full: pycapnp must hold its writes
+    held = capnp_protocol.write_paused
+    protocol.resume_writing()
+    assert (held, capnp_protocol.write_paused) == (True, False)
+
+
+def test_tls_bridge_reports_end_of_stream_as_connection_lost_and_bounds_its_buffer() -> None:
+    protocol, socket_transport, capnp_protocol = _tls_bridge()
+    assert protocol.eof_received() is False
+    protocol.connection_lost(None)
+    assert capnp_protocol.lost == [None]
+    assert not capnp_protocol.eof  # pycapnp 2.2.4 crashes on EOF without a pending read
+    protocol, socket_transport, capnp_protocol = _tls_bridge()
+    protocol.data_received(b"x" * 10_001)  # the peer ignores the paused socket: too much buffered
+    assert len(capnp_protocol.lost) == 1 and isinstance(capnp_protocol.lost[0], StreamBufferOverflow)
+    assert socket_transport.closed

@@ -1,0 +1,244 @@
+"""A byte stream we own, presented as an asyncio transport to pycapnp's stream protocol.
+
+pycapnp reads through an `asyncio.BufferedProtocol` of its own. Instead of letting a real transport drive that
+protocol (asyncio's TCP/TLS transports do, and under uvloop that crashes: uvloop reads right after
+`connection_made` although pycapnp paused it), the owner of the byte stream feeds what it receives into a
+`StreamBridge`, and the bridge hands it to pycapnp only the way pycapnp 2.2.4 copes with:
+
+- bytes only while pycapnp has a read pending (it resumes reading when it starts a read and pauses when the read
+  is done); the rest waits here, bounded, because pycapnp copies data that arrives while it is paused into a
+  slow overflow path;
+- end of stream as a lost connection, never as `eof_received()`: pycapnp dereferences a null pointer when a read
+  starts after EOF was delivered with no read pending.
+
+Subclasses say how bytes go out: `QuicStreamTransport` (one QUIC stream) and `TlsStreamTransport` (a TLS
+connection, through `TlsStreamProtocol`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+
+class StreamBufferOverflow(ConnectionError):
+    """The peer sent more than we buffer for a stream whose reader is not keeping up."""
+
+
+class StreamBridge(asyncio.Transport):
+    def __init__(
+        self,
+        *,
+        max_buffered: int,
+        on_closed: Callable[[], None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._max_buffered = max_buffered
+        self._on_closed = on_closed
+        self._received = bytearray()
+        self._protocol: asyncio.BufferedProtocol | None = None
+        self._reading = False
+        self._closing = False
+        self._lost = False
+
+    # -- what subclasses provide ---------------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _send_eof(self) -> None:
+        raise NotImplementedError
+
+    def _buffered_changed(self, buffered: int) -> None:
+        """Called after bytes were added to or taken from the receive buffer (flow control hook)."""
+
+    # -- wiring --------------------------------------------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.BufferedProtocol)
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    # -- from the owner of the byte stream -----------------------------------------------------------------------
+
+    def feed(self, data: bytes, end_stream: bool = False) -> None:
+        """Bytes received. Raises StreamBufferOverflow when the peer floods us."""
+        if self._lost:
+            return
+        if data:
+            self._received += data
+            if len(self._received) > self._max_buffered:
+                raise StreamBufferOverflow(f"more than {self._max_buffered} bytes buffered on a stream")
+            self._deliver()
+            self._buffered_changed(len(self._received))
+        if end_stream:
+            self.connection_lost(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The stream ended: pycapnp fails its pending reads and writes."""
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._received.clear()
+        if self._protocol is not None:
+            self._protocol.connection_lost(exc)
+        if self._on_closed is not None:
+            self._on_closed()
+
+    def _deliver(self) -> None:
+        protocol = self._protocol
+        received = self._received
+        while self._reading and received and protocol is not None:
+            buffer = memoryview(protocol.get_buffer(len(received)))
+            count = min(len(buffer), len(received))
+            buffer[:count] = received[:count]
+            del received[:count]
+            buffer.release()
+            protocol.buffer_updated(count)
+
+    # -- asyncio.ReadTransport -----------------------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        if self._received:
+            self._deliver()
+            self._buffered_changed(len(self._received))
+
+    # -- asyncio.WriteTransport ----------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        self._send(data if isinstance(data, bytes) else bytes(data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write_eof(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._send_eof()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """pycapnp closes its stream: finish ours; the stream's owner decides what that means for the connection."""
+        if self._lost:
+            return
+        self.write_eof()
+        self.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class TlsStreamTransport(StreamBridge):
+    """A TLS (or any asyncio stream) connection's bytes, for pycapnp; driven by `TlsStreamProtocol`."""
+
+    def __init__(self, transport: asyncio.Transport, *, max_buffered: int, pause_above: int) -> None:
+        super().__init__(max_buffered=max_buffered)
+        self._transport = transport
+        self._pause_above = pause_above
+        self._source_paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def _send(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def _send_eof(self) -> None:
+        # TLS has no half-close in asyncio: ending our side ends the connection (after the buffered writes).
+        self._transport.close()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def _buffered_changed(self, buffered: int) -> None:
+        # Backpressure on reads: stop reading the socket while pycapnp lags behind, read again once it caught up.
+        if buffered > self._pause_above:
+            if not self._source_paused and not self._transport.is_closing():
+                self._source_paused = True
+                self._transport.pause_reading()
+        elif self._source_paused and buffered == 0:
+            self._source_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self._protocol is not None and not self._lost:
+            self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._protocol is not None and not self._lost:
+            self._protocol.resume_writing()
+
+
+class TlsStreamProtocol(asyncio.Protocol):
+    """The protocol of a TLS connection whose bytes feed pycapnp through a `TlsStreamTransport`.
+
+    `on_connected(bridge)` runs in `connection_made`; attach pycapnp there (or later: bytes wait in the bridge).
+    """
+
+    def __init__(
+        self,
+        on_connected: Callable[[TlsStreamTransport], None] | None = None,
+        *,
+        max_buffered: int,
+        pause_above: int = 256 * 1024,
+    ) -> None:
+        self._on_connected = on_connected
+        self._max_buffered = max_buffered
+        self._pause_above = min(pause_above, max_buffered)
+        self.bridge: TlsStreamTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance-checked: uvloop's transports do not derive from asyncio.Transport.
+        self.bridge = TlsStreamTransport(
+            cast(asyncio.Transport, transport), max_buffered=self._max_buffered, pause_above=self._pause_above
+        )
+        if self._on_connected is not None:
+            self._on_connected(self.bridge)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.bridge is not None
+        try:
+            self.bridge.feed(data)
+        except StreamBufferOverflow as error:
+            self.bridge.connection_lost(error)
+            self.bridge._transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.bridge is not None:
+            self.bridge.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.bridge is not None:
+            self.bridge.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.bridge is not None:
+            self.bridge.resume_writing()
