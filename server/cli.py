@@ -7,10 +7,12 @@ import asyncio
 import logging
 import sys
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from quicnprotochat.server import __version__
-from quicnprotochat.server.config import ConfigError, NodeConfig, load_config, parse_listen
+from quicnprotochat.server.config import LOOPS, ConfigError, NodeConfig, load_config, parse_listen
 from quicnprotochat.server.identity import IdentityError, load_identity
 from quicnprotochat.server.node import serve
 
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quic-listen", help="host:port for QUIC (udp); empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--tcp-listen", help="host:port for TLS over TCP; empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--loop", choices=list(LOOPS), help="event loop: asyncio (default) or uvloop")
     run.add_argument("--store", help="database: a path, sqlite:///path or postgresql://... (default: in the data dir)")
     run.add_argument(
         "--allow-sealed-sender",
@@ -52,6 +55,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
             "quic_listen": args.quic_listen,
             "tcp_listen": args.tcp_listen,
             "log_level": args.log_level,
+            "loop": args.loop,
             "store": args.store,
             "allow_sealed_sender": args.allow_sealed_sender,
         }
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return asyncio.run(_health(config, args))
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        asyncio.run(serve(config))
+        run_on_loop(config.loop, serve(config))
         return 0
     except (ConfigError, IdentityError) as error:
         print(f"qpc-server: {error}", file=sys.stderr)
@@ -75,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 1
+
+
+def run_on_loop(loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Runs the node's main coroutine on the configured event loop."""
+    if loop == "uvloop":
+        try:
+            import uvloop  # optional: only a node configured for it needs it
+        except ImportError:
+            main.close()
+            raise ConfigError("loop = uvloop needs the uvloop package (pip install uvloop)") from None
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def _health(config: NodeConfig, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "QPC_SERVER_"
+LOOPS = ("asyncio", "uvloop")
 
 
 def default_data_dir() -> Path:
@@ -24,6 +25,8 @@ class NodeConfig:
     quic_listen: str = "127.0.0.1:7700"
     tcp_listen: str = "127.0.0.1:7700"
     log_level: str = "info"
+    # The node's asyncio event loop: "asyncio" (the standard one) or "uvloop" (needs the uvloop package).
+    loop: str = "asyncio"
     allow_sealed_sender: bool = False
     # Must stay above max_wait_ms: a parked fetchWait must not look like an idle connection.
     quic_idle_timeout_s: float = 60.0
@@ -70,6 +73,8 @@ class NodeConfig:
             value = getattr(self, field.name)
             if field.type in ("int", "float") and value <= 0:
                 raise ConfigError(f"{field.name} must be positive, got {value}")
+        if self.loop not in LOOPS:
+            raise ConfigError(f"loop must be {' or '.join(LOOPS)}, got {self.loop!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

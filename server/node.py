@@ -222,6 +222,7 @@ def announce(node: Node) -> None:
     if node.identity_created:
         log.warning("created a new node identity in %s", node.config.data_dir)
     log.warning("node fingerprint (SHA-256 of its public key): %s", node.fingerprint)
+    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     if node.quic_address:
         log.warning("listening for QUIC on %s:%d (udp)", *node.quic_address)
     if node.tcp_address:
