@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.loop == "uvloop":
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop  # type: ignore[import-not-found,unused-ignore]  # optional
         except ImportError:
             print("qpc-bench: --loop uvloop needs `pip install uvloop`", file=sys.stderr)
             return 2
