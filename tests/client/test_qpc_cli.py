@@ -145,7 +145,8 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     await tmux.line("alice", "/members")
     await tmux.wait_for("alice", "@bob: you, bob")
     await tmux.line("alice", "/whoami")
-    screen = await tmux.wait_for("alice", "fingerprint:")
+    # "local state:" is the last of the four lines: wait for it, not for an earlier one.
+    screen = await tmux.wait_for("alice", "local state:")
     assert "username:    alice" in screen and "- encrypted" in screen and node.fingerprint in screen
 
     # A group: created, bob invited, messages both ways; bob's /list counts what he has not read.
