@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+from quicnprotochat.common.migrations import Migration, check_sequence, migrate_sqlite
+
 from . import _sqlcipher as sql
 from .errors import (
     ConversationExists,
@@ -111,13 +113,6 @@ class Message:
 # ── schema ──────────────────────────────────────────────────────────────────────────────────────────────
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
-
-
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -165,32 +160,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+check_sequence(MIGRATIONS)
 
 
 def _migrate(conn: sql.Connection, path: Path) -> None:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-        " applied_at REAL NOT NULL)"
-    )
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    current = int(row[0]) if row is not None and row[0] is not None else 0
-    if current > SCHEMA_VERSION:
-        raise SchemaTooNew(f"{path} has schema version {current}; this client knows up to {SCHEMA_VERSION}")
-    for migration in MIGRATIONS:
-        if migration.version <= current:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in migration.statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, time.time()),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def too_new(on_disk: int, known: int) -> Exception:
+        return SchemaTooNew(f"{path} has schema version {on_disk}; this client knows up to {known}")
+
+    migrate_sqlite(conn, MIGRATIONS, too_new)
 
 
 # ── opening, keying, encrypting in place ───────────────────────────────────────────────────────────────

@@ -11,17 +11,13 @@ refused (`SchemaTooNew`) rather than touched.
 from __future__ import annotations
 
 import sqlite3
-import time
-from dataclasses import dataclass
+
+from quicnprotochat.common.migrations import Migration, check_sequence, migrate_sqlite
+from quicnprotochat.common.migrations import pending as common_pending
 
 from .base import SchemaTooNew
 
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
+__all__ = ["SQLITE_MIGRATIONS", "Migration", "check_sequence", "current_version", "migrate", "pending"]
 
 
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
@@ -118,18 +114,9 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version
 
 
-def check_sequence(migrations: tuple[Migration, ...]) -> None:
-    versions = [m.version for m in migrations]
-    if versions != list(range(1, len(versions) + 1)):
-        raise RuntimeError(f"migration versions must be 1..n without gaps, got {versions}")
-
-
 def pending(migrations: tuple[Migration, ...], on_disk: int) -> tuple[Migration, ...]:
     """The migrations still to apply to a database at version `on_disk`; SchemaTooNew if it is ahead of us."""
-    known = migrations[-1].version
-    if on_disk > known:
-        raise SchemaTooNew(on_disk, known)
-    return migrations[on_disk:]
+    return common_pending(migrations, on_disk, SchemaTooNew)
 
 
 check_sequence(SQLITE_MIGRATIONS)
@@ -142,25 +129,4 @@ def current_version(conn: sqlite3.Connection) -> int:
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS) -> int:
     """Bring the database to the latest version; returns it. `conn` must be in autocommit mode."""
-    known = migrations[-1].version
-    # The write lock is taken before reading the version, so two processes opening one new file cannot both
-    # apply migration 1.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        for migration in pending(migrations, current_version(conn)):
-            for statement in migration.statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, time.time()),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return known
+    return migrate_sqlite(conn, migrations, SchemaTooNew)
