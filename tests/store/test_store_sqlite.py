@@ -40,7 +40,9 @@ def test_acknowledged_enqueues_survive_sigkill(tmp_path: Path) -> None:
         finally:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # 255 is asyncio's report for a child whose exit status something else in this process collected first
+    # (its child watcher then cannot see it); the data checks below are what this test is about.
+    assert proc.returncode in (-signal.SIGKILL, 255), proc.returncode
     assert len(acknowledged) >= 1000, "the child did not get going"
 
     async def stored_seqs() -> set[int]:
