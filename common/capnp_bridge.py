@@ -9,30 +9,16 @@ TCP), so that one code path serves both transports on either event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import capnp  # type: ignore[import-untyped]
 
 
-def capnp_protocol_factory(
-    on_stream: Callable[[Any, asyncio.BaseProtocol], None],
-) -> asyncio.BufferedProtocol:
-    """A pycapnp stream protocol; `on_stream(stream, protocol)` runs once the transport is attached."""
-    protocol: asyncio.BufferedProtocol | None = None
-
-    def connected(stream: Any) -> None:
-        assert protocol is not None
-        on_stream(stream, protocol)
-
-    protocol = capnp.AsyncIoStream._connect(connected)
-    return protocol
-
-
 def attach_capnp_stream(transport: asyncio.BaseTransport) -> tuple[Any, asyncio.BufferedProtocol]:
     """Wraps an already-connected transport in a pycapnp AsyncIoStream; returns (stream, protocol)."""
     streams: list[Any] = []
-    protocol = capnp_protocol_factory(lambda stream, _protocol: streams.append(stream))
+    # The factory pycapnp's own `create_server` uses; its callback receives the AsyncIoStream.
+    protocol: asyncio.BufferedProtocol = capnp.AsyncIoStream._connect(streams.append)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     return streams[0], protocol

@@ -7,8 +7,6 @@ of them, so it must stay up until the last user on the loop is done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -40,12 +38,3 @@ async def release() -> None:
         return
     del _owned[loop]
     await context.__aexit__(None, None, None)
-
-
-@contextlib.asynccontextmanager
-async def kj_loop_running() -> AsyncIterator[None]:
-    await acquire()
-    try:
-        yield
-    finally:
-        await release()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 
 from quicnprotochat.common.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from quicnprotochat.common.transcripts import login_transcript, register_transcript
@@ -143,7 +142,3 @@ class AccountService:
 
     async def resolve_identity(self, identity_key: bytes) -> str | None:
         return await self._store.resolve_identity(validation.identity_key(identity_key))
-
-
-def new_connection_id() -> bytes:
-    return os.urandom(16)

@@ -17,7 +17,7 @@ from quicnprotochat.common.migrations import pending as common_pending
 
 from .base import SchemaTooNew
 
-__all__ = ["SQLITE_MIGRATIONS", "Migration", "check_sequence", "current_version", "migrate", "pending"]
+__all__ = ["SQLITE_MIGRATIONS", "Migration", "check_sequence", "migrate", "pending"]
 
 
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
@@ -120,11 +120,6 @@ def pending(migrations: tuple[Migration, ...], on_disk: int) -> tuple[Migration,
 
 
 check_sequence(SQLITE_MIGRATIONS)
-
-
-def current_version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    return int(row[0])
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = SQLITE_MIGRATIONS) -> int:
