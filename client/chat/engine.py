@@ -704,17 +704,9 @@ class ChatClient:
         conversation = await self.conversation(ref)
         sent_at = time.time()
         if conversation.kind == "notes":
-            message = await self.store.add_message(
-                conversation.id,
-                hashlib.sha256(b"note" + os.urandom(16)).digest(),
-                text,
-                sender_identity_key=self.identity_key,
-                sender_username=self.username,
-                sent_at=sent_at,
-                outgoing=True,
+            return await self._store_outgoing(
+                conversation, hashlib.sha256(b"note" + os.urandom(16)).digest(), text, sent_at
             )
-            assert message is not None
-            return message
         group_id = await self._group_of(conversation, "send")
         content = TextContent(text, sent_at).encode()
         async with self._mls:
@@ -727,18 +719,26 @@ class ChatClient:
                 await self._deliver(recipients, MlsFrame(ciphertext).encode(), channel or b"")
             except DeliveryFailed as error:
                 partial = error  # some members got it: keep it in the history, then say who did not
-            message = await self.store.add_message(
-                conversation.id,
-                hashlib.sha256(b"out" + ciphertext).digest(),
-                text,
-                sender_identity_key=self.identity_key,
-                sender_username=self.username,
-                sent_at=sent_at,
-                outgoing=True,
+            message = await self._store_outgoing(
+                conversation, hashlib.sha256(b"out" + ciphertext).digest(), text, sent_at
             )
-        assert message is not None
         if partial is not None:
             raise partial
+        return message
+
+    async def _store_outgoing(
+        self, conversation: Conversation, message_id: bytes, text: str, sent_at: float
+    ) -> Message:
+        message = await self.store.add_message(
+            conversation.id,
+            message_id,
+            text,
+            sender_identity_key=self.identity_key,
+            sender_username=self.username,
+            sent_at=sent_at,
+            outgoing=True,
+        )
+        assert message is not None  # ids are fresh (random, or the hash of a new ciphertext): never a duplicate
         return message
 
     async def _fetch_key_package(self, peer: bytes, name: str) -> bytes:
