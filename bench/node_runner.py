@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import re
 import signal
 import sys
 from collections import deque
@@ -17,7 +16,7 @@ from typing import Any
 
 from quicnprotochat.bench.pgcluster import PgCluster, create_database, find_bin_dir, redact
 from quicnprotochat.server.config import ENV_PREFIX, NodeConfig
-from quicnprotochat.server.node import Node
+from quicnprotochat.server.node import Node, parse_announcement
 from quicnprotochat.server.store import StoreMetrics
 
 # The node's defaults would refuse a load test: every bench connection comes from 127.0.0.1 (one address bucket
@@ -34,9 +33,6 @@ BENCH_NODE_SETTINGS: dict[str, Any] = {
     "login_burst_per_address": 100_000,
     "log_level": "warning",
 }
-
-_FINGERPRINT = re.compile(r"fingerprint \(SHA-256 of its public key\): ([0-9a-f]+)")
-_LISTENING = re.compile(r"listening for (QUIC|TLS over TCP) on [^ ]+:(\d+)")
 
 
 @dataclass
@@ -144,10 +140,11 @@ async def start_node_process(
                 if not line:
                     raise RuntimeError("the node process ended before listening:\n" + node.stderr_tail())
                 node._stderr_tail.append(line)
-                if match := _FINGERPRINT.search(line):
-                    node.fingerprint = match[1]
-                if match := _LISTENING.search(line):
-                    ports["quic" if match[1] == "QUIC" else "tcp"] = int(match[2])
+                announced = parse_announcement(line)
+                if announced is not None and announced[0] == "fingerprint":
+                    node.fingerprint = announced[1]
+                elif announced is not None:
+                    ports[announced[0]] = int(announced[1])
     except BaseException:
         await node.stop()
         raise

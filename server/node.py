@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -216,6 +217,21 @@ async def serve(config: NodeConfig) -> None:
     finally:
         await node.stop()
     log.info("stopped")
+
+
+# What `announce` logs and `parse_announcement` reads back: scripts (tests, qpc-bench) start a node on port 0 and
+# learn its fingerprint and ports from these lines, so both live here.
+_FINGERPRINT_LINE = re.compile(r"node fingerprint \(SHA-256 of its public key\): (?P<value>[0-9a-f]{64})")
+_LISTENING_LINE = re.compile(r"listening for (?P<what>QUIC|TLS over TCP) on (?P<host>\S+):(?P<port>\d+)")
+
+
+def parse_announcement(line: str) -> tuple[str, str] | None:
+    """("fingerprint", hex), ("quic", port) or ("tcp", port) for a line `announce` logged; None for others."""
+    if match := _FINGERPRINT_LINE.search(line):
+        return "fingerprint", match["value"]
+    if match := _LISTENING_LINE.search(line):
+        return ("quic" if match["what"] == "QUIC" else "tcp"), match["port"]
+    return None
 
 
 def announce(node: Node) -> None:

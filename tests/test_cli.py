@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,11 +14,9 @@ import pytest
 
 from quicnprotochat.client import KnownHosts, NodeClient
 from quicnprotochat.client.node_client import Transport
+from quicnprotochat.server.node import parse_announcement
 
 TRANSPORTS: tuple[Transport, ...] = ("quic", "tcp")
-
-FINGERPRINT = re.compile(r"node fingerprint \(SHA-256 of its public key\): ([0-9a-f]{64})")
-LISTENING = re.compile(r"listening for (QUIC|TLS over TCP) on 127\.0\.0\.1:(\d+)")
 
 
 def _server(data_dir: Path, *args: str) -> list[str]:
@@ -43,10 +40,12 @@ def start_node_process(
         if not line:
             break
         lines.append(line)
-        if match := FINGERPRINT.search(line):
-            fingerprint = match[1]
-        if match := LISTENING.search(line):
-            ports["quic" if match[1] == "QUIC" else "tcp"] = int(match[2])
+        announced = parse_announcement(line)
+        if announced is not None and announced[0] == "fingerprint":
+            fingerprint = announced[1]
+        elif announced is not None:
+            assert "127.0.0.1:" in line  # the listen addresses we asked for
+            ports[announced[0]] = int(announced[1])
     if len(ports) < 2:
         process.kill()
         pytest.fail("the node did not report its listeners:\n" + "".join(lines))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +16,10 @@ from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
 from quicnprotochat.server.cli import run_on_loop
 from quicnprotochat.server.config import ConfigError, load_config
-from quicnprotochat.server.node import Node
+from quicnprotochat.server.node import Node, parse_announcement
 from tests.conftest import loopback_config, node_address
 
 TRANSPORTS = ["quic", "tcp"]
-_LISTENING = re.compile(r"listening for (QUIC|TLS over TCP) on [^:]+:(\d+)")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -86,8 +84,9 @@ def test_qpc_server_run_on_uvloop(tmp_path: Path) -> None:
             line = process.stderr.readline()
             assert line, "the node ended before listening:\n" + "".join(lines)
             lines.append(line)
-            if match := _LISTENING.search(line):
-                ports["quic" if match[1] == "QUIC" else "tcp"] = int(match[2])
+            announced = parse_announcement(line)
+            if announced is not None and announced[0] != "fingerprint":
+                ports[announced[0]] = int(announced[1])
         assert any("event loop: uvloop" in line for line in lines), lines
 
         async def health(transport: str) -> str:
