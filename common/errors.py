@@ -68,6 +68,20 @@ class Internal(RpcError):
     code = "internal"
 
 
+class Unavailable(RpcError):
+    """The node could not do it now and nothing was changed (the store is unreachable, the node is shutting
+    down): the same call may be retried safely."""
+
+    code = "unavailable"
+
+
+class UnknownOutcome(RpcError):
+    """The node lost track of whether the call took effect (the store connection broke during its commit): a
+    retry is safe only when the call carries an idempotency key."""
+
+    code = "unknown_outcome"
+
+
 class Disconnected(RpcError, ConnectionError):
     """The connection to the node ended before the call completed (raised on the client side only)."""
 
@@ -86,6 +100,8 @@ ERROR_CLASSES: dict[str, type[RpcError]] = {
         FailedPrecondition,
         Unimplemented,
         Internal,
+        Unavailable,
+        UnknownOutcome,
         Disconnected,
     )
 }
