@@ -1,0 +1,57 @@
+"""How a `ChatClient` is set up: `ChatConfig`, where state lives by default, and the names every part shares."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from quicnprotochat.client.known_hosts import KnownHosts
+from quicnprotochat.client.node_client import Transport
+from quicnprotochat.common.usernames import normalize_username
+
+NOTES_NAME = "@me"
+"""The self-DM notepad: local only, no MLS, nothing sent to the node."""
+SELF_ALIASES = ("me", "@me")
+MAX_GROUP_NAME = 64
+
+PasswordSource = str | Callable[[], str] | None
+"""The account password, or a function asked for it only when a login is needed (a no-echo prompt)."""
+
+
+@dataclass
+class ChatConfig:
+    server: str
+    """host:port of the node."""
+    username: str
+    state_dir: Path
+    password: PasswordSource = None
+    state_password: str | None = None
+    """None: state is kept in clear (the client says so: `ChatClient.state_warning`)."""
+    transport: Transport = "quic"
+    server_fingerprint: str | None = None
+    known_hosts: KnownHosts | None = None
+    register: bool = False
+    """Register the account on first use of this state directory (an existing account is then logged into)."""
+    fresh_login: bool = False
+    """Log in with the password even if a cached session token is still valid."""
+    key_packages: int = 10
+    key_packages_low: int = 3
+    wait_ms: int = 25_000
+    """peekWait timeout of the background loops (must stay below the node's QUIC idle timeout)."""
+    defer_seconds: float = 60.0
+    """How long an envelope for a not-yet-known group is held back before it is dropped as an error."""
+    connect_timeout: float = 10.0
+
+
+def default_state_dir(username: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "quicnprotochat" / "client" / normalize_username(username)
+
+
+def key_fingerprint(identity_key: bytes) -> str:
+    """A short, human-comparable fingerprint of an identity key: SHA-256, first 16 bytes, hex in groups."""
+    digest = hashlib.sha256(identity_key).hexdigest()[:32]
+    return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))

@@ -1,0 +1,61 @@
+"""Who is who: usernames and identity keys (resolveUser/resolveIdentity) and peers' hybrid keys, cached."""
+
+from __future__ import annotations
+
+from quicnprotochat.common.errors import InvalidArgument, RpcError
+from quicnprotochat.common.usernames import normalize_username
+
+from .context import ChatContext
+from .errors import ChatError, NoHybridKey, UserNotFound
+
+
+def checked_username(username: str) -> str:
+    """A username as typed (``@bob`` or ``bob``), normalized; ChatError if it cannot be one."""
+    try:
+        return normalize_username(username.removeprefix("@"))
+    except InvalidArgument as error:
+        raise ChatError(str(error)) from None
+
+
+class Directory:
+    def __init__(self, context: ChatContext) -> None:
+        self._context = context
+        self._names: dict[bytes, str] = {context.identity_key: context.username}
+        self._hybrid_keys: dict[bytes, bytes] = {}
+
+    async def username_of(self, identity_key: bytes) -> str | None:
+        """The username of an identity key (resolveIdentity, cached); None if the node knows none."""
+        name = self._names.get(identity_key)
+        if name is not None:
+            return name
+        try:
+            name = await self._context.node.resolve_identity(identity_key)
+        except (RpcError, OSError, TimeoutError):
+            return None
+        if name:
+            self._names[identity_key] = name
+        return name
+
+    async def display_name(self, identity_key: bytes) -> str:
+        return await self.username_of(identity_key) or identity_key.hex()[:16]
+
+    async def resolve_user(self, username: str) -> tuple[str, bytes]:
+        """(normalized username, identity key); UserNotFound if the node has no such account."""
+        name = checked_username(username)
+        for known_key, known in self._names.items():
+            if known == name:
+                return name, known_key
+        key = await self._context.guard(self._context.node.resolve_user(name))
+        if key is None:
+            raise UserNotFound(f"no user named {name!r} on {self._context.node.address}")
+        self._names[key] = name
+        return name, key
+
+    async def hybrid_key(self, identity_key: bytes, name: str) -> bytes:
+        key = self._hybrid_keys.get(identity_key)
+        if key is None:
+            key = await self._context.guard(self._context.node.fetch_hybrid_key(identity_key))
+            if key is None:
+                raise NoHybridKey(f"{name} has not published a hybrid key yet: they have to log in once")
+            self._hybrid_keys[identity_key] = key
+        return key

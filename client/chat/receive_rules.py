@@ -1,0 +1,143 @@
+"""The receive rules, with no I/O: given one decoded incoming message and the state it concerns, say what to do.
+
+Like h11 for HTTP, this module reads nothing from the network, the vault or the store and writes nothing: the
+receive loops (`receiver`) feed it what they decoded or what the vault answered, and carry out the action it
+returns. That keeps the rules testable without a node (tests/client/test_receive_rules.py).
+
+Actions: `StoreMessage` (an application message to keep and show), `ApplyCommit` (the member list changed),
+`Defer` (the group is not known yet: hold the envelope and everything after it in its inbox), `Drop` (tell the
+user why, ack, go on), `Ignore` (nothing to show). Per inbox, `InboxRules` decides how long a held envelope may
+block its inbox and how often a failing one is tried again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from quicnprotochat.client.state import Conversation
+from quicnprotochat.native import GroupNotFound, NativeError, ProcessedMessage, WrongEpoch
+
+from .framing import FrameError, TextContent, WelcomeFrame, decode_content
+
+MAX_TRIES = 3
+"""How often an envelope that fails for a local reason (a bug, a full disk) is tried before it is given up."""
+
+
+@dataclass(frozen=True)
+class StoreMessage:
+    conversation: Conversation
+    content: TextContent
+    sender: bytes | None
+
+
+@dataclass(frozen=True)
+class ApplyCommit:
+    conversation: Conversation
+    group_id: bytes
+    added: tuple[bytes, ...]
+    removed: tuple[bytes, ...]
+    self_removed: bool
+    sender: bytes | None
+
+
+@dataclass(frozen=True)
+class Defer:
+    """The message is for a group this client has not joined (yet): its Welcome may still be on its way."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: str
+    """One sentence for the user (an `ErrorEvent`)."""
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Handled; nothing to store or show."""
+
+
+Action = StoreMessage | ApplyCommit | Defer | Drop | Ignore
+
+
+def is_new(seq: int, last_processed_seq: int) -> bool:
+    """A redelivered envelope (its ack was lost, or the client crashed before acking) is not processed again."""
+    return seq > last_processed_seq
+
+
+def after_open_failure(seq: int, error: NativeError | FrameError) -> Drop:
+    """The hybrid envelope did not open, or its frame did not parse."""
+    return Drop(f"ignored an envelope that does not open or parse (seq {seq}): {error}", error)
+
+
+def after_process_failure(seq: int, error: NativeError) -> Defer | Drop:
+    """The vault could not process an MLS message."""
+    if isinstance(error, GroupNotFound):
+        return Defer()
+    if isinstance(error, WrongEpoch):
+        return Drop(f"dropped a message from another epoch (seq {seq}): {error}", error)
+    return Drop(f"dropped a message that does not decrypt (seq {seq}): {error}", error)
+
+
+def after_processed(processed: ProcessedMessage, conversation: Conversation | None) -> Action:
+    """What a message the vault processed means for the conversation it belongs to."""
+    if conversation is None:
+        return Drop("dropped a message for a group without a conversation")
+    if processed.kind == "application":
+        try:
+            content = decode_content(processed.plaintext or b"")
+        except FrameError as error:
+            return Drop(f"ignored a message this client cannot read: {error}", error)
+        return StoreMessage(conversation, content, processed.sender)
+    if processed.kind == "commit":
+        return ApplyCommit(
+            conversation,
+            processed.group_id,
+            tuple(processed.added),
+            tuple(processed.removed),
+            processed.self_removed,
+            processed.sender,
+        )
+    return Ignore()
+
+
+def dm_welcome_problem(frame: WelcomeFrame, members: list[bytes], self_key: bytes) -> str | None:
+    """Why a joined DM Welcome cannot be kept (its members must be exactly its sender and us), or None."""
+    others = [key for key in members if key != self_key]
+    if frame.inviter not in members or others != [frame.inviter] or frame.channel_id is None:
+        return "ignored a DM invitation whose members do not match its sender"
+    return None
+
+
+def dm_to_keep(existing_group_id: bytes, new_group_id: bytes) -> Literal["existing", "new"]:
+    """Both sides opened the DM at once: both keep both groups and both send in the one whose id is smaller, so
+    that they end up in the same group; messages of the other still land in the conversation (an alias)."""
+    return "new" if new_group_id < existing_group_id else "existing"
+
+
+@dataclass
+class InboxRules:
+    """Per inbox: how long a held envelope may block it, and how often a failing envelope is tried."""
+
+    defer_seconds: float
+    max_tries: int = MAX_TRIES
+    deferred_since: dict[int, float] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
+
+    def hold(self, seq: int, now: float, *, final: bool) -> bool:
+        """The envelope at `seq` waits for its group: True to hold it (and what follows), False to drop it now.
+        A non-final pass (a `sync`) always holds: only the receive loop gives up, after `defer_seconds`."""
+        first = self.deferred_since.setdefault(seq, now)
+        return not final or now - first < self.defer_seconds
+
+    def retry(self, seq: int) -> bool:
+        """The envelope at `seq` failed for a local reason: True to try again later, False to give up on it (so
+        that one bad envelope cannot block its inbox for ever)."""
+        tries = self.failures.get(seq, 0) + 1
+        self.failures[seq] = tries
+        return tries < self.max_tries
+
+    def done(self, seq: int) -> None:
+        self.failures.pop(seq, None)
+        self.deferred_since.pop(seq, None)

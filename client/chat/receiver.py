@@ -1,0 +1,349 @@
+"""The receive loops (I/O): read each inbox in seq order, open envelopes, let the vault process MLS messages,
+carry out what `receive_rules` decides, store, then ack.
+
+Inbox layout (why each group's MLS traffic is in one ordered inbox per recipient):
+- A DM is a 2-member MLS group plus a node channel (createChannel). Its Welcome goes to the peer's *default*
+  inbox (the peer cannot know the channel before); every later DM message goes to the peer's inbox on that
+  channel. The peer starts reading the channel inbox only after the Welcome has been joined, so the Welcome
+  always comes first.
+- Groups use the default inbox for everything: Welcomes, commits and application messages. One group's
+  traffic to one recipient is thus in a single inbox whose seqs the node assigns in enqueue order.
+- An inviter sends the Welcome to the newcomer *before* the commit to the other members: a member can only
+  write to the newcomer after processing that commit, so whatever it writes lands after the Welcome.
+- Each inbox is read by one task (`peekWait`), envelope by envelope in seq order. A message is acked only
+  after its result is stored locally; the last processed seq per inbox is stored too, so a redelivered
+  envelope (ack lost, crash) is skipped, not processed twice. An envelope whose MLS group is not known yet
+  (two peers opening a DM to each other at the same time: the other side's Welcome sits in the default inbox)
+  is held back, without acking anything after it, until the group appears (or for `defer_seconds`).
+
+Message ids (the store's dedup key) of incoming messages: SHA-256 of the envelope bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from quicnprotochat.client.node_client import Envelope
+from quicnprotochat.client.state import Conversation
+from quicnprotochat.common.errors import Disconnected
+from quicnprotochat.native import NativeError, envelope_info
+
+from . import receive_rules as rules
+from .config import MAX_GROUP_NAME
+from .context import ChatContext, reraise
+from .conversations import SETTING_ALIAS, SETTING_LEFT, Conversations
+from .directory import Directory
+from .errors import ChatError, NodeUnavailable
+from .events import (
+    ErrorEvent,
+    JoinedConversation,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Notice,
+    RemovedFromConversation,
+)
+from .framing import FrameError, WelcomeFrame, decode_frame
+from .key_packages import KeyPackageStock
+
+
+@dataclass
+class _InboxState:
+    channel: bytes
+    rules: rules.InboxRules
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+
+
+class _Deferred(Exception):
+    """The envelope needs a group this client has not joined yet."""
+
+
+class Receiver:
+    def __init__(
+        self,
+        context: ChatContext,
+        conversations: Conversations,
+        directory: Directory,
+        key_packages: KeyPackageStock,
+    ) -> None:
+        self._context = context
+        self._conversations = conversations
+        self._directory = directory
+        self._key_packages = key_packages
+        self._inboxes: dict[bytes, _InboxState] = {}
+        self._running = False
+
+    # ── loops ───────────────────────────────────────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        """Start the background receive loops: the default inbox and every DM channel's inbox."""
+        if self._running:
+            return
+        self._running = True
+        for channel in await self._channels():
+            self.watch(channel)
+
+    def stop(self) -> list[asyncio.Task[None]]:
+        """Cancel the loops; returns their tasks (to await)."""
+        self._running = False
+        tasks = [inbox.task for inbox in self._inboxes.values() if inbox.task is not None]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    async def _channels(self) -> list[bytes]:
+        channels = [b""]
+        for conversation in await self._context.store.list_conversations():
+            if conversation.kind == "dm" and conversation.channel_id is not None:
+                channels.append(conversation.channel_id)
+        return channels
+
+    def _inbox(self, channel: bytes) -> _InboxState:
+        inbox = self._inboxes.get(channel)
+        if inbox is None:
+            inbox = self._inboxes[channel] = _InboxState(channel, rules.InboxRules(self._context.config.defer_seconds))
+        return inbox
+
+    def watch(self, channel: bytes) -> None:
+        """Read `channel`'s inbox too (a DM joined or created) once the loops run."""
+        if not self._running or self._context.bus.closed:
+            return
+        inbox = self._inbox(channel)
+        if inbox.task is None or inbox.task.done():
+            inbox.task = asyncio.create_task(self._inbox_loop(inbox), name=f"inbox {channel.hex() or 'default'}")
+
+    async def sync(self) -> int:
+        """Process everything queued now in every inbox (DM channels joined meanwhile included), without
+        waiting for more; returns how many envelopes were processed."""
+        context = self._context
+        done: set[bytes] = set()
+        total = 0
+        while True:
+            pending = [channel for channel in await self._channels() if channel not in done]
+            if not pending:
+                return total
+            for channel in pending:
+                done.add(channel)
+                inbox = self._inbox(channel)
+                envelopes = await context.guard(context.node.peek(context.identity_key, channel))
+                processed, _deferred = await self._process(inbox, envelopes, final=False)
+                total += processed
+
+    async def _inbox_loop(self, inbox: _InboxState) -> None:
+        context = self._context
+        failures = 0
+        while self._running:
+            try:
+                envelopes = await context.node.peek_wait(
+                    context.identity_key, inbox.channel, timeout_ms=context.config.wait_ms
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the loop reports and retries whatever fails
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    await self._report_loop_error(inbox, error)
+                await asyncio.sleep(min(0.25 * 2 ** min(failures, 5), 5.0))
+                continue
+            if failures:
+                failures = 0
+                if not inbox.channel:
+                    context.emit(Notice(f"connected to {context.node.address} again"))
+            try:
+                _processed, deferred = await self._process(inbox, envelopes, final=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - reported; the loop must keep receiving
+                await self._report_loop_error(inbox, error)
+                await asyncio.sleep(1.0)
+                continue
+            if deferred:
+                # Wait for a new group (a Welcome on another inbox) before looking at the held envelope again.
+                context.groups_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(context.groups_changed.wait(), 2.0)
+
+    async def _report_loop_error(self, inbox: _InboxState, error: Exception) -> None:
+        try:
+            await self._context.guard(reraise(error))
+        except ChatError as wrapped:
+            if isinstance(wrapped, NodeUnavailable) and inbox.channel:
+                return  # reported once, by the default inbox's loop
+            self._context.emit(ErrorEvent(f"receiving: {wrapped}", wrapped))
+        except Exception as other:  # noqa: BLE001 - anything unexpected becomes an event, not a crash
+            self._context.emit(ErrorEvent(f"receiving failed: {other!r}", other))
+
+    async def _process(self, inbox: _InboxState, envelopes: list[Envelope], *, final: bool) -> tuple[int, bool]:
+        """Handle `envelopes` in seq order and ack what was handled; returns (count, whether one was held)."""
+        context = self._context
+        store = context.store
+        processed = 0
+        async with inbox.lock:
+            last = await store.get_last_seq(context.identity_key, inbox.channel)
+            acked_up_to = 0
+            deferred = False
+            for envelope in sorted(envelopes, key=lambda e: e.seq):
+                if rules.is_new(envelope.seq, last):
+                    try:
+                        async with context.mls:
+                            await self._handle(inbox.channel, envelope)
+                    except (NodeUnavailable, Disconnected, OSError, TimeoutError):
+                        raise  # transient: the envelope is tried again later
+                    except _Deferred:
+                        if inbox.rules.hold(envelope.seq, time.monotonic(), final=final):
+                            deferred = True
+                            break
+                        context.emit(
+                            ErrorEvent(f"dropped a message for a group this client never joined (seq {envelope.seq})")
+                        )
+                    except Exception as error:
+                        if inbox.rules.retry(envelope.seq):
+                            raise
+                        context.emit(ErrorEvent(f"gave up on a message (seq {envelope.seq}): {error!r}", error))
+                    inbox.rules.done(envelope.seq)
+                    await store.set_last_seq(context.identity_key, inbox.channel, envelope.seq)
+                    last = envelope.seq
+                    processed += 1
+                acked_up_to = envelope.seq
+            if acked_up_to:
+                await context.guard(context.node.ack(context.identity_key, acked_up_to, inbox.channel))
+        return processed, deferred
+
+    # ── one envelope ────────────────────────────────────────────────────────────────────────────────────
+
+    async def _handle(self, channel: bytes, envelope: Envelope) -> None:
+        context = self._context
+        message_id = hashlib.sha256(envelope.data).digest()
+        if await context.store.get_message(message_id) is not None:
+            return  # a copy of an envelope already stored (sent again after a dropped connection)
+        try:
+            plaintext = await asyncio.to_thread(
+                context.vault.open_envelope, envelope.data, envelope_info(context.identity_key, channel or None)
+            )
+            frame = decode_frame(plaintext)
+        except (NativeError, FrameError) as error:
+            await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
+            return
+        if isinstance(frame, WelcomeFrame):
+            await self._on_welcome(frame)
+            return
+        try:
+            processed = await asyncio.to_thread(context.vault.process, frame.message)
+        except NativeError as error:
+            action: rules.Action = rules.after_process_failure(envelope.seq, error)
+        else:
+            action = rules.after_processed(processed, await self._conversations.of_group(processed.group_id))
+        await self._apply(action, envelope, message_id)
+
+    async def _apply(self, action: rules.Action, envelope: Envelope, message_id: bytes) -> None:
+        context = self._context
+        if isinstance(action, rules.Defer):
+            raise _Deferred
+        if isinstance(action, rules.Drop):
+            context.emit(ErrorEvent(action.reason, action.error))
+        elif isinstance(action, rules.StoreMessage):
+            sender = action.sender
+            stored = await context.store.add_message(
+                action.conversation.id,
+                message_id,
+                action.content.body,
+                sender_identity_key=sender,
+                sender_username=await self._directory.username_of(sender) if sender is not None else None,
+                sent_at=action.content.sent_at,
+                server_seq=envelope.seq,
+            )
+            if stored is not None:
+                context.emit(MessageReceived(action.conversation, stored))
+        elif isinstance(action, rules.ApplyCommit):
+            await self._apply_commit(action)
+
+    async def _apply_commit(self, action: rules.ApplyCommit) -> None:
+        context = self._context
+        store = context.store
+        conversation = action.conversation
+        by = await self._directory.username_of(action.sender) if action.sender is not None else None
+        if action.self_removed:
+            await store.set_setting(SETTING_LEFT + str(conversation.id), "1")
+            for member in await store.list_members(conversation.id):
+                if member.identity_key != context.identity_key:
+                    await store.remove_member(conversation.id, member.identity_key)
+            context.emit(RemovedFromConversation(conversation, by))
+            return
+        for key in action.added:
+            name = await self._directory.username_of(key)
+            await store.add_member(conversation.id, key, name)
+            context.emit(MemberJoined(conversation, key, name, by))
+        for key in action.removed:
+            name = await self._directory.username_of(key)
+            await store.remove_member(conversation.id, key)
+            context.emit(MemberLeft(conversation, key, name, by))
+        await self._conversations.sync_members(conversation, action.group_id)
+
+    # ── Welcomes ────────────────────────────────────────────────────────────────────────────────────────
+
+    async def _on_welcome(self, frame: WelcomeFrame) -> None:
+        context = self._context
+        if frame.conversation_kind == "dm" and frame.inviter != context.identity_key:
+            # The node gives a pair of identities one channel: asking for it checks the one in the Welcome
+            # (before joining, so that a node that cannot be reached leaves the Welcome to be tried again).
+            channel = await context.guard(context.node.create_channel(frame.inviter))
+            if channel != frame.channel_id:
+                context.emit(ErrorEvent("ignored a DM invitation naming a channel that is not the sender's and ours"))
+                return
+        try:
+            group_id = await asyncio.to_thread(context.vault.join_group, frame.welcome)
+        except NativeError as error:
+            context.emit(ErrorEvent(f"could not join a conversation an invitation was for: {error}", error))
+            return
+        await self._key_packages.consumed()
+        members = await asyncio.to_thread(context.vault.members, group_id)
+        inviter: bytes | None = frame.inviter if frame.inviter in members else None
+        inviter_name = await self._directory.username_of(inviter) if inviter is not None else None
+        if frame.conversation_kind == "dm":
+            conversation = await self._joined_dm(frame, group_id, members, inviter_name)
+            if conversation is None:
+                return
+        else:
+            existing = await context.store.find_by_group_id(group_id)
+            if existing is not None:
+                return
+            base = frame.name if frame.name and not frame.name.startswith("@") else "group"
+            conversation = await context.store.create_conversation(
+                "group", await self._conversations.free_name(base[:MAX_GROUP_NAME]), group_id=group_id
+            )
+        await self._conversations.sync_members(conversation, group_id)
+        context.groups_changed.set()
+        context.emit(JoinedConversation(conversation, inviter_name))
+
+    async def _joined_dm(
+        self, frame: WelcomeFrame, group_id: bytes, members: list[bytes], inviter_name: str | None
+    ) -> Conversation | None:
+        context = self._context
+        store = context.store
+        problem = rules.dm_welcome_problem(frame, members, context.identity_key)
+        if problem is not None or frame.channel_id is None:
+            context.emit(ErrorEvent(problem or "ignored a DM invitation without a channel"))
+            await asyncio.to_thread(context.vault.delete_group, group_id)
+            return None
+        inviter = frame.inviter
+        existing = await store.find_dm(inviter)
+        if existing is not None:
+            assert existing.group_id is not None
+            if rules.dm_to_keep(existing.group_id, group_id) == "new":
+                await store.set_setting(SETTING_ALIAS + existing.group_id.hex(), str(existing.id))
+                await store.set_group_id(existing.id, group_id)
+            else:
+                await store.set_setting(SETTING_ALIAS + group_id.hex(), str(existing.id))
+            context.groups_changed.set()
+            return None
+        name = await self._conversations.free_name("@" + (inviter_name or inviter.hex()[:16]))
+        conversation = await store.create_conversation(
+            "dm", name, group_id=group_id, channel_id=frame.channel_id, peer_identity_key=inviter
+        )
+        self.watch(frame.channel_id)
+        return conversation
