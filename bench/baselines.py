@@ -42,7 +42,7 @@ from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import NodeIdentity, load_or_create_identity
-from quicnprotochat.server.node import store_limits
+from quicnprotochat.server.node_state import store_limits
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
 from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.store import open_store

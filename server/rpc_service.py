@@ -10,10 +10,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.common.schema import node_schema
+from quicnprotochat.server.node_state import NodeState
 from quicnprotochat.server.services.sessions import Caller, auth_absent
 
 if TYPE_CHECKING:
-    from quicnprotochat.server.node import NodeState
     from quicnprotochat.server.peer import Peer
     from quicnprotochat.server.store import InboxMessage
 

@@ -13,7 +13,7 @@ from quicnprotochat.native import NativeError, OpaqueServer, verify_ed25519
 from quicnprotochat.server import store
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.sessions import SessionService
-from quicnprotochat.server.store import Clock, Store
+from quicnprotochat.server.store import AccountStore, Clock, SecretStore
 
 log = logging.getLogger("quicnprotochat.server.accounts")
 
@@ -22,7 +22,7 @@ SIGNATURE_BYTES = 64
 MAX_OPAQUE_MESSAGE_BYTES = 4096
 
 
-async def load_or_create_opaque_setup(store: Store) -> OpaqueServer:
+async def load_or_create_opaque_setup(store: SecretStore) -> OpaqueServer:
     """The OPAQUE server setup, made once and kept in the store: every node of a shared database must use the same
     one, since password files depend on its OPRF key."""
     stored = await store.get_or_create_secret(OPAQUE_SETUP_NAME, OpaqueServer.generate().to_bytes())
@@ -45,7 +45,7 @@ def _proves_possession(identity_key: bytes, transcript: bytes, signature: bytes)
 class AccountService:
     def __init__(
         self,
-        store: Store,
+        store: AccountStore,
         opaque: OpaqueServer,
         sessions: SessionService,
         *,

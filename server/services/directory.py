@@ -16,14 +16,14 @@ from quicnprotochat.native import (
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
-from quicnprotochat.server.store import Clock, Store
+from quicnprotochat.server.store import Clock, DirectoryStore
 
 MAX_KEY_PACKAGE_BYTES = 64 * 1024
 MAX_BATCH_KEYS = 1000
 
 
 class DirectoryService:
-    def __init__(self, store: Store, *, max_endpoint_bytes: int, clock: Clock) -> None:
+    def __init__(self, store: DirectoryStore, *, max_endpoint_bytes: int, clock: Clock) -> None:
         self._store = store
         self._max_endpoint_bytes = max_endpoint_bytes
         self._clock = clock

@@ -13,7 +13,7 @@ from quicnprotochat.common.errors import Forbidden, InvalidArgument, NotFound, U
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
-from quicnprotochat.server.store import Clock, InboxMessage, Store, fetch_wait
+from quicnprotochat.server.store import AccountStore, Clock, InboxMessage, InboxStore, fetch_wait
 
 MAX_BATCH_RECIPIENTS = 1000
 
@@ -40,7 +40,8 @@ class _BoundedCache:
 class InboxService:
     def __init__(
         self,
-        store: Store,
+        store: InboxStore,
+        accounts: AccountStore,
         *,
         message_ttl_seconds: float,
         max_fetch: int,
@@ -50,6 +51,7 @@ class InboxService:
         clock: Clock,
     ) -> None:
         self._store = store
+        self._accounts = accounts
         self._ttl = message_ttl_seconds
         self._max_fetch = max_fetch
         self._max_wait_ms = max_wait_ms
@@ -64,7 +66,7 @@ class InboxService:
     async def _require_account(self, identity_key: bytes, name: str) -> None:
         if self._known_identities.get(identity_key) is not None:
             return
-        if await self._store.resolve_identity(identity_key) is None:
+        if await self._accounts.resolve_identity(identity_key) is None:
             raise NotFound(f"{name} belongs to no account on this node")
         self._known_identities.put(identity_key, True)
 

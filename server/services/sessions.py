@@ -14,7 +14,7 @@ from typing import Any
 
 from quicnprotochat.common.errors import InvalidArgument, Unauthenticated
 from quicnprotochat.common.schema import AUTH_VERSION
-from quicnprotochat.server.store import Clock, Store
+from quicnprotochat.server.store import Clock, SessionStore
 
 TOKEN_BYTES = 32
 MAX_DEVICE_ID_BYTES = 64
@@ -45,7 +45,7 @@ def token_hash(token: bytes) -> bytes:
 
 
 class SessionService:
-    def __init__(self, store: Store, lifetime_seconds: float, clock: Clock) -> None:
+    def __init__(self, store: SessionStore, lifetime_seconds: float, clock: Clock) -> None:
         self._store = store
         self._lifetime = lifetime_seconds
         self._clock = clock

@@ -1,42 +1,54 @@
-"""Storage of the node. Services use `Store` (opened with `open_store`) and never write SQL themselves."""
+"""Storage of the node, split by concern. The node opens one `Store` (`open_store`); each service sees only its
+concern's protocol and never writes SQL itself.
+
+Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets):
+- `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
+  over small backend hooks);
+- `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
+  (`sqlite/engine.py`, `postgres/engine.py`, both on `engine.StoreEngine`);
+- `sqlite/__init__.py` and `postgres/__init__.py` join the concern classes into `SqliteStore` / `PostgresStore`;
+  `interface.Store` joins the protocols;
+- schema changes: appended to `migrations.py` (SQLite) and `postgres_migrations.py` (PostgreSQL).
+"""
 
 from __future__ import annotations
 
 import os
 import time
 
+from .accounts import Account, AccountStore, LoginState, Session, SessionStore
 from .base import (
     DEFAULT_CHANNEL,
-    Account,
     AlreadyExists,
     Clock,
     Inbox,
-    InboxMessage,
-    InboxStats,
-    KeyPackage,
     LimitExceeded,
-    LoginState,
     NotFound,
     SchemaTooNew,
-    Session,
-    Store,
     StoreClosed,
     StoreError,
     StoreLimits,
     StoreMetrics,
 )
+from .directories import DirectoryStore, KeyPackage
 from .fetch_wait import fetch_wait
+from .inboxes import InboxMessage, InboxStats, InboxStore
+from .interface import Store
+from .server_secrets import SecretStore
 from .wakeups import InboxWaiter, InboxWakeups, InProcessWakeups
 
 __all__ = [
     "DEFAULT_CHANNEL",
     "Account",
+    "AccountStore",
     "AlreadyExists",
     "Clock",
+    "DirectoryStore",
     "InProcessWakeups",
     "Inbox",
     "InboxMessage",
     "InboxStats",
+    "InboxStore",
     "InboxWaiter",
     "InboxWakeups",
     "KeyPackage",
@@ -44,7 +56,9 @@ __all__ = [
     "LoginState",
     "NotFound",
     "SchemaTooNew",
+    "SecretStore",
     "Session",
+    "SessionStore",
     "Store",
     "StoreClosed",
     "StoreError",

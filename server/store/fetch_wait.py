@@ -1,14 +1,14 @@
-"""`fetchWait` on top of any `Store`: drain now, or sleep on the inbox's wake-up until something arrives."""
+"""`fetchWait` on top of any `InboxStore`: drain now, or sleep on the inbox's wake-up until something arrives."""
 
 from __future__ import annotations
 
 import asyncio
 
-from .base import InboxMessage, Store
+from .inboxes import InboxMessage, InboxStore
 
 
 async def fetch_wait(
-    store: Store, recipient: bytes, channel: bytes, limit: int, timeout: float, *, remove: bool = True
+    store: InboxStore, recipient: bytes, channel: bytes, limit: int, timeout: float, *, remove: bool = True
 ) -> list[InboxMessage]:
     """Return up to `limit` messages, waiting up to `timeout` seconds for the first one; they are removed
     unless `remove` is False (peekWait: the client acks once it has stored them).

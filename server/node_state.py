@@ -1,0 +1,111 @@
+"""What every connection's handlers share: the node's configuration, identity and services (`NodeState`), and
+how the configuration becomes store and rate limits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from quicnprotochat.common.schema import PROTOCOL_VERSION
+from quicnprotochat.server import __version__
+from quicnprotochat.server.config import NodeConfig
+from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.services.accounts import AccountService, load_or_create_opaque_setup
+from quicnprotochat.server.services.directory import DirectoryService
+from quicnprotochat.server.services.inboxes import InboxService
+from quicnprotochat.server.services.rate_limits import RateLimit, RateLimiter, RateLimits
+from quicnprotochat.server.services.sessions import SessionService
+from quicnprotochat.server.store import Clock, Store, StoreLimits, open_store
+
+log = logging.getLogger("quicnprotochat.server")
+
+
+def store_limits(config: NodeConfig) -> StoreLimits:
+    return StoreLimits(
+        max_payload_bytes=config.max_payload_bytes,
+        max_inbox_depth=config.max_inbox_depth,
+        max_inbox_bytes=config.max_inbox_bytes,
+        max_fetch=config.max_fetch_limit,
+        max_fetch_bytes=config.max_fetch_bytes,
+        max_key_packages_per_identity=config.max_key_packages_per_identity,
+    )
+
+
+def rate_limits(config: NodeConfig) -> RateLimits:
+    return RateLimits(
+        per_identity=RateLimit(config.rate_per_identity, config.burst_per_identity),
+        per_address=RateLimit(config.rate_per_address, config.burst_per_address),
+        login_per_username=RateLimit(config.login_rate_per_username, config.login_burst_per_username),
+        login_per_address=RateLimit(config.login_rate_per_address, config.login_burst_per_address),
+        sealed_per_connection=RateLimit(config.sealed_rate_per_connection, config.sealed_burst_per_connection),
+    )
+
+
+@dataclass
+class NodeState:
+    """What every connection's handlers share: configuration, identity and the services."""
+
+    config: NodeConfig
+    identity: NodeIdentity
+    store: Store
+    sessions: SessionService
+    accounts: AccountService
+    directory: DirectoryService
+    inboxes: InboxService
+    limiter: RateLimiter
+
+    @classmethod
+    async def open(cls, config: NodeConfig, identity: NodeIdentity, clock: Clock) -> NodeState:
+        store = await open_store(config.store_location, store_limits(config), clock=clock)
+        opaque = await load_or_create_opaque_setup(store)
+        sessions = SessionService(store, config.session_ttl_seconds, clock)
+        return cls(
+            config=config,
+            identity=identity,
+            store=store,
+            sessions=sessions,
+            accounts=AccountService(
+                store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock
+            ),
+            directory=DirectoryService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
+            inboxes=InboxService(
+                store,
+                store,
+                message_ttl_seconds=config.message_ttl_seconds,
+                max_fetch=config.max_fetch_limit,
+                max_wait_ms=config.max_wait_ms,
+                max_payload_bytes=config.max_payload_bytes,
+                allow_sealed_sender=config.allow_sealed_sender,
+                clock=clock,
+            ),
+            limiter=RateLimiter(rate_limits(config)),
+        )
+
+    def server_info(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "nodeVersion": __version__,
+            "protocolVersion": PROTOCOL_VERSION,
+            "certFingerprint": self.identity.fingerprint,
+            "allowSealedSender": config.allow_sealed_sender,
+            "limits": {
+                "maxPayloadBytes": config.max_payload_bytes,
+                "maxInboxDepth": config.max_inbox_depth,
+                "maxInboxBytes": config.max_inbox_bytes,
+                "messageTtlSeconds": config.message_ttl_seconds,
+                "maxFetchLimit": config.max_fetch_limit,
+                "maxWaitMs": config.max_wait_ms,
+                "maxKeyPackagesPerIdentity": config.max_key_packages_per_identity,
+                "maxEndpointBytes": config.max_endpoint_bytes,
+                "maxFetchBytes": config.max_fetch_bytes,
+            },
+        }
+
+    async def sweep(self) -> None:
+        """Drops what has expired: queued messages past their TTL, sessions, unfinished logins."""
+        swept = await self.store.sweep_expired()
+        await self.store.purge_expired_sessions()
+        await self.store.purge_expired_login_states()
+        if swept:
+            log.info("dropped %d expired messages", swept)

@@ -1,0 +1,181 @@
+"""Inboxes and 1:1 channels: the records, the `InboxStore` protocol, and what both backends' implementations share
+(argument checks, the limit rules, the channel get-or-create walk).
+
+An inbox is (recipient identity key, channel id); channel id b"" is the recipient's default inbox.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .base import Inbox, LimitExceeded, StoreLimits
+from .engine import StoreEngine
+from .wakeups import InboxWakeups
+
+MAX_SEQ = (1 << 63) - 1
+"""Seqs are signed 64-bit in both databases; a client's UInt64 seqUpTo above this means "everything"."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    seq: int
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxStats:
+    depth: int
+    bytes: int
+    last_seq: int
+    """The last seq ever assigned in this inbox (0 if none); the next enqueue gets last_seq + 1."""
+
+
+class InboxStore(Protocol):
+    """Times are unix seconds from the store's clock; "expired" means `expires_at <= now`. Every write returns only
+    after it is durable."""
+
+    @property
+    def limits(self) -> StoreLimits: ...
+
+    @property
+    def wakeups(self) -> InboxWakeups:
+        """Signalled after every commit that added messages to an inbox."""
+        ...
+
+    # 1:1 channels
+    async def get_or_create_channel(self, a: bytes, b: bytes) -> bytes:
+        """The 16-byte id of the channel of the unordered pair {a, b}; the same pair always gets the same id."""
+        ...
+
+    async def channel_members(self, channel_id: bytes) -> tuple[bytes, bytes] | None:
+        """The two members, smaller key first; None for an unknown channel."""
+        ...
+
+    # Inboxes
+    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
+        """Append and return the inbox's next seq (1, 2, ...; never reused). Raises LimitExceeded."""
+        ...
+
+    async def batch_enqueue(
+        self,
+        recipients: Sequence[bytes],
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+    ) -> list[int]:
+        """One seq per recipient in the order given; all or nothing."""
+        ...
+
+    async def fetch(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
+        """Remove and return up to `limit` unexpired messages in seq order (0 or above the cap: the cap)."""
+        ...
+
+    async def peek(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
+        """Like fetch, without removing."""
+        ...
+
+    async def ack(self, recipient: bytes, channel: bytes, seq_up_to: int) -> int:
+        """Remove every message with seq <= seq_up_to; returns how many."""
+        ...
+
+    async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats: ...
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        """Delete messages whose TTL has passed (seq counters are untouched); returns how many."""
+        ...
+
+
+def check_room(limits: StoreLimits, depth: int, used: int, size: int, index: int | None = None) -> None:
+    """Refuse one more message of `size` bytes for an inbox holding `depth` messages of `used` bytes.
+
+    `index`: the recipient's place in a batch (None for a single enqueue), so the caller can say whose inbox is full.
+    """
+    if depth + 1 > limits.max_inbox_depth:
+        raise LimitExceeded("max_inbox_depth", limits.max_inbox_depth, depth + 1, index=index)
+    if used + size > limits.max_inbox_bytes:
+        raise LimitExceeded("max_inbox_bytes", limits.max_inbox_bytes, used + size, index=index)
+
+
+def has_room(limits: StoreLimits, depth: int, used: int, size: int) -> bool:
+    return depth + 1 <= limits.max_inbox_depth and used + size <= limits.max_inbox_bytes
+
+
+class InboxesBase(StoreEngine):
+    """The backend-independent half of `InboxStore`: argument checks and caps here, rows in the backend's hooks."""
+
+    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
+        return (await self.batch_enqueue([recipient], channel, payload, expires_at))[0]
+
+    async def batch_enqueue(
+        self,
+        recipients: Sequence[bytes],
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+    ) -> list[int]:
+        self._check_open()
+        limits = self._limits
+        if len(payload) > limits.max_payload_bytes:
+            raise LimitExceeded("max_payload_bytes", limits.max_payload_bytes, len(payload))
+        if not recipients:
+            return []
+        return await self._enqueue(
+            [bytes(r) for r in recipients], bytes(channel), bytes(payload), expires_at, self._clock()
+        )
+
+    async def fetch(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
+        count = self._fetch_limit(limit)
+        return await self._fetch((bytes(recipient), bytes(channel)), count, self._clock())
+
+    async def peek(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
+        count = self._fetch_limit(limit)
+        return await self._peek((bytes(recipient), bytes(channel)), count, self._clock())
+
+    async def ack(self, recipient: bytes, channel: bytes, seq_up_to: int) -> int:
+        self._check_open()
+        if seq_up_to < 1:
+            return 0
+        return await self._ack((bytes(recipient), bytes(channel)), min(seq_up_to, MAX_SEQ))
+
+    async def get_or_create_channel(self, a: bytes, b: bytes) -> bytes:
+        lo, hi = sorted((bytes(a), bytes(b)))
+        # Most calls are for a channel that exists: answer those with a read, without a commit.
+        existing = await self._find_channel(lo, hi)
+        if existing is not None:
+            return existing
+        return await self._create_channel(lo, hi, self._clock())
+
+    def _fetch_limit(self, limit: int) -> int:
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        cap = self._limits.max_fetch
+        return cap if limit == 0 else min(limit, cap)
+
+    # ── the backend's hooks ──────────────────────────────────────────────────────────────────────────────────
+
+    @abstractmethod
+    async def _enqueue(
+        self, recipients: list[bytes], channel: bytes, payload: bytes, expires_at: float | None, now: float
+    ) -> list[int]:
+        """`recipients` is not empty and the payload within its limit; LimitExceeded carries the batch index
+        when there is more than one recipient."""
+
+    @abstractmethod
+    async def _fetch(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
+        """Remove and return the first `count` unexpired messages in seq order, within `max_fetch_bytes`."""
+
+    @abstractmethod
+    async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]: ...
+
+    @abstractmethod
+    async def _ack(self, inbox: Inbox, up_to: int) -> int: ...
+
+    @abstractmethod
+    async def _find_channel(self, lo: bytes, hi: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    async def _create_channel(self, lo: bytes, hi: bytes, now: float) -> bytes:
+        """Create the channel unless someone else did first; either way return the id that was stored."""

@@ -1,0 +1,32 @@
+"""`Store`: every concern's protocol together, plus the store's lifecycle. The node opens one (`open_store`) and
+hands each service only the protocol of its concern."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .accounts import AccountStore, SessionStore
+from .base import StoreLimits, StoreMetrics
+from .directories import DirectoryStore
+from .inboxes import InboxStore
+from .server_secrets import SecretStore
+
+
+class StoreLifecycle(Protocol):
+    """Operations after `close()` raise `StoreClosed`."""
+
+    @property
+    def limits(self) -> StoreLimits: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def metrics(self) -> StoreMetrics: ...
+
+    async def close(self) -> None:
+        """Finish every operation already submitted, then release the database. Idempotent."""
+        ...
+
+
+class Store(StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, Protocol):
+    """Async storage of one node, all concerns."""

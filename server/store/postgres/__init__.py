@@ -1,0 +1,17 @@
+"""The PostgreSQL backend: one class per concern over one engine (`engine.PostgresEngine`), joined in
+`PostgresStore`."""
+
+from __future__ import annotations
+
+from .accounts import PostgresAccounts, PostgresSessions
+from .directories import PostgresDirectories
+from .engine import PostgresOptions, parse_url, redacted
+from .inboxes import PostgresInboxes
+from .server_secrets import PostgresSecrets
+
+
+class PostgresStore(PostgresAccounts, PostgresSessions, PostgresDirectories, PostgresInboxes, PostgresSecrets):
+    """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
+
+
+__all__ = ["PostgresOptions", "PostgresStore", "parse_url", "redacted"]

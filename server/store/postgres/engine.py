@@ -1,0 +1,253 @@
+"""The PostgreSQL engine every PostgreSQL concern stands on, for several nodes sharing one database.
+
+Enqueues go through the group-commit writer (`postgres_writer`); other writes run as their own transactions on a
+connection pool (asyncpg); reads use the pool without a transaction. Wake-ups cross nodes by LISTEN/NOTIFY
+(`postgres_wakeups`). Concurrency is settled by the database, never by this process alone, since other nodes
+write too: counter rows updated with RETURNING, ON CONFLICT for get-or-create, SKIP LOCKED for single-use rows,
+an advisory lock for the per-identity KeyPackage cap.
+
+URL options (removed before the URL reaches asyncpg): `pool_min_size` (default 2), `pool_max_size` (default 10),
+`group_commit` (default on; off runs each enqueue in its own transaction, for comparison).
+
+The store belongs to the event loop that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ..base import AlreadyExists, Clock, StoreError, StoreLimits, StoreMetrics
+from ..engine import StoreEngine
+from ..postgres_migrations import migrate
+from ..postgres_wakeups import CHANNEL, PostgresWakeups
+from ..postgres_writer import Again, GroupCommitWriter
+from .enqueue import enqueue_many
+
+T = TypeVar("T")
+
+_RETRIES = 5
+
+_UNIQUE_FIELDS = {
+    "accounts_username_key": "username",
+    "accounts_identity_key_key": "identity_key",
+    "key_packages_fingerprint_key": "fingerprint",
+    "sessions_pkey": "token_hash",
+    "login_states_pkey": "state_id",
+}
+
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    group_commit: bool = True
+
+
+_TRUE = {"1", "true", "on", "yes"}
+_FALSE = {"0", "false", "off", "no"}
+
+
+def parse_url(url: str) -> tuple[str, PostgresOptions]:
+    """Split our options off a postgresql:// URL; the rest (host, sslmode, ...) is asyncpg's."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in PostgresOptions.__dataclass_fields__:
+            ours[name] = value
+        else:
+            theirs.append((name, value))
+    defaults = PostgresOptions()
+    try:
+        min_size = int(ours.get("pool_min_size", defaults.pool_min_size))
+        max_size = int(ours.get("pool_max_size", defaults.pool_max_size))
+    except ValueError:
+        raise ValueError("pool_min_size and pool_max_size must be integers") from None
+    group = ours.get("group_commit", "on").lower()
+    if group not in _TRUE | _FALSE:
+        raise ValueError("group_commit must be on or off")
+    if not 0 <= min_size <= max_size or max_size < 1:
+        raise ValueError("need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1")
+    dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), parts.fragment))
+    return dsn, PostgresOptions(min_size, max_size, group in _TRUE)
+
+
+def redacted(url: str) -> str:
+    """host:port/database, for messages: never the user's password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{host}{port}{parts.path}"
+
+
+def _rowcount(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "DELETE 3" or "INSERT 0 1".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def already_exists(exc: asyncpg.UniqueViolationError, default: str) -> AlreadyExists:
+    """The unique column (by constraint name) a write ran into; `default` for a constraint not listed."""
+    return AlreadyExists(_UNIQUE_FIELDS.get(getattr(exc, "constraint_name", None) or "", default))
+
+
+class PostgresEngine(StoreEngine):
+    def __init__(
+        self,
+        url: str,
+        limits: StoreLimits,
+        clock: Clock,
+        pool: Any,
+        wakeups: PostgresWakeups,
+        options: PostgresOptions,
+    ) -> None:
+        """Use `open`."""
+        super().__init__(limits, clock, wakeups)
+        self.location = redacted(url)
+        self._pool = pool
+        self._pg_wakeups = wakeups
+        self._options = options
+        self._writer = GroupCommitWriter(pool, CHANNEL, wakeups.payloads, wakeups.notify, enqueue_many)
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        limits: StoreLimits | None = None,
+        *,
+        clock: Clock,
+    ) -> Self:
+        dsn, options = parse_url(url)
+        where = redacted(dsn)
+        settings = {"application_name": "quicnprotochat"}
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=options.pool_min_size,
+                max_size=options.pool_max_size,
+                server_settings=settings,
+            )
+        except (*_DB_ERRORS, ValueError) as exc:
+            raise StoreError(f"cannot open the database at {where}: {type(exc).__name__}: {exc}") from exc
+        wakeups = PostgresWakeups(
+            lambda: asyncpg.connect(dsn, server_settings={**settings, "application_name": "quicnprotochat-listen"}),
+            secrets.token_hex(8),
+        )
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            await wakeups.start()
+        except StoreError:
+            await wakeups.close()
+            await pool.close()
+            raise
+        except _DB_ERRORS as exc:
+            await wakeups.close()
+            await pool.close()
+            raise StoreError(f"cannot open the database at {where}: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await wakeups.close()
+            pool.terminate()
+            raise
+        return cls(dsn, limits or StoreLimits(), clock, pool, wakeups, options)
+
+    # ── lifecycle ─────────────────────────────────────────────────────────────────────────────────────────────
+
+    @property
+    def pg_wakeups(self) -> PostgresWakeups:
+        """The same object as `wakeups`, with the listener's controls (tests, health reporting)."""
+        return self._pg_wakeups
+
+    @property
+    def options(self) -> PostgresOptions:
+        return self._options
+
+    def metrics(self) -> StoreMetrics:
+        return self._writer.metrics()
+
+    async def _shut_down(self) -> None:
+        await self._writer.close()
+        await self._drained.wait()
+        await self._pg_wakeups.close()
+        await self._pool.close()
+
+    def _enter(self) -> None:
+        self._check_open()
+        self._in_flight += 1
+        self._drained.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.set()
+
+    async def _transact(self, fn: Callable[[Any], Awaitable[T]], *, attempts: int = _RETRIES) -> T:
+        """Run `fn` in its own transaction on a pooled connection; retried on deadlock or serialization failure.
+
+        `fn` may raise `Again` to be rerun from scratch with a fresh transaction (used by the ungrouped enqueue).
+        """
+        self._enter()
+        try:
+            attempt = 0
+            while True:
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        result = await fn(conn)
+                except Again:
+                    continue
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                    attempt += 1
+                    if attempt >= attempts:
+                        raise StoreError("storage write failed (lock contention)") from exc
+                    continue
+                except StoreError:
+                    raise
+                except _DB_ERRORS as exc:
+                    raise StoreError("storage write failed") from exc
+                self._writer.count_commit(1)
+                return result
+        finally:
+            self._leave()
+
+    async def _with_conn(self, fn: Callable[[Any], Awaitable[T]], what: str = "read") -> T:
+        """A read (or a single autocommit statement) on a pooled connection."""
+        self._enter()
+        try:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except StoreError:
+            raise
+        except _DB_ERRORS as exc:
+            raise StoreError(f"storage {what} failed") from exc
+        finally:
+            self._leave()
+
+    async def _fetchrow(self, query: str, *args: object) -> Any:
+        return await self._with_conn(lambda conn: conn.fetchrow(query, *args))
+
+    async def _fetchrows(self, query: str, *args: object) -> list[Any]:
+        rows: list[Any] = await self._with_conn(lambda conn: conn.fetch(query, *args))
+        return rows
+
+    async def _write1(self, query: str, *args: object) -> Any:
+        """One autocommit write statement returning its first row (or None)."""
+        row = await self._with_conn(lambda conn: conn.fetchrow(query, *args), "write")
+        self._writer.count_commit(1)
+        return row
+
+    async def _execute1(self, query: str, *args: object) -> int:
+        """One autocommit write statement; returns the affected row count."""
+        status: str = await self._with_conn(lambda conn: conn.execute(query, *args), "write")
+        self._writer.count_commit(1)
+        return _rowcount(status)

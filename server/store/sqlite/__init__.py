@@ -1,0 +1,15 @@
+"""The SQLite backend: one class per concern over one engine (`engine.SqliteEngine`), joined in `SqliteStore`."""
+
+from __future__ import annotations
+
+from .accounts import SqliteAccounts, SqliteSessions
+from .directories import SqliteDirectories
+from .inboxes import SqliteInboxes
+from .server_secrets import SqliteSecrets
+
+
+class SqliteStore(SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets):
+    """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
+
+
+__all__ = ["SqliteStore"]

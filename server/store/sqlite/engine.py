@@ -1,0 +1,136 @@
+"""The SQLite engine every SQLite concern stands on: WAL, synchronous=FULL, group commit on one writer thread
+(`sqlite_writer`), reads on another.
+
+The store belongs to the event loop that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Self, TypeVar
+
+from ..base import Clock, StoreError, StoreLimits, StoreMetrics
+from ..engine import StoreEngine
+from ..migrations import migrate
+from ..sqlite_writer import GroupCommitWriter, OpContext
+from ..wakeups import InProcessWakeups
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: transactions are ours (BEGIN IMMEDIATE / SAVEPOINT), not the module's guesses.
+    # check_same_thread=False: each connection is opened here but then used by exactly one thread.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if not read_only:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"could not switch the database to WAL mode (got {mode})")
+        # FULL syncs the WAL on every commit: an acknowledged write survives power loss, not just a crash.
+        conn.execute("PRAGMA synchronous = FULL")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    # The database holds password files: create it owner-only. SQLite gives -wal and -shm the same mode.
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+class SqliteEngine(StoreEngine):
+    def __init__(
+        self,
+        path: Path,
+        limits: StoreLimits,
+        clock: Clock,
+        write_conn: sqlite3.Connection,
+        read_conn: sqlite3.Connection,
+        wakeups: InProcessWakeups,
+    ) -> None:
+        """Use `open`."""
+        super().__init__(limits, clock, wakeups)
+        self.path = path
+        self._writer = GroupCommitWriter(write_conn, self._loop, wakeups.notify)
+        self._read_conn = read_conn
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        limits: StoreLimits | None = None,
+        *,
+        clock: Clock,
+    ) -> Self:
+        db_path = Path(path)
+
+        def blocking_open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            try:
+                _create_private(db_path)
+                write_conn = _connect(db_path, read_only=False)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the database at {db_path}: {exc}") from exc
+            try:
+                migrate(write_conn)
+                read_conn = _connect(db_path, read_only=True)
+            except sqlite3.Error as exc:
+                write_conn.close()
+                raise StoreError(f"cannot open the database at {db_path}: {exc}") from exc
+            except BaseException:
+                write_conn.close()
+                raise
+            return write_conn, read_conn
+
+        write_conn, read_conn = await asyncio.to_thread(blocking_open)
+        return cls(
+            db_path,
+            limits or StoreLimits(),
+            clock,
+            write_conn,
+            read_conn,
+            InProcessWakeups(),
+        )
+
+    def metrics(self) -> StoreMetrics:
+        return self._writer.metrics()
+
+    async def _shut_down(self) -> None:
+        await self._writer.close()
+        await asyncio.to_thread(self._reader.shutdown, True)
+        self._read_conn.close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T]) -> T:
+        self._check_open()
+        return await self._writer.submit(fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        conn = self._read_conn
+
+        def run() -> T:
+            try:
+                # One snapshot for reads made of several statements.
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError("storage read failed") from exc
+
+        return await self._loop.run_in_executor(self._reader, run)

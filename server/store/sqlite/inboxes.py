@@ -1,0 +1,196 @@
+"""SQLite: inboxes and 1:1 channels."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+from ..base import Inbox, StoreLimits
+from ..inboxes import InboxesBase, InboxMessage, InboxStats, check_room, has_room
+from ..sqlite_writer import OpContext
+from .engine import SqliteEngine
+
+# A sweep deletes at most this many messages per transaction so that enqueues are not held up behind it.
+_SWEEP_CHUNK = 2000
+
+
+class SqliteInboxes(InboxesBase, SqliteEngine):
+    # ── channels ──────────────────────────────────────────────────────────────────────────────────────────────
+
+    async def _find_channel(self, lo: bytes, hi: bytes) -> bytes | None:
+        return await self._read(lambda conn: _channel_of(conn, lo, hi))
+
+    async def _create_channel(self, lo: bytes, hi: bytes, now: float) -> bytes:
+        def create(conn: sqlite3.Connection, ctx: OpContext) -> bytes:
+            # ON CONFLICT DO NOTHING + re-read: whoever inserted first, everyone gets that id.
+            conn.execute(
+                "INSERT INTO channels (channel_id, member_lo, member_hi, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (member_lo, member_hi) DO NOTHING",
+                (uuid.uuid4().bytes, lo, hi, now),
+            )
+            found = _channel_of(conn, lo, hi)
+            assert found is not None
+            return found
+
+        return await self._write(create)
+
+    async def channel_members(self, channel_id: bytes) -> tuple[bytes, bytes] | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT member_lo, member_hi FROM channels WHERE channel_id = ?",
+                (bytes(channel_id),),
+            ).fetchone()
+        )
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    # ── inboxes ───────────────────────────────────────────────────────────────────────────────────────────────
+
+    async def _enqueue(
+        self, recipients: list[bytes], channel: bytes, payload: bytes, expires_at: float | None, now: float
+    ) -> list[int]:
+        limits = self._limits
+        inboxes = [(r, channel) for r in recipients]
+        single = len(inboxes) == 1
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
+            seqs = [
+                _enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index)
+                for index, inbox in enumerate(inboxes)
+            ]
+            ctx.touched.extend(inboxes)
+            return seqs
+
+        return await self._write(op)
+
+    async def _fetch(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> list[InboxMessage]:
+            rows = conn.execute(
+                _FETCH,
+                (*inbox, now, count, self._limits.max_fetch_bytes),
+            ).fetchall()
+            _shrink(conn, inbox, len(rows), sum(r[2] for r in rows))
+            # RETURNING promises no order.
+            return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
+
+        return await self._write(op)
+
+    async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
+        params = (*inbox, now, count, self._limits.max_fetch_bytes)
+        rows = await self._read(lambda conn: conn.execute(_PEEK, params).fetchall())
+        return [InboxMessage(r[0], bytes(r[1])) for r in rows]
+
+    async def _ack(self, inbox: Inbox, up_to: int) -> int:
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
+            sizes = conn.execute(
+                "DELETE FROM messages WHERE recipient = ? AND channel_id = ? AND seq <= ? RETURNING size",
+                (*inbox, up_to),
+            ).fetchall()
+            _shrink(conn, inbox, len(sizes), sum(s[0] for s in sizes))
+            return len(sizes)
+
+        return await self._write(op)
+
+    async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats:
+        row = await self._read(
+            lambda conn: conn.execute(
+                "SELECT depth, bytes, last_seq FROM inboxes WHERE recipient = ? AND channel_id = ?",
+                (bytes(recipient), bytes(channel)),
+            ).fetchone()
+        )
+        return InboxStats(0, 0, 0) if row is None else InboxStats(row[0], row[1], row[2])
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        cutoff = self._clock() if now is None else now
+
+        def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
+            rows = conn.execute(
+                "DELETE FROM messages WHERE id IN ("
+                " SELECT id FROM messages WHERE expires_at <= ? LIMIT ?"
+                ") RETURNING recipient, channel_id, size",
+                (cutoff, _SWEEP_CHUNK),
+            ).fetchall()
+            removed: dict[Inbox, list[int]] = {}
+            for recipient, channel, size in rows:
+                entry = removed.setdefault((bytes(recipient), bytes(channel)), [0, 0])
+                entry[0] += 1
+                entry[1] += size
+            for inbox, (count, size) in removed.items():
+                _shrink(conn, inbox, count, size)
+            return len(rows)
+
+        total = 0
+        while True:
+            removed = await self._write(op)
+            total += removed
+            if removed < _SWEEP_CHUNK:
+                return total
+
+
+# ── SQL helpers run on the writer or reader thread ────────────────────────────────────────────────────────────
+
+
+# The first messages of an inbox in seq order, each with the payload bytes queued before it; callers keep those
+# with `before` under the byte budget. Parameters: recipient, channel, now, count.
+_FIRST_MESSAGES = (
+    "SELECT id, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages"
+    " WHERE recipient = ? AND channel_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?"
+)
+# Both compose module constants only (no values), hence the S608 exemptions. Extra parameter: the byte budget.
+_FETCH = f"DELETE FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) WHERE before < ?) RETURNING seq, payload, size"  # noqa: S608, E501
+_PEEK = (
+    f"SELECT seq, payload FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) WHERE before < ?) ORDER BY seq"  # noqa: S608
+)
+
+
+def _channel_of(conn: sqlite3.Connection, lo: bytes, hi: bytes) -> bytes | None:
+    row = conn.execute("SELECT channel_id FROM channels WHERE member_lo = ? AND member_hi = ?", (lo, hi)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _inbox_usage(conn: sqlite3.Connection, inbox: Inbox) -> tuple[int, int]:
+    row = conn.execute("SELECT depth, bytes FROM inboxes WHERE recipient = ? AND channel_id = ?", inbox).fetchone()
+    return (0, 0) if row is None else (row[0], row[1])
+
+
+def _enqueue_one(
+    conn: sqlite3.Connection,
+    limits: StoreLimits,
+    inbox: Inbox,
+    payload: bytes,
+    expires_at: float | None,
+    now: float,
+    index: int | None,
+) -> int:
+    size = len(payload)
+    depth, used = _inbox_usage(conn, inbox)
+    if not has_room(limits, depth, used, size):
+        # Expired messages are dead weight: make room from them before refusing. If the enqueue is refused
+        # anyway, its savepoint rolls this back too.
+        rows = conn.execute(
+            "DELETE FROM messages WHERE recipient = ? AND channel_id = ? AND expires_at <= ? RETURNING size",
+            (*inbox, now),
+        ).fetchall()
+        if rows:
+            _shrink(conn, inbox, len(rows), sum(r[0] for r in rows))
+            depth, used = _inbox_usage(conn, inbox)
+        check_room(limits, depth, used, size, index)
+    seq: int = conn.execute(
+        "INSERT INTO inboxes (recipient, channel_id, last_seq, depth, bytes) VALUES (?, ?, 1, 1, ?)"
+        " ON CONFLICT (recipient, channel_id) DO UPDATE"
+        " SET last_seq = last_seq + 1, depth = depth + 1, bytes = bytes + excluded.bytes"
+        " RETURNING last_seq",
+        (*inbox, size),
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+        (*inbox, seq, size, expires_at, payload),
+    )
+    return seq
+
+
+def _shrink(conn: sqlite3.Connection, inbox: Inbox, count: int, size: int) -> None:
+    if count:
+        conn.execute(
+            "UPDATE inboxes SET depth = depth - ?, bytes = bytes - ? WHERE recipient = ? AND channel_id = ?",
+            (count, size, *inbox),
+        )
