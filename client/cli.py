@@ -2,7 +2,10 @@
 
     qpc --server HOST:PORT --username alice register
     qpc --username alice send @bob "hello"          # a DM (a group: `send team "hello"`)
-    qpc --username alice recv [--follow]
+    echo hello | qpc --username alice send @bob -   # the text from stdin (or --file PATH)
+    qpc --username alice recv [--follow] [--json]
+    qpc --username alice history @bob [-n 20] [--json]
+    qpc --username alice list [--json]
     qpc --username alice repl [--register]
 
 Passwords: `--password` / `QPC_PASSWORD` (the account) and `--state-password` / `QPC_STATE_PASSWORD` (the local
@@ -16,8 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import getpass
+import json
 import os
 import signal
 import sys
@@ -28,24 +31,22 @@ from quicnprotochat.client.chat import (
     ChatClient,
     ChatConfig,
     ChatError,
-    ErrorEvent,
     Event,
-    JoinedConversation,
-    MemberJoined,
-    MemberLeft,
+    LoginFailed,
     MessageReceived,
-    Notice,
-    RemovedFromConversation,
+    PasswordRequired,
     default_state_dir,
 )
 from quicnprotochat.client.known_hosts import FingerprintMismatch
 from quicnprotochat.client.node_client import TRANSPORTS, Transport
+from quicnprotochat.client.render import describe, format_message, message_json
 from quicnprotochat.client.state import Message, StateDir, StateError
 from quicnprotochat.common.errors import InvalidArgument
 from quicnprotochat.common.usernames import normalize_username
 
 DEFAULT_SERVER = "127.0.0.1:7700"
 PROG = "qpc"
+PASSWORD_TRIES = 3
 
 
 class UsageError(Exception):
@@ -100,9 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("login", parents=[common], help="log in (refreshes the cached session)")
     send = commands.add_parser("send", parents=[common], help="send a message: @user (a DM) or a group name")
     send.add_argument("to", help="@username for a DM, or a conversation name")
-    send.add_argument("text", nargs="+", help="the message")
+    send.add_argument("text", nargs="*", help="the message; '-' reads it from stdin")
+    send.add_argument("--file", type=Path, help="read the message text from this file (UTF-8)")
     recv = commands.add_parser("recv", parents=[common], help="print pending messages and exit")
     recv.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
+    recv.add_argument("--json", action="store_true", help="one JSON object per message and line")
+    history = commands.add_parser("history", parents=[common], help="print a conversation's last messages")
+    history.add_argument("conversation", help="@username for a DM, or a conversation name")
+    history.add_argument("-n", "--count", type=int, default=20, help="how many (default %(default)s)")
+    history.add_argument("--json", action="store_true", help="one JSON object per message and line")
+    listing = commands.add_parser("list", parents=[common], help="the conversations, with unread counts")
+    listing.add_argument("--json", action="store_true", help="one JSON object per conversation and line")
     repl = commands.add_parser("repl", parents=[common], help="the interactive client")
     repl.add_argument("--register", action="store_true", help="register the account on first use")
     return parser
@@ -117,7 +126,7 @@ def _username(args: argparse.Namespace) -> str:
     try:
         return normalize_username(str(raw).removeprefix("@"))
     except InvalidArgument as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(error.reason) from None
 
 
 def _state_password(args: argparse.Namespace, state_dir: Path) -> str | None:
@@ -131,10 +140,17 @@ def _state_password(args: argparse.Namespace, state_dir: Path) -> str | None:
         return None  # existing plain state: nothing to ask (the warning is shown)
     if directory.is_encrypted():
         return getpass.getpass(f"State password for {state_dir}: ") or None
-    first = getpass.getpass("New state password (empty: store local state in clear): ")
-    if first and getpass.getpass("Repeat the state password: ") != first:
-        raise UsageError("the state passwords do not match")
-    return first or None
+    return _new_password("New state password (empty: store local state in clear): ", "state password") or None
+
+
+def _new_password(prompt: str, what: str) -> str:
+    """Ask for a new password and its repetition until both match (a few tries; empty is taken at once)."""
+    for _attempt in range(PASSWORD_TRIES):
+        first = getpass.getpass(prompt)
+        if not first or getpass.getpass(f"Repeat the {what}: ") == first:
+            return first
+        print(f"{PROG}: the two {what}s differ; again, please", file=sys.stderr)
+    raise UsageError(f"the {what}s did not match {PASSWORD_TRIES} times")
 
 
 def _password_source(args: argparse.Namespace, username: str, confirm: bool) -> str | Callable[[], str] | None:
@@ -145,10 +161,9 @@ def _password_source(args: argparse.Namespace, username: str, confirm: bool) -> 
         return None
 
     def prompt() -> str:
-        first = getpass.getpass(f"Password for {username}: ")
-        if confirm and getpass.getpass("Repeat the password: ") != first:
-            raise UsageError("the passwords do not match")
-        return first
+        if confirm:
+            return _new_password(f"Password for {username}: ", "password")
+        return getpass.getpass(f"Password for {username}: ")
 
     return prompt
 
@@ -156,16 +171,19 @@ def _password_source(args: argparse.Namespace, username: str, confirm: bool) -> 
 def _config(args: argparse.Namespace, *, register: bool = False, fresh_login: bool = False) -> ChatConfig:
     username = _username(args)
     state_dir = args.state_dir or default_state_dir(username)
+    password = _password_source(args, username, confirm=register)
     return ChatConfig(
         server=args.server,
         username=username,
         state_dir=state_dir,
-        password=_password_source(args, username, confirm=register),
+        password=password,
         state_password=_state_password(args, state_dir),
         transport=args.transport,
         server_fingerprint=args.server_fingerprint,
         register=register,
-        fresh_login=fresh_login,
+        # A password given on the command line or in the environment is checked, cached session or not: a
+        # wrong one must not go unnoticed until the session expires.
+        fresh_login=fresh_login or isinstance(password, str),
     )
 
 
@@ -176,36 +194,16 @@ async def _open(config: ChatConfig) -> ChatClient:
     return chat
 
 
-def format_message(conversation: str, message: Message) -> str:
-    when = message.sent_at if message.sent_at is not None else message.received_at
-    clock = datetime.datetime.fromtimestamp(when).strftime("%H:%M")
-    sender = "me" if message.outgoing else (message.sender_username or "?")
-    return f"{clock} [{conversation}] {sender}: {message.body}"
+def _printer(as_json: bool) -> Callable[[str, Message], None]:
+    render = message_json if as_json else format_message
+
+    def show(conversation: str, message: Message) -> None:
+        print(render(conversation, message), flush=True)
+
+    return show
 
 
-def describe(event: Event) -> str:
-    """One line for an event that is not a message."""
-    if isinstance(event, MessageReceived):
-        return format_message(event.conversation.name, event.message)
-    if isinstance(event, JoinedConversation):
-        by = f" (invited by {event.inviter})" if event.inviter else ""
-        return f"* joined {event.conversation.name}{by}"
-    if isinstance(event, MemberJoined):
-        by = f" (added by {event.by})" if event.by else ""
-        return f"* {event.username or event.identity_key.hex()[:16]} joined {event.conversation.name}{by}"
-    if isinstance(event, MemberLeft):
-        by = f" (removed by {event.by})" if event.by else ""
-        return f"* {event.username or event.identity_key.hex()[:16]} left {event.conversation.name}{by}"
-    if isinstance(event, RemovedFromConversation):
-        by = f" by {event.by}" if event.by else ""
-        return f"* you were removed from {event.conversation.name}{by}"
-    if isinstance(event, Notice):
-        return f"* {event.text}"
-    assert isinstance(event, ErrorEvent)
-    return f"! {event.text}"
-
-
-async def _print_unread(chat: ChatClient) -> int:
+async def _print_unread(chat: ChatClient, show: Callable[[str, Message], None]) -> int:
     count = 0
     for summary in reversed(await chat.conversations()):
         if not summary.unread:
@@ -214,10 +212,33 @@ async def _print_unread(chat: ChatClient) -> int:
         last_read = await chat.store.last_read(conversation.id)
         for message in await chat.store.history(conversation.id, limit=max(summary.unread * 2, 100)):
             if message.id > last_read and not message.outgoing:
-                print(format_message(conversation.name, message), flush=True)
+                show(conversation.name, message)
                 count += 1
         await chat.store.mark_read(conversation.id)
     return count
+
+
+def _message_text(args: argparse.Namespace) -> str:
+    """The text to send, from the arguments, stdin (`-`) or --file; refused when empty."""
+    words: list[str] = list(args.text)
+    if args.file is not None:
+        if words:
+            raise UsageError("give the message as arguments or with --file, not both")
+        path: Path = args.file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"cannot read {args.file}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{args.file} is not UTF-8 text") from None
+    elif words == ["-"]:
+        text = sys.stdin.read()
+    else:
+        text = " ".join(words)
+    text = text.removesuffix("\n")  # what `echo` and editors add
+    if not text.strip():
+        raise UsageError("the message is empty: nothing was sent")
+    return text
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
@@ -239,23 +260,26 @@ async def cmd_login(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
+    text = _message_text(args)
     chat = await _open(_config(args))
     try:
         await chat.sync()  # joins a DM the peer opened first, instead of opening a second one
         target = str(args.to)
         conversation = await chat.dm(target) if target.startswith("@") else await chat.conversation(target)
-        await chat.send(conversation, " ".join(args.text))
+        await chat.send(conversation, text)
+        print(f"sent to {conversation.name}", flush=True)
     finally:
         await chat.close()
     return 0
 
 
 async def cmd_recv(args: argparse.Namespace) -> int:
+    show = _printer(args.json)
     chat = await _open(_config(args))
     try:
         chat.add_listener(_print_event_unless_message)
         await chat.sync()
-        await _print_unread(chat)
+        await _print_unread(chat, show)
         if not args.follow:
             return 0
         stop = asyncio.Event()
@@ -265,8 +289,8 @@ async def cmd_recv(args: argparse.Namespace) -> int:
 
         async def on_message(event: Event) -> None:
             if isinstance(event, MessageReceived):
-                print(describe(event), flush=True)
-                await chat.store.mark_read(event.conversation.id)
+                show(event.conversation.name, event.message)
+                await chat.store.mark_read(event.conversation.id, event.message.id)
 
         chat.add_listener(on_message)
         await chat.start()
@@ -274,6 +298,43 @@ async def cmd_recv(args: argparse.Namespace) -> int:
         return 0
     finally:
         await chat.close()
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise UsageError("-n is at least 1")
+    show = _printer(args.json)
+    chat = await _open(_config(args))
+    try:
+        conversation = await chat.conversation(str(args.conversation))
+        for message in await chat.history(conversation, args.count):
+            show(conversation.name, message)
+    finally:
+        await chat.close()
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args))
+    try:
+        await chat.sync()
+        for summary in await chat.conversations():
+            conversation = summary.conversation
+            if args.json:
+                record = {
+                    "name": conversation.name,
+                    "kind": conversation.kind,
+                    "unread": summary.unread,
+                    "active": summary.active,
+                }
+                print(json.dumps(record, ensure_ascii=False, sort_keys=True), flush=True)
+            else:
+                state = "" if summary.active else "  (you left)"
+                unread = f"  {summary.unread} unread" if summary.unread else ""
+                print(f"{conversation.name}  {conversation.kind}{unread}{state}", flush=True)
+    finally:
+        await chat.close()
+    return 0
 
 
 def _print_event_unless_message(event: Event) -> None:
@@ -291,7 +352,15 @@ async def cmd_repl(args: argparse.Namespace) -> int:
         await chat.close()
 
 
-COMMANDS = {"register": cmd_register, "login": cmd_login, "send": cmd_send, "recv": cmd_recv, "repl": cmd_repl}
+COMMANDS = {
+    "register": cmd_register,
+    "login": cmd_login,
+    "send": cmd_send,
+    "recv": cmd_recv,
+    "history": cmd_history,
+    "list": cmd_list,
+    "repl": cmd_repl,
+}
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -310,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(COMMANDS[args.command](args))
     except UsageError as error:
         return _fail(str(error), 2)
+    except LoginFailed as error:
+        if isinstance(error, PasswordRequired) or args.command == "register" or getattr(args, "register", False):
+            return _fail(str(error))
+        return _fail(f"{error} (no account yet? register first: qpc register, or qpc repl --register)")
     except (ChatError, StateError, FingerprintMismatch) as error:
         return _fail(str(error))
     except ValueError as error:  # a malformed --server address, for instance

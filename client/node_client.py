@@ -146,18 +146,25 @@ class NodeClient:
 
             connection = await opener(self.host, self.port, verify, connect_timeout=self.connect_timeout)
             self._connection = connection
-            connection.disconnected().add_done_callback(lambda _f: self._forget(connection))
+            connection.disconnected().add_done_callback(lambda done: self._forget(connection, done))
             return connection
 
     def _live(self) -> RpcConnection | None:
         return self._connection
 
-    def _forget(self, connection: RpcConnection) -> None:
+    def _forget(self, connection: RpcConnection, done: asyncio.Future[None] | None = None) -> None:
+        if done is not None and not done.cancelled():
+            done.exception()  # how the connection ended does not matter here; the next call reconnects
         if self._connection is connection:
             self._connection = None
             closing = asyncio.ensure_future(connection.close())
             self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            closing.add_done_callback(self._closed)
+
+    def _closed(self, closing: asyncio.Future[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled():
+            closing.exception()  # closing a connection that already broke may fail; nothing is left to do
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None

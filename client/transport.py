@@ -105,6 +105,13 @@ class RpcConnection:
         await self._close()
 
 
+def _retrieve_later(waiter: asyncio.Future[None] | None) -> None:
+    """aioquic fails its (shielded) handshake waiter when a connection we gave up on terminates; nobody awaits it
+    any more, so its exception is retrieved here instead of being reported as never retrieved."""
+    if waiter is not None:
+        waiter.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+
+
 def _client_rpc(stream: Any) -> tuple[Any, Any]:
     client = capnp.TwoPartyClient(stream, traversal_limit_in_words=reader_limit_words(MAX_RESPONSE_BYTES))
     return client, client.bootstrap().cast_as(node_schema().NodeService)
@@ -135,6 +142,7 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
         protocol.stop_keepalive()
         if client is not None:
             client.close()
+        _retrieve_later(protocol._connected_waiter)
         # close() sends CONNECTION_CLOSE at once; waiting for the node to acknowledge it (about three probe
         # timeouts) would only slow the caller down.
         protocol.close()

@@ -7,12 +7,30 @@ import unicodedata
 
 from quicnprotochat.common.errors import InvalidArgument
 
-_ALLOWED = re.compile(r"[a-z0-9_.-]{3,32}")
+MIN_LENGTH = 3
+MAX_LENGTH = 32
+_ALLOWED = re.compile(rf"[a-z0-9_.-]{{{MIN_LENGTH},{MAX_LENGTH}}}")
+_ALLOWED_CHAR = re.compile(r"[a-z0-9_.-]")
 
 
 def normalize_username(raw: str) -> str:
     """The canonical form of a username, or InvalidArgument saying what is wrong with it."""
     name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
     if not _ALLOWED.fullmatch(name):
-        raise InvalidArgument("a username is 3 to 32 characters of a-z, 0-9, '_', '.' and '-'")
+        raise InvalidArgument(username_rule(name))
     return name
+
+
+def username_rule(name: str) -> str:
+    """The rule in plain words, naming what is wrong with `name` (the reason a client shows its user)."""
+    rule = (
+        f"a username is {MIN_LENGTH} to {MAX_LENGTH} characters: the letters a to z without accents, the digits"
+        " 0 to 9, and _ . -"
+    )
+    refused = sorted({char for char in name if not _ALLOWED_CHAR.fullmatch(char)})
+    if refused:
+        shown = ", ".join(
+            repr(char) if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}" for char in refused
+        )
+        return f"{rule} ({shown} is not allowed)" if len(refused) == 1 else f"{rule} ({shown} are not allowed)"
+    return f"{rule} ({name!r} is {len(name)} long)"

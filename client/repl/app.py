@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
@@ -32,7 +34,7 @@ from quicnprotochat.client.chat import (
     Notice,
     RemovedFromConversation,
 )
-from quicnprotochat.client.cli import describe, format_message
+from quicnprotochat.client.render import clock, describe, sender
 from quicnprotochat.client.state import Conversation, Message
 
 STYLE = Style.from_dict(
@@ -94,12 +96,10 @@ class Output:
         self.line(("error", text))
 
     def message(self, conversation: str, message: Message) -> None:
-        clock = format_message(conversation, message).split(" ", 1)[0]
-        sender = "me" if message.outgoing else (message.sender_username or "?")
         self.line(
-            ("time", clock + " "),
+            ("time", clock(message) + " "),
             ("conversation", f"[{conversation}] "),
-            ("me" if message.outgoing else "peer", sender),
+            ("me" if message.outgoing else "peer", sender(message)),
             ("", ": " + message.body),
         )
 
@@ -111,6 +111,8 @@ class Repl:
         self.current: Conversation | None = None
         self.invited: list[str] = []
         self.running = True
+        self.redraw: Callable[[], None] = lambda: None
+        """Set by the prompt loop: redraws the prompt (its text names the current conversation)."""
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/dm": self.cmd_dm,
             "/group": self.cmd_group,
@@ -135,8 +137,8 @@ class Repl:
     async def on_event(self, event: Event) -> None:
         if isinstance(event, MessageReceived):
             self.out.message(event.conversation.name, event.message)
-            if self.current is not None and event.conversation.id == self.current.id:
-                await self.chat.store.mark_read(event.conversation.id)
+            # On screen is read, whichever conversation it belongs to: unread counts what was not shown.
+            await self.chat.store.mark_read(event.conversation.id, event.message.id)
             return
         if isinstance(event, JoinedConversation):
             self.invited.append(event.conversation.name)
@@ -163,6 +165,7 @@ class Repl:
                 return
             message = await self.chat.send(self.current, text)
             self.out.message(self.current.name, message)
+            await self.chat.store.mark_read(self.current.id)  # who writes has read what came before
             return
         try:
             words = shlex.split(line)
@@ -180,6 +183,7 @@ class Repl:
         await self.chat.store.mark_read(conversation.id)
         suffix = f" ({unread} unread: /history {max(unread, 1)})" if unread else ""
         self.out.info(f"now in {conversation.name}{suffix}")
+        self.redraw()
 
     def _need_current(self) -> Conversation:
         if self.current is None:
@@ -280,6 +284,24 @@ class Repl:
         self.running = False
 
 
+QUIT_HINT = "(to leave: Ctrl-D or /quit)"
+
+
+def _key_bindings(output: Output) -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("c-c")
+    def _interrupt(event: KeyPressEvent) -> None:
+        # Ctrl-C clears a half-typed line; on an empty line it says how to leave instead of doing nothing.
+        buffer = event.app.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            run_in_terminal(lambda: output.info(QUIT_HINT))
+
+    return bindings
+
+
 async def _read_lines() -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     while True:
@@ -307,14 +329,17 @@ async def run_repl(chat: ChatClient, *, color: bool | None = None) -> int:
         unread = sum(s.unread for s in await chat.conversations())
         if unread:
             output.info(f"{unread} unread message(s): /list")
-        session: PromptSession[str] | None = PromptSession() if interactive else None
+        session: PromptSession[str] | None = None
+        if interactive:
+            session = PromptSession(key_bindings=_key_bindings(output))
+            repl.redraw = session.app.invalidate
         lines = None if interactive else _read_lines()
+        prompt_style = "class:prompt" if output.color else ""
         while repl.running:
             try:
                 if session is not None:
-                    style = "class:prompt" if output.color else ""
                     line = await session.prompt_async(
-                        FormattedText([(style, repl.prompt())]), style=STYLE if output.color else None
+                        lambda: FormattedText([(prompt_style, repl.prompt())]), style=STYLE if output.color else None
                     )
                 else:
                     assert lines is not None

@@ -506,9 +506,6 @@ class _Database:
                     "UPDATE conversations SET last_activity = max(last_activity, ?) WHERE id = ?",
                     (received, conversation_id),
                 )
-                if outgoing:
-                    # What one wrote oneself is read: the marker moves past it.
-                    self._mark_read(conversation_id, int(row[0]))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -748,7 +745,8 @@ class ConversationStore:
     ) -> Message | None:
         """Store a message; None if `message_id` is already stored (a redelivery), which changes nothing.
 
-        An outgoing message also moves the read marker past itself. `received_at` defaults to now.
+        An outgoing message does not move the read marker (`qpc send` leaves what came before it unread for
+        `qpc recv`; the REPL marks read what it shows). `received_at` defaults to now.
         """
         db = self._database()
         return await self._run(

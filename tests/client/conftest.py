@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ import pytest
 from quicnprotochat.client import KnownHosts
 from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, MessageReceived
 from quicnprotochat.server.node import Node
+from tests.client.terminal import Tmux
 from tests.conftest import node_address
 
 E = TypeVar("E")
@@ -58,6 +60,15 @@ class EventLog:
 
     def bodies(self) -> list[str]:
         return [e.message.body for e in self.events if isinstance(e, MessageReceived)]
+
+
+@pytest.fixture
+async def tmux(tmp_path: Path) -> AsyncIterator[Tmux]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    terminal = Tmux(tmp_path / "tmux.sock")
+    yield terminal
+    await terminal.close()
 
 
 ChatFactory = Callable[..., Awaitable[tuple[ChatClient, EventLog]]]

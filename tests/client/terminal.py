@@ -25,6 +25,20 @@ class Result:
     stderr: str
 
 
+def env_for(base: dict[str, str], name: str, *, state_password: str | None = "state secret") -> dict[str, str]:
+    env = dict(base, QPC_USERNAME=name, QPC_PASSWORD=f"password of {name}")
+    if state_password is not None:
+        env["QPC_STATE_PASSWORD"] = state_password
+    return env
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if not line.startswith("qpc: warning:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
 def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QPC_")}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"), **extra)

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from quicnprotochat.server.node import Node
-from tests.client.terminal import QPC, Tmux, client_env, qpc
+from tests.client.terminal import QPC, Tmux, client_env, env_for, one_line_error, qpc
 from tests.conftest import node_address
-
-
-def env_for(base: dict[str, str], name: str, *, state_password: str | None = "state secret") -> dict[str, str]:
-    env = dict(base, QPC_USERNAME=name, QPC_PASSWORD=f"password of {name}")
-    if state_password is not None:
-        env["QPC_STATE_PASSWORD"] = state_password
-    return env
-
-
-def one_line_error(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if not line.startswith("qpc: warning:")]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
 
 
 async def test_qpc_commands(node: Node, tmp_path: Path) -> None:
@@ -101,15 +83,6 @@ async def test_repl_without_terminal_is_plain(node: Node, tmp_path: Path) -> Non
     assert "\x1b[" not in result.stdout
 
 
-@pytest.fixture
-async def tmux(tmp_path: Path) -> AsyncIterator[Tmux]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    terminal = Tmux(tmp_path / "tmux.sock")
-    yield terminal
-    await terminal.close()
-
-
 async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> None:
     base = client_env(
         tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, TERM="xterm-256color"
@@ -124,6 +97,7 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     await tmux.line("alice", "hello bob")
     await tmux.wait_for("bob", "joined @alice (invited by alice)")
     await tmux.wait_for("bob", "alice: hello bob")
+    await tmux.wait_for("bob", "[@alice] >")  # the prompt names the new conversation without an Enter
     await tmux.line("bob", "hi alice")  # bob's REPL switched to the conversation he was invited to
     await tmux.wait_for("alice", "bob: hi alice")
 
@@ -149,7 +123,7 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     screen = await tmux.wait_for("alice", "local state:")
     assert "username:    alice" in screen and "- encrypted" in screen and node.fingerprint in screen
 
-    # A group: created, bob invited, messages both ways; bob's /list counts what he has not read.
+    # A group: created, bob invited, messages both ways; what bob's screen showed is not unread.
     await tmux.line("alice", "/group team")
     await tmux.wait_for("alice", "now in team")
     await tmux.line("alice", "/invite @bob")
@@ -157,7 +131,8 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     await tmux.line("alice", "first in team")
     await tmux.wait_for("bob", "[team] alice: first in team")
     await tmux.line("bob", "/list")
-    await tmux.wait_for("bob", "team  group  1 unread")
+    screen = await tmux.wait_for("bob", "team  group")
+    assert "unread" not in screen.split("/list")[-1], screen
     await tmux.line("bob", "/switch team")
     await tmux.wait_for("bob", "now in team")
     await tmux.line("bob", "hello team")
@@ -167,7 +142,14 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     # Colors on a terminal, none with NO_COLOR.
     assert "\x1b[38;" in await tmux.screen("alice", escapes=True)
     assert "\x1b[38;" not in await tmux.screen("bob", escapes=True)
+    # Ctrl-C on an empty line says how to leave; on a half-typed line it clears it.
+    await tmux.keys("alice", "C-c")
+    await tmux.wait_for("alice", "(to leave: Ctrl-D or /quit)")
+    await tmux.type("alice", "never sent")
+    await tmux.wait_for("alice", "> never sent")
+    await tmux.keys("alice", "C-c")
     await tmux.line("alice", "/quit")
-    await tmux.wait_for("alice", "EXITED 0")
+    screen = await tmux.wait_for("alice", "EXITED 0")
+    assert "never sent" not in await tmux.screen("bob") and "Traceback" not in screen
     await tmux.keys("bob", "C-d")
     await tmux.wait_for("bob", "EXITED 0")
