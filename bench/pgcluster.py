@@ -14,10 +14,12 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -169,30 +171,11 @@ class PgCluster:
                 "--locale=C",
                 "--no-sync",
             )
-            settings = [
-                "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={self.base}",
-                f"-c max_connections={self.max_connections}",
-                "-c shared_buffers=32MB",
-                *(f"-c {name}={value}" for name, value in self.settings.items()),
-            ]
             last_error: Exception | None = None
             for _ in range(5):  # the free port can be taken between probing and binding
                 self.port = free_port()
                 try:
-                    self._run(
-                        str(self.bin_dir / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-l",
-                        str(self.base / "server.log"),
-                        "-w",
-                        "-t",
-                        str(_START_TIMEOUT),
-                        "-o",
-                        " ".join([*settings, f"-p {self.port}"]),
-                        "start",
-                    )
+                    self._pg_ctl_start()
                 except RuntimeError as exc:
                     last_error = exc
                     continue
@@ -201,6 +184,53 @@ class PgCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _pg_ctl_start(self) -> None:
+        assert self.base is not None
+        settings = [
+            "-c listen_addresses=127.0.0.1",
+            f"-c unix_socket_directories={self.base}",
+            f"-c max_connections={self.max_connections}",
+            "-c shared_buffers=32MB",
+            *(f"-c {name}={value}" for name, value in self.settings.items()),
+            f"-p {self.port}",
+        ]
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.base / "data"),
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            str(_START_TIMEOUT),
+            "-o",
+            " ".join(settings),
+            "start",
+        )
+
+    def kill_server(self) -> None:
+        """SIGKILL the postmaster, as a crash would; its backends notice and exit by themselves."""
+        pid = self.server_pid()
+        if pid is None:
+            raise RuntimeError("the PostgreSQL server is not running")
+        os.kill(pid, signal.SIGKILL)
+
+    def restart(self, timeout: float = _START_TIMEOUT) -> None:
+        """Start the server again on the same port and data after `kill_server` (crash recovery runs).
+
+        PostgreSQL refuses to start while backends of the killed postmaster still hold its shared memory; they
+        exit within moments of noticing, so the start is retried until `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._pg_ctl_start()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def server_pid(self) -> int | None:
         """The postmaster's pid (its backends are its children), from postmaster.pid; None when not running."""

@@ -94,6 +94,10 @@ interface NodeService {
   # Like fetchWait, but nothing is removed: the client acks (`ack`) once it has stored what it got, so a crash
   # between receiving and storing loses nothing.
   peekWait @23 (recipientKey :Data, channelId :Data, version :UInt16, timeoutMs :UInt64, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
+
+  # The node's health in detail (what `health` sums up as "ok" or "unhealthy: ...") and its counters; needs no
+  # authentication and reveals no per-user data.
+  nodeStatus @24 () -> (status :NodeStatus);
 }
 
 struct Auth {
@@ -128,4 +132,18 @@ struct Limits {
   maxKeyPackagesPerIdentity @6 :UInt32;
   maxEndpointBytes @7 :UInt32;
   maxFetchBytes @8 :UInt64;       # payload bytes one fetch, fetchWait, peek or peekWait returns at most
+}
+
+# What nodeStatus reports: the store and disk as probed now, and counters since the node started.
+struct NodeStatus {
+  status @0 :Text;                # what `health` returns: "ok" or "unhealthy: " and what is wrong
+  storeReachable @1 :Bool;        # the database answered a trivial query just now
+  storeWriterAlive @2 :Bool;      # the group-commit writer runs (it is restarted if it ever stops)
+  freeDiskBytes @3 :UInt64;       # free space where the node keeps its data
+  minFreeDiskBytes @4 :UInt64;    # under this, new messages are refused (`resource_exhausted: disk full`)
+  connections @5 :UInt32;         # open RPC connections (QUIC and TLS)
+  parkedWaiters @6 :UInt32;       # fetchWait/peekWait calls waiting for a message
+  writeQueueDepth @7 :UInt32;     # writes waiting for the store's writer, its batch in hand included
+  storeFailedBatches @8 :UInt64;  # write transactions that failed as a whole since start
+  storeWriterRestarts @9 :UInt32; # times the writer ended unexpectedly and was restarted
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,6 +60,12 @@ class NodeConfig:
     sealed_burst_per_connection: int = 100
     # How often expired messages, sessions and login states are swept.
     sweep_interval_s: float = 60.0
+    # ── Faults, health and metrics ──
+    # Free space (bytes) where the SQLite store lives under which new messages are refused with `resource_exhausted:
+    # disk full`: what stays free lets receivers drain and the WAL be checkpointed.
+    min_free_disk_bytes: int = 64 * 1024 * 1024
+    # host:port (loopback only) for Prometheus `/metrics`; empty: no metrics endpoint.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -77,6 +84,10 @@ class NodeConfig:
             raise ConfigError(f"loop must be {' or '.join(LOOPS)}, got {self.loop!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.metrics_listen:
+            host, _ = parse_listen(self.metrics_listen, "metrics_listen")
+            if not _is_loopback(host):
+                raise ConfigError(f"metrics_listen must be a loopback address (127.0.0.0/8, ::1), got {host!r}")
 
     @property
     def store_location(self) -> str:
@@ -93,6 +104,13 @@ class NodeConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def parse_listen(value: str, what: str = "address") -> tuple[str, int]:

@@ -57,6 +57,8 @@ class Node:
                 return NodeServiceImpl(state, peer)
 
             self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
+            sessions = self._sessions
+            state.connections = lambda: sessions.active
             # Bound what a QUIC stream or TLS connection may buffer ahead of the RPC reader: a few maximal messages.
             max_buffered = 4 * self.config.max_message_bytes
             if self.config.quic_listen:

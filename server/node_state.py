@@ -4,12 +4,15 @@ how the configuration becomes store and rate limits."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from quicnprotochat.common.schema import PROTOCOL_VERSION
 from quicnprotochat.server import __version__
 from quicnprotochat.server.config import NodeConfig
+from quicnprotochat.server.disk_space import DiskSpace, store_disk_path
+from quicnprotochat.server.health import HealthMonitor
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.services.accounts import AccountService, load_or_create_opaque_setup
 from quicnprotochat.server.services.directory import DirectoryService
@@ -54,12 +57,18 @@ class NodeState:
     directory: DirectoryService
     inboxes: InboxService
     limiter: RateLimiter
+    disk: DiskSpace
+    health: HealthMonitor
+    connections: Callable[[], int] = lambda: 0
+    """Open RPC connections; set by the node once its sessions exist."""
 
     @classmethod
     async def open(cls, config: NodeConfig, identity: NodeIdentity, clock: Clock) -> NodeState:
         store = await open_store(config.store_location, store_limits(config), clock=clock)
         opaque = await load_or_create_opaque_setup(store)
         sessions = SessionService(store, config.session_ttl_seconds, clock)
+        disk_path, store_on_disk = store_disk_path(config.store_location, config.data_dir)
+        disk = DiskSpace(disk_path, config.min_free_disk_bytes, guards_writes=store_on_disk)
         return cls(
             config=config,
             identity=identity,
@@ -78,8 +87,11 @@ class NodeState:
                 max_payload_bytes=config.max_payload_bytes,
                 allow_sealed_sender=config.allow_sealed_sender,
                 clock=clock,
+                disk=disk,
             ),
             limiter=RateLimiter(rate_limits(config)),
+            disk=disk,
+            health=HealthMonitor(store, disk),
         )
 
     def server_info(self) -> dict[str, Any]:
@@ -100,6 +112,23 @@ class NodeState:
                 "maxEndpointBytes": config.max_endpoint_bytes,
                 "maxFetchBytes": config.max_fetch_bytes,
             },
+        }
+
+    async def status(self) -> dict[str, Any]:
+        """What nodeStatus returns (schema NodeStatus)."""
+        report = await self.health.check()
+        store = report.store
+        return {
+            "status": report.status,
+            "storeReachable": store.reachable,
+            "storeWriterAlive": store.writer_alive,
+            "freeDiskBytes": report.free_disk_bytes,
+            "minFreeDiskBytes": report.min_free_disk_bytes,
+            "connections": self.connections(),
+            "parkedWaiters": self.store.wakeups.waiter_count(),
+            "writeQueueDepth": store.queue_depth,
+            "storeFailedBatches": store.failed_batches,
+            "storeWriterRestarts": store.writer_restarts,
         }
 
     async def sweep(self) -> None:

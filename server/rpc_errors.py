@@ -19,6 +19,8 @@ from typing import Any
 import capnp.lib.capnp as pycapnp_lib  # type: ignore[import-untyped]
 
 from quicnprotochat.common.errors import RpcError
+from quicnprotochat.server.services.errors import rpc_error
+from quicnprotochat.server.store import StoreError
 
 log = logging.getLogger("quicnprotochat.server.rpc")
 
@@ -26,6 +28,8 @@ log = logging.getLogger("quicnprotochat.server.rpc")
 def render_error(exc: BaseException) -> str:
     if isinstance(exc, RpcError):
         return str(exc)
+    if isinstance(exc, StoreError):  # a store failure outside a service's store_errors(): same codes, no traceback
+        return str(rpc_error(exc))
     reference = secrets.token_hex(4)
     log.error("unexpected error in an RPC handler (ref %s)", reference, exc_info=exc)
     return f"internal: unexpected error (ref {reference}; details are in the node's log)"

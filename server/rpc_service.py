@@ -50,7 +50,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
 
     async def health(self, _context: Any, **_params: Any) -> str:
         self._limit_address()
-        return "ok"
+        return (await self._node.health.check()).status
 
     async def serverInfo(self, _context: Any, **_params: Any) -> dict[str, Any]:
         self._limit_address()
@@ -217,3 +217,9 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     async def createChannel(self, peerKey: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
         caller = await self._caller(auth)
         return await self._node.inboxes.create_channel(caller, peerKey)
+
+    # -- health and counters -----------------------------------------------------------------------------------
+
+    async def nodeStatus(self, _context: Any, **_params: Any) -> dict[str, Any]:
+        self._limit_address()
+        return await self._node.status()

@@ -79,6 +79,7 @@ def test_additions_only_append() -> None:
     assert methods["serverInfo"] == 21
     assert methods["logout"] == 22
     assert methods["peekWait"] == 23
+    assert methods["nodeStatus"] == 24
     assert sorted(methods.values()) == list(range(len(methods)))
 
 

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from quicnprotochat.common.errors import Forbidden, InvalidArgument, NotFound, Unauthenticated
+from quicnprotochat.server.disk_space import DiskSpace
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
@@ -49,9 +50,11 @@ class InboxService:
         max_payload_bytes: int,
         allow_sealed_sender: bool,
         clock: Clock,
+        disk: DiskSpace | None = None,
     ) -> None:
         self._store = store
         self._accounts = accounts
+        self._disk = disk
         self._ttl = message_ttl_seconds
         self._max_fetch = max_fetch
         self._max_wait_ms = max_wait_ms
@@ -108,6 +111,10 @@ class InboxService:
     def _limit(self, limit: int) -> int:
         return self._max_fetch if limit == 0 else min(limit, self._max_fetch)
 
+    def _check_room(self) -> None:
+        if self._disk is not None:
+            self._disk.check_room()
+
     def _expiry(self) -> float:
         return self._clock() + self._ttl
 
@@ -127,6 +134,7 @@ class InboxService:
         elif channel:
             await self._check_channel_peer(caller, channel, recipient)
         await self._require_account(recipient, "recipientKey")
+        self._check_room()
         with store_errors():
             return await self._store.enqueue(recipient, channel, payload, self._expiry())
 
@@ -145,6 +153,7 @@ class InboxService:
             if channel:
                 await self._check_channel_peer(caller, channel, recipient)
             await self._require_account(recipient, f"recipientKeys[{index}]")
+        self._check_room()
         with store_errors():
             return await self._store.batch_enqueue(list(recipients), channel, payload, self._expiry())
 

@@ -57,6 +57,44 @@ class StoreClosed(StoreError):
         super().__init__("the store is closed")
 
 
+class StoreUnavailable(StoreError):
+    """The database could not be reached or the operation was cut off before its commit: nothing was stored, and
+    the same operation may be retried."""
+
+    def __init__(self, reason: str = "the store is unreachable; not stored, retry") -> None:
+        super().__init__(reason)
+
+
+class OutcomeUnknown(StoreError):
+    """The connection broke while the commit was on its way: the operation may or may not have been stored."""
+
+    def __init__(
+        self, reason: str = "the store connection broke during the commit; the operation may have been stored"
+    ) -> None:
+        super().__init__(reason)
+
+
+class DiskFull(StoreError):
+    """The store's disk is (nearly) full: new data is refused; reading and deleting still work."""
+
+    def __init__(self, reason: str = "disk full; not stored") -> None:
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What a store says about itself for health checks and the status method."""
+
+    reachable: bool
+    writer_alive: bool
+    detail: str = ""
+    """Why not reachable (one line, no secrets)."""
+    queue_depth: int = 0
+    """Writes waiting for the writer, the batch in hand included."""
+    failed_batches: int = 0
+    writer_restarts: int = 0
+
+
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer version of the node; running older code on it could corrupt it."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .accounts import AccountStore, SessionStore
-from .base import StoreLimits, StoreMetrics
+from .base import StoreHealth, StoreLimits, StoreMetrics
 from .directories import DirectoryStore
 from .inboxes import InboxStore
 from .server_secrets import SecretStore
@@ -25,6 +25,10 @@ class StoreLifecycle(Protocol):
 
     async def close(self) -> None:
         """Finish every operation already submitted, then release the database. Idempotent."""
+        ...
+
+    async def probe(self) -> StoreHealth:
+        """Whether the database answers now (a trivial query, bounded in time) and how the writer fares."""
         ...
 
 

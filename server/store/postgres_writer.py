@@ -27,7 +27,10 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .base import Inbox, StoreClosed, StoreError, StoreMetrics
+from quicnprotochat.server.log_throttle import LogThrottle
+
+from .base import Inbox, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
+from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, store_error
 
 T = TypeVar("T")
 
@@ -39,6 +42,17 @@ backend, and beyond that every other session's snapshot checks must consult pg_s
 dozen operations the WAL flush is a small part of a batch anyway."""
 
 MAX_DEADLOCK_RETRIES = 5
+
+TRANSACTION_TIMEOUT_S = 10.0
+"""A batch's transaction that takes longer (a hung server, a silent network) is cut off: its connection is
+terminated and its callers are told (not stored, or outcome unknown once the COMMIT was sent)."""
+
+MIN_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 0.5
+"""After a batch fails on the connection, the next waits this long (doubling from the minimum): the database is
+not hammered while down, and is used again within half a second of coming back."""
+
+LOG_PERIOD_S = 30.0
 
 
 class Again(Exception):
@@ -72,7 +86,17 @@ class _Counters:
     write_ops: int = 0
     commits: int = 0
     largest_batch: int = 0
+    failed_batches: int = 0
+    restarts: int = 0
     deferred: list[WriteOp[Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _InHand:
+    """The batch the writer is working on, and whether its COMMIT has been sent."""
+
+    batch: list[WriteOp[Any]] = field(default_factory=list)
+    committing: bool = False
 
 
 class GroupCommitWriter:
@@ -83,21 +107,50 @@ class GroupCommitWriter:
         publish: Publish,
         on_committed: Callable[[Iterable[Inbox]], None],
         merge: Merge | None = None,
+        *,
+        transaction_timeout_s: float = TRANSACTION_TIMEOUT_S,
     ) -> None:
         self._pool = pool
         self._merge = merge
         self._channel = channel
         self._publish = publish
         self._on_committed = on_committed
+        self._transaction_timeout = transaction_timeout_s
         self._queue: deque[WriteOp[Any]] = deque()
         self._work = asyncio.Event()
         self._closing = False
         self._counters = _Counters()
-        self._task = asyncio.create_task(self._run(), name="qpc-store-pg-writer")
+        self._in_hand = _InHand()
+        self._backoff = 0.0
+        self._faults = LogThrottle(log, period_s=LOG_PERIOD_S)
+        self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = self._start_task()
 
     def metrics(self) -> StoreMetrics:
         c = self._counters
         return StoreMetrics(c.write_ops, c.commits, c.largest_batch)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching task runs (the supervisor restarts it if it ever ends before close)."""
+        return not self._task.done() or self._closing
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue) + len(self._in_hand.batch)
+
+    @property
+    def failed_batches(self) -> int:
+        return self._counters.failed_batches
+
+    @property
+    def restarts(self) -> int:
+        return self._counters.restarts
+
+    @property
+    def failing(self) -> bool:
+        """True while the last batch failed on the connection (and until one commits again)."""
+        return self._backoff > 0
 
     def count_commit(self, ops: int) -> None:
         """For writes made outside the batches (fetch, ack, ...), so that metrics cover every write."""
@@ -118,31 +171,83 @@ class GroupCommitWriter:
     async def close(self) -> None:
         self._closing = True
         self._work.set()
-        await asyncio.shield(self._task)
+        if self._task.done():
+            self._finish()
+        await asyncio.shield(self._stopped)
+
+    # ── supervision ───────────────────────────────────────────────────────────────────────────────────────────
+
+    def _start_task(self) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._run(), name="qpc-store-pg-writer")
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The supervisor: a task that ends before close() answers its batch in hand and is started again."""
+        cancelled = task.cancelled()
+        exc = asyncio.CancelledError() if cancelled else task.exception()
+        exc = exc or RuntimeError("the writer task returned")
+        in_hand, self._in_hand = self._in_hand, _InHand()
+        if in_hand.batch:
+            self._fail(in_hand.batch, store_error(exc, committing=in_hand.committing, what="write"))
+        if cancelled:  # the loop is shutting down, or someone stopped us on purpose
+            self._closing = True
+        if self._closing:
+            self._finish()
+            return
+        self._counters.restarts += 1
+        self._faults.error("writer restarted", "store writer task ended (%s); restarted", describe(exc))
+        self._task = self._start_task()
+
+    def _finish(self) -> None:
+        failure = StoreClosed()
+        while self._queue:
+            op = self._queue.popleft()
+            if not op.future.done():
+                op.future.set_exception(failure)
+        if not self._stopped.done():
+            self._stopped.set_result(None)
 
     # ── the batching task ─────────────────────────────────────────────────────────────────────────────────────
 
     async def _run(self) -> None:
-        try:
-            while True:
-                await self._work.wait()
-                self._work.clear()
-                while self._queue:
-                    batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                    await self._run_batch(batch)
-                    deferred, self._counters.deferred = self._counters.deferred, []
-                    self._queue.extendleft(reversed(deferred))
-                if self._closing and not self._queue:
-                    return
-        except BaseException as exc:  # pragma: no cover - a bug here must not leave callers hanging forever
-            log.exception("store writer task failed")
-            failure = StoreError("the store writer stopped")
-            failure.__cause__ = exc
+        while True:
+            await self._work.wait()
+            self._work.clear()
             while self._queue:
-                op = self._queue.popleft()
-                if not op.future.done():
-                    op.future.set_exception(failure)
-            raise
+                if self._backoff:
+                    # The database failed the last batch: give it a moment; what queues meanwhile goes together.
+                    await asyncio.sleep(self._backoff)
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                self._in_hand = _InHand(batch)
+                try:
+                    await self._run_batch(batch)
+                except Exception as exc:  # noqa: BLE001 - whatever happens, every caller of the batch hears of it
+                    self._batch_failed(batch, exc)
+                    if is_connection_fault(exc):
+                        # Every pooled connection may be as dead as this one (the server restarted): replace them.
+                        await self._pool.expire_connections()
+                self._in_hand = _InHand()
+                deferred, self._counters.deferred = self._counters.deferred, []
+                self._queue.extendleft(reversed(deferred))
+            if self._closing and not self._queue:
+                return
+
+    def _batch_failed(self, batch: list[WriteOp[Any]], exc: Exception) -> None:
+        committing = self._in_hand.committing
+        self._counters.failed_batches += 1
+        self._counters.deferred = []
+        if is_connection_fault(exc):
+            self._backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self._backoff * 2))
+            self._faults.warning("connection", "store write failed: %s; retrying with backoff", describe(exc))
+        else:
+            self._faults.log(logging.ERROR, ("unexpected", type(exc)), "store write failed unexpectedly: %r", exc)
+        self._fail(batch, store_error(exc, committing=committing, what="write"))
+
+    def _fail(self, batch: list[WriteOp[Any]], error: StoreError) -> None:
+        for op in batch:
+            if not op.future.done():
+                op.future.set_exception(error)
 
     async def _run_batch(self, batch: list[WriteOp[Any]]) -> None:
         # Sorted by first inbox so that batches of single-inbox operations lock counter rows in one global order.
@@ -150,20 +255,18 @@ class GroupCommitWriter:
         outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]] = []
         touched: set[Inbox] = set()
         deferred: list[WriteOp[Any]] = []
+        conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT_S)
         try:
-            async with self._pool.acquire() as conn:
+            async with asyncio.timeout(self._transaction_timeout):
                 await self._run_transaction(conn, batch, outcomes, touched, deferred)
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # The transaction as a whole failed (connection lost, server shutting down, ...): nothing of it was
-            # committed, unless the COMMIT itself was cut off, which nobody can know; every caller hears.
-            log.error("store write transaction failed: %s", type(exc).__name__)
-            failure = StoreError("storage write failed; the operation was not stored")
-            failure.__cause__ = exc
-            outcomes = [(op, None, failure) for op in batch]
-            touched = set()
-            deferred = []
-        else:
-            self._counters.commits += 1
+        except BaseException:
+            # Whatever the operation in progress was, it is cut off: this connection must never serve again.
+            conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+        self._backoff = 0.0
+        self._counters.commits += 1
         self._counters.write_ops += len(batch) - len(deferred)
         self._counters.largest_batch = max(self._counters.largest_batch, len(batch))
         self._counters.deferred = deferred
@@ -189,6 +292,8 @@ class GroupCommitWriter:
         try:
             results = await self._merge(conn, [op.data for op in batch])
         except asyncpg.PostgresError as exc:  # deadlock or anything else: the per-operation path sorts it out
+            if is_connection_fault(exc):
+                raise
             log.info("merged batch failed (%s); running its operations one by one", type(exc).__name__)
             results = None
         if results is None:
@@ -209,55 +314,52 @@ class GroupCommitWriter:
     ) -> None:
         # Savepoint commands go as one simple-protocol message with whatever came before: one round trip each.
         await conn.execute("BEGIN; SAVEPOINT op")
-        committed = False
-        try:
-            if await self._run_merged(conn, batch, outcomes, touched):
-                batch = []
-            for op in batch:
-                attempt = 0
-                while True:
-                    try:
-                        result = await op.fn(conn, attempt)
-                    except Again:
-                        await conn.execute("ROLLBACK TO SAVEPOINT op")
-                        attempt += 1
-                        continue
-                    except asyncpg.DeadlockDetectedError as exc:
-                        await conn.execute("ROLLBACK TO SAVEPOINT op")
-                        op.deadlocks += 1
-                        if op.deadlocks <= MAX_DEADLOCK_RETRIES:
-                            deferred.append(op)
-                        else:
-                            failure = StoreError("storage write failed (lock contention); the operation was not stored")
-                            failure.__cause__ = exc
-                            outcomes.append((op, None, failure))
-                    except StoreError as exc:  # refused on purpose (LimitExceeded, ...)
-                        await conn.execute("ROLLBACK TO SAVEPOINT op")
-                        outcomes.append((op, None, exc))
-                    except asyncpg.PostgresError as exc:
-                        # A statement failed but the session is fine: this operation alone is lost.
-                        await conn.execute("ROLLBACK TO SAVEPOINT op")
-                        log.error("store operation failed: %s", type(exc).__name__)
-                        failure = StoreError("storage operation failed")
+        # No ROLLBACK on failure: the caller terminates the connection, and PostgreSQL rolls back what it held.
+        if await self._run_merged(conn, batch, outcomes, touched):
+            batch = []
+        for op in batch:
+            attempt = 0
+            while True:
+                try:
+                    result = await op.fn(conn, attempt)
+                except Again:
+                    await conn.execute("ROLLBACK TO SAVEPOINT op")
+                    attempt += 1
+                    continue
+                except asyncpg.DeadlockDetectedError as exc:
+                    await conn.execute("ROLLBACK TO SAVEPOINT op")
+                    op.deadlocks += 1
+                    if op.deadlocks <= MAX_DEADLOCK_RETRIES:
+                        deferred.append(op)
+                    else:
+                        failure: StoreError = StoreUnavailable(
+                            "storage write failed (lock contention); not stored, retry"
+                        )
                         failure.__cause__ = exc
                         outcomes.append((op, None, failure))
-                    else:
-                        await conn.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
-                        outcomes.append((op, result, None))
-                        touched.update(op.inboxes)
-                    break
-            if touched:
-                # Delivered to the other nodes only if, and when, this transaction commits.
-                await conn.execute(
-                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                    self._channel,
-                    self._publish(touched),
-                )
-            await conn.execute("COMMIT")
-            committed = True
-        finally:
-            if not committed and not conn.is_closed():
-                try:
-                    await conn.execute("ROLLBACK")
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    conn.terminate()
+                except StoreError as exc:  # refused on purpose (LimitExceeded, ...)
+                    await conn.execute("ROLLBACK TO SAVEPOINT op")
+                    outcomes.append((op, None, exc))
+                except asyncpg.PostgresError as exc:
+                    if is_connection_fault(exc):
+                        raise
+                    # A statement failed but the session is fine: this operation alone is lost.
+                    await conn.execute("ROLLBACK TO SAVEPOINT op")
+                    self._faults.error(("operation", type(exc)), "store operation failed: %s", type(exc).__name__)
+                    failure = StoreError("storage operation failed")
+                    failure.__cause__ = exc
+                    outcomes.append((op, None, failure))
+                else:
+                    await conn.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
+                    outcomes.append((op, result, None))
+                    touched.update(op.inboxes)
+                break
+        if touched:
+            # Delivered to the other nodes only if, and when, this transaction commits.
+            await conn.execute(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                self._channel,
+                self._publish(touched),
+            )
+        self._in_hand.committing = True
+        await conn.execute("COMMIT")

@@ -14,11 +14,14 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .base import Inbox, StoreClosed, StoreError, StoreMetrics
+from quicnprotochat.server.log_throttle import LogThrottle
+
+from .base import DiskFull, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -26,6 +29,12 @@ log = logging.getLogger(__name__)
 
 # Bounds the latency one huge burst adds to the callers at its head, and the size of one transaction.
 MAX_BATCH = 1024
+
+MIN_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 0.5
+"""After a failed batch (disk full, I/O error) the next one waits this long, doubling from the minimum."""
+
+LOG_PERIOD_S = 30.0
 
 
 @dataclass(slots=True)
@@ -64,6 +73,13 @@ class GroupCommitWriter:
         self._write_ops = 0
         self._commits = 0
         self._largest_batch = 0
+        self._failed_batches = 0
+        self._restarts = 0
+        self._in_hand: list[_Op[Any]] = []
+        self._committing = False
+        self._backoff = 0.0
+        # Used by the writer thread only.
+        self._faults = LogThrottle(log, period_s=LOG_PERIOD_S)
         self._stopped: asyncio.Future[None] = loop.create_future()
         # Daemon: an interpreter exiting without close() must not hang on us. An uncommitted transaction is
         # rolled back by SQLite, and nobody was told its results, so nothing acknowledged is lost.
@@ -72,6 +88,22 @@ class GroupCommitWriter:
 
     def metrics(self) -> StoreMetrics:
         return StoreMetrics(self._write_ops, self._commits, self._largest_batch)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() or self._closing
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() + len(self._in_hand)
+
+    @property
+    def failed_batches(self) -> int:
+        return self._failed_batches
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
 
     async def submit(self, fn: WriteFn[T]) -> T:
         # Checked and enqueued on the loop thread, as close() is, so nothing can slip in behind the stop marker.
@@ -91,38 +123,64 @@ class GroupCommitWriter:
     # ── writer thread ─────────────────────────────────────────────────────────────────────────────────────────
 
     def _run(self) -> None:
+        """The supervisor: whatever ends the serving loop, its batch in hand is answered and the loop starts again."""
         try:
-            stopping = False
-            while not stopping:
-                batch: list[_Op[Any]] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(item, _Op)
-                    batch.append(item)
-                    if len(batch) >= MAX_BATCH:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._run_batch(batch)
-        except BaseException:  # pragma: no cover - a bug here must not leave callers hanging forever
-            log.exception("store writer thread failed")
-            self._fail_pending()
+            while True:
+                try:
+                    self._serve()
+                    return
+                except BaseException as exc:  # noqa: BLE001 - a bug here must not leave callers hanging forever
+                    self._restarts += 1
+                    self._faults.error("writer restarted", "store writer loop ended (%r); restarted", exc)
+                    self._answer_in_hand(exc)
+                    self._rollback_quietly()
+                    time.sleep(MIN_BACKOFF_S)
         finally:
+            self._fail_pending()
             try:
                 self._conn.close()
             finally:
                 self._call_on_loop(self._set_stopped)
 
+    def _serve(self) -> None:
+        while True:
+            if self._backoff:
+                time.sleep(self._backoff)
+            batch: list[_Op[Any]] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    if batch:
+                        self._run_batch(batch)
+                    return
+                assert isinstance(item, _Op)
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._run_batch(batch)
+
+    def _answer_in_hand(self, exc: BaseException) -> None:
+        batch, self._in_hand = self._in_hand, []
+        if batch:
+            failure = _batch_error(exc, committing=self._committing)
+            self._call_on_loop(self._deliver, [(op, None, failure) for op in batch], set())
+
+    def _rollback_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._faults.error("rollback", "rollback failed: %s", exc)
+
     def _run_batch(self, batch: list[_Op[Any]]) -> None:
         conn = self._conn
         outcomes: list[Outcome] = []
         touched: set[Inbox] = set()
+        self._in_hand, self._committing = batch, False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -134,28 +192,40 @@ class GroupCommitWriter:
                     # If SQLite already aborted the whole transaction this raises and the batch fails below.
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((op, None, _public_error(exc)))
+                    outcomes.append((op, None, self._public_error(exc)))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((op, result, None))
                     touched.update(ctx.touched)
+            self._committing = True
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; every caller must hear of it
-            log.error("store write transaction failed: %s", exc)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-            failure = StoreError("storage write failed; the operation was not stored")
-            failure.__cause__ = exc
+            self._failed_batches += 1
+            self._backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self._backoff * 2))
+            self._faults.error(("batch", _fault_kind(exc)), "store write transaction failed: %s", exc)
+            self._rollback_quietly()
+            failure = _batch_error(exc, committing=self._committing)
             outcomes = [(op, None, failure) for op in batch]
             touched = set()
         else:
+            self._backoff = 0.0
             self._commits += 1
+        self._in_hand = []
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
         self._call_on_loop(self._deliver, outcomes, touched)
+
+    def _public_error(self, exc: Exception) -> StoreError:
+        if isinstance(exc, StoreError):
+            return exc
+        if is_disk_full(exc):
+            error: StoreError = DiskFull()
+        else:
+            # SQLite messages name tables and columns but never bound values, so logging them leaks nothing.
+            self._faults.error(("operation", _fault_kind(exc)), "store operation failed: %r", exc)
+            error = StoreError("storage operation failed")
+        error.__cause__ = exc
+        return error
 
     def _fail_pending(self) -> None:
         pending: list[Outcome] = []
@@ -165,7 +235,7 @@ class GroupCommitWriter:
             except queue.Empty:
                 break
             if isinstance(item, _Op):
-                pending.append((item, None, StoreError("the store writer stopped")))
+                pending.append((item, None, StoreClosed()))
         if pending:
             self._call_on_loop(self._deliver, pending, set())
 
@@ -192,11 +262,29 @@ class GroupCommitWriter:
             self._stopped.set_result(None)
 
 
-def _public_error(exc: Exception) -> StoreError:
-    if isinstance(exc, StoreError):
-        return exc
-    # SQLite messages name tables and columns but never bound values, so logging them leaks nothing.
-    log.error("store operation failed: %r", exc)
-    error = StoreError("storage operation failed")
+def _sqlite_code(exc: BaseException) -> int:
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF if isinstance(exc, sqlite3.Error) else -1
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: a write found no space (the transaction is rolled back)."""
+    return _sqlite_code(exc) == sqlite3.SQLITE_FULL
+
+
+def _fault_kind(exc: BaseException) -> str:
+    return type(exc).__name__ if not isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}:{exc}"
+
+
+def _batch_error(exc: BaseException, *, committing: bool) -> StoreError:
+    """What the callers of a failed batch hear. SQLite rolls back a transaction whose COMMIT fails, so it was not
+    stored, except when the commit failed on I/O (its frames may be on disk) or with something that is not
+    SQLite's own error at all: then nobody can say."""
+    error: StoreError
+    if is_disk_full(exc):
+        error = DiskFull()
+    elif committing and _sqlite_code(exc) in (-1, sqlite3.SQLITE_IOERR):
+        error = OutcomeUnknown("the store failed during the commit; the operation may have been stored")
+    else:
+        error = StoreUnavailable("storage write failed; not stored, retry")
     error.__cause__ = exc
     return error

@@ -15,6 +15,7 @@ The store belongs to the event loop that opened it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +24,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ..base import AlreadyExists, Clock, StoreError, StoreLimits, StoreMetrics
+from quicnprotochat.server.log_throttle import LogThrottle
+
+from ..base import AlreadyExists, Clock, StoreError, StoreHealth, StoreLimits, StoreMetrics, StoreUnavailable
 from ..engine import StoreEngine
+from ..postgres_faults import (
+    CONNECT_TIMEOUT_S,
+    describe,
+    is_connection_fault,
+    pooled,
+    quiet_pool_log,
+    store_error,
+)
 from ..postgres_migrations import migrate
 from ..postgres_wakeups import CHANNEL, PostgresWakeups
 from ..postgres_writer import Again, GroupCommitWriter
@@ -33,6 +44,7 @@ from .enqueue import enqueue_many
 T = TypeVar("T")
 
 _RETRIES = 5
+PROBE_TIMEOUT_S = 2.0
 
 _UNIQUE_FIELDS = {
     "accounts_username_key": "username",
@@ -129,6 +141,7 @@ class PostgresEngine(StoreEngine):
         clock: Clock,
     ) -> Self:
         dsn, options = parse_url(url)
+        quiet_pool_log(LogThrottle(logging.getLogger(__name__), period_s=30.0))
         where = redacted(dsn)
         settings = {"application_name": "quicnprotochat"}
         try:
@@ -137,6 +150,7 @@ class PostgresEngine(StoreEngine):
                 min_size=options.pool_min_size,
                 max_size=options.pool_max_size,
                 server_settings=settings,
+                timeout=CONNECT_TIMEOUT_S,
             )
         except (*_DB_ERRORS, ValueError) as exc:
             raise StoreError(f"cannot open the database at {where}: {type(exc).__name__}: {exc}") from exc
@@ -176,6 +190,17 @@ class PostgresEngine(StoreEngine):
     def metrics(self) -> StoreMetrics:
         return self._writer.metrics()
 
+    async def probe(self) -> StoreHealth:
+        writer = self._writer
+        reachable, detail = True, ""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S), pooled(self._pool) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - anything that stops the probe means: not reachable now
+            reachable = False
+            detail = describe(exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc)
+        return StoreHealth(reachable, writer.alive, detail, writer.queue_depth, writer.failed_batches, writer.restarts)
+
     async def _shut_down(self) -> None:
         await self._writer.close()
         await self._drained.wait()
@@ -201,20 +226,20 @@ class PostgresEngine(StoreEngine):
         try:
             attempt = 0
             while True:
+                committing = False
                 try:
-                    async with self._pool.acquire() as conn, conn.transaction():
+                    async with pooled(self._pool) as conn, conn.transaction():
                         result = await fn(conn)
+                        committing = True
                 except Again:
                     continue
                 except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                     attempt += 1
                     if attempt >= attempts:
-                        raise StoreError("storage write failed (lock contention)") from exc
+                        raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
                     continue
-                except StoreError:
-                    raise
-                except _DB_ERRORS as exc:
-                    raise StoreError("storage write failed") from exc
+                except Exception as exc:  # every failure becomes a StoreError that says what happened
+                    raise store_error(exc, committing=committing, what="write") from exc
                 self._writer.count_commit(1)
                 return result
         finally:
@@ -224,12 +249,13 @@ class PostgresEngine(StoreEngine):
         """A read (or a single autocommit statement) on a pooled connection."""
         self._enter()
         try:
-            async with self._pool.acquire() as conn:
-                return await fn(conn)
-        except StoreError:
-            raise
-        except _DB_ERRORS as exc:
-            raise StoreError(f"storage {what} failed") from exc
+            async with pooled(self._pool) as conn:
+                try:
+                    return await fn(conn)
+                except Exception as exc:  # every failure becomes a StoreError that says what happened
+                    # An autocommit write cut off mid-statement may have committed.
+                    cut_off = what == "write" and is_connection_fault(exc)
+                    raise store_error(exc, committing=cut_off, what=what) from exc
         finally:
             self._leave()
 

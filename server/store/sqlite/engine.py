@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self, TypeVar
 
-from ..base import Clock, StoreError, StoreLimits, StoreMetrics
+from ..base import Clock, StoreError, StoreHealth, StoreLimits, StoreMetrics
 from ..engine import StoreEngine
 from ..migrations import migrate
 from ..sqlite_writer import GroupCommitWriter, OpContext
@@ -23,6 +23,7 @@ from ..wakeups import InProcessWakeups
 T = TypeVar("T")
 
 _BUSY_TIMEOUT_MS = 10_000
+PROBE_TIMEOUT_S = 2.0
 
 
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -108,6 +109,15 @@ class SqliteEngine(StoreEngine):
 
     def metrics(self) -> StoreMetrics:
         return self._writer.metrics()
+
+    async def probe(self) -> StoreHealth:
+        writer = self._writer
+        reachable, detail = True, ""
+        try:
+            await asyncio.wait_for(self._read(lambda conn: conn.execute("SELECT 1").fetchone()), PROBE_TIMEOUT_S)
+        except (StoreError, TimeoutError) as exc:
+            reachable, detail = False, str(exc) or "no answer within the probe timeout"
+        return StoreHealth(reachable, writer.alive, detail, writer.queue_depth, writer.failed_batches, writer.restarts)
 
     async def _shut_down(self) -> None:
         await self._writer.close()

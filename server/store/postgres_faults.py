@@ -1,0 +1,108 @@
+"""What a failed PostgreSQL call means for its caller: not stored (retry), outcome unknown, or a refused statement.
+
+A connection that failed in the middle of an operation must never be used again: asyncpg keeps the protocol state
+of the interrupted operation, and the next call on it fails with `InternalClientError: cannot switch to state ..;
+another operation is in progress` (the returned-to-pool reset fails the same way). Callers terminate it instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from quicnprotochat.server.log_throttle import LogThrottle
+
+from .base import OutcomeUnknown, StoreError, StoreUnavailable
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long opening a pooled connection may take before the store counts as unreachable."""
+
+_CONNECTION_FAULTS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection is gone
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+    asyncpg.InsufficientResourcesError,  # class 53: disk full, out of memory, too many connections
+)
+
+
+def is_connection_fault(exc: BaseException) -> bool:
+    """True when the session (not the statement) failed: the connection must be terminated, and the operation may
+    be retried once the database answers again."""
+    return isinstance(exc, _CONNECTION_FAULTS)
+
+
+def store_error(exc: BaseException, *, committing: bool, what: str = "operation") -> StoreError:
+    """The StoreError a caller gets for `exc`, raised while its transaction was running or (committing=True)
+    while its COMMIT was on the way."""
+    if isinstance(exc, StoreError):
+        return exc
+    error: StoreError
+    if committing:
+        error = OutcomeUnknown()
+    elif is_connection_fault(exc):
+        error = StoreUnavailable()
+    else:
+        error = StoreError(f"storage {what} failed")
+    error.__cause__ = exc
+    return error
+
+
+@contextlib.asynccontextmanager
+async def pooled(pool: Any) -> AsyncIterator[Any]:
+    """A connection from `pool`, terminated instead of returned when what ran on it failed on the session.
+
+    Failing to get one (the server is down, the pool's connect timed out) raises StoreUnavailable.
+    """
+    try:
+        conn = await pool.acquire(timeout=CONNECT_TIMEOUT_S)
+    except Exception as exc:  # whatever stops us from connecting, nothing was done
+        raise store_error(exc, committing=False) from exc
+    try:
+        yield conn
+    except BaseException as exc:
+        # A refused statement, or our own exception between statements, leaves the session usable (the
+        # transaction was rolled back); a fault in the session or a cancellation mid-operation does not.
+        if not isinstance(exc, Exception) or is_connection_fault(exc):
+            conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception, for logs: its type and the first line of its text."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class PoolLogThrottle(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect (every second or so while the server is
+    down): its records are routed through a LogThrottle instead, one line per kind and period, no traceback."""
+
+    def __init__(self, throttle: LogThrottle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cause = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage() + (f" ({describe(cause)})" if cause is not None else "")
+        self._throttle.log(record.levelno, ("asyncpg", record.msg), "%s", message)
+        return False
+
+
+_pool_log_installed = False
+
+
+def quiet_pool_log(throttle: LogThrottle) -> None:
+    """Install PoolLogThrottle on asyncpg's pool logger (once per process)."""
+    global _pool_log_installed
+    if not _pool_log_installed:
+        logging.getLogger("asyncpg.pool").addFilter(PoolLogThrottle(throttle))
+        _pool_log_installed = True
