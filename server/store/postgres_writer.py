@@ -29,8 +29,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from quicnprotochat.server.log_throttle import LogThrottle
 
-from .base import Inbox, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
-from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, store_error
+from .base import Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
+from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault
 
 T = TypeVar("T")
 
@@ -53,6 +53,14 @@ MAX_BACKOFF_S = 0.5
 not hammered while down, and is used again within half a second of coming back."""
 
 LOG_PERIOD_S = 30.0
+
+
+def _batch_error(exc: BaseException, *, committing: bool) -> StoreError:
+    """A failed batch's connection is terminated, so PostgreSQL rolls back whatever it did: not stored, unless
+    its COMMIT was already on the way."""
+    error = OutcomeUnknown() if committing else StoreUnavailable("storage write failed; not stored, retry")
+    error.__cause__ = exc
+    return error
 
 
 class Again(Exception):
@@ -189,7 +197,7 @@ class GroupCommitWriter:
         exc = exc or RuntimeError("the writer task returned")
         in_hand, self._in_hand = self._in_hand, _InHand()
         if in_hand.batch:
-            self._fail(in_hand.batch, store_error(exc, committing=in_hand.committing, what="write"))
+            self._fail(in_hand.batch, _batch_error(exc, committing=in_hand.committing))
         if cancelled:  # the loop is shutting down, or someone stopped us on purpose
             self._closing = True
         if self._closing:
@@ -242,7 +250,7 @@ class GroupCommitWriter:
             self._faults.warning("connection", "store write failed: %s; retrying with backoff", describe(exc))
         else:
             self._faults.log(logging.ERROR, ("unexpected", type(exc)), "store write failed unexpectedly: %r", exc)
-        self._fail(batch, store_error(exc, committing=committing, what="write"))
+        self._fail(batch, _batch_error(exc, committing=committing))
 
     def _fail(self, batch: list[WriteOp[Any]], error: StoreError) -> None:
         for op in batch:
