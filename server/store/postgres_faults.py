@@ -54,6 +54,14 @@ def store_error(exc: BaseException, *, committing: bool, what: str = "operation"
     return error
 
 
+def terminate(conn: Any) -> None:
+    """Close a pooled connection at once, without a goodbye to the server (which rolls back what it held).
+
+    A connection asyncpg already saw die has been handed back to its pool; there is nothing left to close."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
 @contextlib.asynccontextmanager
 async def pooled(pool: Any) -> AsyncIterator[Any]:
     """A connection from `pool`, terminated instead of returned when what ran on it failed on the session.
@@ -70,7 +78,7 @@ async def pooled(pool: Any) -> AsyncIterator[Any]:
         # A refused statement, or our own exception between statements, leaves the session usable (the
         # transaction was rolled back); a fault in the session or a cancellation mid-operation does not.
         if not isinstance(exc, Exception) or is_connection_fault(exc):
-            conn.terminate()
+            terminate(conn)
         raise
     finally:
         await pool.release(conn)

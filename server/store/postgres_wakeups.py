@@ -21,6 +21,8 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from quicnprotochat.server.log_throttle import LogThrottle
+
 from .base import Inbox
 from .wakeups import InProcessWakeups
 
@@ -74,7 +76,7 @@ class PostgresWakeups(InProcessWakeups):
         node_id: str,
         *,
         backoff_initial: float = 0.05,
-        backoff_max: float = 5.0,
+        backoff_max: float = 1.0,
         liveness_interval: float = 15.0,
     ) -> None:
         super().__init__()
@@ -82,6 +84,7 @@ class PostgresWakeups(InProcessWakeups):
         self.node_id = node_id
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._faults = LogThrottle(log, period_s=30.0)
         self._liveness_interval = liveness_interval
         self._conn: Any = None
         self._closing = False
@@ -170,7 +173,9 @@ class PostgresWakeups(InProcessWakeups):
             try:
                 await self._listen()
             except Exception as exc:  # noqa: BLE001 - whatever failed (network, server, auth): try again later
-                log.warning("inbox listener: reconnect failed (%s); retrying in %.2f s", type(exc).__name__, delay)
+                self._faults.warning(
+                    "reconnect", "inbox listener: reconnect failed (%s); retrying with backoff", type(exc).__name__
+                )
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
                 delay = min(delay * 2, self._backoff_max)
                 continue

@@ -30,7 +30,7 @@ import asyncpg  # type: ignore[import-untyped]
 from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
-from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault
+from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, terminate
 
 T = TypeVar("T")
 
@@ -269,10 +269,10 @@ class GroupCommitWriter:
                 await self._run_transaction(conn, batch, outcomes, touched, deferred)
         except BaseException:
             # Whatever the operation in progress was, it is cut off: this connection must never serve again.
-            conn.terminate()
-            raise
-        finally:
+            terminate(conn)
             await self._pool.release(conn)
+            raise
+        # Committed: the callers hear it now, whatever happens to the connection afterwards.
         self._backoff = 0.0
         self._counters.commits += 1
         self._counters.write_ops += len(batch) - len(deferred)
@@ -287,6 +287,10 @@ class GroupCommitWriter:
                 op.future.set_exception(error)
         if touched:
             self._on_committed(touched)
+        try:
+            await self._pool.release(conn)
+        except Exception as exc:  # noqa: BLE001 - the pool's reset failed: asyncpg has terminated the connection
+            self._faults.warning("release", "store connection lost after a commit: %s", describe(exc))
 
     async def _run_merged(
         self,
