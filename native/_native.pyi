@@ -100,8 +100,25 @@ class KeyPackageInfo:
         """KeyPackageRef (RFC 9420 section 5.2)."""
 
 def validate_key_package(data: bytes) -> KeyPackageInfo:
-    """Parse and validate a TLS-encoded KeyPackage (signatures, lifetime, ciphersuite,
-    credential == signature key); raise InvalidKeyPackage."""
+    """Parse and validate a KeyPackage, raw (TLS-encoded) or wrapped in an MLSMessage
+    (signatures, lifetime, ciphersuite, credential == signature key); raise InvalidKeyPackage."""
+
+class MlsMessageInfo:
+    """The clear header of a PublicMessage or PrivateMessage (RFC 9420 section 6); unverified."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def content_type(self) -> Literal["application", "proposal", "commit"]: ...
+    @property
+    def wire_format(self) -> Literal["public", "private"]: ...
+
+def mls_message_info(message: bytes) -> MlsMessageInfo:
+    """Read group id, epoch, content type and wire format of an MLSMessage carrying a
+    PublicMessage or PrivateMessage, without any group state. Anything else (Welcome,
+    KeyPackage, GroupInfo, garbage, trailing bytes) raises MalformedError with a reason."""
 
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool: ...
 
@@ -159,7 +176,8 @@ class Vault:
     def create_group(self, ciphersuite: int = ...) -> bytes:
         """Return the new group's id."""
     def add_members(self, group_id: bytes, key_packages: list[bytes]) -> tuple[bytes, bytes]:
-        """Return (commit, welcome); the commit is already merged locally."""
+        """Return (commit, welcome); packages raw or wrapped in an MLSMessage. The commit is
+        already merged locally."""
     def remove_members(self, group_id: bytes, identity_keys: list[bytes]) -> bytes:
         """Return the commit (merged locally)."""
     def self_update(self, group_id: bytes) -> bytes:
@@ -176,6 +194,9 @@ class Vault:
         """Process a group message (the group id is read from it); commits are merged."""
     def members(self, group_id: bytes) -> list[bytes]:
         """Identity keys in leaf order."""
+    def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes:
+        """The MLS exporter (RFC 9420 section 8.5) of the current epoch; raises StateError for
+        a length outside 1..=255 hash lengths or an inactive group."""
     def epoch(self, group_id: bytes) -> int: ...
     def group_ciphersuite(self, group_id: bytes) -> int: ...
     def is_active(self, group_id: bytes) -> bool: ...

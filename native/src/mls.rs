@@ -22,6 +22,9 @@ use zeroize::Zeroizing;
 use crate::envelope::HybridKeyPair;
 use crate::error::{Error, Result};
 
+mod wire;
+pub use wire::{message_info, MessageInfo};
+
 /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (the default).
 pub const SUITE_DEFAULT: u16 = 0x0001;
 /// MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (X-Wing KEM; supported by the libcrux provider).
@@ -120,11 +123,7 @@ fn check_credential(kp: &KeyPackage) -> Result<Vec<u8>> {
 }
 
 fn parse_key_package(crypto: &impl OpenMlsCrypto, data: &[u8]) -> Result<KeyPackage> {
-    let kp_in = KeyPackageIn::tls_deserialize_exact(data)
-        .map_err(|e| mls_err(Error::InvalidKeyPackage, "does not parse", e))?;
-    let kp = kp_in
-        .validate(crypto, ProtocolVersion::Mls10)
-        .map_err(|e| mls_err(Error::InvalidKeyPackage, "rejected", e))?;
+    let kp = wire::verify_key_package(crypto, data)?;
     let cs = kp.ciphersuite();
     ciphersuite(cs as u16).map_err(|_| {
         Error::InvalidKeyPackage(format!("unsupported ciphersuite {:#06x}", cs as u16))
@@ -136,7 +135,8 @@ fn parse_key_package(crypto: &impl OpenMlsCrypto, data: &[u8]) -> Result<KeyPack
     Ok(kp)
 }
 
-/// Parses and fully validates a TLS-encoded KeyPackage (signatures, lifetime against the
+/// Parses and fully validates a KeyPackage, raw (TLS-encoded) or wrapped in an MLSMessage
+/// (signatures, lifetime against the
 /// current time, init key != encryption key, supported ciphersuite, basic credential equal to
 /// the Ed25519 signature key).
 pub fn validate_key_package(data: &[u8]) -> Result<KeyPackageInfo> {
@@ -685,17 +685,7 @@ impl Vault {
     /// Processes an incoming MLS message (group id read from the message). Commits are merged,
     /// proposals from members are stored for a later commit.
     pub fn process(&mut self, message: &[u8]) -> Result<Processed> {
-        let msg = MlsMessageIn::tls_deserialize_exact(message)
-            .map_err(|e| mls_err(Error::Malformed, "MLS message does not parse", e))?;
-        let protocol: ProtocolMessage = match msg.extract() {
-            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
-            MlsMessageBodyIn::PublicMessage(m) => m.into(),
-            _ => {
-                return Err(Error::Malformed(
-                    "not a group message (Welcome, GroupInfo or KeyPackage)".into(),
-                ))
-            }
-        };
+        let protocol = wire::parse_group_message(message)?;
         let group_id = protocol.group_id().as_slice().to_vec();
         self.tx(|v| v.process_in_tx(group_id, protocol))
     }
@@ -794,6 +784,28 @@ impl Vault {
     pub fn members(&self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
         let group = self.load_group(group_id)?;
         Ok(group.members().map(|m| m.signature_key).collect())
+    }
+
+    /// The MLS exporter (RFC 9420 section 8.5) of the group's current epoch.
+    pub fn export_secret(
+        &self,
+        group_id: &[u8],
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let group = self.load_group(group_id)?;
+        // HKDF-Expand yields at most 255 hash lengths.
+        let max = 255 * group.ciphersuite().hash_length();
+        if length == 0 || length > max {
+            return Err(Error::State(format!(
+                "exporter length must be 1..={max} bytes, got {length}"
+            )));
+        }
+        group
+            .export_secret(self.provider.crypto(), label, context, length)
+            .map(Zeroizing::new)
+            .map_err(|e| mls_err(Error::State, "export secret", e))
     }
 
     /// Current epoch of the group.

@@ -234,7 +234,7 @@ impl KeyPackageInfo {
     }
 }
 
-/// Parses and validates a TLS-encoded KeyPackage (raises InvalidKeyPackage).
+/// Parses and validates a KeyPackage, raw or wrapped in an MLSMessage (raises InvalidKeyPackage).
 #[pyfunction]
 fn validate_key_package(py: Python<'_>, data: &[u8]) -> PyResult<KeyPackageInfo> {
     let info = run(py, || mls::validate_key_package(data))?;
@@ -245,6 +245,38 @@ fn validate_key_package(py: Python<'_>, data: &[u8]) -> PyResult<KeyPackageInfo>
         not_before: info.not_before,
         not_after: info.not_after,
         reference: bytes(py, &info.reference).unbind(),
+    })
+}
+
+/// Clear header of an MLS group message (RFC 9420 section 6).
+#[pyclass(frozen, get_all, module = "quicnprotochat.native")]
+struct MlsMessageInfo {
+    group_id: Py<PyBytes>,
+    epoch: u64,
+    content_type: &'static str,
+    wire_format: &'static str,
+}
+
+#[pymethods]
+impl MlsMessageInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "MlsMessageInfo(epoch={}, content_type={:?}, wire_format={:?})",
+            self.epoch, self.content_type, self.wire_format
+        )
+    }
+}
+
+/// Group id, epoch, content type and wire format of a PublicMessage or PrivateMessage
+/// (raises MalformedError for anything else).
+#[pyfunction]
+fn mls_message_info(py: Python<'_>, message: &[u8]) -> PyResult<MlsMessageInfo> {
+    let info = run(py, || mls::message_info(message))?;
+    Ok(MlsMessageInfo {
+        group_id: bytes(py, &info.group_id).unbind(),
+        epoch: info.epoch,
+        content_type: info.content_type,
+        wire_format: info.wire_format,
     })
 }
 
@@ -470,6 +502,18 @@ impl Vault {
         Ok(m.iter().map(|k| bytes(py, k)).collect())
     }
 
+    fn export_secret<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: &[u8],
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let secret = self.with(py, |v| v.export_secret(group_id, label, context, length))?;
+        Ok(bytes(py, &secret))
+    }
+
     fn epoch(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<u64> {
         self.with(py, |v| v.epoch(group_id))
     }
@@ -654,8 +698,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(envelope_info, m)?)?;
     m.add_function(wrap_pyfunction!(validate_key_package, m)?)?;
     m.add_function(wrap_pyfunction!(verify_ed25519, m)?)?;
+    m.add_function(wrap_pyfunction!(mls_message_info, m)?)?;
     m.add_class::<HybridKeyPair>()?;
     m.add_class::<KeyPackageInfo>()?;
+    m.add_class::<MlsMessageInfo>()?;
     m.add_class::<ProcessedMessage>()?;
     m.add_class::<Vault>()?;
     m.add_class::<OpaqueServer>()?;

@@ -204,3 +204,127 @@ fn expired_and_foreign_credential_key_packages_rejected() {
     let err = validate_key_package(&bytes).unwrap_err();
     assert!(err.to_string().contains("credential identity"), "{err}");
 }
+
+#[test]
+fn message_info_reads_clear_headers() {
+    let dir = Dir::new();
+    let (mut a, mut b, _c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let app = a.encrypt(&gid, b"hi").unwrap();
+    assert_eq!(
+        message_info(&app).unwrap(),
+        MessageInfo {
+            group_id: gid.clone(),
+            epoch: 1,
+            content_type: "application",
+            wire_format: "private",
+        }
+    );
+    let proposal = a.leave_group(&gid).unwrap();
+    let info = message_info(&proposal).unwrap();
+    assert_eq!((info.epoch, info.content_type), (1, "proposal"));
+    let commit = b.self_update(&gid).unwrap();
+    let info = message_info(&commit).unwrap();
+    assert_eq!(
+        (info.epoch, info.content_type, info.wire_format),
+        (1, "commit", "private")
+    );
+
+    // A PublicMessage commit, as other MLS libraries send them.
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(ciphersuite(SUITE_DEFAULT).unwrap())
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    let mut plain = MlsGroup::new(&a.provider, &a.signer, &config, a.credential()).unwrap();
+    let bundle = plain
+        .self_update(&a.provider, &a.signer, LeafNodeParameters::default())
+        .unwrap();
+    let public = ser(bundle.commit()).unwrap();
+    let info = message_info(&public).unwrap();
+    assert_eq!(info.group_id, plain.group_id().as_slice());
+    assert_eq!(
+        (info.epoch, info.content_type, info.wire_format),
+        (0, "commit", "public")
+    );
+
+    let kp = c_key_package(&dir);
+    let other = a.create_group(SUITE_DEFAULT).unwrap();
+    let welcome = a
+        .add_members(&other, std::slice::from_ref(&kp))
+        .unwrap()
+        .welcome
+        .unwrap();
+    let wrapped_kp = [&[0u8, 1, 0, 5][..], &kp].concat();
+    for (bad, reason) in [
+        (&welcome[..], "carries a welcome"),
+        (&wrapped_kp[..], "carries a key package"),
+        (&kp[..], "does not parse"),
+        (&app[..app.len() - 1], "does not parse"),
+        (&[app.as_slice(), &[0]].concat()[..], "does not parse"),
+        (b"".as_slice(), "does not parse"),
+    ] {
+        let err = message_info(bad).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+}
+
+fn c_key_package(dir: &Dir) -> Vec<u8> {
+    let mut c = Vault::open(&dir.path("kp.db"), &[9; 32]).unwrap();
+    c.create_key_package(false, SUITE_DEFAULT).unwrap()
+}
+
+#[test]
+fn wrapped_key_packages_accepted() {
+    let dir = Dir::new();
+    let mut a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    let cs = ciphersuite(SUITE_DEFAULT).unwrap();
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(Vault::capabilities())
+        .build(cs, &b.provider, &b.signer, b.credential())
+        .unwrap();
+    let raw = bundle.key_package().tls_serialize_detached().unwrap();
+    let wrapped = MlsMessageOut::from(bundle.key_package().clone())
+        .tls_serialize_detached()
+        .unwrap();
+    assert_eq!(wrapped, [&[0u8, 1, 0, 5][..], &raw].concat());
+    let (i_raw, i_wrapped) = (
+        validate_key_package(&raw).unwrap(),
+        validate_key_package(&wrapped).unwrap(),
+    );
+    assert_eq!(i_raw.reference, i_wrapped.reference);
+    assert_eq!(i_wrapped.identity_key, b.identity_key());
+    let mut tampered = wrapped.clone();
+    let n = tampered.len();
+    tampered[n - 5] ^= 1;
+    assert!(matches!(
+        validate_key_package(&tampered),
+        Err(Error::InvalidKeyPackage(_))
+    ));
+    assert!(validate_key_package(&wrapped[..n - 1]).is_err());
+
+    let gid = a.create_group(SUITE_DEFAULT).unwrap();
+    let out = a.add_members(&gid, &[wrapped]).unwrap();
+    assert_eq!(b.join_group(&out.welcome.unwrap()).unwrap(), gid);
+}
+
+#[test]
+fn exporter_secrets_agree_and_follow_the_epoch() {
+    let dir = Dir::new();
+    let (mut a, mut b, c, gid) = three_member_group(&dir, SUITE_XWING);
+    let sa = a.export_secret(&gid, "qpc test", b"ctx", 32).unwrap();
+    assert_eq!(sa.len(), 32);
+    assert_eq!(sa, b.export_secret(&gid, "qpc test", b"ctx", 32).unwrap());
+    assert_eq!(sa, c.export_secret(&gid, "qpc test", b"ctx", 32).unwrap());
+    assert_ne!(sa, a.export_secret(&gid, "qpc other", b"ctx", 32).unwrap());
+    assert_ne!(sa, a.export_secret(&gid, "qpc test", b"ctY", 32).unwrap());
+    for bad in [0, 255 * 32 + 1] {
+        let err = a.export_secret(&gid, "qpc test", b"", bad).unwrap_err();
+        assert!(matches!(err, Error::State(_)), "{err}");
+    }
+    let commit = a.self_update(&gid).unwrap();
+    b.process(&commit).unwrap();
+    let next = a.export_secret(&gid, "qpc test", b"ctx", 32).unwrap();
+    assert_ne!(sa, next);
+    assert_eq!(next, b.export_secret(&gid, "qpc test", b"ctx", 32).unwrap());
+}
