@@ -12,6 +12,10 @@ Passwords: `--password` / `QPC_PASSWORD` (the account) and `--state-password` / 
 state). When missing and a terminal is attached, they are asked for without echo, and only when needed (a
 cached session token spares the account password). Without a state password the local state is stored in clear,
 and `qpc` says so. Errors: one line on stderr and exit status 1 (2 for usage errors), never a traceback.
+
+`qpc send` prints what became of the message: "sent to @bob (seq 4)" (status 0), "failed: ..." with the node's
+reason (status 1), or "pending: ..." when the node stopped answering after the message was stored (status 75;
+it goes out, in order and once, with the next `qpc send`, `recv` or `repl`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from quicnprotochat.common.usernames import normalize_username
 DEFAULT_SERVER = "127.0.0.1:7700"
 PROG = "qpc"
 PASSWORD_TRIES = 3
+EXIT_PENDING = 75
+"""`qpc send`: stored, not sent yet (EX_TEMPFAIL: the node did not answer)."""
 
 
 class UsageError(Exception):
@@ -266,10 +272,21 @@ async def cmd_send(args: argparse.Namespace) -> int:
         await chat.sync()  # joins a DM the peer opened first, instead of opening a second one
         target = str(args.to)
         conversation = await chat.dm(target) if target.startswith("@") else await chat.conversation(target)
-        await chat.send(conversation, text)
-        print(f"sent to {conversation.name}", flush=True)
+        message = await chat.send(conversation, text)
     finally:
         await chat.close()
+    if message.state == "failed":
+        print(f"failed: not sent to {conversation.name}: {message.failure}", flush=True)
+        return 1
+    if message.state == "pending":
+        print(
+            f"pending: the node did not answer; the message to {conversation.name} goes out with the next"
+            " `qpc send`, `qpc recv` or `qpc repl` once it is back",
+            flush=True,
+        )
+        return EXIT_PENDING
+    seq = f" (seq {message.server_seq})" if message.server_seq is not None else ""
+    print(f"sent to {conversation.name}{seq}", flush=True)
     return 0
 
 

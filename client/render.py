@@ -10,12 +10,15 @@ import datetime
 import json
 
 from quicnprotochat.client.chat import (
+    ConnectionLost,
+    ConnectionRestored,
     ErrorEvent,
     Event,
     JoinedConversation,
     MemberJoined,
     MemberLeft,
     MessageReceived,
+    MessageStateChanged,
     Notice,
     RemovedFromConversation,
 )
@@ -31,14 +34,27 @@ def sender(message: Message) -> str:
     return "me" if message.outgoing else (message.sender_username or "?")
 
 
+def state_note(message: Message) -> str:
+    """How far an outgoing message got, as shown after it: " (pending)", " (sent)", " (failed: why)"."""
+    if message.state is None:
+        return ""
+    if message.state == "failed":
+        return f" (failed: {message.failure or 'refused by the node'})"
+    return f" ({message.state})"
+
+
 def format_message(conversation: str, message: Message) -> str:
-    return f"{clock(message)} [{conversation}] {sender(message)}: {message.body}"
+    return f"{clock(message)} [{conversation}] {sender(message)}: {message.body}{state_note(message)}"
 
 
 def describe(event: Event) -> str:
     """One line for an event."""
-    if isinstance(event, MessageReceived):
+    if isinstance(event, MessageReceived | MessageStateChanged):
         return format_message(event.conversation.name, event.message)
+    if isinstance(event, ConnectionLost):
+        return f"* disconnected, retrying in {event.retry_in:g} s ({event.reason})"
+    if isinstance(event, ConnectionRestored):
+        return "* connected again"
     if isinstance(event, JoinedConversation):
         by = f" (invited by {event.inviter})" if event.inviter else ""
         return f"* joined {event.conversation.name}{by}"
@@ -68,6 +84,8 @@ def message_record(conversation: str, message: Message) -> dict[str, object]:
         "sent_at": message.sent_at,
         "received_at": message.received_at,
         "seq": message.server_seq,
+        "state": message.state,
+        "failure": message.failure,
     }
 
 

@@ -28,6 +28,8 @@ from quicnprotochat.client.chat import (
     ChatClient,
     ChatConfig,
     ChatError,
+    ConnectionLost,
+    ConnectionRestored,
     ErrorEvent,
     JoinedConversation,
     MessageReceived,
@@ -89,6 +91,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
                 print(f"joined {event.conversation.name} (invited by {event.inviter})", flush=True)
             elif isinstance(event, ErrorEvent):
                 print(f"error: {event.text}", file=sys.stderr, flush=True)
+            elif isinstance(event, ConnectionLost):
+                print(f"disconnected, retrying in {event.retry_in:g} s: {event.reason}", file=sys.stderr, flush=True)
+            elif isinstance(event, ConnectionRestored):
+                print("connected again", file=sys.stderr, flush=True)
             elif isinstance(event, MessageReceived):
                 try:
                     await chat.send(event.conversation, event.message.body)

@@ -4,6 +4,7 @@ still a member, and keeping the stored member list in step with the MLS group.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from quicnprotochat.client.state import Conversation, Member, Message
@@ -12,7 +13,7 @@ from quicnprotochat.native import NativeError
 from .config import NOTES_NAME, SELF_ALIASES
 from .context import ChatContext
 from .directory import Directory
-from .errors import NotAllowed, UnknownConversation
+from .errors import ChatError, NotAllowed, UnknownConversation
 
 SETTING_ALIAS = "group_alias:"
 """group_alias:<group id hex> -> conversation id: a second MLS group whose messages land in that conversation."""
@@ -133,4 +134,10 @@ class Conversations:
             await store.remove_member(conversation.id, key)
         for key in keys:
             if key not in known:
-                await store.add_member(conversation.id, key, await self._directory.username_of(key))
+                name = await self._directory.username_of(key)
+                await store.add_member(conversation.id, key, name)
+                if key != self._context.identity_key:
+                    # Kept now so that messages to a new member can be sealed (and kept pending) while the node
+                    # is away later.
+                    with contextlib.suppress(ChatError):
+                        await self._directory.hybrid_key(key, name or key.hex()[:16])

@@ -8,13 +8,15 @@ from quicnprotochat.common.usernames import normalize_username
 from .context import ChatContext
 from .errors import ChatError, NoHybridKey, UserNotFound
 
+SETTING_HYBRID_KEY = "hybrid_key:"
+
 
 def checked_username(username: str) -> str:
     """A username as typed (``@bob`` or ``bob``), normalized; ChatError if it cannot be one."""
     try:
         return normalize_username(username.removeprefix("@"))
     except InvalidArgument as error:
-        raise ChatError(str(error)) from None
+        raise ChatError(error.reason) from None
 
 
 class Directory:
@@ -52,10 +54,19 @@ class Directory:
         return name, key
 
     async def hybrid_key(self, identity_key: bytes, name: str) -> bytes:
+        """A peer's hybrid public key: remembered (in the state too, so that messages can be sealed and kept
+        pending while the node is away), else fetched."""
         key = self._hybrid_keys.get(identity_key)
-        if key is None:
+        if key is not None:
+            return key
+        store = self._context.store
+        stored = await store.get_setting(SETTING_HYBRID_KEY + identity_key.hex())
+        if stored is not None:
+            key = bytes.fromhex(stored)
+        else:
             key = await self._context.guard(self._context.node.fetch_hybrid_key(identity_key))
             if key is None:
                 raise NoHybridKey(f"{name} has not published a hybrid key yet: they have to log in once")
-            self._hybrid_keys[identity_key] = key
+            await store.set_setting(SETTING_HYBRID_KEY + identity_key.hex(), key.hex())
+        self._hybrid_keys[identity_key] = key
         return key

@@ -43,6 +43,7 @@ from quicnprotochat.client.state import ClientState, Conversation, Member, Messa
 from quicnprotochat.native import Vault
 
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
+from .connection import ConnectionWatch
 from .context import ChatContext
 from .conversations import ConversationRef, Conversations, ConversationSummary
 from .delivery import Delivery
@@ -51,6 +52,7 @@ from .errors import ChatError, StateUnavailable
 from .event_bus import EventCallback, EventStream
 from .group_ops import GroupOps
 from .key_packages import KeyPackageStock
+from .outbox import Outbox
 from .receiver import Receiver
 from .sending import Sender
 from .session import SETTING_USERNAME, Session
@@ -73,11 +75,13 @@ class ChatClient:
         self._directory = Directory(context)
         self._conversations = Conversations(context, self._directory)
         self._delivery = Delivery(context, self._directory)
-        self._receiver = Receiver(context, self._conversations, self._directory, self._key_packages)
+        self._watch = ConnectionWatch(context)
+        self._outbox = Outbox(context, self._watch)
+        self._receiver = Receiver(context, self._conversations, self._directory, self._key_packages, self._watch)
         self._groups = GroupOps(
             context, self._conversations, self._directory, self._key_packages, self._delivery, self._receiver.watch
         )
-        self._sender = Sender(context, self._conversations, self._delivery)
+        self._sender = Sender(context, self._conversations, self._directory, self._outbox)
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
 
@@ -225,19 +229,30 @@ class ChatClient:
         await self._groups.remove(ref, username)
 
     async def send(self, ref: ConversationRef, text: str) -> Message:
-        """Encrypt `text` for the conversation's members and send it; returns the stored outgoing message."""
+        """Store `text` as a pending message for the conversation's members and send it now if the node answers;
+        returns the message with its state: "sent" (with `server_seq`), "failed" (with `failure`: the node refused
+        it), or "pending" (the node is away: it goes out, in order, when it is back, also after a restart; a
+        `MessageStateChanged` event says when). MessageTooLarge or another ChatError: nothing was stored."""
         return await self._sender.send(ref, text)
+
+    async def flush_outbox(self) -> bool:
+        """Send what is pending now; True when nothing is left pending."""
+        return await self._outbox.flush()
 
     # ── receiving ───────────────────────────────────────────────────────────────────────────────────────
 
     async def start(self) -> None:
-        """Start the background receive loops: the default inbox and every DM channel's inbox."""
+        """Start the background receive loops (the default inbox and every DM channel's inbox) and send what an
+        earlier run left pending."""
         await self._receiver.start()
+        self._outbox.flush_soon()
 
     async def sync(self) -> int:
         """Process everything queued now in every inbox (DM channels joined meanwhile included), without
-        waiting for more; returns how many envelopes were processed."""
-        return await self._receiver.sync()
+        waiting for more, and send what is pending; returns how many envelopes were processed."""
+        processed = await self._receiver.sync()
+        await self._outbox.flush()
+        return processed
 
 
 __all__ = [

@@ -49,3 +49,7 @@ class DeliveryFailed(ChatError):
     def __init__(self, message: str, failed: list[str]) -> None:
         super().__init__(message)
         self.failed = failed
+
+
+class MessageTooLarge(ChatError):
+    """The message is larger than the node accepts (checked before anything is sent)."""

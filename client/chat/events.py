@@ -63,4 +63,38 @@ class ErrorEvent:
     error: BaseException | None = None
 
 
-Event = MessageReceived | MemberJoined | MemberLeft | JoinedConversation | RemovedFromConversation | Notice | ErrorEvent
+@dataclass(frozen=True)
+class MessageStateChanged:
+    """An outgoing message reached its final state: `message.state` is "sent" (with `server_seq`) or "failed"
+    (with `message.failure`)."""
+
+    conversation: Conversation
+    message: Message
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The node stopped answering; the client tries again by itself, first after `retry_in` seconds. Messages
+    sent meanwhile stay pending and go out, in order, once it is back."""
+
+    reason: str
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class ConnectionRestored:
+    """The node answers again (after a `ConnectionLost`)."""
+
+
+Event = (
+    MessageReceived
+    | MemberJoined
+    | MemberLeft
+    | JoinedConversation
+    | RemovedFromConversation
+    | Notice
+    | ErrorEvent
+    | MessageStateChanged
+    | ConnectionLost
+    | ConnectionRestored
+)

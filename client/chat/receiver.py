@@ -34,6 +34,7 @@ from quicnprotochat.native import NativeError, envelope_info
 
 from . import receive_rules as rules
 from .config import MAX_GROUP_NAME
+from .connection import ConnectionWatch, is_unreachable
 from .context import ChatContext, reraise
 from .conversations import SETTING_ALIAS, SETTING_LEFT, Conversations
 from .directory import Directory
@@ -44,7 +45,6 @@ from .events import (
     MemberJoined,
     MemberLeft,
     MessageReceived,
-    Notice,
     RemovedFromConversation,
 )
 from .framing import FrameError, WelcomeFrame, decode_frame
@@ -70,8 +70,10 @@ class Receiver:
         conversations: Conversations,
         directory: Directory,
         key_packages: KeyPackageStock,
+        watch: ConnectionWatch,
     ) -> None:
         self._context = context
+        self._watch = watch
         self._conversations = conversations
         self._directory = directory
         self._key_packages = key_packages
@@ -138,42 +140,34 @@ class Receiver:
         context = self._context
         failures = 0
         while self._running:
+            await self._watch.wait_up()
             try:
                 envelopes = await context.node.peek_wait(
                     context.identity_key, inbox.channel, timeout_ms=context.config.wait_ms
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - the loop reports and retries whatever fails
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    await self._report_loop_error(inbox, error)
-                await asyncio.sleep(min(0.25 * 2 ** min(failures, 5), 5.0))
-                continue
-            if failures:
-                failures = 0
-                if not inbox.channel:
-                    context.emit(Notice(f"connected to {context.node.address} again"))
-            try:
                 _processed, deferred = await self._process(inbox, envelopes, final=True)
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - reported; the loop must keep receiving
-                await self._report_loop_error(inbox, error)
-                await asyncio.sleep(1.0)
+            except Exception as error:  # noqa: BLE001 - the loop reports and retries whatever fails
+                if is_unreachable(error):
+                    self._watch.lost(error)  # one status line for the outage; the watch says when it is back
+                    continue
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    await self._report_loop_error(error)
+                await asyncio.sleep(min(0.25 * 2 ** min(failures, 5), 5.0))
                 continue
+            failures = 0
             if deferred:
                 # Wait for a new group (a Welcome on another inbox) before looking at the held envelope again.
                 context.groups_changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(context.groups_changed.wait(), 2.0)
 
-    async def _report_loop_error(self, inbox: _InboxState, error: Exception) -> None:
+    async def _report_loop_error(self, error: Exception) -> None:
         try:
             await self._context.guard(reraise(error))
         except ChatError as wrapped:
-            if isinstance(wrapped, NodeUnavailable) and inbox.channel:
-                return  # reported once, by the default inbox's loop
             self._context.emit(ErrorEvent(f"receiving: {wrapped}", wrapped))
         except Exception as other:  # noqa: BLE001 - anything unexpected becomes an event, not a crash
             self._context.emit(ErrorEvent(f"receiving failed: {other!r}", other))

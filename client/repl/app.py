@@ -25,16 +25,19 @@ from prompt_toolkit.styles import Style
 from quicnprotochat.client.chat import (
     ChatClient,
     ChatError,
+    ConnectionLost,
+    ConnectionRestored,
     ErrorEvent,
     Event,
     JoinedConversation,
     MemberJoined,
     MemberLeft,
     MessageReceived,
+    MessageStateChanged,
     Notice,
     RemovedFromConversation,
 )
-from quicnprotochat.client.render import clock, describe, sender
+from quicnprotochat.client.render import clock, describe, sender, state_note
 from quicnprotochat.client.state import Conversation, Message
 
 STYLE = Style.from_dict(
@@ -101,6 +104,7 @@ class Output:
             ("conversation", f"[{conversation}] "),
             ("me" if message.outgoing else "peer", sender(message)),
             ("", ": " + message.body),
+            ("error" if message.state == "failed" else "time", state_note(message)),
         )
 
 
@@ -111,6 +115,8 @@ class Repl:
         self.current: Conversation | None = None
         self.invited: list[str] = []
         self.running = True
+        self.pending: set[int] = set()
+        """Outgoing messages shown as pending: shown again when they are sent or fail."""
         self.redraw: Callable[[], None] = lambda: None
         """Set by the prompt loop: redraws the prompt (its text names the current conversation)."""
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
@@ -140,6 +146,14 @@ class Repl:
             # On screen is read, whichever conversation it belongs to: unread counts what was not shown.
             await self.chat.store.mark_read(event.conversation.id, event.message.id)
             return
+        if isinstance(event, MessageStateChanged):
+            if event.message.id in self.pending:
+                self.pending.discard(event.message.id)
+                self.out.message(event.conversation.name, event.message)
+            return
+        if isinstance(event, ConnectionLost | ConnectionRestored):
+            self.out.event(describe(event))
+            return
         if isinstance(event, JoinedConversation):
             self.invited.append(event.conversation.name)
             self.out.event(describe(event) + (f" - /switch {event.conversation.name}" if self.current else ""))
@@ -164,6 +178,8 @@ class Repl:
                 self.out.error("no conversation selected: /dm @user, /group name or /switch name first")
                 return
             message = await self.chat.send(self.current, text)
+            if message.state == "pending":
+                self.pending.add(message.id)
             self.out.message(self.current.name, message)
             await self.chat.store.mark_read(self.current.id)  # who writes has read what came before
             return

@@ -35,6 +35,7 @@ from quicnprotochat.client.state.keys import (
     derive_state_key,
     wipe,
 )
+from quicnprotochat.client.state.outbox import MESSAGE_STATES, MessageState, OutgoingCopy, PendingCopy
 from quicnprotochat.client.state.sealed import CachedSession, SealedFile, TokenCache
 from quicnprotochat.client.state.statedir import PLAINTEXT_WARNING, ClientState, StateDir
 
@@ -43,6 +44,7 @@ __all__ = [
     "ARGON2_PARALLELISM",
     "ARGON2_TIME_COST",
     "CONVERSATION_KINDS",
+    "MESSAGE_STATES",
     "PLAINTEXT_WARNING",
     "SCHEMA_VERSION",
     "CachedSession",
@@ -55,6 +57,9 @@ __all__ = [
     "CorruptState",
     "Member",
     "Message",
+    "MessageState",
+    "OutgoingCopy",
+    "PendingCopy",
     "SchemaTooNew",
     "SealedFile",
     "StateDir",

@@ -37,6 +37,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from quicnprotochat.common.migrations import Migration, check_sequence, migrate_sqlite
 
 from . import _sqlcipher as sql
+from . import outbox
 from .errors import (
     ConversationExists,
     ConversationNotFound,
@@ -48,6 +49,7 @@ from .errors import (
 )
 from .files import PRIVATE_FILE_MODE, fsync_dir, scrub_and_unlink, scrub_fd, temp_sibling
 from .keys import sqlcipher_key_literal
+from .outbox import MessageState
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,6 +110,11 @@ class Message:
     received_at: float
     outgoing: bool
     server_seq: int | None
+    """Incoming: the seq in our inbox. Outgoing: the seq the node gave the (first) recipient's copy."""
+    state: MessageState | None = None
+    """Outgoing messages only: pending (in the outbox), sent (every copy taken by the node) or failed."""
+    failure: str | None = None
+    """Why the node refused a copy (one reason per refused recipient), for a failed message."""
 
 
 # ── schema ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -158,6 +165,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ),
     ),
+    Migration(2, "outbox", outbox.STATEMENTS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 check_sequence(MIGRATIONS)
@@ -289,7 +297,7 @@ def encrypt_in_place(path: Path, key: bytes | bytearray, *, old_key: bytes | byt
 _CONVERSATION_COLUMNS = "id, kind, name, group_id, channel_id, peer_identity_key, created_at, last_activity"
 _MESSAGE_COLUMNS = (
     "id, conversation_id, message_id, sender_identity_key, sender_username, body, sent_at, received_at,"
-    " outgoing, server_seq"
+    " outgoing, server_seq, state, failure"
 )
 # Queries are assembled from these constants only; every value is a bound parameter. The column lists are
 # the tables' column order, which `RETURNING *` also gives (later migrations only append columns).
@@ -301,7 +309,7 @@ _INSERT_CONVERSATION = (
 )
 _INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, message_id, sender_identity_key, sender_username, body, sent_at,"
-    " received_at, outgoing, server_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_at, outgoing, server_seq, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (message_id) DO NOTHING RETURNING *"
 )
 
@@ -339,6 +347,8 @@ def _message(row: sql.Row) -> Message:
         received_at=float(row[7]),
         outgoing=bool(row[8]),
         server_seq=None if row[9] is None else int(row[9]),
+        state=None if row[10] is None else cast(MessageState, str(row[10])),
+        failure=_opt_str(row[11]),
     )
 
 
@@ -480,6 +490,8 @@ class _Database:
         received_at: float | None,
         outgoing: bool,
         server_seq: int | None,
+        state: MessageState | None = None,
+        copies: Sequence[outbox.OutgoingCopy] = (),
     ) -> Message | None:
         if not message_id:
             raise ValueError("a message needs a non-empty message id")
@@ -499,8 +511,11 @@ class _Database:
                     received,
                     int(outgoing),
                     server_seq,
+                    state,
                 ),
             )
+            if row is not None and copies:
+                outbox.add_copies(self.conn, int(row[0]), list(copies))
             if row is not None:
                 self.conn.execute(
                     "UPDATE conversations SET last_activity = max(last_activity, ?) WHERE id = ?",
@@ -514,6 +529,20 @@ class _Database:
 
     def get_message(self, message_id: bytes) -> Message | None:
         row = self._one(_SELECT_MESSAGES + " WHERE message_id = ?", (message_id,))
+        return None if row is None else _message(row)
+
+    def pending_copies(self) -> list[outbox.PendingCopy]:
+        return outbox.pending_copies(self.conn)
+
+    def settle_copy(self, copy_id: int, seq: int | None, refusal: str | None) -> Message | None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            message_row = outbox.settle_copy(self.conn, copy_id, seq=seq, refusal=refusal)
+            row = None if message_row is None else self._one(_SELECT_MESSAGES + " WHERE id = ?", (message_row,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         return None if row is None else _message(row)
 
     def history(self, conversation_id: int, limit: int, before: int | None) -> list[Message]:
@@ -742,8 +771,13 @@ class ConversationStore:
         received_at: float | None = None,
         outgoing: bool = False,
         server_seq: int | None = None,
+        state: MessageState | None = None,
+        copies: Sequence[outbox.OutgoingCopy] = (),
     ) -> Message | None:
         """Store a message; None if `message_id` is already stored (a redelivery), which changes nothing.
+
+        An outgoing message to be sent has `state` "pending" and its sealed `copies`, stored with it atomically
+        (see `outbox`).
 
         An outgoing message does not move the read marker (`qpc send` leaves what came before it unread for
         `qpc recv`; the REPL marks read what it shows). `received_at` defaults to now.
@@ -760,10 +794,21 @@ class ConversationStore:
             received_at,
             outgoing,
             server_seq,
+            state,
+            copies,
         )
 
     async def get_message(self, message_id: bytes) -> Message | None:
         return await self._run(self._database().get_message, message_id)
+
+    async def pending_copies(self) -> list[outbox.PendingCopy]:
+        """The outbox: copies of outgoing messages the node has not taken yet, oldest first."""
+        return await self._run(self._database().pending_copies)
+
+    async def settle_copy(self, copy_id: int, *, seq: int | None = None, refusal: str | None = None) -> Message | None:
+        """A copy was taken by the node (`seq`) or refused (`refusal`); returns its message if its state is now
+        final (sent or failed)."""
+        return await self._run(self._database().settle_copy, copy_id, seq, refusal)
 
     async def history(self, conversation_id: int, limit: int = 50, before: int | None = None) -> list[Message]:
         """The last `limit` messages with `id < before` (all if None), oldest first."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quicnprotochat.client.chat import ChatClient, JoinedConversation, NodeUnavailable, StateUnavailable
+from quicnprotochat.client.chat import ChatClient, JoinedConversation, MessageStateChanged, StateUnavailable
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, files_containing
 from tests.conftest import loopback_config, node_address
@@ -95,24 +95,26 @@ async def test_node_restart_and_offline_client(restartable: list[Node], open_cha
     await bob_log.wait_for(JoinedConversation, lambda e: e.conversation.kind == "dm")
     await bob.close()  # bob goes offline
 
-    expected_dm = [f"dm {i}" for i in range(12)]
+    expected_dm = [f"dm {i}" for i in range(6)] + ["kept while down"] + [f"dm {i}" for i in range(6, 12)]
     expected_group = [f"group {i}" for i in range(6)]
     for i in range(6):
-        await alice.send(dm, expected_dm[i])
+        assert (await alice.send(dm, expected_dm[i])).state == "sent"
         await alice.send(group, expected_group[i])
 
-    # The node restarts between send and receive. While it is down, sending fails with a clear error.
+    # The node restarts between send and receive. While it is down, a message is kept pending.
     await first.stop()
     restartable.remove(first)
-    with pytest.raises(NodeUnavailable, match="cannot reach the node"):
-        await alice.send(dm, "lost in the void")
+    kept = await alice.send(dm, "kept while down")
+    assert kept.state == "pending" and kept.server_seq is None
     second = Node(config)
     await second.start()
     restartable.append(second)
 
-    # Alice's client reconnects by itself.
+    # Alice's client reconnects by itself and sends what was pending first.
     for i in range(6, 12):
-        await alice.send(dm, expected_dm[i])
+        await alice.send(dm, expected_dm[i + 1])
+    sent = await alice_log.wait_for(MessageStateChanged, lambda e: e.message.id == kept.id)
+    assert sent.message.state == "sent" and sent.message.server_seq is not None
 
     bob, bob_log = await open_chat(address, "bob", password=None)
     await bob_log.message("dm 11")

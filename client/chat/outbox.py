@@ -1,0 +1,88 @@
+"""`Outbox`: sends the outgoing copies the store holds (see `quicnprotochat.client.state.outbox`), oldest first,
+one at a time, so that every recipient gets a sender's messages in the order they were written.
+
+A copy the node takes is settled with its seq; one it refuses (inbox full, payload too large, unknown recipient)
+with the node's reason; either way it leaves the outbox, and the message's final state is reported with
+`MessageStateChanged`. When the node cannot be reached, the flush stops there and the rest stays pending,
+across a restart too; `ConnectionWatch` flushes again when the node is back. A copy whose enqueue was cut off
+is sent again as the same bytes, which the recipient recognizes (it keeps messages by envelope hash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from quicnprotochat.client.state import Message, PendingCopy
+from quicnprotochat.common.errors import Disconnected, RpcError
+
+from .connection import ConnectionWatch, is_unreachable
+from .context import ChatContext
+from .errors import ChatError
+from .events import ErrorEvent, MessageStateChanged
+
+
+class Outbox:
+    def __init__(self, context: ChatContext, watch: ConnectionWatch) -> None:
+        self._context = context
+        self._watch = watch
+        self._lock = asyncio.Lock()
+        watch.on_restored(self.flush_soon)
+
+    def flush_soon(self) -> None:
+        """Flush in the background (the node is back, or the client started with messages pending)."""
+        self._context.bus.spawn(self._flush_reporting())
+
+    async def _flush_reporting(self) -> None:
+        try:
+            await self.flush()
+        except ChatError as error:
+            self._context.emit(ErrorEvent(f"sending: {error}", error))
+
+    async def flush(self) -> bool:
+        """Send every pending copy in order; True when the outbox is empty, False when the node could not be
+        reached (what is left stays pending)."""
+        if not self._watch.up:
+            return False  # the watch flushes again when the node answers; trying now would only wait
+        async with self._lock:
+            for copy in await self._context.store.pending_copies():
+                if not await self._send(copy):
+                    return False
+        return True
+
+    async def _send(self, copy: PendingCopy) -> bool:
+        context = self._context
+        node = context.node
+        for attempt in range(2):
+            try:
+                seq = await node.enqueue(copy.recipient_key, copy.envelope, copy.channel_id)
+            except asyncio.CancelledError:
+                raise
+            except Disconnected:
+                if attempt == 0:
+                    continue  # the connection dropped during the call: the next call reconnects
+                self._watch.lost(Disconnected(f"the connection to {node.address} was lost"))
+                return False
+            except RpcError as error:
+                if is_unreachable(error):
+                    self._watch.lost(error)
+                    return False
+                await self._settled(await context.store.settle_copy(copy.id, refusal=refusal(copy, error)))
+                return True
+            except (OSError, TimeoutError) as error:
+                self._watch.lost(error)
+                return False
+            await self._settled(await context.store.settle_copy(copy.id, seq=seq))
+            return True
+        return False
+
+    async def _settled(self, message: Message | None) -> None:
+        if message is None:
+            return  # other recipients' copies are still pending
+        conversation = await self._context.store.get_conversation(message.conversation_id)
+        if conversation is not None:
+            self._context.emit(MessageStateChanged(conversation, message))
+
+
+def refusal(copy: PendingCopy, error: RpcError) -> str:
+    """The reason kept on a failed message: who did not get it and what the node said (no wire code)."""
+    return f"{copy.recipient_name}: {error.reason}"

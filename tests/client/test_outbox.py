@@ -1,0 +1,228 @@
+"""The outbox: messages are stored pending first and sent in order, once, whatever happens to the node or the
+client in between; what the node refuses is shown as failed with its reason. Real nodes, real processes, real
+terminals (tmux)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from quicnprotochat.client.chat import MessageStateChanged, MessageTooLarge
+from quicnprotochat.server.config import NodeConfig
+from quicnprotochat.server.node import Node
+from tests.client.conftest import ChatFactory
+from tests.client.terminal import QPC, Tmux, client_env, env_for, qpc
+from tests.conftest import loopback_config, node_address
+
+BROKEN = ("Traceback", "Press ENTER", "Unhandled exception", "never retrieved")
+
+
+class RestartableNode:
+    """A node that can be stopped and started again on the same ports and data."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node: Node | None = None
+
+    async def start(self) -> Node:
+        self.node = Node(self.config)
+        await self.node.start()
+        if self.config.quic_listen.endswith(":0"):  # pin the ports for the next start
+            assert self.node.quic_address is not None and self.node.tcp_address is not None
+            host = self.node.quic_address[0]
+            self.config = loopback_config(
+                self.config.data_dir,
+                quic_listen=f"{host}:{self.node.quic_address[1]}",
+                tcp_listen=f"{host}:{self.node.tcp_address[1]}",
+                max_inbox_depth=self.config.max_inbox_depth,
+            )
+        return self.node
+
+    async def stop(self) -> None:
+        node, self.node = self.node, None
+        if node is not None:
+            await node.stop()
+
+
+@pytest.fixture
+async def restartable(tmp_path: Path) -> AsyncIterator[RestartableNode]:
+    holder = RestartableNode(loopback_config(tmp_path / "node"))
+    await holder.start()
+    yield holder
+    await holder.stop()
+
+
+def lines_with(screen: str, text: str) -> list[str]:
+    return [line for line in screen.splitlines() if text in line]
+
+
+async def test_two_repls_type_through_a_node_outage(restartable: RestartableNode, tmp_path: Path, tmux: Tmux) -> None:
+    node = restartable.node
+    assert node is not None
+    base = client_env(
+        tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, TERM="xterm"
+    )
+    await tmux.start("alice", [*QPC, "repl", "--register"], env_for(base, "alice"))
+    await tmux.start("bob", [*QPC, "repl", "--register"], env_for(base, "bob"))
+    await tmux.wait_for("alice", "logged in as alice")
+    await tmux.wait_for("bob", "logged in as bob")
+    await tmux.line("alice", "/dm @bob")
+    await tmux.wait_for("alice", "now in @bob")
+    await tmux.line("alice", "before the outage")
+    await tmux.wait_for("alice", "me: before the outage (sent)")
+    await tmux.wait_for("bob", "alice: before the outage")
+
+    await restartable.stop()
+    stopped = time.monotonic()
+    ours = {"alice": [f"alice during {i}" for i in range(3)], "bob": [f"bob during {i}" for i in range(3)]}
+    for i in range(3):
+        for name in ("alice", "bob"):
+            await tmux.line(name, ours[name][i])
+            await tmux.wait_for(name, f"me: {ours[name][i]} (pending)")
+    for name in ("alice", "bob"):
+        screen = await tmux.wait_for(name, "* disconnected, retrying in ")
+        assert len(lines_with(screen, "disconnected, retrying")) == 1, screen
+    await asyncio.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
+    await restartable.start()
+
+    peers = {"alice": "bob", "bob": "alice"}
+    for name, peer in peers.items():
+        for text in ours[name]:
+            await tmux.wait_for(name, f"me: {text} (sent)", timeout=30)
+        for text in ours[peer]:
+            await tmux.wait_for(name, f"{peer}: {text}", timeout=30)
+    await asyncio.sleep(1.0)  # anything delivered twice would show by now
+    for name, peer in peers.items():
+        screen = await tmux.screen(name)
+        assert not [marker for marker in BROKEN if marker in screen], screen
+        assert len(lines_with(screen, "* connected again")) == 1, screen
+        received = [line.split(f"{peer}: ", 1)[1].strip() for line in lines_with(screen, f"] {peer}: ")]
+        assert received == (["before the outage"] if peer == "alice" else []) + ours[peer], screen
+    # bob's history says the same: each line once, in the order written, his own marked sent.
+    await tmux.line("bob", "/history")
+    screen = await tmux.wait_for("bob", "me: bob during 2 (sent)", count=2)
+    history = [line.split("] ", 1)[1] for line in screen.rsplit("/history", 1)[1].splitlines() if "] " in line]
+    assert [line for line in history if line.startswith("alice: ")] == [
+        "alice: before the outage",
+        *(f"alice: {text}" for text in ours["alice"]),
+    ]
+    assert [line for line in history if line.startswith("me: ")] == [f"me: {text} (sent)" for text in ours["bob"]]
+
+
+async def test_sigkilled_client_sends_its_pending_messages_after_restart(
+    restartable: RestartableNode, tmp_path: Path
+) -> None:
+    node = restartable.node
+    assert node is not None
+    base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
+    alice, bob = env_for(base, "alice"), env_for(base, "bob")
+    for env in (alice, bob):
+        assert (await qpc("register", env=env)).returncode == 0
+    assert (await qpc("send", "@bob", "before", env=alice)).returncode == 0
+
+    repl = await asyncio.create_subprocess_exec(
+        *QPC, "repl", env=alice, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert repl.stdin is not None and repl.stdout is not None
+    repl.stdin.write(b"/switch @bob\n")
+    await repl.stdin.drain()
+    while b"now in @bob" not in await asyncio.wait_for(repl.stdout.readline(), 30):
+        pass
+    await restartable.stop()
+    pending = [f"pending {i}" for i in range(3)]
+    for text in pending:
+        repl.stdin.write(text.encode() + b"\n")
+        await repl.stdin.drain()
+        while f"me: {text} (pending)".encode() not in await asyncio.wait_for(repl.stdout.readline(), 30):
+            pass
+    repl.send_signal(signal.SIGKILL)
+    await repl.wait()
+
+    await restartable.start()
+    flushed = await qpc("recv", env=alice)  # any later run sends what is pending first
+    assert flushed.returncode == 0, flushed.stderr
+    assert flushed.stderr.count("(sent)") == 3, flushed.stderr
+    received = await qpc("recv", "--json", env=bob)
+    assert [json.loads(line)["body"] for line in received.stdout.splitlines()] == ["before", *pending]
+    history = await qpc("history", "@bob", "--json", env=alice)
+    states = [(r["body"], r["state"]) for r in map(json.loads, history.stdout.splitlines())]
+    assert states == [("before", "sent"), *((text, "sent") for text in pending)]
+
+
+async def test_a_copy_the_node_already_took_is_not_shown_twice(
+    restartable: RestartableNode, open_chat: ChatFactory
+) -> None:
+    node = restartable.node
+    assert node is not None
+    address = node_address(node, "quic")
+    alice, alice_log = await open_chat(address, "alice", connect_timeout=2.0)
+    bob, bob_log = await open_chat(address, "bob")
+    dm = await alice.dm("bob")
+    assert (await alice.send(dm, "first")).state == "sent"
+    await bob_log.message("first")
+    await restartable.stop()
+    kept = await alice.send(dm, "only once")
+    assert kept.state == "pending"
+    (copy,) = await alice.store.pending_copies()
+    await restartable.start()
+    # What a connection lost after the node stored the copy but before its answer leaves behind: the node has
+    # the envelope, the outbox still holds it and sends the same bytes again.
+    await alice.node.enqueue(copy.recipient_key, copy.envelope, copy.channel_id)
+    sent = await alice_log.wait_for(MessageStateChanged, lambda e: e.message.id == kept.id, timeout=20)
+    assert sent.message.state == "sent"
+    await bob_log.message("only once", timeout=20)
+    await asyncio.sleep(1.0)
+    assert bob_log.bodies() == ["first", "only once"]
+    assert [m.body for m in await bob.history("@alice")] == ["first", "only once"]
+    assert not await alice.store.pending_copies()
+
+
+async def test_refused_and_oversized_sends(tmp_path: Path, open_chat: ChatFactory) -> None:
+    node = Node(loopback_config(tmp_path / "node", max_inbox_depth=2, max_payload_bytes=64 * 1024))
+    await node.start()
+    try:
+        alice, alice_log = await open_chat(node, "alice")
+        bob, _bob_log = await open_chat(node, "bob", start=False)  # bob is offline: his inbox fills
+        dm = await alice.dm("bob")
+        assert (await alice.send(dm, "one")).state == "sent"
+        assert (await alice.send(dm, "two")).state == "sent"
+        refused = await alice.send(dm, "three")
+        assert refused.state == "failed" and refused.server_seq is None
+        assert refused.failure is not None and refused.failure.startswith("bob: ") and "inbox" in refused.failure
+        assert "resource_exhausted" not in refused.failure
+        event = await alice_log.wait_for(MessageStateChanged, lambda e: e.message.id == refused.id)
+        assert event.message.state == "failed"
+        states = [(m.body, m.state) for m in await alice.history(dm)]
+        assert states == [("one", "sent"), ("two", "sent"), ("three", "failed")]
+        assert not await alice.store.pending_copies()
+
+        with pytest.raises(MessageTooLarge, match=r"too large: .* at most 64\.0 KiB per message"):
+            await alice.send(dm, "x" * 70_000)
+        assert len(await alice.history(dm)) == 3
+
+        base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
+        carol = env_for(base, "carol")
+        assert (await qpc("register", env=carol)).returncode == 0
+        await bob.sync()  # bob joins alice's DM; his DM inbox stays full
+        failed = await qpc("send", "@alice", "fine", env=carol)
+        assert failed.returncode == 0, failed.stdout + failed.stderr
+        assert failed.stdout.startswith("sent to @alice (seq ")
+        for i in range(2):
+            assert (await qpc("send", "@bob", f"to bob {i}", env=carol)).returncode == 0
+        full = await qpc("send", "@bob", "one too many", env=carol)
+        assert full.returncode == 1 and full.stdout.startswith("failed: not sent to @bob: bob: "), full.stdout
+        big = tmp_path / "big.txt"
+        big.write_text("y" * 100_000)
+        oversized = await qpc("send", "@bob", "--file", str(big), env=carol)
+        assert oversized.returncode == 1 and "the message is too large" in oversized.stderr
+        history = await qpc("history", "@bob", "--json", env=carol)
+        states = [(r["body"], r["state"]) for r in map(json.loads, history.stdout.splitlines())]
+        assert states == [("to bob 0", "sent"), ("to bob 1", "sent"), ("one too many", "failed")]
+    finally:
+        await node.stop()
