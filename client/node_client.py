@@ -17,7 +17,7 @@ import capnp  # type: ignore[import-untyped]
 from quicnprotochat.client.known_hosts import KnownHosts
 from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
-from quicnprotochat.common.errors import Disconnected, Unauthenticated, error_from_reason
+from quicnprotochat.common.errors import Disconnected, Internal, Unauthenticated, error_from_reason
 from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
 
 DEFAULT_PORT = 7700
@@ -42,6 +42,29 @@ class ServerLimits:
     max_key_packages_per_identity: int
     max_endpoint_bytes: int
     max_fetch_bytes: int
+    max_commit_deliveries: int
+    max_commit_bytes: int
+    max_group_members: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient of a submitCommit: its inbox (channel b"" is the default inbox) and what lands there."""
+
+    recipient_key: bytes
+    payload: bytes
+    channel_id: bytes = b""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The sequencer's answer. `accepted`/`duplicate`: the commit is the group's for its epoch (apply it) and
+    `seqs` has one seq per delivery, then per welcome. `stale`: another commit holds the epoch; `epoch` is the
+    group's epoch at the node."""
+
+    outcome: Literal["accepted", "duplicate", "stale"]
+    epoch: int
+    seqs: list[int]
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,10 @@ def split_address(address: str) -> tuple[str, int]:
 
 def _envelopes(payloads: Any) -> list[Envelope]:
     return sorted((Envelope(int(item.seq), bytes(item.data)) for item in payloads), key=lambda e: e.seq)
+
+
+def _delivery(delivery: Delivery) -> dict[str, bytes]:
+    return {"recipientKey": delivery.recipient_key, "channelId": delivery.channel_id, "payload": delivery.payload}
 
 
 def _optional_bytes(data: Any) -> bytes | None:
@@ -223,6 +250,9 @@ class NodeClient:
                 max_key_packages_per_identity=int(limits.maxKeyPackagesPerIdentity),
                 max_endpoint_bytes=int(limits.maxEndpointBytes),
                 max_fetch_bytes=int(limits.maxFetchBytes),
+                max_commit_deliveries=int(limits.maxCommitDeliveries),
+                max_commit_bytes=int(limits.maxCommitBytes),
+                max_group_members=int(limits.maxGroupMembers),
             ),
         )
 
@@ -368,3 +398,37 @@ class NodeClient:
 
     async def create_channel(self, peer_key: bytes) -> bytes:
         return bytes((await self._call("createChannel", peerKey=peer_key, auth=self._auth())).channelId)
+
+    # -- groups ------------------------------------------------------------------------------------------------
+
+    async def submit_commit(
+        self,
+        group_id: bytes,
+        epoch: int,
+        message: bytes,
+        deliveries: Sequence[Delivery],
+        welcomes: Sequence[Delivery] = (),
+        members: Sequence[bytes] = (),
+    ) -> CommitResult:
+        """Submit an MLS commit (or proposal) at `epoch` with its deliveries (to the group's members) and welcomes
+        (to the members it adds); `members` is the member set after a commit. Safe to retry with the same bytes."""
+        result = (
+            await self._call(
+                "submitCommit",
+                groupId=group_id,
+                epoch=epoch,
+                message=message,
+                deliveries=[_delivery(d) for d in deliveries],
+                welcomes=[_delivery(w) for w in welcomes],
+                members=list(members),
+                auth=self._auth(),
+            )
+        ).result
+        outcome = str(result.outcome)
+        if outcome not in ("accepted", "duplicate", "stale"):
+            raise Internal(f"submitCommit: the node answered an unknown outcome {outcome!r}")
+        return CommitResult(
+            cast(Literal["accepted", "duplicate", "stale"], outcome),
+            int(result.epoch),
+            [int(seq) for seq in result.seqs],
+        )

@@ -98,6 +98,15 @@ interface NodeService {
   # The node's health in detail (what `health` sums up as "ok" or "unhealthy: ...") and its counters; needs no
   # authentication and reveals no per-user data.
   nodeStatus @24 () -> (status :NodeStatus);
+
+  # The group's sequencer: submit an MLS commit or proposal (`message`, a PublicMessage or PrivateMessage whose
+  # group id, epoch and content type must match `groupId`, `epoch` and what the call is) together with what
+  # travels with it. The node accepts exactly one commit per (groupId, epoch), atomically with enqueueing every
+  # delivery (to members of the group before the commit) and every welcome (to members the commit adds).
+  # `members` is the member set after a commit (identity keys, the committer included); ignored for proposals.
+  # The same message again returns the first acceptance (`duplicate`, same seqs); another commit for a taken
+  # epoch, or one below the group's, returns `stale` with the group's epoch. Only members may submit.
+  submitCommit @25 (groupId :Data, epoch :UInt64, message :Data, deliveries :List(Delivery), welcomes :List(Delivery), members :List(Data), auth :Auth) -> (result :CommitResult);
 }
 
 struct Auth {
@@ -132,6 +141,27 @@ struct Limits {
   maxKeyPackagesPerIdentity @6 :UInt32;
   maxEndpointBytes @7 :UInt32;
   maxFetchBytes @8 :UInt64;       # payload bytes one fetch, fetchWait, peek or peekWait returns at most
+  maxCommitDeliveries @9 :UInt32; # deliveries plus welcomes of one submitCommit
+  maxCommitBytes @10 :UInt64;     # message plus payload bytes of one submitCommit
+  maxGroupMembers @11 :UInt32;    # identity keys in a group's member set
+}
+
+# What submitCommit enqueues to one recipient.
+struct Delivery {
+  recipientKey @0 :Data;
+  channelId @1 :Data;       # empty: the recipient's default inbox
+  payload @2 :Data;         # what lands in that inbox: the sealed envelope of the commit (or Welcome) frame
+}
+
+struct CommitResult {
+  outcome @0 :Outcome;
+  epoch @1 :UInt64;         # the group's epoch at the node after this call (accepted commit: epoch + 1)
+  seqs @2 :List(UInt64);    # accepted or duplicate: one seq per delivery, then one per welcome, in call order
+  enum Outcome {
+    accepted @0;
+    duplicate @1;
+    stale @2;               # the epoch is taken or past: process your inbox, then try again at `epoch`
+  }
 }
 
 # What nodeStatus reports: the store and disk as probed now, and counters since the node started.

@@ -66,6 +66,14 @@ class NodeConfig:
     min_free_disk_bytes: int = 64 * 1024 * 1024
     # host:port (loopback only) for Prometheus `/metrics`; empty: no metrics endpoint.
     metrics_listen: str = ""
+    # Group sequencer (submitCommit): deliveries plus welcomes per call, bytes per call (message and payloads),
+    # keys in a group's member set, groups an identity may create, and how many epochs back a retried commit
+    # still gets its first answer (older ones are answered `stale`).
+    max_commit_deliveries: int = 1000
+    max_commit_bytes: int = 8 * 1024 * 1024
+    max_group_members: int = 1000
+    max_groups_per_identity: int = 1000
+    group_log_epochs: int = 1000
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -99,7 +107,9 @@ class NodeConfig:
         a call with a maximal payload, or a response with a full fetch (a message larger than max_fetch_bytes
         still travels alone, and every envelope costs a few words of framing)."""
         largest_response = max(self.max_fetch_bytes, self.max_payload_bytes) + 32 * self.max_fetch_limit
-        return max(self.max_payload_bytes, largest_response) + 64 * 1024
+        # A submitCommit's framing: a recipient key, a channel id and pointers per delivery, a key per member.
+        largest_commit = self.max_commit_bytes + 128 * self.max_commit_deliveries + 48 * self.max_group_members
+        return max(self.max_payload_bytes, largest_response, largest_commit) + 64 * 1024
 
 
 class ConfigError(ValueError):

@@ -16,10 +16,12 @@ from quicnprotochat.server.health import HealthMonitor
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.services.accounts import AccountService, load_or_create_opaque_setup
 from quicnprotochat.server.services.directory import DirectoryService
+from quicnprotochat.server.services.groups import GroupService, SubmitLimits
 from quicnprotochat.server.services.inboxes import InboxService
 from quicnprotochat.server.services.rate_limits import RateLimit, RateLimiter, RateLimits
 from quicnprotochat.server.services.sessions import SessionService
 from quicnprotochat.server.store import Clock, Store, StoreLimits, open_store
+from quicnprotochat.server.store.groups import GroupLimits
 
 log = logging.getLogger("quicnprotochat.server")
 
@@ -32,6 +34,17 @@ def store_limits(config: NodeConfig) -> StoreLimits:
         max_fetch=config.max_fetch_limit,
         max_fetch_bytes=config.max_fetch_bytes,
         max_key_packages_per_identity=config.max_key_packages_per_identity,
+    )
+
+
+def submit_limits(config: NodeConfig) -> SubmitLimits:
+    return SubmitLimits(
+        max_deliveries=config.max_commit_deliveries,
+        max_bytes=config.max_commit_bytes,
+        max_members=config.max_group_members,
+        max_payload_bytes=config.max_payload_bytes,
+        message_ttl_seconds=config.message_ttl_seconds,
+        store=GroupLimits(max_groups_per_creator=config.max_groups_per_identity, log_epochs=config.group_log_epochs),
     )
 
 
@@ -57,6 +70,7 @@ class NodeState:
     directory: DirectoryService
     inboxes: InboxService
     limiter: RateLimiter
+    groups: GroupService
     disk: DiskSpace
     health: HealthMonitor
     connections: Callable[[], int] = lambda: 0
@@ -69,6 +83,17 @@ class NodeState:
         sessions = SessionService(store, config.session_ttl_seconds, clock)
         disk_path, store_on_disk = store_disk_path(config.store_location, config.data_dir)
         disk = DiskSpace(disk_path, config.min_free_disk_bytes, guards_writes=store_on_disk)
+        inboxes = InboxService(
+            store,
+            store,
+            message_ttl_seconds=config.message_ttl_seconds,
+            max_fetch=config.max_fetch_limit,
+            max_wait_ms=config.max_wait_ms,
+            max_payload_bytes=config.max_payload_bytes,
+            allow_sealed_sender=config.allow_sealed_sender,
+            clock=clock,
+            disk=disk,
+        )
         return cls(
             config=config,
             identity=identity,
@@ -78,18 +103,9 @@ class NodeState:
                 store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock
             ),
             directory=DirectoryService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
-            inboxes=InboxService(
-                store,
-                store,
-                message_ttl_seconds=config.message_ttl_seconds,
-                max_fetch=config.max_fetch_limit,
-                max_wait_ms=config.max_wait_ms,
-                max_payload_bytes=config.max_payload_bytes,
-                allow_sealed_sender=config.allow_sealed_sender,
-                clock=clock,
-                disk=disk,
-            ),
+            inboxes=inboxes,
             limiter=RateLimiter(rate_limits(config)),
+            groups=GroupService(store, inboxes, submit_limits(config), clock=clock),
             disk=disk,
             health=HealthMonitor(store, disk),
         )
@@ -111,6 +127,9 @@ class NodeState:
                 "maxKeyPackagesPerIdentity": config.max_key_packages_per_identity,
                 "maxEndpointBytes": config.max_endpoint_bytes,
                 "maxFetchBytes": config.max_fetch_bytes,
+                "maxCommitDeliveries": config.max_commit_deliveries,
+                "maxCommitBytes": config.max_commit_bytes,
+                "maxGroupMembers": config.max_group_members,
             },
         }
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.common.schema import node_schema
 from quicnprotochat.server.node_state import NodeState
+from quicnprotochat.server.services.groups import Delivery
 from quicnprotochat.server.services.sessions import Caller, auth_absent
 
 if TYPE_CHECKING:
@@ -22,6 +23,10 @@ _NodeServiceServer: Any = node_schema().NodeService.Server
 
 def _envelopes(messages: list[InboxMessage]) -> list[dict[str, Any]]:
     return [{"seq": message.seq, "data": message.payload} for message in messages]
+
+
+def _deliveries(items: Any) -> list[Delivery]:
+    return [Delivery(bytes(item.recipientKey), bytes(item.channelId), bytes(item.payload)) for item in items]
 
 
 class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
@@ -223,3 +228,29 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     async def nodeStatus(self, _context: Any, **_params: Any) -> dict[str, Any]:
         self._limit_address()
         return await self._node.status()
+
+    # -- groups ------------------------------------------------------------------------------------------------
+
+    async def submitCommit(
+        self,
+        groupId: bytes,
+        epoch: int,
+        message: bytes,
+        deliveries: Any,
+        welcomes: Any,
+        members: Any,
+        auth: Any,
+        _context: Any,
+        **_: Any,
+    ) -> dict[str, Any]:
+        caller = await self._caller(auth)
+        result = await self._node.groups.submit(
+            caller,
+            groupId,
+            epoch,
+            message,
+            _deliveries(deliveries),
+            _deliveries(welcomes),
+            [bytes(key) for key in members],
+        )
+        return {"outcome": result.outcome, "epoch": result.epoch, "seqs": list(result.seqs)}

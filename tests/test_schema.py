@@ -80,6 +80,7 @@ def test_additions_only_append() -> None:
     assert methods["logout"] == 22
     assert methods["peekWait"] == 23
     assert methods["nodeStatus"] == 24
+    assert methods["submitCommit"] == 25
     assert sorted(methods.values()) == list(range(len(methods)))
 
 
@@ -101,3 +102,21 @@ def test_structs_keep_their_fields() -> None:
         "allowSealedSender",
         "limits",
     ]
+
+
+def test_submit_commit_signature() -> None:
+    schema = node_schema()
+    method = schema.NodeService.schema.methods["submitCommit"]
+    assert _field_names(method.param_type) == [
+        "groupId",
+        "epoch",
+        "message",
+        "deliveries",
+        "welcomes",
+        "members",
+        "auth",
+    ]
+    assert _field_names(method.result_type) == ["result"]
+    assert _field_names(schema.Delivery.schema) == ["recipientKey", "channelId", "payload"]
+    assert _field_names(schema.CommitResult.schema) == ["outcome", "epoch", "seqs"]
+    assert list(schema.CommitResult.Outcome.schema.enumerants) == ["accepted", "duplicate", "stale"]

@@ -111,7 +111,8 @@ class InboxService:
     def _limit(self, limit: int) -> int:
         return self._max_fetch if limit == 0 else min(limit, self._max_fetch)
 
-    def _check_room(self) -> None:
+    def check_room(self) -> None:
+        """Refuses new messages when the disk under the store is nearly full (also for the group sequencer)."""
         if self._disk is not None:
             self._disk.check_room()
 
@@ -134,7 +135,7 @@ class InboxService:
         elif channel:
             await self._check_channel_peer(caller, channel, recipient)
         await self._require_account(recipient, "recipientKey")
-        self._check_room()
+        self.check_room()
         with store_errors():
             return await self._store.enqueue(recipient, channel, payload, self._expiry())
 
@@ -153,9 +154,17 @@ class InboxService:
             if channel:
                 await self._check_channel_peer(caller, channel, recipient)
             await self._require_account(recipient, f"recipientKeys[{index}]")
-        self._check_room()
+        self.check_room()
         with store_errors():
             return await self._store.batch_enqueue(list(recipients), channel, payload, self._expiry())
+
+    async def check_delivery(self, caller: Caller, recipient: bytes, channel: bytes, name: str) -> None:
+        """What `enqueue` checks of one recipient and channel, for callers that enqueue through another path
+        (the group sequencer). `name` names the entry in errors."""
+        validation.identity_key(recipient, f"{name}.recipientKey")
+        if validation.channel_id(channel):
+            await self._check_channel_peer(caller, channel, recipient)
+        await self._require_account(recipient, f"{name}.recipientKey")
 
     # -- receiving ---------------------------------------------------------------------------------------------
 

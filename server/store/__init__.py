@@ -1,7 +1,7 @@
 """Storage of the node, split by concern. The node opens one `Store` (`open_store`); each service sees only its
 concern's protocol and never writes SQL itself.
 
-Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets):
+Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets, groups):
 - `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
   over small backend hooks);
 - `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
@@ -36,6 +36,7 @@ from .base import (
 )
 from .directories import DirectoryStore, KeyPackage
 from .fetch_wait import fetch_wait
+from .groups import GroupStore
 from .inboxes import InboxMessage, InboxStats, InboxStore
 from .interface import Store
 from .server_secrets import SecretStore
@@ -49,6 +50,7 @@ __all__ = [
     "Clock",
     "DirectoryStore",
     "DiskFull",
+    "GroupStore",
     "InProcessWakeups",
     "Inbox",
     "InboxMessage",

@@ -8,6 +8,7 @@ from typing import Protocol
 from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
 from .directories import DirectoryStore
+from .groups import GroupStore
 from .inboxes import InboxStore
 from .server_secrets import SecretStore
 
@@ -32,5 +33,7 @@ class StoreLifecycle(Protocol):
         ...
 
 
-class Store(StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, Protocol):
+class Store(
+    StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, GroupStore, Protocol
+):
     """Async storage of one node, all concerns."""

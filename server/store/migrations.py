@@ -109,6 +109,36 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "groups: the commit sequencer's epochs, member sets and accepted submissions",
+        (
+            # members: the member set's identity keys (32 bytes each), sorted and concatenated.
+            """CREATE TABLE mls_groups (
+                group_id BLOB PRIMARY KEY,
+                epoch INTEGER NOT NULL,
+                members BLOB NOT NULL,
+                creator BLOB NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX mls_groups_by_creator ON mls_groups (creator)",
+            # seqs: the deliveries' seqs, 8 bytes each, big-endian, in call order.
+            """CREATE TABLE mls_group_log (
+                group_id BLOB NOT NULL,
+                digest BLOB NOT NULL,
+                epoch INTEGER NOT NULL,
+                is_commit INTEGER NOT NULL,
+                sender BLOB NOT NULL,
+                seqs BLOB NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (group_id, digest)
+            )""",
+            # One commit per (group, epoch), whatever the code above it does.
+            "CREATE UNIQUE INDEX mls_group_log_one_commit ON mls_group_log (group_id, epoch) WHERE is_commit = 1",
+            "CREATE INDEX mls_group_log_by_epoch ON mls_group_log (group_id, epoch)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

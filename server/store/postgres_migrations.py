@@ -107,6 +107,37 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "groups: the commit sequencer's epochs, member sets and accepted submissions",
+        (
+            # members: the member set's identity keys (32 bytes each), sorted and concatenated. The row is also
+            # the group's lock: a submission's conditional update holds it until its transaction ends.
+            """CREATE TABLE mls_groups (
+                group_id BYTEA PRIMARY KEY,
+                epoch BIGINT NOT NULL,
+                members BYTEA NOT NULL,
+                creator BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX mls_groups_by_creator ON mls_groups (creator)",
+            # seqs: the deliveries' seqs, 8 bytes each, big-endian, in call order.
+            """CREATE TABLE mls_group_log (
+                group_id BYTEA NOT NULL,
+                digest BYTEA NOT NULL,
+                epoch BIGINT NOT NULL,
+                is_commit BOOLEAN NOT NULL,
+                sender BYTEA NOT NULL,
+                seqs BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (group_id, digest)
+            )""",
+            # One commit per (group, epoch), across every node of the database.
+            "CREATE UNIQUE INDEX mls_group_log_one_commit ON mls_group_log (group_id, epoch) WHERE is_commit",
+            "CREATE INDEX mls_group_log_by_epoch ON mls_group_log (group_id, epoch)",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

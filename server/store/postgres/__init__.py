@@ -6,11 +6,14 @@ from __future__ import annotations
 from .accounts import PostgresAccounts, PostgresSessions
 from .directories import PostgresDirectories
 from .engine import PostgresOptions, parse_url, redacted
+from .groups import PostgresGroups
 from .inboxes import PostgresInboxes
 from .server_secrets import PostgresSecrets
 
 
-class PostgresStore(PostgresAccounts, PostgresSessions, PostgresDirectories, PostgresInboxes, PostgresSecrets):
+class PostgresStore(
+    PostgresAccounts, PostgresSessions, PostgresDirectories, PostgresInboxes, PostgresSecrets, PostgresGroups
+):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 
 

@@ -139,7 +139,7 @@ class EnqueueOp:
             raise Again()
         # Something did not fit: the exact, SQLite-equivalent walk, recipient by recipient, making room from
         # expired messages before refusing. Refusing raises, and the savepoint undoes the clean-up too.
-        await self._check_limits(conn)
+        await self.check_limits(conn)
         seqs = await self._apply(conn)
         if seqs is None:  # pragma: no cover - the rows are locked and were just checked
             raise StoreError("inbox limits changed while locked")
@@ -149,7 +149,7 @@ class EnqueueOp:
         applied = await enqueue_many(conn, [self])
         return None if applied is None else applied[0]
 
-    async def _check_limits(self, conn: Any) -> None:
+    async def check_limits(self, conn: Any) -> None:
         limits = self.limits
         size = len(self.payload)
         rows = await conn.fetch(

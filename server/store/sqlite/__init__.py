@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from .accounts import SqliteAccounts, SqliteSessions
 from .directories import SqliteDirectories
+from .groups import SqliteGroups
 from .inboxes import SqliteInboxes
 from .server_secrets import SqliteSecrets
 
 
-class SqliteStore(SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets):
+class SqliteStore(SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets, SqliteGroups):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 
 

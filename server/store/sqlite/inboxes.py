@@ -54,7 +54,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
             seqs = [
-                _enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index)
+                enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index)
                 for index, inbox in enumerate(inboxes)
             ]
             ctx.touched.extend(inboxes)
@@ -152,7 +152,7 @@ def _inbox_usage(conn: sqlite3.Connection, inbox: Inbox) -> tuple[int, int]:
     return (0, 0) if row is None else (row[0], row[1])
 
 
-def _enqueue_one(
+def enqueue_one(
     conn: sqlite3.Connection,
     limits: StoreLimits,
     inbox: Inbox,
