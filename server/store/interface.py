@@ -33,7 +33,5 @@ class StoreLifecycle(Protocol):
         ...
 
 
-class Store(
-    StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, GroupStore, Protocol
-):
+class Store(StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, GroupStore, Protocol):
     """Async storage of one node, all concerns."""
