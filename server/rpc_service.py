@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.common.schema import node_schema
 from quicnprotochat.server.node_state import NodeState
-from quicnprotochat.server.services.groups import Delivery
 from quicnprotochat.server.services.sessions import Caller, auth_absent
+from quicnprotochat.server.store.groups import GroupDelivery
 
 if TYPE_CHECKING:
     from quicnprotochat.server.peer import Peer
@@ -25,8 +25,8 @@ def _envelopes(messages: list[InboxMessage]) -> list[dict[str, Any]]:
     return [{"seq": message.seq, "data": message.payload} for message in messages]
 
 
-def _deliveries(items: Any) -> list[Delivery]:
-    return [Delivery(bytes(item.recipientKey), bytes(item.channelId), bytes(item.payload)) for item in items]
+def _deliveries(items: Any) -> list[GroupDelivery]:
+    return [GroupDelivery(bytes(item.recipientKey), bytes(item.channelId), bytes(item.payload)) for item in items]
 
 
 class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]

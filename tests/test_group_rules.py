@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from quicnprotochat.common.errors import Forbidden, InvalidArgument
-from quicnprotochat.server.services.group_rules import (
-    Accept,
-    Duplicate,
-    GroupState,
-    PriorSubmission,
-    Stale,
-    Submission,
-    decide,
-)
+from quicnprotochat.server.services.group_rules import Accept, Duplicate, Stale, Submission, decide
+from quicnprotochat.server.store.groups import GroupRecord, SubmissionRecord
 
 A, B, C, D = (bytes([n]) * 32 for n in range(1, 5))
-GROUP = GroupState(3, frozenset((A, B, C)))
+GROUP = GroupRecord(3, frozenset((A, B, C)))
 
 
 def commit(sender: bytes = A, epoch: int = 3, **fields: tuple[bytes, ...]) -> Submission:
@@ -58,8 +51,8 @@ def test_only_members_submit_and_that_comes_before_staleness() -> None:
 
 
 def test_a_retry_gets_the_first_answer_even_after_the_group_moved() -> None:
-    prior = PriorSubmission(A, (7, 9))
-    assert decide(GroupState(9, frozenset((B, C))), prior, commit()) == Duplicate((7, 9))
+    prior = SubmissionRecord(A, (7, 9))
+    assert decide(GroupRecord(9, frozenset((B, C))), prior, commit()) == Duplicate((7, 9))
     # The same bytes from someone else are not that someone's retry.
     assert decide(GROUP, prior, commit(sender=B, recipients=(A, C))) == Accept(False, 4, frozenset((A, B, C)))
 

@@ -1,4 +1,5 @@
-"""The sequencer's rules: given what the store knows of a group and one submission, what the node answers.
+"""The sequencer's rules: given what the store knows of a group (its record, and the earlier acceptance of the same
+message bytes if any) and one submission, what the node answers.
 
 No I/O here. The service reads the group (and any earlier submission of the same bytes), asks `decide`, and
 hands an acceptance to the store, whose write is conditional on the group not having moved since that read: if it
@@ -13,24 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from quicnprotochat.common.errors import Forbidden, InvalidArgument
+from quicnprotochat.server.store.groups import GroupRecord, SubmissionRecord
 
 Kind = Literal["commit", "proposal"]
-
-
-@dataclass(frozen=True, slots=True)
-class GroupState:
-    """A group as the node knows it: its current epoch and member set (identity keys)."""
-
-    epoch: int
-    members: frozenset[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class PriorSubmission:
-    """An earlier acceptance of the same message bytes in the same group."""
-
-    sender: bytes
-    seqs: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +53,7 @@ class Stale:
 Decision = Accept | Duplicate | Stale
 
 
-def decide(group: GroupState | None, prior: PriorSubmission | None, submission: Submission) -> Decision:
+def decide(group: GroupRecord | None, prior: SubmissionRecord | None, submission: Submission) -> Decision:
     """Raises Forbidden (not a member) or InvalidArgument (the call contradicts itself or the group)."""
     if prior is not None and prior.sender == submission.sender:
         # A retry of something already accepted: the first answer stands, whatever happened since.

@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from quicnprotochat import native
 from quicnprotochat.common.errors import InvalidArgument, Unavailable
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
-from quicnprotochat.server.services.group_rules import (
-    Accept,
-    Duplicate,
-    GroupState,
-    PriorSubmission,
-    Stale,
-    Submission,
-    decide,
-)
+from quicnprotochat.server.services.group_rules import Accept, Duplicate, Stale, Submission, decide
 from quicnprotochat.server.services.inboxes import InboxService
 from quicnprotochat.server.services.sessions import Caller
 from quicnprotochat.server.store import Clock, GroupStore
-from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupMoved, GroupWrite
+from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupMoved, GroupRecord, GroupWrite
 
 MAX_GROUP_ID_BYTES = 256
 # Each retry follows a submission that moved the group; after that the rules almost always answer `stale`.
 _MAX_ATTEMPTS = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    recipient: bytes
-    channel: bytes
-    payload: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +60,8 @@ class GroupService:
         group_id: bytes,
         epoch: int,
         message: bytes,
-        deliveries: Sequence[Delivery],
-        welcomes: Sequence[Delivery],
+        deliveries: Sequence[GroupDelivery],
+        welcomes: Sequence[GroupDelivery],
         members: Sequence[bytes],
     ) -> CommitOutcome:
         self._check_bounds(group_id, message, deliveries, welcomes, members)
@@ -99,9 +84,7 @@ class GroupService:
         with store_errors():
             for _ in range(_MAX_ATTEMPTS):
                 group, prior = await self._store.load_group(group_id, digest)
-                state = None if group is None else GroupState(group.epoch, group.members)
-                previous = None if prior is None else PriorSubmission(prior.sender, prior.seqs)
-                decision = decide(state, previous, submission)
+                decision = decide(group, prior, submission)
                 if isinstance(decision, Duplicate):
                     assert group is not None  # an accepted submission made the group
                     return CommitOutcome("duplicate", group.epoch, decision.seqs)
@@ -109,7 +92,7 @@ class GroupService:
                     return CommitOutcome("stale", decision.epoch)
                 try:
                     seqs = await self._store.write_group_submission(
-                        self._write(group_id, digest, submission, decision, state, [*deliveries, *welcomes]),
+                        self._write(group_id, digest, submission, decision, group, (*deliveries, *welcomes)),
                         self._limits.store,
                     )
                 except GroupMoved:
@@ -123,19 +106,19 @@ class GroupService:
         digest: bytes,
         submission: Submission,
         decision: Accept,
-        state: GroupState | None,
-        deliveries: list[Delivery],
+        group: GroupRecord | None,
+        deliveries: tuple[GroupDelivery, ...],
     ) -> GroupWrite:
         return GroupWrite(
             group_id=group_id,
-            expected_epoch=None if state is None else state.epoch,
+            expected_epoch=None if group is None else group.epoch,
             epoch_after=decision.epoch_after,
             members_after=decision.members_after,
             sender=submission.sender,
             digest=digest,
             is_commit=submission.kind == "commit",
             message_epoch=submission.epoch,
-            deliveries=tuple(GroupDelivery(d.recipient, d.channel, d.payload) for d in deliveries),
+            deliveries=deliveries,
             expires_at=self._clock() + self._limits.message_ttl_seconds,
         )
 
@@ -143,8 +126,8 @@ class GroupService:
         self,
         group_id: bytes,
         message: bytes,
-        deliveries: Sequence[Delivery],
-        welcomes: Sequence[Delivery],
+        deliveries: Sequence[GroupDelivery],
+        welcomes: Sequence[GroupDelivery],
         members: Sequence[bytes],
     ) -> None:
         limits = self._limits
