@@ -327,7 +327,13 @@ async def test_proposals_are_ordered_with_commits(group_node: Node, members: Any
 
 async def test_bounds_are_configurable_and_published(tmp_path: Path, members: Any) -> None:
     node = Node(
-        loopback_config(tmp_path / "node", max_commit_deliveries=2, max_commit_bytes=6000, max_groups_per_identity=1)
+        loopback_config(
+            tmp_path / "node",
+            max_commit_deliveries=2,
+            max_commit_bytes=6000,
+            max_groups_per_identity=1,
+            group_log_epochs=2,
+        )
     )
     await node.start()
     try:
@@ -349,5 +355,44 @@ async def test_bounds_are_configurable_and_published(tmp_path: Path, members: An
         other = alice.vault.create_group()
         with pytest.raises(ResourceExhausted, match="max_groups_per_creator"):
             await alice.client.submit_commit(other, 0, alice.vault.self_update(other), [], [], [alice.key])
+        # The node remembers accepted commits for group_log_epochs epochs: a retry that late is only stale.
+        bob, carol = group[1], group[2]
+        pair = await make_group([bob, carol])
+        keys = [bob.key, carol.key]
+        commits = []
+        for epoch in (1, 2, 3):
+            commit = bob.vault.self_update(pair)
+            result = await bob.client.submit_commit(pair, epoch, commit, to_all(commit, [carol]), [], keys)
+            assert result.outcome == "accepted"
+            applied(bob.vault, pair)
+            commits.append((epoch, commit, result.seqs))
+        (first, oldest, _), (last, newest, seqs) = commits[0], commits[-1]
+        retried = await bob.client.submit_commit(pair, first, oldest, to_all(oldest, [carol]), [], keys)
+        assert (retried.outcome, retried.epoch) == ("stale", 4)
+        retried = await bob.client.submit_commit(pair, last, newest, to_all(newest, [carol]), [], keys)
+        assert (retried.outcome, retried.seqs) == ("duplicate", seqs)
+    finally:
+        await node.stop()
+
+
+async def test_a_full_inbox_refuses_the_whole_commit(store_url: str, tmp_path: Path, members: Any) -> None:
+    node = Node(loopback_config(tmp_path / "node", store=store_url, max_inbox_depth=2))
+    await node.start()
+    try:
+        group = await members(node, 3)
+        alice, bob, carol = group
+        group_id = await make_group(group)
+        for n in range(2):
+            await alice.client.enqueue(carol.key, b"filler %d" % n)
+        commit = alice.vault.self_update(group_id)
+        deliveries = to_all(commit, [bob, carol])
+        with pytest.raises(ResourceExhausted, match="#1"):
+            await alice.client.submit_commit(group_id, 1, commit, deliveries, [], [m.key for m in group])
+        # Nowhere: bob got nothing, and the epoch is still free for the same commit once carol has room.
+        assert await inbox(bob) == []
+        await carol.client.fetch(carol.key)
+        result = await alice.client.submit_commit(group_id, 1, commit, deliveries, [], [m.key for m in group])
+        assert (result.outcome, result.epoch) == ("accepted", 2)
+        assert await inbox(bob) == [commit] and await inbox(carol) == [commit]
     finally:
         await node.stop()
