@@ -284,6 +284,8 @@ async def test_refusals_say_why(group_node: Node, members: Any) -> None:
     await refused(commit + b"\x00", "not an MLS")
     await refused(commit, "epoch 1, not epoch 2", epoch=2)
     await refused(commit, "another group", gid=os.urandom(16))
+    await refused(commit, "epoch must be at most", epoch=(1 << 64) - 1)
+    await refused(commit, "groupId", gid=b"")
     with pytest.raises(InvalidArgument, match=r"deliveries\[0\]"):
         await alice.client.submit_commit(group_id, 1, commit, [Delivery(os.urandom(8), commit)], [], keys)
     with pytest.raises(InvalidArgument, match="committer"):

@@ -24,6 +24,8 @@ from quicnprotochat.server.store import Clock, GroupStore
 from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupMoved, GroupRecord, GroupWrite
 
 MAX_GROUP_ID_BYTES = 256
+MAX_EPOCH = (1 << 63) - 2
+"""Epochs are signed 64-bit in both databases, and a commit stores epoch + 1."""
 # Each retry follows a submission that moved the group; after that the rules almost always answer `stale`.
 _MAX_ATTEMPTS = 8
 
@@ -64,7 +66,7 @@ class GroupService:
         welcomes: Sequence[GroupDelivery],
         members: Sequence[bytes],
     ) -> CommitOutcome:
-        self._check_bounds(group_id, message, deliveries, welcomes, members)
+        self._check_bounds(group_id, epoch, message, deliveries, welcomes, members)
         for index, key in enumerate(members):
             validation.identity_key(key, f"members[{index}]")
         for name, items in (("deliveries", deliveries), ("welcomes", welcomes)):
@@ -125,6 +127,7 @@ class GroupService:
     def _check_bounds(
         self,
         group_id: bytes,
+        epoch: int,
         message: bytes,
         deliveries: Sequence[GroupDelivery],
         welcomes: Sequence[GroupDelivery],
@@ -133,6 +136,8 @@ class GroupService:
         limits = self._limits
         if not group_id or len(group_id) > MAX_GROUP_ID_BYTES:
             raise InvalidArgument(f"groupId must be 1 to {MAX_GROUP_ID_BYTES} bytes")
+        if epoch > MAX_EPOCH:
+            raise InvalidArgument(f"epoch must be at most {MAX_EPOCH}")
         if not message:
             raise InvalidArgument("message is empty")
         count = len(deliveries) + len(welcomes)
