@@ -253,6 +253,7 @@ AUTHENTICATED_CALLS: dict[str, dict[str, Any]] = {
     "resolveUser": {"username": "alice"},
     "resolveIdentity": {"identityKey": KEY},
     "logout": {},
+    "submitCommit": {"groupId": b"g", "epoch": 0, "message": b"m", "deliveries": [], "welcomes": [], "members": []},
 }
 
 
