@@ -41,6 +41,7 @@ from quicnprotochat.client.chat import (
     PasswordRequired,
     default_state_dir,
 )
+from quicnprotochat.client.chat.safety import safety_lines
 from quicnprotochat.client.known_hosts import FingerprintMismatch
 from quicnprotochat.client.node_client import TRANSPORTS, Transport
 from quicnprotochat.client.render import describe, format_message, message_json
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("conversation", help="@username for a DM, or a conversation name")
     history.add_argument("-n", "--count", type=int, default=20, help="how many (default %(default)s)")
     history.add_argument("--json", action="store_true", help="one JSON object per message and line")
+    verify = commands.add_parser("verify", parents=[common], help="the safety number to compare with a user")
+    verify.add_argument("user", help="@username")
+    trust = commands.add_parser("trust", parents=[common], help="accept a user's changed identity key")
+    trust.add_argument("user", help="@username")
     listing = commands.add_parser("list", parents=[common], help="the conversations, with unread counts")
     listing.add_argument("--json", action="store_true", help="one JSON object per conversation and line")
     repl = commands.add_parser("repl", parents=[common], help="the interactive client")
@@ -331,6 +336,32 @@ async def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_verify(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args))
+    try:
+        check = await chat.verify(str(args.user))
+    finally:
+        await chat.close()
+    print(f"safety number of {chat.username} and {check.username}:")
+    for line in safety_lines(check.safety_number):
+        print("    " + line)
+    print(f"{check.username}'s key fingerprint: {check.fingerprint}")
+    if check.changed:
+        print(f"this key is NOT the one known for {check.username}: if the numbers match, qpc trust @{check.username}")
+        return 1
+    return 0
+
+
+async def cmd_trust(args: argparse.Namespace) -> int:
+    chat = await _open(_config(args))
+    try:
+        fingerprint = await chat.trust(str(args.user))
+    finally:
+        await chat.close()
+    print(f"accepted the new identity key of {str(args.user).removeprefix('@')} ({fingerprint})")
+    return 0
+
+
 async def cmd_list(args: argparse.Namespace) -> int:
     chat = await _open(_config(args))
     try:
@@ -376,6 +407,8 @@ COMMANDS = {
     "recv": cmd_recv,
     "history": cmd_history,
     "list": cmd_list,
+    "verify": cmd_verify,
+    "trust": cmd_trust,
     "repl": cmd_repl,
 }
 

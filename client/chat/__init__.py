@@ -11,12 +11,14 @@ from quicnprotochat.client.chat.engine import (
     ConversationSummary,
     EventStream,
     PasswordSource,
+    Verification,
     default_state_dir,
     key_fingerprint,
 )
 from quicnprotochat.client.chat.errors import (
     ChatError,
     DeliveryFailed,
+    IdentityKeyChanged,
     LoginFailed,
     MessageTooLarge,
     NodeUnavailable,
@@ -54,6 +56,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventStream",
+    "IdentityKeyChanged",
     "JoinedConversation",
     "LoginFailed",
     "MemberJoined",
@@ -72,6 +75,7 @@ __all__ = [
     "StateUnavailable",
     "UnknownConversation",
     "UserNotFound",
+    "Verification",
     "default_state_dir",
     "key_fingerprint",
 ]

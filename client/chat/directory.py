@@ -5,6 +5,7 @@ from __future__ import annotations
 from quicnprotochat.common.errors import InvalidArgument, RpcError
 from quicnprotochat.common.usernames import normalize_username
 
+from .contacts import Contacts
 from .context import ChatContext
 from .errors import ChatError, NoHybridKey, UserNotFound
 
@@ -20,8 +21,9 @@ def checked_username(username: str) -> str:
 
 
 class Directory:
-    def __init__(self, context: ChatContext) -> None:
+    def __init__(self, context: ChatContext, contacts: Contacts) -> None:
         self._context = context
+        self._contacts = contacts
         self._names: dict[bytes, str] = {context.identity_key: context.username}
         self._hybrid_keys: dict[bytes, bytes] = {}
 
@@ -47,11 +49,22 @@ class Directory:
         for known_key, known in self._names.items():
             if known == name:
                 return name, known_key
+        key = await self.lookup(name)
+        await self._contacts.check(name, key)  # a changed key is refused until the user accepts it
+        self._names[key] = name
+        return name, key
+
+    async def lookup(self, name: str) -> bytes:
+        """The identity key the node gives for `name` now (not checked against the known one)."""
         key = await self._context.guard(self._context.node.resolve_user(name))
         if key is None:
             raise UserNotFound(f"no user named {name!r} on {self._context.node.address}")
-        self._names[key] = name
-        return name, key
+        return key
+
+    def forget(self, name: str) -> None:
+        """Ask the node again next time (after the user accepted a changed key)."""
+        for key in [key for key, known in self._names.items() if known == name and key != self._context.identity_key]:
+            del self._names[key]
 
     async def hybrid_key(self, identity_key: bytes, name: str) -> bytes:
         """A peer's hybrid public key: remembered (in the state too, so that messages can be sealed and kept

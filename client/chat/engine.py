@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from quicnprotochat.client.node_client import NodeClient
@@ -44,6 +45,7 @@ from quicnprotochat.native import Vault
 
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
 from .connection import ConnectionWatch
+from .contacts import Contacts
 from .context import ChatContext
 from .conversations import ConversationRef, Conversations, ConversationSummary
 from .delivery import Delivery
@@ -54,8 +56,20 @@ from .group_ops import GroupOps
 from .key_packages import KeyPackageStock
 from .outbox import Outbox
 from .receiver import Receiver
+from .safety import safety_number
 from .sending import Sender
 from .session import SETTING_USERNAME, Session
+
+
+@dataclass(frozen=True)
+class Verification:
+    username: str
+    identity_key: bytes
+    fingerprint: str
+    safety_number: str
+    """60 digits in groups of 5; `safety.safety_lines` splits it for display."""
+    changed: bool
+    """The node gives another key than the one accepted for this username: compare, then `trust`."""
 
 
 class ChatClient:
@@ -72,7 +86,8 @@ class ChatClient:
         context = self._context = ChatContext(config, state, vault, node, self.username)
         self._session = Session(context)
         self._key_packages = KeyPackageStock(context)
-        self._directory = Directory(context)
+        self._contacts = Contacts(context)
+        self._directory = Directory(context, self._contacts)
         self._conversations = Conversations(context, self._directory)
         self._delivery = Delivery(context, self._directory)
         self._watch = ConnectionWatch(context)
@@ -174,8 +189,30 @@ class ChatClient:
         return await self._directory.username_of(identity_key)
 
     async def resolve_user(self, username: str) -> tuple[str, bytes]:
-        """(normalized username, identity key); UserNotFound if the node has no such account."""
+        """(normalized username, identity key); UserNotFound if the node has no such account, IdentityKeyChanged
+        if it gives another key than the one known for them (until `trust`)."""
         return await self._directory.resolve_user(username)
+
+    async def verify(self, username: str) -> Verification:
+        """The safety number with `username`'s current key (as the node gives it), to compare with theirs."""
+        name = checked_username(username)
+        key = await self._directory.lookup(name)
+        known = await self._contacts.known_key(name)
+        return Verification(
+            username=name,
+            identity_key=key,
+            fingerprint=key_fingerprint(key),
+            safety_number=safety_number(self.identity_key, key),
+            changed=known is not None and known != key,
+        )
+
+    async def trust(self, username: str) -> str:
+        """Accept the changed identity key of `username` (after comparing safety numbers); returns its
+        fingerprint. From now on messages to `username` go to that key."""
+        name = checked_username(username)
+        key = await self._contacts.trust(name)
+        self._directory.forget(name)
+        return key_fingerprint(key)
 
     # ── events ──────────────────────────────────────────────────────────────────────────────────────────
 
@@ -262,6 +299,7 @@ __all__ = [
     "ConversationSummary",
     "EventStream",
     "PasswordSource",
+    "Verification",
     "default_state_dir",
     "key_fingerprint",
 ]

@@ -53,3 +53,12 @@ class DeliveryFailed(ChatError):
 
 class MessageTooLarge(ChatError):
     """The message is larger than the node accepts (checked before anything is sent)."""
+
+
+class IdentityKeyChanged(ChatError):
+    """The node gives another identity key for a known contact: nothing is sent to them until the user accepts
+    it (`ChatClient.trust`). `str(error)` is the warning to show."""
+
+    def __init__(self, message: str, username: str) -> None:
+        super().__init__(message)
+        self.username = username

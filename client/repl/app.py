@@ -36,7 +36,9 @@ from quicnprotochat.client.chat import (
     MessageStateChanged,
     Notice,
     RemovedFromConversation,
+    key_fingerprint,
 )
+from quicnprotochat.client.chat.safety import safety_lines
 from quicnprotochat.client.render import clock, describe, sender, state_note
 from quicnprotochat.client.state import Conversation, Message
 
@@ -63,7 +65,9 @@ Commands:
   /join [name]         list the conversations you were invited to, or switch to one
   /switch name         switch to a conversation (@user for a DM)
   /list                conversations with unread counts
-  /members             members of the current conversation
+  /members             members of the current conversation, with their key fingerprints
+  /verify @user        the safety number to compare with user (in person or on a call)
+  /trust @user         accept user's changed identity key (after comparing safety numbers)
   /history [n]         the last n messages (default 20) of the current conversation
   /whoami              your username, key fingerprint, node, state encryption
   /help                this text
@@ -128,6 +132,8 @@ class Repl:
             "/switch": self.cmd_switch,
             "/list": self.cmd_list,
             "/members": self.cmd_members,
+            "/verify": self.cmd_verify,
+            "/trust": self.cmd_trust,
             "/history": self.cmd_history,
             "/whoami": self.cmd_whoami,
             "/help": self.cmd_help,
@@ -270,6 +276,28 @@ class Repl:
             for m in members
         ]
         self.out.info(f"{conversation.name}: " + ", ".join(names))
+        for name, member in zip(names, members, strict=True):
+            self.out.line(("", f"  {name:<16} "), ("time", key_fingerprint(member.identity_key)))
+
+    async def cmd_verify(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /verify @user")
+        check = await self.chat.verify(args[0])
+        me = self.chat.username
+        self.out.info(f"safety number of you and {check.username} (they see the same with /verify @{me}):")
+        for line in safety_lines(check.safety_number):
+            self.out.line(("me", "    " + line))
+        self.out.info(f"{check.username}'s key fingerprint: {check.fingerprint}")
+        if check.changed:
+            self.out.error(
+                f"this key is NOT the one you had for {check.username}: if the numbers match, /trust @{check.username}"
+            )
+
+    async def cmd_trust(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /trust @user")
+        fingerprint = await self.chat.trust(args[0])
+        self.out.event(f"* accepted the new identity key of {args[0].removeprefix('@')} ({fingerprint})")
 
     async def cmd_history(self, args: list[str]) -> None:
         conversation = self._need_current()

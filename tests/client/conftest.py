@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,9 +14,10 @@ import pytest
 
 from quicnprotochat.client import KnownHosts
 from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, MessageReceived
+from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
 from tests.client.terminal import Tmux
-from tests.conftest import node_address
+from tests.conftest import loopback_config, node_address
 
 E = TypeVar("E")
 
@@ -69,6 +71,40 @@ async def tmux(tmp_path: Path) -> AsyncIterator[Tmux]:
     terminal = Tmux(tmp_path / "tmux.sock")
     yield terminal
     await terminal.close()
+
+
+class RestartableNode:
+    """A node that can be stopped and started again on the same ports and data."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node: Node | None = None
+
+    async def start(self) -> Node:
+        self.node = Node(self.config)
+        await self.node.start()
+        if self.config.quic_listen.endswith(":0"):  # pin the ports for the next start
+            assert self.node.quic_address is not None and self.node.tcp_address is not None
+            host = self.node.quic_address[0]
+            self.config = replace(
+                self.config,
+                quic_listen=f"{host}:{self.node.quic_address[1]}",
+                tcp_listen=f"{host}:{self.node.tcp_address[1]}",
+            )
+        return self.node
+
+    async def stop(self) -> None:
+        node, self.node = self.node, None
+        if node is not None:
+            await node.stop()
+
+
+@pytest.fixture
+async def restartable(tmp_path: Path) -> AsyncIterator[RestartableNode]:
+    holder = RestartableNode(loopback_config(tmp_path / "node"))
+    await holder.start()
+    yield holder
+    await holder.stop()
 
 
 ChatFactory = Callable[..., Awaitable[tuple[ChatClient, EventLog]]]

@@ -8,54 +8,17 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from quicnprotochat.client.chat import MessageStateChanged, MessageTooLarge
-from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
-from tests.client.conftest import ChatFactory
+from tests.client.conftest import ChatFactory, RestartableNode
 from tests.client.terminal import QPC, Tmux, client_env, env_for, qpc
 from tests.conftest import loopback_config, node_address
 
 BROKEN = ("Traceback", "Press ENTER", "Unhandled exception", "never retrieved")
-
-
-class RestartableNode:
-    """A node that can be stopped and started again on the same ports and data."""
-
-    def __init__(self, config: NodeConfig) -> None:
-        self.config = config
-        self.node: Node | None = None
-
-    async def start(self) -> Node:
-        self.node = Node(self.config)
-        await self.node.start()
-        if self.config.quic_listen.endswith(":0"):  # pin the ports for the next start
-            assert self.node.quic_address is not None and self.node.tcp_address is not None
-            host = self.node.quic_address[0]
-            self.config = loopback_config(
-                self.config.data_dir,
-                quic_listen=f"{host}:{self.node.quic_address[1]}",
-                tcp_listen=f"{host}:{self.node.tcp_address[1]}",
-                max_inbox_depth=self.config.max_inbox_depth,
-            )
-        return self.node
-
-    async def stop(self) -> None:
-        node, self.node = self.node, None
-        if node is not None:
-            await node.stop()
-
-
-@pytest.fixture
-async def restartable(tmp_path: Path) -> AsyncIterator[RestartableNode]:
-    holder = RestartableNode(loopback_config(tmp_path / "node"))
-    await holder.start()
-    yield holder
-    await holder.stop()
 
 
 def lines_with(screen: str, text: str) -> list[str]:

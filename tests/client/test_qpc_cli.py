@@ -105,7 +105,9 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     await tmux.type("alice", "half typed")
     await tmux.wait_for("alice", "[@bob] > half typed")
     await tmux.line("bob", "while you type")
-    screen = await tmux.wait_for("alice", "bob: while you type")
+    await tmux.wait_for("alice", "bob: while you type")
+    # The prompt is redrawn just after the message is printed: give the redraw a moment.
+    screen = await tmux.wait_for("alice", "while you type\n[@bob] > half typed", timeout=5)
     lines = [line for line in screen.splitlines() if line.strip()]
     assert lines[-1].rstrip() == "[@bob] > half typed", screen
     await tmux.line("alice", " line")
@@ -118,6 +120,11 @@ async def test_repl_in_a_terminal(node: Node, tmp_path: Path, tmux: Tmux) -> Non
     await tmux.wait_for("alice", "* @bob  dm")
     await tmux.line("alice", "/members")
     await tmux.wait_for("alice", "@bob: you, bob")
+    await tmux.line("alice", "/verify @bob")
+    screen = await tmux.wait_for("alice", "bob's key fingerprint: ")
+    assert "safety number of you and bob (they see the same with /verify @alice)" in screen
+    fingerprint = screen.split("bob's key fingerprint: ", 1)[1].splitlines()[0].strip()
+    assert [line for line in screen.splitlines() if line.strip().startswith("bob ")][-1].endswith(fingerprint)
     await tmux.line("alice", "/whoami")
     # "local state:" is the last of the four lines: wait for it, not for an earlier one.
     screen = await tmux.wait_for("alice", "local state:")
