@@ -73,6 +73,7 @@ def bench_mls(seconds: float, payload: bytes, directory: Path, suite: int, label
     bob = native.Vault.open(str(directory / f"bob-{suite}.vault"), os.urandom(32))
     group_id = alice.create_group(ciphersuite=suite)
     _, welcome = alice.add_members(group_id, [bob.create_key_package(ciphersuite=suite)])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
 
     messages: list[bytes] = []

@@ -145,6 +145,9 @@ class ProcessedMessage:
     @property
     def self_removed(self) -> bool:
         """True when the commit removed this vault's member."""
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the message bytes: its key in the vault's journal (``forget_processed``)."""
 
 class Vault:
     """Encrypted client state (SQLCipher): Ed25519 identity, X-Wing key, MLS groups.
@@ -175,23 +178,38 @@ class Vault:
         """TLS-serialized KeyPackage; its private keys stay in the vault."""
     def create_group(self, ciphersuite: int = ...) -> bytes:
         """Return the new group's id."""
+    # Commit-creating calls leave the commit pending (not applied) until merge_pending_commit;
+    # meanwhile encrypt, leave_group and further commits raise StateError ("a commit is
+    # pending"). Pending proposals received earlier are committed with them.
     def add_members(self, group_id: bytes, key_packages: list[bytes]) -> tuple[bytes, bytes]:
-        """Return (commit, welcome); packages raw or wrapped in an MLSMessage. The commit is
-        already merged locally."""
+        """Return (commit, welcome); packages raw or wrapped in an MLSMessage."""
     def remove_members(self, group_id: bytes, identity_keys: list[bytes]) -> bytes:
-        """Return the commit (merged locally)."""
+        """Return the commit removing every leaf of these identity keys."""
     def self_update(self, group_id: bytes) -> bytes:
-        """Rotate own leaf keys; return the commit (merged locally)."""
+        """Rotate own leaf keys; return the commit."""
     def commit_pending_proposals(self, group_id: bytes) -> tuple[bytes, bytes | None]:
-        """Commit received proposals; return (commit, welcome or None)."""
+        """Commit received proposals (none: an empty commit); return (commit, welcome or None)."""
+    def merge_pending_commit(self, group_id: bytes) -> None:
+        """Apply this member's pending commit (the node accepted it); StateError if none."""
+    def clear_pending_commit(self, group_id: bytes) -> None:
+        """Drop this member's pending commit (the node took another); no-op if none."""
+    def pending_commit(self, group_id: bytes) -> tuple[bytes, bytes | None] | None:
+        """The pending commit's bytes and its Welcome, exactly as first returned (durable)."""
     def leave_group(self, group_id: bytes) -> bytes:
-        """Return a self-remove proposal; another member must commit it."""
+        """Return a proposal removing this member (a PrivateMessage); another member commits
+        it (``commit_pending_proposals`` or any commit of theirs)."""
     def delete_group(self, group_id: bytes) -> None: ...
     def join_group(self, welcome: bytes) -> bytes:
-        """Return the joined group's id."""
+        """Return the joined group's id. A local group of that id is discarded first (rejoin);
+        the same Welcome bytes again return the same id (journaled until forget_processed)."""
     def encrypt(self, group_id: bytes, plaintext: bytes) -> bytes: ...
     def process(self, message: bytes) -> ProcessedMessage:
-        """Process a group message (the group id is read from it); commits are merged."""
+        """Process a group message, PublicMessage or PrivateMessage (the group id is read from
+        it); commits are merged, proposals kept for a later commit. Idempotent: the result is
+        journaled in the same transaction, and the same bytes again return it."""
+    def forget_processed(self, digests: list[bytes]) -> None:
+        """Drop journal entries (``ProcessedMessage.digest``, or SHA-256 of a joined Welcome)
+        once their result is stored."""
     def members(self, group_id: bytes) -> list[bytes]:
         """Identity keys in leaf order."""
     def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes:

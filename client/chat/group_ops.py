@@ -61,6 +61,7 @@ class GroupOps:
             group_id = await asyncio.to_thread(vault.create_group)
             try:
                 _commit, welcome = await asyncio.to_thread(vault.add_members, group_id, [package])
+                await asyncio.to_thread(vault.merge_pending_commit, group_id)
                 frame = WelcomeFrame("dm", "", channel, context.identity_key, welcome).encode()
                 await self._delivery.deliver_one(peer, hybrid, frame, b"")
                 conversation = await store.create_conversation(
@@ -116,6 +117,7 @@ class GroupOps:
         async with context.mls:
             members = await asyncio.to_thread(vault.members, group_id)
             commit, welcome = await asyncio.to_thread(vault.add_members, group_id, [package])
+            await asyncio.to_thread(vault.merge_pending_commit, group_id)
             frame = WelcomeFrame("group", conversation.name, None, context.identity_key, welcome).encode()
             # The Welcome first: see "Inbox layout" in the receiver's docs.
             welcome_error: ChatError | None = None
@@ -145,6 +147,7 @@ class GroupOps:
             if peer not in members:
                 raise NotAllowed(f"{name} is not a member of {conversation.name}")
             commit = await asyncio.to_thread(context.vault.remove_members, group_id, [peer])
+            await asyncio.to_thread(context.vault.merge_pending_commit, group_id)
             await context.store.remove_member(conversation.id, peer)
             # Everyone who was a member gets the commit, the removed member included (so it learns of it).
             others = [key for key in members if key != context.identity_key]

@@ -4,10 +4,16 @@
 //! * the OpenMLS state (through `openmls_sqlite_storage`, JSON codec),
 //! * the Ed25519 identity (the basic credential is the 32-byte public key),
 //! * the X-Wing seed of the client's hybrid envelope key,
-//! * the list of groups this vault takes part in.
+//! * the list of groups this vault takes part in,
+//! * the bytes of each group's pending commit (created, not yet accepted by the node),
+//! * the journal of processed messages and joined Welcomes (see `journal`).
 //!
 //! Every operation runs in one SQLite transaction: either all of its state changes
-//! (ratchets, epoch, proposals) are stored, or none are.
+//! (ratchets, epoch, proposals, journal) are stored, or none are.
+//!
+//! Outgoing handshake messages are PrivateMessages; incoming ones may be PublicMessages too
+//! (other MLS libraries send commits and proposals in the clear). Application messages are
+//! always PrivateMessages (OpenMLS refuses others).
 
 use std::rc::Rc;
 
@@ -22,6 +28,8 @@ use zeroize::Zeroizing;
 use crate::envelope::HybridKeyPair;
 use crate::error::{Error, Result};
 
+mod journal;
+mod pending;
 mod wire;
 pub use wire::{message_info, MessageInfo};
 
@@ -208,9 +216,11 @@ pub struct Processed {
     pub removed: Vec<Vec<u8>>,
     /// Whether this vault's member was removed by the commit.
     pub self_removed: bool,
+    /// SHA-256 of the message bytes: the journal key (`Vault::forget_processed`).
+    pub digest: [u8; 32],
 }
 
-/// Result of a commit created locally (already merged).
+/// A commit created locally (pending until merged) and its Welcome.
 pub struct CommitOutput {
     pub commit: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
@@ -311,6 +321,8 @@ impl Vault {
                  group_id BLOB PRIMARY KEY,
                  created_at INTEGER NOT NULL DEFAULT (strftime('%s','now')));",
         )?;
+        conn.execute_batch(journal::SCHEMA)?;
+        conn.execute_batch(pending::SCHEMA)?;
         let conn = Rc::new(conn);
         let crypto = CryptoProvider::new()
             .map_err(|_| Error::Crypto("crypto provider initialisation failed".into()))?;
@@ -457,7 +469,7 @@ impl Vault {
         MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(true)
             .max_past_epochs(MAX_PAST_EPOCHS)
-            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .build()
     }
 
@@ -498,7 +510,7 @@ impl Vault {
                 .capabilities(Self::capabilities())
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(MAX_PAST_EPOCHS)
-                .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+                .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
                 .build();
             let group = MlsGroup::new(&v.provider, &v.signer, &config, cred)
                 .map_err(|e| mls_err(Error::Crypto, "create group", e))?;
@@ -509,7 +521,35 @@ impl Vault {
         })
     }
 
-    /// Adds members by KeyPackage; merges the commit locally; returns (commit, welcome).
+    /// Loads a group for a local change: refused while one of this member's commits is pending
+    /// (the node has not yet said whether it is the group's next epoch).
+    fn load_group_without_pending(&self, group_id: &[u8]) -> Result<MlsGroup> {
+        let group = self.load_group(group_id)?;
+        if group.pending_commit().is_some() {
+            return Err(Error::State(
+                "a commit is pending: merge it once the node accepted it, or clear it".into(),
+            ));
+        }
+        Ok(group)
+    }
+
+    /// Keeps the bytes of a commit just created (and left pending) with its Welcome.
+    fn keep_pending(
+        &self,
+        group_id: &[u8],
+        commit: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
+    ) -> Result<CommitOutput> {
+        let out = CommitOutput {
+            commit: ser(commit)?,
+            welcome: welcome.map(ser).transpose()?,
+        };
+        pending::store(&self.conn, group_id, &out.commit, out.welcome.as_deref())?;
+        Ok(out)
+    }
+
+    /// Adds members by KeyPackage (raw or wrapped in an MLSMessage); the commit stays pending.
+    /// Proposals received earlier (e.g. a member's leave) are committed with it.
     pub fn add_members(
         &mut self,
         group_id: &[u8],
@@ -523,7 +563,7 @@ impl Vault {
             .map(|b| parse_key_package(self.provider.crypto(), b))
             .collect::<Result<Vec<_>>>()?;
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.load_group_without_pending(group_id)?;
             if let Some(kp) = kps
                 .iter()
                 .find(|kp| kp.ciphersuite() != group.ciphersuite())
@@ -537,24 +577,18 @@ impl Vault {
             let (commit, welcome, _) = group
                 .add_members(&v.provider, &v.signer, &kps)
                 .map_err(|e| mls_err(Error::State, "add members", e))?;
-            group
-                .merge_pending_commit(&v.provider)
-                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
-            Ok(CommitOutput {
-                commit: ser(&commit)?,
-                welcome: Some(ser(&welcome)?),
-            })
+            v.keep_pending(group_id, &commit, Some(&welcome))
         })
     }
 
-    /// Removes the members with these identity keys; merges locally; returns the commit.
+    /// Removes the members with these identity keys; the commit stays pending.
     pub fn remove_members(
         &mut self,
         group_id: &[u8],
         identity_keys: &[Vec<u8>],
     ) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.load_group_without_pending(group_id)?;
             let mut indices = Vec::with_capacity(identity_keys.len());
             for key in identity_keys {
                 let before = indices.len();
@@ -581,51 +615,79 @@ impl Vault {
             let (commit, _, _) = group
                 .remove_members(&v.provider, &v.signer, &indices)
                 .map_err(|e| mls_err(Error::State, "remove members", e))?;
-            group
-                .merge_pending_commit(&v.provider)
-                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
-            ser(&commit)
+            Ok(v.keep_pending(group_id, &commit, None)?.commit)
         })
     }
 
-    /// Rotates this member's leaf key material (post-compromise security); returns the commit.
+    /// Rotates this member's leaf key material (post-compromise security); the commit stays
+    /// pending.
     pub fn self_update(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.load_group_without_pending(group_id)?;
             let bundle = group
                 .self_update(&v.provider, &v.signer, LeafNodeParameters::default())
                 .map_err(|e| mls_err(Error::State, "self update", e))?;
-            let commit = ser(bundle.commit())?;
-            group
-                .merge_pending_commit(&v.provider)
-                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
-            Ok(commit)
+            Ok(v.keep_pending(group_id, bundle.commit(), None)?.commit)
         })
     }
 
-    /// Commits all pending proposals received so far (e.g. another member's leave);
-    /// returns (commit, welcome if the proposals added members).
+    /// Commits all pending proposals received so far (e.g. another member's leave; none: an
+    /// empty commit that renews this member's path); the commit stays pending. The Welcome is
+    /// there if the proposals added members.
     pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<CommitOutput> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.load_group_without_pending(group_id)?;
             let (commit, welcome, _) = group
                 .commit_to_pending_proposals(&v.provider, &v.signer)
                 .map_err(|e| mls_err(Error::State, "commit proposals", e))?;
-            group
-                .merge_pending_commit(&v.provider)
-                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
-            Ok(CommitOutput {
-                commit: ser(&commit)?,
-                welcome: welcome.map(|w| ser(&w)).transpose()?,
-            })
+            v.keep_pending(group_id, &commit, welcome.as_ref())
         })
     }
 
-    /// Proposes to leave the group; returns the proposal for the other members (one of them
-    /// must commit it).
-    pub fn leave_group(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
+    /// Applies this member's pending commit (once the node accepted it).
+    pub fn merge_pending_commit(&mut self, group_id: &[u8]) -> Result<()> {
         self.tx(|v| {
             let mut group = v.load_group(group_id)?;
+            if group.pending_commit().is_none() {
+                return Err(Error::State("no commit is pending in this group".into()));
+            }
+            group
+                .merge_pending_commit(&v.provider)
+                .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+            pending::remove(&v.conn, group_id)
+        })
+    }
+
+    /// Drops this member's pending commit (the node chose another one for that epoch). Nothing
+    /// pending: nothing to do.
+    pub fn clear_pending_commit(&mut self, group_id: &[u8]) -> Result<()> {
+        self.tx(|v| {
+            let mut group = v.load_group(group_id)?;
+            group
+                .clear_pending_commit(v.provider.storage())
+                .map_err(|e| Error::Storage(format!("clear pending commit: {e}")))?;
+            pending::remove(&v.conn, group_id)
+        })
+    }
+
+    /// The pending commit's bytes and its Welcome, exactly as first returned.
+    pub fn pending_commit(&self, group_id: &[u8]) -> Result<Option<CommitOutput>> {
+        let group = self.load_group(group_id)?;
+        let row = pending::load(&self.conn, group_id)?;
+        match (group.pending_commit().is_some(), row) {
+            (true, Some(out)) => Ok(Some(out)),
+            (false, _) => Ok(None),
+            (true, None) => Err(Error::Storage(
+                "the pending commit's bytes are missing from the vault".into(),
+            )),
+        }
+    }
+
+    /// Proposes to leave the group (a Remove proposal of this member's own leaf); returns the
+    /// proposal for the other members (one of them must commit it).
+    pub fn leave_group(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
+        self.tx(|v| {
+            let mut group = v.load_group_without_pending(group_id)?;
             let msg = group
                 .leave_group(&v.provider, &v.signer)
                 .map_err(|e| mls_err(Error::State, "leave group", e))?;
@@ -633,48 +695,71 @@ impl Vault {
         })
     }
 
+    fn delete_group_in_tx(&self, group: &mut MlsGroup) -> Result<()> {
+        let group_id = group.group_id().as_slice().to_vec();
+        group
+            .delete(self.provider.storage())
+            .map_err(|e| Error::Storage(format!("delete group: {e}")))?;
+        self.conn.execute(
+            "DELETE FROM qpc_groups WHERE group_id = ?1",
+            params![group_id],
+        )?;
+        pending::remove(&self.conn, &group_id)
+    }
+
     /// Deletes all local state of a group.
     pub fn delete_group(&mut self, group_id: &[u8]) -> Result<()> {
         self.tx(|v| {
             let mut group = v.load_group(group_id)?;
-            group
-                .delete(v.provider.storage())
-                .map_err(|e| Error::Storage(format!("delete group: {e}")))?;
-            v.conn.execute(
-                "DELETE FROM qpc_groups WHERE group_id = ?1",
-                params![group_id],
-            )?;
-            Ok(())
+            v.delete_group_in_tx(&mut group)
         })
     }
 
-    /// Joins a group from a Welcome; returns the group id.
+    /// Joins a group from a Welcome; returns the group id. A local group of that id (a member
+    /// who left or was removed and is invited again) is discarded first. The same Welcome bytes
+    /// again return the same group id (journaled until `forget_processed`).
     pub fn join_group(&mut self, welcome: &[u8]) -> Result<Vec<u8>> {
+        let digest = journal::digest(welcome);
+        if let Some(id) = journal::joined(&self.conn, &digest)? {
+            return Ok(id);
+        }
         let msg = MlsMessageIn::tls_deserialize_exact(welcome)
             .map_err(|e| mls_err(Error::Malformed, "welcome does not parse", e))?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             return Err(Error::Malformed("message is not a Welcome".into()));
         };
         self.tx(|v| {
-            let staged =
-                StagedWelcome::new_from_welcome(&v.provider, &Self::join_config(), welcome, None)
+            let builder =
+                StagedWelcome::build_from_welcome(&v.provider, &Self::join_config(), welcome)
                     .map_err(|e| mls_err(Error::Decrypt, "welcome rejected", e))?;
-            let group = staged
+            let id = builder
+                .processed_welcome()
+                .unverified_group_info()
+                .group_id()
+                .clone();
+            if let Some(mut old) = MlsGroup::load(v.provider.storage(), &id)
+                .map_err(|e| Error::Storage(format!("loading group: {e}")))?
+            {
+                v.delete_group_in_tx(&mut old)?;
+            }
+            let group = builder
+                .build()
+                .map_err(|e| mls_err(Error::Decrypt, "welcome rejected", e))?
                 .into_group(&v.provider)
                 .map_err(|e| mls_err(Error::State, "join", e))?;
             let id = group.group_id().as_slice().to_vec();
-            v.conn.execute(
-                "INSERT OR IGNORE INTO qpc_groups (group_id) VALUES (?1)",
-                params![id],
-            )?;
+            v.conn
+                .execute("INSERT INTO qpc_groups (group_id) VALUES (?1)", params![id])?;
+            journal::record_welcome(&v.conn, &digest, &id)?;
             Ok(id)
         })
     }
 
-    /// Encrypts an application message to the group.
+    /// Encrypts an application message to the group (refused while a commit is pending: the
+    /// message would belong to an epoch the node may not choose).
     pub fn encrypt(&mut self, group_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.load_group_without_pending(group_id)?;
             let msg = group
                 .create_message(&v.provider, &v.signer, plaintext)
                 .map_err(|e| mls_err(Error::State, "encrypt", e))?;
@@ -682,16 +767,41 @@ impl Vault {
         })
     }
 
-    /// Processes an incoming MLS message (group id read from the message). Commits are merged,
-    /// proposals from members are stored for a later commit.
+    /// Processes an incoming MLS message (group id read from the message), PublicMessage or
+    /// PrivateMessage. Commits are merged, proposals are stored for a later commit. The result
+    /// is journaled in the same transaction: the same bytes again return it unchanged.
     pub fn process(&mut self, message: &[u8]) -> Result<Processed> {
+        let digest = journal::digest(message);
+        if let Some(done) = journal::processed(&self.conn, &digest)? {
+            return Ok(done);
+        }
         let protocol = wire::parse_group_message(message)?;
         let group_id = protocol.group_id().as_slice().to_vec();
-        self.tx(|v| v.process_in_tx(group_id, protocol))
+        self.tx(|v| {
+            let out = v.process_in_tx(group_id, protocol, digest)?;
+            journal::record_processed(&v.conn, &out)?;
+            Ok(out)
+        })
     }
 
-    fn process_in_tx(&mut self, group_id: Vec<u8>, protocol: ProtocolMessage) -> Result<Processed> {
+    /// Drops journal entries (of `process` and `join_group`) the caller has stored.
+    pub fn forget_processed(&mut self, digests: &[Vec<u8>]) -> Result<()> {
+        self.tx(|v| journal::forget(&v.conn, digests))
+    }
+
+    fn process_in_tx(
+        &mut self,
+        group_id: Vec<u8>,
+        protocol: ProtocolMessage,
+        digest: journal::Digest32,
+    ) -> Result<Processed> {
         let mut group = self.load_group(&group_id)?;
+        if group.configuration().wire_format_policy() != MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY {
+            // Groups stored before handshakes were accepted as PublicMessage too.
+            group
+                .set_configuration(self.provider.storage(), &Self::join_config())
+                .map_err(|e| Error::Storage(format!("group configuration: {e}")))?;
+        }
         let msg_epoch = protocol.epoch().as_u64();
         let cur_epoch = group.epoch().as_u64();
         let is_handshake = protocol.is_handshake_message();
@@ -716,6 +826,7 @@ impl Vault {
             added: vec![],
             removed: vec![],
             self_removed: false,
+            digest,
         };
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
@@ -723,19 +834,19 @@ impl Vault {
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 out.kind = MessageKind::Proposal;
-                if let Proposal::Remove(r) = proposal.proposal() {
-                    if let Some(m) = group.member_at(r.removed()) {
-                        out.removed.push(m.signature_key);
-                    }
-                }
-                if let Proposal::Add(a) = proposal.proposal() {
-                    out.added.push(
+                match proposal.proposal() {
+                    Proposal::Remove(r) => out
+                        .removed
+                        .extend(group.member_at(r.removed()).map(|m| m.signature_key)),
+                    Proposal::SelfRemove => out.removed.extend(out.sender.clone()),
+                    Proposal::Add(a) => out.added.push(
                         a.key_package()
                             .leaf_node()
                             .signature_key()
                             .as_slice()
                             .to_vec(),
-                    );
+                    ),
+                    _ => {}
                 }
                 group
                     .store_pending_proposal(self.provider.storage(), *proposal)
@@ -757,21 +868,36 @@ impl Vault {
                     out.added
                         .push(kp.leaf_node().signature_key().as_slice().to_vec());
                 }
-                for rem in staged.remove_proposals() {
-                    if let Some(m) = group.member_at(rem.remove_proposal().removed()) {
-                        out.removed.push(m.signature_key);
-                    }
+                for queued in staged.queued_proposals() {
+                    let leaf = match (queued.proposal(), queued.sender()) {
+                        (Proposal::Remove(r), _) => Some(r.removed()),
+                        (Proposal::SelfRemove, Sender::Member(idx)) => Some(*idx),
+                        _ => None,
+                    };
+                    out.removed.extend(
+                        leaf.and_then(|l| group.member_at(l))
+                            .map(|m| m.signature_key),
+                    );
                 }
                 out.self_removed = staged.self_removed();
+                // Another member's commit took this epoch: OpenMLS drops a pending one of ours.
                 group
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| mls_err(Error::State, "merge commit", e))?;
+                pending::remove(&self.conn, &out.group_id)?;
             }
             ProcessedMessageContent::OwnPendingCommit => {
                 out.kind = MessageKind::Commit;
                 group
                     .merge_pending_commit(&self.provider)
                     .map_err(|e| mls_err(Error::State, "merge own commit", e))?;
+                pending::remove(&self.conn, &out.group_id)?;
+            }
+            ProcessedMessageContent::OwnPrivateMessage => {
+                return Err(Error::State(
+                    "message sent by this member itself (it cannot decrypt its own messages)"
+                        .into(),
+                ));
             }
             #[allow(unreachable_patterns)]
             _ => return Err(Error::Unsupported("message content type".into())),

@@ -127,6 +127,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A commit and, when it adds members, its Welcome.
+type CommitAndWelcome<'py> = (Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+
 fn to_vecs(items: Vec<Bound<'_, PyBytes>>) -> Vec<Vec<u8>> {
     items.iter().map(|b| b.as_bytes().to_vec()).collect()
 }
@@ -297,6 +300,7 @@ struct ProcessedMessage {
     added: Vec<Py<PyBytes>>,
     removed: Vec<Py<PyBytes>>,
     self_removed: bool,
+    digest: Py<PyBytes>,
 }
 
 #[pymethods]
@@ -453,9 +457,31 @@ impl Vault {
         &self,
         py: Python<'py>,
         group_id: &[u8],
-    ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)> {
+    ) -> PyResult<CommitAndWelcome<'py>> {
         let out = self.with(py, |v| v.commit_pending_proposals(group_id))?;
         Ok((bytes(py, &out.commit), out.welcome.map(|w| bytes(py, &w))))
+    }
+
+    fn merge_pending_commit(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<()> {
+        self.with(py, |v| v.merge_pending_commit(group_id))
+    }
+
+    fn clear_pending_commit(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<()> {
+        self.with(py, |v| v.clear_pending_commit(group_id))
+    }
+
+    fn pending_commit<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: &[u8],
+    ) -> PyResult<Option<CommitAndWelcome<'py>>> {
+        let out = self.with(py, |v| v.pending_commit(group_id))?;
+        Ok(out.map(|o| (bytes(py, &o.commit), o.welcome.map(|w| bytes(py, &w)))))
+    }
+
+    fn forget_processed(&self, py: Python<'_>, digests: Vec<Bound<'_, PyBytes>>) -> PyResult<()> {
+        let digests = to_vecs(digests);
+        self.with(py, |v| v.forget_processed(&digests))
     }
 
     fn leave_group<'py>(&self, py: Python<'py>, group_id: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -494,6 +520,7 @@ impl Vault {
             added: list(&p.added),
             removed: list(&p.removed),
             self_removed: p.self_removed,
+            digest: bytes(py, &p.digest).unbind(),
         })
     }
 

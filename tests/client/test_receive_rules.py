@@ -25,6 +25,7 @@ def test_application_message_is_stored_with_its_content(tmp_path: Path) -> None:
     alice, bob = vault(tmp_path, "alice"), vault(tmp_path, "bob")
     group_id = alice.create_group()
     _commit, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
     processed = bob.process(alice.encrypt(group_id, TextContent("hi", 1700000000.0).encode()))
 
@@ -43,8 +44,10 @@ def test_commit_changes_members(tmp_path: Path) -> None:
     alice, bob, carol = (vault(tmp_path, n) for n in ("alice", "bob", "carol"))
     group_id = alice.create_group()
     _commit, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
     commit, _welcome = alice.add_members(group_id, [carol.create_key_package()])
+    alice.merge_pending_commit(group_id)
 
     action = rules.after_processed(bob.process(commit), conversation(group_id))
     assert action == rules.ApplyCommit(
@@ -56,6 +59,7 @@ def test_commit_changes_members(tmp_path: Path) -> None:
         alice.identity_key,
     )
     removal = alice.remove_members(group_id, [bob.identity_key])
+    alice.merge_pending_commit(group_id)
     removed = rules.after_processed(bob.process(removal), conversation(group_id))
     assert isinstance(removed, rules.ApplyCommit) and removed.self_removed
 

@@ -39,6 +39,7 @@ def build_group(tmp_path: Path, suite: int) -> tuple[list[Member], bytes]:
     assert info.is_last_resort
     commit, welcome = alice.vault.add_members(group_id, [kp_bob, kp_carol])
     assert commit and welcome
+    alice.vault.merge_pending_commit(group_id)
     assert bob.vault.join_group(welcome) == group_id
     assert carol.vault.join_group(welcome) == group_id
     members = [alice, bob, carol]
@@ -71,6 +72,7 @@ def test_three_members_remove_and_restart(tmp_path: Path, suite: int) -> None:
     exchange(members, group_id)
 
     commit = alice.vault.remove_members(group_id, [carol.vault.identity_key])
+    alice.vault.merge_pending_commit(group_id)
     seen_by_bob = bob.vault.process(commit)
     assert seen_by_bob.kind == "commit"
     assert seen_by_bob.removed == [carol.vault.identity_key]
@@ -93,8 +95,12 @@ def test_three_members_remove_and_restart(tmp_path: Path, suite: int) -> None:
     assert bob.vault.epoch(group_id) == 2
     exchange([alice, bob], group_id)
     update = bob.vault.self_update(group_id)
+    bob.vault.merge_pending_commit(group_id)
     assert alice.vault.process(update).epoch == 3
     exchange([alice, bob], group_id)
+    # A replay is answered from the journal until the caller forgets it; then it is refused.
+    assert bob.vault.process(commit).digest == seen_by_bob.digest
+    bob.vault.forget_processed([seen_by_bob.digest])
     with pytest.raises(native.WrongEpoch):
         bob.vault.process(commit)
 
@@ -130,6 +136,7 @@ def test_leave_via_proposal_and_commit(tmp_path: Path) -> None:
         assert seen.removed == [carol.vault.identity_key]
     commit, welcome = alice.vault.commit_pending_proposals(group_id)
     assert welcome is None
+    alice.vault.merge_pending_commit(group_id)
     assert bob.vault.process(commit).removed == [carol.vault.identity_key]
     assert carol.vault.process(commit).self_removed
     assert len(alice.vault.members(group_id)) == 2

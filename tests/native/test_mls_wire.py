@@ -22,6 +22,7 @@ def test_message_info_of_each_content_type(tmp_path: Path) -> None:
     alice, bob = open_vault(tmp_path, "alice"), open_vault(tmp_path, "bob")
     group_id = alice.create_group()
     commit, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
 
     info = native.mls_message_info(commit)
@@ -68,6 +69,7 @@ def test_key_package_raw_or_wrapped(tmp_path: Path) -> None:
 
     group_id = alice.create_group()
     _commit, welcome = alice.add_members(group_id, [wrapped])
+    alice.merge_pending_commit(group_id)
     assert bob.join_group(welcome) == group_id
 
 
@@ -75,6 +77,7 @@ def test_export_secret_agrees_across_members(tmp_path: Path) -> None:
     alice, bob = open_vault(tmp_path, "alice"), open_vault(tmp_path, "bob")
     group_id = alice.create_group(ciphersuite=native.CIPHERSUITE_XWING)
     _commit, welcome = alice.add_members(group_id, [bob.create_key_package(ciphersuite=native.CIPHERSUITE_XWING)])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
     secret = alice.export_secret(group_id, "qpc test", b"context", 32)
     assert len(secret) == 32

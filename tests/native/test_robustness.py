@@ -31,6 +31,7 @@ def test_parsers_reject_garbage_without_panicking(tmp_path: Path) -> None:
     group_id = alice.create_group()
     key_package = bob.create_key_package()
     commit, welcome = alice.add_members(group_id, [key_package])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
     message = alice.encrypt(group_id, b"payload")
     hybrid = native.HybridKeyPair.generate()
@@ -75,6 +76,7 @@ def test_vault_shared_between_threads(tmp_path: Path) -> None:
     bob = native.Vault.open(str(tmp_path / "b.vault"), os.urandom(32))
     group_id = alice.create_group()
     _, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
     bob.join_group(welcome)
     ciphertexts: list[bytes] = []
     lock = threading.Lock()

@@ -29,6 +29,7 @@ fn three_member_group(dir: &Dir, suite: u16) -> (Vault, Vault, Vault, Vec<u8>) {
     assert_eq!(info.identity_key, c.identity_key());
     assert_eq!(info.ciphersuite, suite);
     let out = a.add_members(&gid, &[kp_b, kp_c]).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
     assert_eq!(b.join_group(out.welcome.as_ref().unwrap()).unwrap(), gid);
     assert_eq!(c.join_group(out.welcome.as_ref().unwrap()).unwrap(), gid);
     assert_eq!(a.epoch(&gid).unwrap(), 1);
@@ -68,6 +69,7 @@ fn group_flow(suite: u16) {
 
     // Remove c.
     let commit = a.remove_members(&gid, &[c.identity_key()]).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
     let p = b.process(&commit).unwrap();
     assert_eq!(p.kind, MessageKind::Commit);
     assert_eq!(p.removed, vec![c.identity_key()]);
@@ -96,8 +98,10 @@ fn group_flow(suite: u16) {
         b"after restart"
     );
     let upd = a.self_update(&gid).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
     assert_eq!(b.process(&upd).unwrap().epoch, 3);
-    // Replaying an old-epoch commit is a WrongEpoch error.
+    // Replaying an old-epoch commit the journal has forgotten is a WrongEpoch error.
+    b.forget_processed(&[p.digest.to_vec()]).unwrap();
     assert!(matches!(b.process(&commit), Err(Error::WrongEpoch(_))));
 }
 
@@ -323,8 +327,204 @@ fn exporter_secrets_agree_and_follow_the_epoch() {
         assert!(matches!(err, Error::State(_)), "{err}");
     }
     let commit = a.self_update(&gid).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
     b.process(&commit).unwrap();
     let next = a.export_secret(&gid, "qpc test", b"ctx", 32).unwrap();
     assert_ne!(sa, next);
     assert_eq!(next, b.export_secret(&gid, "qpc test", b"ctx", 32).unwrap());
+}
+
+fn text(v: &mut Vault, ct: &[u8]) -> Vec<u8> {
+    v.process(ct).unwrap().plaintext.unwrap().to_vec()
+}
+
+#[test]
+fn commits_stay_pending_until_merged_or_cleared() {
+    let dir = Dir::new();
+    let (mut a, mut b, mut c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let commit = a.self_update(&gid).unwrap();
+    let pending = a.pending_commit(&gid).unwrap().unwrap();
+    assert_eq!(
+        (pending.commit.as_slice(), pending.welcome),
+        (commit.as_slice(), None)
+    );
+    assert_eq!(a.epoch(&gid).unwrap(), 1);
+    for err in [
+        a.encrypt(&gid, b"x").unwrap_err(),
+        a.self_update(&gid).unwrap_err(),
+        a.remove_members(&gid, &[b.identity_key()]).unwrap_err(),
+        a.leave_group(&gid).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("a commit is pending"), "{err}");
+    }
+    // Durable: a restarted client finds the same bytes.
+    drop(a);
+    let mut a = Vault::open(&dir.path("a.db"), &KEY_A).unwrap();
+    assert_eq!(a.pending_commit(&gid).unwrap().unwrap().commit, commit);
+    assert_eq!(b.process(&commit).unwrap().epoch, 2);
+    a.merge_pending_commit(&gid).unwrap();
+    assert!(a.pending_commit(&gid).unwrap().is_none());
+    assert!(matches!(a.merge_pending_commit(&gid), Err(Error::State(_))));
+    assert_eq!(a.epoch(&gid).unwrap(), 2);
+    let ct = a.encrypt(&gid, b"epoch 2").unwrap();
+    assert_eq!(text(&mut b, &ct), b"epoch 2");
+
+    // Two commits for epoch 2: the node takes b's; a clears its own and processes b's.
+    // c is still at epoch 1 and catches up first.
+    c.process(&commit).unwrap();
+    let mine = a.self_update(&gid).unwrap();
+    let theirs = b.self_update(&gid).unwrap();
+    assert_eq!(message_info(&mine).unwrap().epoch, 2);
+    b.merge_pending_commit(&gid).unwrap();
+    a.clear_pending_commit(&gid).unwrap();
+    a.clear_pending_commit(&gid).unwrap();
+    assert!(a.pending_commit(&gid).unwrap().is_none());
+    assert_eq!(a.process(&theirs).unwrap().epoch, 3);
+    assert_eq!(c.process(&theirs).unwrap().epoch, 3);
+    // The loser did not clear first: processing the winner drops its pending commit too.
+    let mine = c.self_update(&gid).unwrap();
+    let theirs = a.self_update(&gid).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    assert_eq!(c.process(&theirs).unwrap().epoch, 4);
+    assert!(c.pending_commit(&gid).unwrap().is_none());
+    b.process(&theirs).unwrap();
+    assert!(matches!(b.process(&mine), Err(Error::WrongEpoch(_))));
+    let secrets: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|v| v.export_secret(&gid, "agree", b"", 32).unwrap())
+        .collect();
+    assert!(secrets.iter().all(|s| *s == secrets[0]));
+    let ct = c.encrypt(&gid, b"epoch 4").unwrap();
+    assert_eq!(text(&mut a, &ct), b"epoch 4");
+    assert_eq!(text(&mut b, &ct), b"epoch 4");
+
+    // add_members keeps its Welcome with the pending commit.
+    let d_kp = c_key_package(&dir);
+    let out = a.add_members(&gid, std::slice::from_ref(&d_kp)).unwrap();
+    let pending = a.pending_commit(&gid).unwrap().unwrap();
+    assert_eq!(pending.commit, out.commit);
+    assert_eq!(pending.welcome, out.welcome);
+}
+
+#[test]
+fn process_is_idempotent_through_the_journal() {
+    let dir = Dir::new();
+    let (mut a, mut b, c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let ct = a.encrypt(&gid, b"once").unwrap();
+    let first = b.process(&ct).unwrap();
+    // A crash after processing: the vault is reopened and the same bytes come again.
+    drop(b);
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    let again = b.process(&ct).unwrap();
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(again.plaintext.unwrap().as_slice(), b"once");
+    assert_eq!(again.sender, first.sender);
+    assert_eq!(again.kind, MessageKind::Application);
+
+    let commit = a.remove_members(&gid, &[c.identity_key()]).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    let first = b.process(&commit).unwrap();
+    let again = b.process(&commit).unwrap();
+    assert_eq!(
+        (
+            again.kind,
+            again.epoch,
+            &again.removed,
+            again.sender.as_ref()
+        ),
+        (
+            MessageKind::Commit,
+            2,
+            &first.removed,
+            first.sender.as_ref()
+        )
+    );
+    assert_eq!(b.epoch(&gid).unwrap(), 2);
+
+    b.forget_processed(&[first.digest.to_vec(), [7u8; 32].to_vec()])
+        .unwrap();
+    assert!(matches!(b.process(&commit), Err(Error::WrongEpoch(_))));
+    b.forget_processed(&[crate::mls::journal::digest(&ct).to_vec()])
+        .unwrap();
+    assert!(b.process(&ct).is_err());
+}
+
+#[test]
+fn leave_is_committed_by_another_member_and_rejoin_discards_old_state() {
+    let dir = Dir::new();
+    let (mut a, mut b, mut c, gid) = three_member_group(&dir, SUITE_XWING);
+    let proposal = c.leave_group(&gid).unwrap();
+    for v in [&mut a, &mut b] {
+        let p = v.process(&proposal).unwrap();
+        assert_eq!(p.kind, MessageKind::Proposal);
+        assert_eq!(p.removed, vec![c.identity_key()]);
+        assert_eq!(p.epoch, 1);
+    }
+    let out = a.commit_pending_proposals(&gid).unwrap();
+    assert!(out.welcome.is_none());
+    a.merge_pending_commit(&gid).unwrap();
+    let seen = b.process(&out.commit).unwrap();
+    assert_eq!(seen.removed, vec![c.identity_key()]);
+    assert!(c.process(&out.commit).unwrap().self_removed);
+    assert_eq!(a.members(&gid).unwrap().len(), 2);
+
+    // Invited again: the old state of that group id is discarded.
+    let kp = c.create_key_package(false, SUITE_XWING).unwrap();
+    let out = a.add_members(&gid, &[kp]).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    b.process(&out.commit).unwrap();
+    let welcome = out.welcome.unwrap();
+    assert_eq!(c.join_group(&welcome).unwrap(), gid);
+    assert_eq!(c.join_group(&welcome).unwrap(), gid);
+    assert!(c.is_active(&gid).unwrap());
+    assert_eq!(c.epoch(&gid).unwrap(), 3);
+    assert_eq!(c.group_ids().unwrap(), vec![gid.clone()]);
+    let ct = b.encrypt(&gid, b"welcome back").unwrap();
+    assert_eq!(text(&mut c, &ct), b"welcome back");
+    c.forget_processed(&[crate::mls::journal::digest(&welcome).to_vec()])
+        .unwrap();
+    assert!(c.join_group(&welcome).is_err());
+}
+
+#[test]
+fn public_message_handshakes_accepted() {
+    let dir = Dir::new();
+    let (mut a, mut b, _c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    // a sends its handshakes in the clear, as other MLS libraries do.
+    let mut group = a.load_group(&gid).unwrap();
+    let plain_out = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    group
+        .set_configuration(a.provider.storage(), &plain_out)
+        .unwrap();
+    // b's group as stored before mixed incoming handshakes were accepted.
+    let mut b_group = b.load_group(&gid).unwrap();
+    let old = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    b_group
+        .set_configuration(b.provider.storage(), &old)
+        .unwrap();
+
+    let commit = a.self_update(&gid).unwrap();
+    let info = message_info(&commit).unwrap();
+    assert_eq!((info.content_type, info.wire_format), ("commit", "public"));
+    a.merge_pending_commit(&gid).unwrap();
+    let p = b.process(&commit).unwrap();
+    assert_eq!((p.kind, p.epoch), (MessageKind::Commit, 2));
+    // b's own handshakes stay PrivateMessages.
+    let own = b.self_update(&gid).unwrap();
+    assert_eq!(message_info(&own).unwrap().wire_format, "private");
+    b.clear_pending_commit(&gid).unwrap();
+    let proposal = a.leave_group(&gid).unwrap();
+    assert_eq!(message_info(&proposal).unwrap().wire_format, "public");
+    let p = b.process(&proposal).unwrap();
+    assert_eq!(
+        (p.kind, p.removed),
+        (MessageKind::Proposal, vec![a.identity_key()])
+    );
 }
