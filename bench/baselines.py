@@ -38,8 +38,8 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, machine_cpu, now_ns
-from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
+from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import NodeIdentity, load_or_create_identity
 from quicnprotochat.server.node_state import store_limits

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.client.known_hosts import FingerprintMismatch, KnownHosts
-from quicnprotochat.client.node_client import Envelope, NodeClient, ServerInfo, ServerLimits
+from quicnprotochat.client.node_client import Envelope, NodeClient, NodeStatus, ServerInfo, ServerLimits
 
 if TYPE_CHECKING:
     from quicnprotochat.client.chat import ChatClient, ChatConfig, ChatError
@@ -28,6 +28,7 @@ __all__ = [
     "FingerprintMismatch",
     "KnownHosts",
     "NodeClient",
+    "NodeStatus",
     "ServerInfo",
     "ServerLimits",
 ]

@@ -15,8 +15,8 @@ from typing import Any, Literal, cast
 import capnp  # type: ignore[import-untyped]
 
 from quicnprotochat.client.known_hosts import KnownHosts
-from quicnprotochat.client.transport import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common import kj_loop
+from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
 from quicnprotochat.common.errors import Disconnected, Internal, Unauthenticated, error_from_reason
 from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
 
@@ -74,6 +74,26 @@ class ServerInfo:
     cert_fingerprint: str
     allow_sealed_sender: bool
     limits: ServerLimits
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What nodeStatus reports: `status` is what `health` returns; the rest are the node's probes and counters."""
+
+    status: str
+    store_reachable: bool
+    store_writer_alive: bool
+    free_disk_bytes: int
+    min_free_disk_bytes: int
+    connections: int
+    parked_waiters: int
+    write_queue_depth: int
+    store_failed_batches: int
+    store_writer_restarts: int
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "ok"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -254,6 +274,21 @@ class NodeClient:
                 max_commit_bytes=int(limits.maxCommitBytes),
                 max_group_members=int(limits.maxGroupMembers),
             ),
+        )
+
+    async def node_status(self) -> NodeStatus:
+        status = (await self._call("nodeStatus")).status
+        return NodeStatus(
+            status=str(status.status),
+            store_reachable=bool(status.storeReachable),
+            store_writer_alive=bool(status.storeWriterAlive),
+            free_disk_bytes=int(status.freeDiskBytes),
+            min_free_disk_bytes=int(status.minFreeDiskBytes),
+            connections=int(status.connections),
+            parked_waiters=int(status.parkedWaiters),
+            write_queue_depth=int(status.writeQueueDepth),
+            store_failed_batches=int(status.storeFailedBatches),
+            store_writer_restarts=int(status.storeWriterRestarts),
         )
 
     # -- OPAQUE (the raw protocol messages; the account helpers build on these) --------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -148,6 +150,12 @@ async def enqueue_works_again(setup: TwoNodes, since: float) -> float:
     return time.monotonic() - since
 
 
+def qpc_server_health(node: Node, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", str(data_dir), "health"]
+    address = ["--transport", "tcp", "--address", node_address(node, "tcp")]
+    return subprocess.run([*command, *address], capture_output=True, text=True, timeout=30, check=False)
+
+
 async def health_says_unreachable(setup: TwoNodes, within: float = 5.0) -> None:
     for probe in setup.probes:
         deadline = time.monotonic() + within
@@ -199,10 +207,16 @@ def check_outcome(setup: TwoNodes, stored: dict[int, bytes], back_after: list[fl
 async def test_postgres_killed_and_restarted_under_load(killable_pg: PgCluster, tmp_path: Path) -> None:
     url = await create_database(killable_pg.url, "qpc_outage")
     async with two_nodes_under_load(url, tmp_path) as setup:
+        probed_from_outside = False
 
         async def kill() -> None:
+            nonlocal probed_from_outside
             killable_pg.kill_server()
             await health_says_unreachable(setup)
+            if not probed_from_outside:  # once: the container's probe says so too, and fails
+                probe = await asyncio.to_thread(qpc_server_health, setup.nodes[0], tmp_path / "a")
+                assert probe.returncode == 1 and probe.stdout.startswith("unhealthy: store unreachable"), probe
+                probed_from_outside = True
 
         async def restart() -> None:
             await asyncio.to_thread(killable_pg.restart)

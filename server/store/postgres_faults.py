@@ -79,8 +79,15 @@ async def pooled(pool: Any) -> AsyncIterator[Any]:
         # transaction was rolled back); a fault in the session or a cancellation mid-operation does not.
         if not isinstance(exc, Exception) or is_connection_fault(exc):
             terminate(conn)
+        await release(pool, conn)
         raise
-    finally:
+    await release(pool, conn)
+
+
+async def release(pool: Any, conn: Any) -> None:
+    """Hand a connection back. When the pool's reset of it fails (the session died after the work was done),
+    asyncpg terminates it; the work stands, so that is not the caller's failure."""
+    with contextlib.suppress(Exception):
         await pool.release(conn)
 
 

@@ -30,7 +30,7 @@ import asyncpg  # type: ignore[import-untyped]
 from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
-from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, terminate
+from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, release, terminate
 
 T = TypeVar("T")
 
@@ -270,7 +270,7 @@ class GroupCommitWriter:
         except BaseException:
             # Whatever the operation in progress was, it is cut off: this connection must never serve again.
             terminate(conn)
-            await self._pool.release(conn)
+            await release(self._pool, conn)
             raise
         # Committed: the callers hear it now, whatever happens to the connection afterwards.
         self._backoff = 0.0
@@ -287,10 +287,7 @@ class GroupCommitWriter:
                 op.future.set_exception(error)
         if touched:
             self._on_committed(touched)
-        try:
-            await self._pool.release(conn)
-        except Exception as exc:  # noqa: BLE001 - the pool's reset failed: asyncpg has terminated the connection
-            self._faults.warning("release", "store connection lost after a commit: %s", describe(exc))
+        await release(self._pool, conn)
 
     async def _run_merged(
         self,

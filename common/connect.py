@@ -1,4 +1,7 @@
-"""Opening an RPC connection to a node over QUIC or TLS-over-TCP, with the node's key checked first."""
+"""Opening an RPC connection to a node over QUIC or TLS-over-TCP, with the node's key checked first (pinning).
+
+Shared by the client library and the node's own `qpc-server health` probe.
+"""
 
 from __future__ import annotations
 
