@@ -263,6 +263,7 @@ def test_every_authenticated_method_is_covered() -> None:
     public = {
         "health",
         "serverInfo",
+        "nodeStatus",
         "opaqueRegisterStart",
         "opaqueRegisterFinish",
         "opaqueLoginStart",
