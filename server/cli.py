@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--loop", choices=list(LOOPS), help="event loop: asyncio (default) or uvloop")
     run.add_argument("--store", help="database: a path, sqlite:///path or postgresql://... (default: in the data dir)")
     run.add_argument(
+        "--metrics-listen", help="loopback host:port for Prometheus /metrics (default: none, e.g. 127.0.0.1:9464)"
+    )
+    run.add_argument(
         "--allow-sealed-sender",
         action="store_true",
         default=None,
@@ -64,6 +67,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
             "loop": args.loop,
             "store": args.store,
             "allow_sealed_sender": args.allow_sealed_sender,
+            "metrics_listen": args.metrics_listen,
         }
     return load_config(config_file=args.config, overrides=overrides)
 

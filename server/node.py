@@ -12,6 +12,8 @@ import time
 from quicnprotochat.common import kj_loop
 from quicnprotochat.server.config import NodeConfig, parse_listen
 from quicnprotochat.server.identity import load_or_create_identity
+from quicnprotochat.server.metrics import NodeMetrics, instrument
+from quicnprotochat.server.metrics_http import MetricsEndpoint
 from quicnprotochat.server.node_state import NodeState
 from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
@@ -36,6 +38,9 @@ class Node:
         self._quic: QuicListener | None = None
         self._tcp: TcpListener | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics: NodeMetrics | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self._kj_acquired = False
 
     @property
@@ -53,8 +58,11 @@ class Node:
             state = await NodeState.open(self.config, identity, self._clock)
             self.state = state
 
+            self.metrics = NodeMetrics(state)
+            service_class = instrument(NodeServiceImpl, self.metrics)
+
             def bootstrap(peer: Peer) -> NodeServiceImpl:
-                return NodeServiceImpl(state, peer)
+                return service_class(state, peer)
 
             self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
             sessions = self._sessions
@@ -71,6 +79,14 @@ class Node:
             if self.config.tcp_listen:
                 self._tcp = TcpListener(self._sessions, tls_server_context(identity), max_buffered)
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))
+            if self.config.metrics_listen:
+                metrics = self.metrics
+
+                async def probe_first() -> None:
+                    metrics.health_seen(await state.health.check())
+
+                self._metrics_endpoint = MetricsEndpoint(metrics, probe_first)
+                self.metrics_address = await self._metrics_endpoint.start(*parse_listen(self.config.metrics_listen))
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         except BaseException:
             await self.stop()
@@ -97,6 +113,9 @@ class Node:
         if self._tcp is not None:
             await self._tcp.close()
             self._tcp = None
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.close()
+            self._metrics_endpoint = None
         if self._sessions is not None:
             await self._sessions.close()
             self._sessions = None
@@ -128,14 +147,18 @@ async def serve(config: NodeConfig) -> None:
 # learn its fingerprint and ports from these lines, so both live here.
 _FINGERPRINT_LINE = re.compile(r"node fingerprint \(SHA-256 of its public key\): (?P<value>[0-9a-f]{64})")
 _LISTENING_LINE = re.compile(r"listening for (?P<what>QUIC|TLS over TCP) on (?P<host>\S+):(?P<port>\d+)")
+_METRICS_LINE = re.compile(r"serving Prometheus metrics on http://(?P<host>\S+):(?P<port>\d+)/metrics")
 
 
 def parse_announcement(line: str) -> tuple[str, str] | None:
-    """("fingerprint", hex), ("quic", port) or ("tcp", port) for a line `announce` logged; None for others."""
+    """("fingerprint", hex), ("quic", port), ("tcp", port) or ("metrics", port) for a line `announce` logged; None
+    for others."""
     if match := _FINGERPRINT_LINE.search(line):
         return "fingerprint", match["value"]
     if match := _LISTENING_LINE.search(line):
         return ("quic" if match["what"] == "QUIC" else "tcp"), match["port"]
+    if match := _METRICS_LINE.search(line):
+        return "metrics", match["port"]
     return None
 
 
@@ -148,3 +171,5 @@ def announce(node: Node) -> None:
         log.warning("listening for QUIC on %s:%d (udp)", *node.quic_address)
     if node.tcp_address:
         log.warning("listening for TLS over TCP on %s:%d", *node.tcp_address)
+    if node.metrics_address:
+        log.warning("serving Prometheus metrics on http://%s:%d/metrics", *node.metrics_address)

@@ -137,3 +137,38 @@ class StoreMetrics:
     write_ops: int
     commits: int
     largest_batch: int
+    batch_sizes: tuple[tuple[int, int], ...] = ()
+    """(upper bound, batches of at most that many operations), cumulative, as a Prometheus histogram wants."""
+    batch_size_sum: int = 0
+
+
+BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class BatchSizes:
+    """How many operations each committed batch held, counted in BATCH_SIZE_BOUNDS buckets."""
+
+    __slots__ = ("_counts", "_sum")
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
+        self._sum = 0
+
+    def observe(self, size: int) -> None:
+        self._sum += size
+        for index, bound in enumerate(BATCH_SIZE_BOUNDS):
+            if size <= bound:
+                self._counts[index] += 1
+                return
+        self._counts[-1] += 1
+
+    def snapshot(self) -> tuple[tuple[tuple[int, int], ...], int]:
+        cumulative, running = [], 0
+        for bound, count in zip(BATCH_SIZE_BOUNDS, self._counts, strict=False):
+            running += count
+            cumulative.append((bound, running))
+        return tuple(cumulative), self._sum
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)

@@ -29,7 +29,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from quicnprotochat.server.log_throttle import LogThrottle
 
-from .base import Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
+from .base import BatchSizes, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
 from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, release, terminate
 
 T = TypeVar("T")
@@ -96,6 +96,7 @@ class _Counters:
     largest_batch: int = 0
     failed_batches: int = 0
     restarts: int = 0
+    batch_sizes: BatchSizes = field(default_factory=BatchSizes)
     deferred: list[WriteOp[Any]] = field(default_factory=list)
 
 
@@ -136,7 +137,8 @@ class GroupCommitWriter:
 
     def metrics(self) -> StoreMetrics:
         c = self._counters
-        return StoreMetrics(c.write_ops, c.commits, c.largest_batch)
+        sizes, total = c.batch_sizes.snapshot()
+        return StoreMetrics(c.write_ops, c.commits, c.largest_batch, sizes, total)
 
     @property
     def alive(self) -> bool:
@@ -165,6 +167,7 @@ class GroupCommitWriter:
         self._counters.write_ops += ops
         self._counters.commits += 1
         self._counters.largest_batch = max(self._counters.largest_batch, ops)
+        self._counters.batch_sizes.observe(ops)
 
     async def submit(self, fn: OpFn[T], inboxes: list[Inbox], data: Any = None) -> T:
         # Checked and queued without an await in between, as close() is: nothing slips in behind the close.
@@ -277,6 +280,7 @@ class GroupCommitWriter:
         self._counters.commits += 1
         self._counters.write_ops += len(batch) - len(deferred)
         self._counters.largest_batch = max(self._counters.largest_batch, len(batch))
+        self._counters.batch_sizes.observe(len(batch) - len(deferred))
         self._counters.deferred = deferred
         for op, result, error in outcomes:
             if op.future.done():

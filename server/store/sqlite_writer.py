@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from quicnprotochat.server.log_throttle import LogThrottle
 
-from .base import DiskFull, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
+from .base import BatchSizes, DiskFull, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -75,6 +75,7 @@ class GroupCommitWriter:
         self._largest_batch = 0
         self._failed_batches = 0
         self._restarts = 0
+        self._batch_sizes = BatchSizes()
         self._in_hand: list[_Op[Any]] = []
         self._committing = False
         self._backoff = 0.0
@@ -87,7 +88,8 @@ class GroupCommitWriter:
         self._thread.start()
 
     def metrics(self) -> StoreMetrics:
-        return StoreMetrics(self._write_ops, self._commits, self._largest_batch)
+        sizes, total = self._batch_sizes.snapshot()
+        return StoreMetrics(self._write_ops, self._commits, self._largest_batch, sizes, total)
 
     @property
     def alive(self) -> bool:
@@ -210,6 +212,7 @@ class GroupCommitWriter:
         else:
             self._backoff = 0.0
             self._commits += 1
+            self._batch_sizes.observe(len(batch))
         self._in_hand = []
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
