@@ -6,6 +6,7 @@ the node's CPU and RSS, and compares with ceilings taken in the same run. See do
     qpc-bench longpoll --clients 1000
     qpc-bench idle --connections 5000 --duration 10
     qpc-bench mixed --producers 16
+    qpc-bench groups --groups 4 --members 4 --commit-share 0.2
     qpc-bench enqueue --target 127.0.0.1:7700 --server-fingerprint HEX [--node-pid PID]
 
 Several nodes on one PostgreSQL database (the scale-out deployment):
@@ -39,6 +40,7 @@ from rich.console import Console
 
 from quicnprotochat.bench import baselines
 from quicnprotochat.bench.bots import AccountsFile, Bot, Connector, check_tokens, register_bots
+from quicnprotochat.bench.groups import run_groups
 from quicnprotochat.bench.live import Live
 from quicnprotochat.bench.metrics import MIN_PAYLOAD_BYTES
 from quicnprotochat.bench.node_runner import (
@@ -76,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--recipients", type=int, default=100, help="fanout: recipients per batchEnqueue")
     load.add_argument("--clients", type=int, default=1000, help="longpoll: clients parked in fetchWait")
     load.add_argument("--connections", type=int, default=1000, help="idle: connections held open")
+    load.add_argument("--groups", type=int, default=4, help="groups: MLS groups")
+    load.add_argument("--members", type=int, default=4, help="groups: members per group")
+    load.add_argument(
+        "--commit-share", type=float, default=0.2, help="groups: share of a member's actions that are commits"
+    )
+    load.add_argument("--think-ms", type=float, default=10.0, help="groups: a member's mean pause between actions")
     load.add_argument("--consumer", choices=CONSUMERS, default="fetchwait", help="how consumers read inboxes")
     load.add_argument("--wait-ms", type=int, default=25_000, help="fetchWait/peekWait timeout")
     load.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to wait for the last deliveries")
@@ -163,6 +171,10 @@ def spec_from(args: argparse.Namespace) -> Spec:
         consumer=args.consumer,
         wait_ms=args.wait_ms,
         drain_timeout=args.drain_timeout,
+        groups=args.groups,
+        members=args.members,
+        commit_share=args.commit_share,
+        think_ms=args.think_ms,
     )
 
 
@@ -400,7 +412,8 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
                 save_extras=save_extras,
                 database_pid=store.server_pid,
             )
-            report["results"] = await RUNNERS[spec.scenario](ctx)
+            runner = run_groups if spec.scenario == "groups" else RUNNERS[spec.scenario]
+            report["results"] = await runner(ctx)
             if len(nodes) > 1:
                 report["results"]["nodes_by_role"] = ctx.roles_report()
             report["results"]["errors"] = ctx.errors.report()

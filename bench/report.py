@@ -50,6 +50,34 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, value in rows:
         if value is not None:
             table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
+    if "commits_accepted_per_s" in results:
+        table.add_row(
+            "commits accepted/s",
+            f"{results['commits_accepted_per_s']:,} ({results['commits_accepted']:,} in "
+            f"{results['groups']} groups of {results['members_per_group']}: "
+            + ", ".join(f"{change} {count}" for change, count in results["commits_by_change"].items())
+            + ")",
+        )
+        table.add_row(
+            "stale commits",
+            f"{results['commits_stale']:,} (stale rate {results['stale_rate']:.1%}); "
+            f"{results['submissions_refused_after_removal']} refused: submitter already removed",
+        )
+        table.add_row(
+            "messages",
+            f"{results['messages_sent']:,} sent; {results['messages_dropped_after_removal']} reached a member already "
+            f"removed, {results['messages_dropped_before_join']} one that had rejoined since; "
+            f"{results['messages_too_old']} too old to decrypt (the group had moved past the epochs a vault keeps); "
+            f"{results['messages_undecryptable']} undecryptable",
+        )
+        agreement = results["agreement"]
+        verdict = "agree" if agreement["agreeing"] == agreement["groups"] else "[red]DISAGREE"
+        table.add_row(
+            "end state",
+            f"{verdict}: {agreement['agreeing']}/{agreement['groups']} groups with one epoch, member list and "
+            "exporter secret among their members (and the node's member set)"
+            + "".join(f"; {problem}" for problem in agreement["problems"]),
+        )
     if "delivery_latency_ms" in results:
         what = "wake-up latency (enqueue call -> receipt)" if report["scenario"] == "longpoll" else "delivery latency"
         table.add_row(what, _latency(results["delivery_latency_ms"]))
@@ -61,7 +89,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(f"  {method}", f"{figures['calls_per_s']:,}/s  " + _latency(figures["latency_ms"]))
     check = results.get("delivery_check")
     if check:
-        verdict = "exactly once" if check["lost"] == 0 and check["duplicates"] == 0 else "[red]NOT exactly once"
+        unreadable = check.get("delivered_unreadable", 0)
+        exact = check["lost"] == unreadable and check["duplicates"] == 0
+        verdict = "exactly once" if exact else "[red]NOT exactly once"
+        if unreadable:
+            verdict += f" ({unreadable} delivered but not readable by their recipient: see messages)"
         table.add_row(
             "delivery check",
             f"{verdict}: {check['acknowledged']:,} acknowledged, {check['received']:,} received, "

@@ -38,7 +38,7 @@ from quicnprotochat.bench.node_runner import NodeUnderTest
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
 
-SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed")
+SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups")
 CONSUMERS = ("fetchwait", "peekack")
 
 
@@ -57,6 +57,10 @@ class Spec:
     wait_ms: int = 25_000
     drain_timeout: float = 10.0
     settle_s: float = 1.0
+    groups: int = 4  # groups: MLS groups
+    members: int = 4  # groups: members per group
+    commit_share: float = 0.2  # groups: the share of a member's actions that are commits (the rest: messages)
+    think_ms: float = 10.0  # groups: a member's mean pause between actions
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -67,9 +71,13 @@ class Spec:
             raise ValueError(f"payload size must be at least {MIN_PAYLOAD_BYTES} bytes (the bench's stamp)")
         if self.duration is None and self.count is None:
             raise ValueError("give a duration or a count")
-        for name in ("concurrency", "recipients", "clients", "connections"):
+        for name in ("concurrency", "recipients", "clients", "connections", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.members < 2:
+            raise ValueError("members must be at least 2")
+        if not 0 <= self.commit_share <= 1 or self.think_ms < 0:
+            raise ValueError("commit share must be between 0 and 1, think time not negative")
 
     @property
     def producer_count(self) -> int:
@@ -86,6 +94,8 @@ class Spec:
             return longpoll_accounts(self.clients)
         if self.scenario == "mixed":
             return max(2, self.producer_count)
+        if self.scenario == "groups":
+            return self.groups * self.members
         return 0
 
 
