@@ -71,6 +71,10 @@ class Counts:
     undecryptable: int = 0
     sends: int = 0
 
+    def unreadable(self) -> int:
+        """Messages that reached a recipient's inbox but could not be read there."""
+        return self.dropped_after_removal + self.dropped_before_join + self.too_old + self.undecryptable
+
 
 class Member:
     def __init__(self, ctx: Context, bot: Bot, index: int, vault: native.Vault, shared: Shared) -> None:
@@ -347,15 +351,15 @@ def agreement(groups: list[Group]) -> dict[str, Any]:
     return {"groups": len(groups), "agreeing": agreeing, "problems": problems[:10]}
 
 
-async def quiesce(members: list[Member], groups: list[Group], timeout: float) -> float:
-    """Waits until every member's inbox is drained and every current member is at its group's epoch."""
+async def quiesce(ctx: Context, groups: list[Group], counts: Counts, timeout: float) -> float:
+    """Waits until every current member is at its group's epoch and every acknowledged message was read or found
+    unreadable by its recipient (or the timeout: what is still missing then is reported as lost)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        behind = [
-            m for g in groups for m in g.seats if active(m.vault, g.group_id) and m.vault.epoch(g.group_id) < g.epoch
-        ]
-        waiting = [m for m in members if m.client is not None and await m.client.peek(m.bot.key, limit=1)]
-        if not behind and not waiting:
+        behind = any(
+            active(m.vault, g.group_id) and m.vault.epoch(g.group_id) < g.epoch for g in groups for m in g.seats
+        )
+        if not behind and ctx.tracker.pending <= counts.unreadable():
             break
         await asyncio.sleep(0.05)
     return time.monotonic() - started
@@ -399,7 +403,7 @@ async def run_groups(ctx: Context) -> dict[str, Any]:
             await asyncio.gather(*actors)
         acting_s = budget.elapsed()
         with ctx.live.status("draining: every member reaches its group's epoch"):
-            drained_s = await quiesce(members, groups, spec.drain_timeout)
+            drained_s = await quiesce(ctx, groups, shared.counts, spec.drain_timeout)
         figures = await measured.stop()
     finally:
         for member in members:
@@ -415,9 +419,7 @@ async def run_groups(ctx: Context) -> dict[str, Any]:
     # The tracker counts a message as received when its recipient decrypted it. What reached an inbox but could not
     # be read there (the recipient was removed or came back since, or the group had moved on too far) was delivered
     # by the node all the same: with nothing lost by the node, `lost` is exactly that.
-    deliveries["delivery_check"]["delivered_unreadable"] = (
-        counts.dropped_after_removal + counts.dropped_before_join + counts.too_old + counts.undecryptable
-    )
+    deliveries["delivery_check"]["delivered_unreadable"] = counts.unreadable()
     result = {
         "groups": spec.groups,
         "members_per_group": spec.members,
