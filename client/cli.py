@@ -87,6 +87,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument("--username", default=default(os.environ.get("QPC_USERNAME")), help="env QPC_USERNAME")
     parser.add_argument(
+        "--no-receipts",
+        action="store_true",
+        default=default(os.environ.get("QPC_RECEIPTS", "1") in ("0", "off", "no")),
+        help="send no delivery or read receipts (env QPC_RECEIPTS=0)",
+    )
+    parser.add_argument(
         "--password",
         default=default(None),
         help="account password (prefer env QPC_PASSWORD or the prompt: arguments are visible to other users)",
@@ -192,6 +198,7 @@ def _config(args: argparse.Namespace, *, register: bool = False, fresh_login: bo
         transport=args.transport,
         server_fingerprint=args.server_fingerprint,
         register=register,
+        receipts=not args.no_receipts,
         # A password given on the command line or in the environment is checked, cached session or not: a
         # wrong one must not go unnoticed until the session expires.
         fresh_login=fresh_login or isinstance(password, str),
@@ -225,7 +232,7 @@ async def _print_unread(chat: ChatClient, show: Callable[[str, Message], None]) 
             if message.id > last_read and not message.outgoing:
                 show(conversation.name, message)
                 count += 1
-        await chat.store.mark_read(conversation.id)
+        await chat.mark_read(conversation)
     return count
 
 
@@ -312,7 +319,7 @@ async def cmd_recv(args: argparse.Namespace) -> int:
         async def on_message(event: Event) -> None:
             if isinstance(event, MessageReceived):
                 show(event.conversation.name, event.message)
-                await chat.store.mark_read(event.conversation.id, event.message.id)
+                await chat.mark_read(event.conversation, event.message.id)
 
         chat.add_listener(on_message)
         await chat.start()

@@ -20,6 +20,7 @@ from quicnprotochat.client.chat import (
     MessageReceived,
     MessageStateChanged,
     Notice,
+    ReceiptReceived,
     RemovedFromConversation,
 )
 from quicnprotochat.client.state import Message
@@ -40,6 +41,8 @@ def state_note(message: Message) -> str:
         return ""
     if message.state == "failed":
         return f" (failed: {message.failure or 'refused by the node'})"
+    if message.state == "sent" and message.receipt is not None:
+        return f" ({message.receipt})"
     return f" ({message.state})"
 
 
@@ -51,6 +54,10 @@ def describe(event: Event) -> str:
     """One line for an event."""
     if isinstance(event, MessageReceived | MessageStateChanged):
         return format_message(event.conversation.name, event.message)
+    if isinstance(event, ReceiptReceived):
+        who = event.by or "a member"
+        what = f"{who} read" if event.kind == "read" else f"delivered to {who}"
+        return f"* {what}: {event.message.body}"
     if isinstance(event, ConnectionLost):
         return f"* disconnected, retrying in {event.retry_in:g} s ({event.reason})"
     if isinstance(event, ConnectionRestored):
@@ -86,6 +93,7 @@ def message_record(conversation: str, message: Message) -> dict[str, object]:
         "seq": message.server_seq,
         "state": message.state,
         "failure": message.failure,
+        "receipt": message.receipt,
     }
 
 

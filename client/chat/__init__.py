@@ -41,6 +41,7 @@ from quicnprotochat.client.chat.events import (
     MessageReceived,
     MessageStateChanged,
     Notice,
+    ReceiptReceived,
     RemovedFromConversation,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "Notice",
     "PasswordRequired",
     "PasswordSource",
+    "ReceiptReceived",
     "RemovedFromConversation",
     "StateUnavailable",
     "UnknownConversation",

@@ -44,6 +44,8 @@ class ChatConfig:
     defer_seconds: float = 60.0
     """How long an envelope for a not-yet-known group is held back before it is dropped as an error."""
     connect_timeout: float = 10.0
+    receipts: bool = True
+    """Send delivery and read receipts to the senders of incoming messages (False: send none)."""
 
 
 def default_state_dir(username: str) -> Path:

@@ -95,10 +95,6 @@ class Conversations:
         conversation = await self.get(ref)
         return await self._context.store.history(conversation.id, limit)
 
-    async def mark_read(self, ref: ConversationRef) -> None:
-        conversation = await self.get(ref)
-        await self._context.store.mark_read(conversation.id)
-
     async def notes(self) -> Conversation:
         """The local notepad (created on first use)."""
         store = self._context.store

@@ -55,10 +55,14 @@ from .event_bus import EventCallback, EventStream
 from .group_ops import GroupOps
 from .key_packages import KeyPackageStock
 from .outbox import Outbox
+from .receipts import Receipts
 from .receiver import Receiver
 from .safety import safety_number
 from .sending import Sender
 from .session import SETTING_USERNAME, Session
+
+RECEIPT_DRAIN_SECONDS = 2.0
+"""How long `close` lets receipts being sent go out."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class ChatClient:
         self._groups = GroupOps(
             context, self._conversations, self._directory, self._key_packages, self._delivery, self._receiver.watch
         )
+        self._receipts = Receipts(context, self._conversations, self._delivery)
         self._sender = Sender(context, self._conversations, self._directory, self._outbox)
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
@@ -146,6 +151,7 @@ class ChatClient:
         bus = self._context.bus
         if bus.closed:
             return
+        await self._receipts.drain(RECEIPT_DRAIN_SECONDS)
         bus.closed = True
         tasks: list[asyncio.Task[Any]] = [*self._receiver.stop(), *bus.background]
         for task in tasks:
@@ -241,8 +247,10 @@ class ChatClient:
     async def history(self, ref: ConversationRef, limit: int = 50) -> list[Message]:
         return await self._conversations.history(ref, limit)
 
-    async def mark_read(self, ref: ConversationRef) -> None:
-        await self._conversations.mark_read(ref)
+    async def mark_read(self, ref: ConversationRef, up_to: int | None = None) -> None:
+        """Mark the conversation read up to the message with local id `up_to` (default: all of it); read
+        receipts go to the senders of what this passes (unless `ChatConfig.receipts` is off)."""
+        await self._receipts.mark_read(ref, up_to)
 
     async def notes(self) -> Conversation:
         """The local notepad (created on first use)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from quicnprotochat.client.state import Conversation, Message
 
@@ -73,6 +74,18 @@ class MessageStateChanged:
 
 
 @dataclass(frozen=True)
+class ReceiptReceived:
+    """A member got (`kind` "delivered") or read (`kind` "read") a message this client sent; `message.receipt`
+    is updated."""
+
+    conversation: Conversation
+    message: Message
+    kind: Literal["delivered", "read"]
+    by: str | None
+    """Username of the member who sent the receipt, when known."""
+
+
+@dataclass(frozen=True)
 class ConnectionLost:
     """The node stopped answering; the client tries again by itself, first after `retry_in` seconds. Messages
     sent meanwhile stay pending and go out, in order, once it is back."""
@@ -95,6 +108,7 @@ Event = (
     | Notice
     | ErrorEvent
     | MessageStateChanged
+    | ReceiptReceived
     | ConnectionLost
     | ConnectionRestored
 )

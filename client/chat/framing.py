@@ -19,9 +19,15 @@ Envelope payload (the plaintext of ``seal_envelope``; one envelope per recipient
 MLS application message (the plaintext given to ``Vault.encrypt``)::
 
     version  u8   = 1
-    kind     u8   1 = text
-    fields        1 body     UTF-8 text                                   (required)
+    kind     u8   1 = text, 2 = receipt
+    text:         1 body     UTF-8 text                                   (required)
                   2 sent_at  u64 big-endian, milliseconds since the Unix epoch (the sender's clock)
+    receipt:      3 receipt kind  u8: 1 = delivered, 2 = read                (required)
+                  4 messages      one or more 32-byte message references     (required)
+
+A message reference names a message the way its sender stores it: SHA-256 of ``b"out" | MLS ciphertext``, which
+every recipient can compute from the MLS message it processed. Receipts are sent only to the message's sender
+and are not shown as messages.
 
 Rules: a reader rejects another version or an unknown kind (`FrameError`), skips unknown tags (so later
 versions can add optional fields without a version bump), and rejects a tag that appears twice, a field whose
@@ -51,8 +57,14 @@ CONVERSATION_GROUP = 2
 
 CONTENT_VERSION = 1
 CONTENT_TEXT = 1
+CONTENT_RECEIPT = 2
 TAG_BODY = 1
 TAG_SENT_AT = 2
+TAG_RECEIPT_KIND = 3
+TAG_RECEIPT_OF = 4
+RECEIPT_DELIVERED = 1
+RECEIPT_READ = 2
+MESSAGE_REF_LEN = 32
 
 CHANNEL_ID_LEN = 16
 IDENTITY_KEY_LEN = 32
@@ -174,8 +186,39 @@ class TextContent:
         return encode_fields(CONTENT_VERSION, CONTENT_TEXT, fields)
 
 
-def decode_content(data: bytes) -> TextContent:
+ReceiptKind = Literal["delivered", "read"]
+
+
+@dataclass(frozen=True)
+class ReceiptContent:
+    kind: ReceiptKind
+    messages: tuple[bytes, ...]
+    """References of the messages it is about (see the module docs)."""
+
+    def encode(self) -> bytes:
+        code = RECEIPT_DELIVERED if self.kind == "delivered" else RECEIPT_READ
+        fields = [(TAG_RECEIPT_KIND, bytes([code])), (TAG_RECEIPT_OF, b"".join(self.messages))]
+        return encode_fields(CONTENT_VERSION, CONTENT_RECEIPT, fields)
+
+
+Content = TextContent | ReceiptContent
+
+
+def _decode_receipt(fields: dict[int, bytes]) -> ReceiptContent:
+    code = _required(fields, TAG_RECEIPT_KIND, "receipt kind")
+    if code not in (bytes([RECEIPT_DELIVERED]), bytes([RECEIPT_READ])):
+        raise FrameError("unknown receipt kind")
+    refs = _required(fields, TAG_RECEIPT_OF, "receipt messages")
+    if not refs or len(refs) % MESSAGE_REF_LEN:
+        raise FrameError(f"receipt messages are one or more references of {MESSAGE_REF_LEN} bytes")
+    messages = tuple(refs[i : i + MESSAGE_REF_LEN] for i in range(0, len(refs), MESSAGE_REF_LEN))
+    return ReceiptContent("delivered" if code[0] == RECEIPT_DELIVERED else "read", messages)
+
+
+def decode_content(data: bytes) -> Content:
     kind, fields = decode_fields(data, CONTENT_VERSION)
+    if kind == CONTENT_RECEIPT:
+        return _decode_receipt(fields)
     if kind != CONTENT_TEXT:
         raise FrameError(f"unknown content kind {kind}")
     try:

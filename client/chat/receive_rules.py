@@ -4,7 +4,8 @@ Like h11 for HTTP, this module reads nothing from the network, the vault or the 
 receive loops (`receiver`) feed it what they decoded or what the vault answered, and carry out the action it
 returns. That keeps the rules testable without a node (tests/client/test_receive_rules.py).
 
-Actions: `StoreMessage` (an application message to keep and show), `ApplyCommit` (the member list changed),
+Actions: `StoreMessage` (an application message to keep and show), `ApplyReceipt` (a member got or read our
+messages), `ApplyCommit` (the member list changed),
 `Defer` (the group is not known yet: hold the envelope and everything after it in its inbox), `Drop` (tell the
 user why, ack, go on), `Ignore` (nothing to show). Per inbox, `InboxRules` decides how long a held envelope may
 block its inbox and how often a failing one is tried again.
@@ -18,7 +19,7 @@ from typing import Literal
 from quicnprotochat.client.state import Conversation
 from quicnprotochat.native import GroupNotFound, NativeError, ProcessedMessage, WrongEpoch
 
-from .framing import FrameError, TextContent, WelcomeFrame, decode_content
+from .framing import FrameError, ReceiptContent, TextContent, WelcomeFrame, decode_content
 
 MAX_TRIES = 3
 """How often an envelope that fails for a local reason (a bug, a full disk) is tried before it is given up."""
@@ -28,6 +29,15 @@ MAX_TRIES = 3
 class StoreMessage:
     conversation: Conversation
     content: TextContent
+    sender: bytes | None
+
+
+@dataclass(frozen=True)
+class ApplyReceipt:
+    """A member says it got (or read) messages this client sent."""
+
+    conversation: Conversation
+    receipt: ReceiptContent
     sender: bytes | None
 
 
@@ -58,7 +68,7 @@ class Ignore:
     """Handled; nothing to store or show."""
 
 
-Action = StoreMessage | ApplyCommit | Defer | Drop | Ignore
+Action = StoreMessage | ApplyReceipt | ApplyCommit | Defer | Drop | Ignore
 
 
 def is_new(seq: int, last_processed_seq: int) -> bool:
@@ -89,6 +99,8 @@ def after_processed(processed: ProcessedMessage, conversation: Conversation | No
             content = decode_content(processed.plaintext or b"")
         except FrameError as error:
             return Drop(f"ignored a message this client cannot read: {error}", error)
+        if isinstance(content, ReceiptContent):
+            return ApplyReceipt(conversation, content, processed.sender)
         return StoreMessage(conversation, content, processed.sender)
     if processed.kind == "commit":
         return ApplyCommit(

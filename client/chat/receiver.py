@@ -45,10 +45,12 @@ from .events import (
     MemberJoined,
     MemberLeft,
     MessageReceived,
+    ReceiptReceived,
     RemovedFromConversation,
 )
 from .framing import FrameError, WelcomeFrame, decode_frame
 from .key_packages import KeyPackageStock
+from .receipts import message_ref
 
 
 @dataclass
@@ -232,9 +234,11 @@ class Receiver:
             action: rules.Action = rules.after_process_failure(envelope.seq, error)
         else:
             action = rules.after_processed(processed, await self._conversations.of_group(processed.group_id))
-        await self._apply(action, envelope, message_id)
+        await self._apply(action, envelope, message_id, message_ref(frame.message))
 
-    async def _apply(self, action: rules.Action, envelope: Envelope, message_id: bytes) -> None:
+    async def _apply(
+        self, action: rules.Action, envelope: Envelope, message_id: bytes, ref: bytes | None = None
+    ) -> None:
         context = self._context
         if isinstance(action, rules.Defer):
             raise _Deferred
@@ -250,9 +254,16 @@ class Receiver:
                 sender_username=await self._directory.username_of(sender) if sender is not None else None,
                 sent_at=action.content.sent_at,
                 server_seq=envelope.seq,
+                ref=ref,
             )
             if stored is not None:
                 context.emit(MessageReceived(action.conversation, stored))
+        elif isinstance(action, rules.ApplyReceipt):
+            by = await self._directory.username_of(action.sender) if action.sender is not None else None
+            receipt = action.receipt
+            refs = list(receipt.messages)
+            for message in await context.store.apply_receipt(action.conversation.id, refs, receipt.kind):
+                context.emit(ReceiptReceived(action.conversation, message, receipt.kind, by))
         elif isinstance(action, rules.ApplyCommit):
             await self._apply_commit(action)
 

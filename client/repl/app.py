@@ -35,6 +35,7 @@ from quicnprotochat.client.chat import (
     MessageReceived,
     MessageStateChanged,
     Notice,
+    ReceiptReceived,
     RemovedFromConversation,
     key_fingerprint,
 )
@@ -150,12 +151,16 @@ class Repl:
         if isinstance(event, MessageReceived):
             self.out.message(event.conversation.name, event.message)
             # On screen is read, whichever conversation it belongs to: unread counts what was not shown.
-            await self.chat.store.mark_read(event.conversation.id, event.message.id)
+            await self.chat.mark_read(event.conversation, event.message.id)
             return
         if isinstance(event, MessageStateChanged):
             if event.message.id in self.pending:
                 self.pending.discard(event.message.id)
                 self.out.message(event.conversation.name, event.message)
+            return
+        if isinstance(event, ReceiptReceived):
+            if event.kind == "read":  # "delivered" shows in /history; a line for each would drown the chat
+                self.out.event(describe(event))
             return
         if isinstance(event, ConnectionLost | ConnectionRestored):
             self.out.event(describe(event))
@@ -187,7 +192,7 @@ class Repl:
             if message.state == "pending":
                 self.pending.add(message.id)
             self.out.message(self.current.name, message)
-            await self.chat.store.mark_read(self.current.id)  # who writes has read what came before
+            await self.chat.mark_read(self.current)  # who writes has read what came before
             return
         try:
             words = shlex.split(line)
@@ -202,7 +207,7 @@ class Repl:
     async def switch(self, conversation: Conversation) -> None:
         self.current = conversation
         unread = await self.chat.store.unread_count(conversation.id)
-        await self.chat.store.mark_read(conversation.id)
+        await self.chat.mark_read(conversation)
         suffix = f" ({unread} unread: /history {max(unread, 1)})" if unread else ""
         self.out.info(f"now in {conversation.name}{suffix}")
         self.redraw()
@@ -310,7 +315,7 @@ class Repl:
             self.out.info(f"no messages in {conversation.name} yet")
         for message in messages:
             self.out.message(conversation.name, message)
-        await self.chat.store.mark_read(conversation.id)
+        await self.chat.mark_read(conversation)
 
     async def cmd_whoami(self, _args: list[str]) -> None:
         chat = self.chat

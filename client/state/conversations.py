@@ -37,7 +37,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from quicnprotochat.common.migrations import Migration, check_sequence, migrate_sqlite
 
 from . import _sqlcipher as sql
-from . import outbox
+from . import outbox, receipts
 from .errors import (
     ConversationExists,
     ConversationNotFound,
@@ -50,6 +50,7 @@ from .errors import (
 from .files import PRIVATE_FILE_MODE, fsync_dir, scrub_and_unlink, scrub_fd, temp_sibling
 from .keys import sqlcipher_key_literal
 from .outbox import MessageState
+from .receipts import ReceiptKind
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -115,6 +116,10 @@ class Message:
     """Outgoing messages only: pending (in the outbox), sent (every copy taken by the node) or failed."""
     failure: str | None = None
     """Why the node refused a copy (one reason per refused recipient), for a failed message."""
+    ref: bytes | None = None
+    """Incoming: the sender's reference of the message (what receipts name)."""
+    receipt: ReceiptKind | None = None
+    """Outgoing: the furthest receipt a recipient sent back: delivered, then read."""
 
 
 # ── schema ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -166,6 +171,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, "outbox", outbox.STATEMENTS),
+    Migration(3, "receipts", receipts.STATEMENTS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 check_sequence(MIGRATIONS)
@@ -297,7 +303,7 @@ def encrypt_in_place(path: Path, key: bytes | bytearray, *, old_key: bytes | byt
 _CONVERSATION_COLUMNS = "id, kind, name, group_id, channel_id, peer_identity_key, created_at, last_activity"
 _MESSAGE_COLUMNS = (
     "id, conversation_id, message_id, sender_identity_key, sender_username, body, sent_at, received_at,"
-    " outgoing, server_seq, state, failure"
+    " outgoing, server_seq, state, failure, ref, receipt"
 )
 # Queries are assembled from these constants only; every value is a bound parameter. The column lists are
 # the tables' column order, which `RETURNING *` also gives (later migrations only append columns).
@@ -309,7 +315,7 @@ _INSERT_CONVERSATION = (
 )
 _INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, message_id, sender_identity_key, sender_username, body, sent_at,"
-    " received_at, outgoing, server_seq, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_at, outgoing, server_seq, state, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (message_id) DO NOTHING RETURNING *"
 )
 
@@ -349,6 +355,8 @@ def _message(row: sql.Row) -> Message:
         server_seq=None if row[9] is None else int(row[9]),
         state=None if row[10] is None else cast(MessageState, str(row[10])),
         failure=_opt_str(row[11]),
+        ref=_opt_bytes(row[12]),
+        receipt=None if row[13] is None else cast(ReceiptKind, str(row[13])),
     )
 
 
@@ -492,6 +500,7 @@ class _Database:
         server_seq: int | None,
         state: MessageState | None = None,
         copies: Sequence[outbox.OutgoingCopy] = (),
+        ref: bytes | None = None,
     ) -> Message | None:
         if not message_id:
             raise ValueError("a message needs a non-empty message id")
@@ -512,6 +521,7 @@ class _Database:
                     int(outgoing),
                     server_seq,
                     state,
+                    ref,
                 ),
             )
             if row is not None and copies:
@@ -533,6 +543,20 @@ class _Database:
 
     def pending_copies(self) -> list[outbox.PendingCopy]:
         return outbox.pending_copies(self.conn)
+
+    def apply_receipt(self, conversation_id: int, refs: list[bytes], kind: ReceiptKind) -> list[Message]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            changed = receipts.apply(self.conn, conversation_id, refs, kind)
+            rows = [self._one(_SELECT_MESSAGES + " WHERE id = ?", (row_id,)) for row_id in changed]
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return [_message(row) for row in rows if row is not None]
+
+    def incoming_refs(self, conversation_id: int, after_id: int, up_to_id: int) -> list[tuple[bytes, bytes]]:
+        return receipts.incoming_refs(self.conn, conversation_id, after_id, up_to_id)
 
     def settle_copy(self, copy_id: int, seq: int | None, refusal: str | None) -> Message | None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -773,6 +797,7 @@ class ConversationStore:
         server_seq: int | None = None,
         state: MessageState | None = None,
         copies: Sequence[outbox.OutgoingCopy] = (),
+        ref: bytes | None = None,
     ) -> Message | None:
         """Store a message; None if `message_id` is already stored (a redelivery), which changes nothing.
 
@@ -796,10 +821,19 @@ class ConversationStore:
             server_seq,
             state,
             copies,
+            ref,
         )
 
     async def get_message(self, message_id: bytes) -> Message | None:
         return await self._run(self._database().get_message, message_id)
+
+    async def apply_receipt(self, conversation_id: int, refs: list[bytes], kind: ReceiptKind) -> list[Message]:
+        """Record a receipt for outgoing messages of the conversation; returns those whose receipt moved on."""
+        return await self._run(self._database().apply_receipt, conversation_id, refs, kind)
+
+    async def incoming_refs(self, conversation_id: int, after_id: int, up_to_id: int) -> list[tuple[bytes, bytes]]:
+        """(sender, reference) of the incoming messages after_id < id <= up_to_id, oldest first (read receipts)."""
+        return await self._run(self._database().incoming_refs, conversation_id, after_id, up_to_id)
 
     async def pending_copies(self) -> list[outbox.PendingCopy]:
         """The outbox: copies of outgoing messages the node has not taken yet, oldest first."""

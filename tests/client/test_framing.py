@@ -34,7 +34,7 @@ def test_unknown_tags_are_skipped() -> None:
     data = encode_fields(1, 2, [(99, b"from the future"), (5, b"mls")])
     assert decode_frame(data) == MlsFrame(b"mls")
     content = encode_fields(1, 1, [(1, b"body"), (42, b"x")])
-    assert decode_content(content).body == "body"
+    assert decode_content(content) == TextContent("body", None)
 
 
 @pytest.mark.parametrize(

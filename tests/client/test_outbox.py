@@ -68,14 +68,17 @@ async def test_two_repls_type_through_a_node_outage(restartable: RestartableNode
         received = [line.split(f"{peer}: ", 1)[1].strip() for line in lines_with(screen, f"] {peer}: ")]
         assert received == (["before the outage"] if peer == "alice" else []) + ours[peer], screen
     # bob's history says the same: each line once, in the order written, his own marked sent.
+    # Each side's REPL showed the other's messages, so read receipts came back and are shown.
+    for text in ["before the outage", *ours["alice"]]:
+        await tmux.wait_for("alice", f"* bob read: {text}")
     await tmux.line("bob", "/history")
-    screen = await tmux.wait_for("bob", "me: bob during 2 (sent)", count=2)
+    screen = await tmux.wait_for("bob", "me: bob during 2 (read)", count=1)
     history = [line.split("] ", 1)[1] for line in screen.rsplit("/history", 1)[1].splitlines() if "] " in line]
     assert [line for line in history if line.startswith("alice: ")] == [
         "alice: before the outage",
         *(f"alice: {text}" for text in ours["alice"]),
     ]
-    assert [line for line in history if line.startswith("me: ")] == [f"me: {text} (sent)" for text in ours["bob"]]
+    assert [line for line in history if line.startswith("me: ")] == [f"me: {text} (read)" for text in ours["bob"]]
 
 
 async def test_sigkilled_client_sends_its_pending_messages_after_restart(
