@@ -26,9 +26,12 @@ class DiskSpace:
         floor_bytes: int,
         *,
         guards_writes: bool = True,
+        reusable: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
+        self._reusable = reusable
+        """Space the store freed inside its own files (counts as free: new messages reuse it first)."""
         self.floor_bytes = floor_bytes
         self.guards_writes = guards_writes
         """False where the node's data does not live on this disk (PostgreSQL): reported, not enforced."""
@@ -41,10 +44,11 @@ class DiskSpace:
         return self._path
 
     def free_bytes(self) -> int:
+        """Free space on the disk, plus what the store can reuse inside its files."""
         now = self._clock()
         if now - self._read_at >= REFRESH_S:
             try:
-                self._free = shutil.disk_usage(self._path).free
+                self._free = shutil.disk_usage(self._path).free + self._reusable()
             except OSError:
                 self._free = 0
             self._read_at = now

@@ -82,7 +82,9 @@ class NodeState:
         opaque = await load_or_create_opaque_setup(store)
         sessions = SessionService(store, config.session_ttl_seconds, clock)
         disk_path, store_on_disk = store_disk_path(config.store_location, config.data_dir)
-        disk = DiskSpace(disk_path, config.min_free_disk_bytes, guards_writes=store_on_disk)
+        disk = DiskSpace(
+            disk_path, config.min_free_disk_bytes, guards_writes=store_on_disk, reusable=store.reusable_bytes
+        )
         inboxes = InboxService(
             store,
             store,

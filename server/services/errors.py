@@ -40,6 +40,9 @@ def rpc_error(error: store.StoreError) -> RpcError:
         return AlreadyExists(str(error))
     if isinstance(error, store.NotFound):
         return NotFound(str(error))
+    if isinstance(error, store.DiskFull):
+        faults.warning("disk full", "calls failed: the store's disk is full")
+        return ResourceExhausted("disk full: the node has no space for it; not stored, retry later")
     if isinstance(error, store.StoreClosed):
         return Unavailable("the node is shutting down; not stored, retry on another node or later")
     if isinstance(error, store.StoreUnavailable):

@@ -28,6 +28,10 @@ class StoreLifecycle(Protocol):
         """Finish every operation already submitted, then release the database. Idempotent."""
         ...
 
+    def reusable_bytes(self) -> int:
+        """Space on this node's disk that the store freed and reuses for new data (SQLite's free pages)."""
+        ...
+
     async def probe(self) -> StoreHealth:
         """Whether the database answers now (a trivial query, bounded in time) and how the writer fares."""
         ...

@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import BatchSizes, DiskFull, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
+from .disk_reserve import DiskReserve
 
 T = TypeVar("T")
 
@@ -35,6 +37,11 @@ MAX_BACKOFF_S = 0.5
 """After a failed batch (disk full, I/O error) the next one waits this long, doubling from the minimum."""
 
 LOG_PERIOD_S = 30.0
+
+UPKEEP_INTERVAL_S = 1.0
+WAL_TRUNCATE_BYTES = 4 << 20
+"""A WAL larger than this is checkpointed and truncated when the writer is idle (and SQLite itself truncates it to
+this size whenever it starts it over: journal_size_limit)."""
 
 
 @dataclass(slots=True)
@@ -64,8 +71,17 @@ class GroupCommitWriter:
         conn: sqlite3.Connection,
         loop: asyncio.AbstractEventLoop,
         on_committed: Callable[[Iterable[Inbox]], None],
+        *,
+        wal_path: Path | None = None,
+        reserve: DiskReserve | None = None,
     ) -> None:
         self._conn = conn
+        self._wal_path = wal_path
+        self._reserve = reserve
+        self._upkeep_at = 0.0
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._reusable_bytes = 0
+        self._measure_free_pages()
         self._loop = loop
         self._on_committed = on_committed
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -149,6 +165,8 @@ class GroupCommitWriter:
             if self._backoff:
                 time.sleep(self._backoff)
             batch: list[_Op[Any]] = []
+            if self._queue.empty():
+                self._upkeep()
             item = self._queue.get()
             while True:
                 if item is _STOP:
@@ -178,7 +196,7 @@ class GroupCommitWriter:
         except sqlite3.Error as exc:
             self._faults.error("rollback", "rollback failed: %s", exc)
 
-    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+    def _run_batch(self, batch: list[_Op[Any]], *, retry_if_full: bool = True) -> None:
         conn = self._conn
         outcomes: list[Outcome] = []
         touched: set[Inbox] = set()
@@ -202,6 +220,16 @@ class GroupCommitWriter:
             self._committing = True
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; every caller must hear of it
+            if retry_if_full and is_disk_full(exc) and self._reserve is not None:
+                self._rollback_quietly()
+                if self._reserve.release():
+                    self._faults.warning(
+                        "reserve released",
+                        "disk full: released the %d MiB disk reserve so that inboxes can drain",
+                        self._reserve.size >> 20,
+                    )
+                    self._run_batch(batch, retry_if_full=False)
+                    return
             self._failed_batches += 1
             self._backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self._backoff * 2))
             self._faults.error(("batch", _fault_kind(exc)), "store write transaction failed: %s", exc)
@@ -213,10 +241,40 @@ class GroupCommitWriter:
             self._backoff = 0.0
             self._commits += 1
             self._batch_sizes.observe(len(batch))
+            self._measure_free_pages()
         self._in_hand = []
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
         self._call_on_loop(self._deliver, outcomes, touched)
+
+    @property
+    def reusable_bytes(self) -> int:
+        """Space inside the database file that deletions freed and new rows will reuse (as of the last commit)."""
+        return self._reusable_bytes
+
+    def _measure_free_pages(self) -> None:
+        try:
+            pages = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            self._reusable_bytes = int(pages) * self._page_size
+        except sqlite3.Error:
+            self._reusable_bytes = 0
+
+    def _upkeep(self) -> None:
+        """While idle, at most once a second: hold the disk reserve again if there is room, and after a large burst
+        or drain give the WAL back to the disk (SQLite's automatic checkpoints keep the file at its largest)."""
+        now = time.monotonic()
+        if now - self._upkeep_at < UPKEEP_INTERVAL_S:
+            return
+        self._upkeep_at = now
+        if self._reserve is not None:
+            self._reserve.ensure()
+        if self._wal_path is None:
+            return
+        try:
+            if self._wal_path.stat().st_size > WAL_TRUNCATE_BYTES:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            self._faults.warning("checkpoint", "WAL checkpoint failed: %s", exc)
 
     def _public_error(self, exc: Exception) -> StoreError:
         if isinstance(exc, StoreError):

@@ -190,6 +190,9 @@ class PostgresEngine(StoreEngine):
     def metrics(self) -> StoreMetrics:
         return self._writer.metrics()
 
+    def reusable_bytes(self) -> int:
+        return 0  # the database's files are on its server, not on this node's disk
+
     async def probe(self) -> StoreHealth:
         writer = self._writer
         reachable, detail = True, ""

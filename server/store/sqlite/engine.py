@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 from ..base import Clock, StoreError, StoreHealth, StoreLimits, StoreMetrics
+from ..disk_reserve import DiskReserve
 from ..engine import StoreEngine
 from ..migrations import migrate
-from ..sqlite_writer import GroupCommitWriter, OpContext
+from ..sqlite_writer import WAL_TRUNCATE_BYTES, GroupCommitWriter, OpContext
 from ..wakeups import InProcessWakeups
 
 T = TypeVar("T")
 
 _BUSY_TIMEOUT_MS = 10_000
 PROBE_TIMEOUT_S = 2.0
+DISK_RESERVE_BYTES = 8 << 20
+"""Held back next to the database for draining when the disk fills (see disk_reserve)."""
 
 
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -38,6 +41,13 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
                 raise StoreError(f"could not switch the database to WAL mode (got {mode})")
         # FULL syncs the WAL on every commit: an acknowledged write survives power loss, not just a crash.
         conn.execute("PRAGMA synchronous = FULL")
+        if not read_only:
+            # After a checkpoint SQLite starts the WAL over; this truncates the file then, instead of keeping it at
+            # its largest size ever.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_TRUNCATE_BYTES}")
+            # Payloads are end-to-end encrypted: zeroing every freed overflow page (this SQLite's default) would
+            # make a drain write as much WAL as it deletes, which a full disk does not have.
+            conn.execute("PRAGMA secure_delete = FAST")
         if read_only:
             conn.execute("PRAGMA query_only = ON")
     except BaseException:
@@ -66,7 +76,13 @@ class SqliteEngine(StoreEngine):
         """Use `open`."""
         super().__init__(limits, clock, wakeups)
         self.path = path
-        self._writer = GroupCommitWriter(write_conn, self._loop, wakeups.notify)
+        self._writer = GroupCommitWriter(
+            write_conn,
+            self._loop,
+            wakeups.notify,
+            wal_path=path.with_name(path.name + "-wal"),
+            reserve=DiskReserve(path.with_name(path.name + ".reserve"), DISK_RESERVE_BYTES),
+        )
         self._read_conn = read_conn
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
 
@@ -109,6 +125,9 @@ class SqliteEngine(StoreEngine):
 
     def metrics(self) -> StoreMetrics:
         return self._writer.metrics()
+
+    def reusable_bytes(self) -> int:
+        return self._writer.reusable_bytes
 
     async def probe(self) -> StoreHealth:
         writer = self._writer
