@@ -113,7 +113,7 @@ async def start_echo_servers(data_dir: Path) -> EchoServers:
     servers = EchoServers(identity.fingerprint, {})
     try:
         configuration = QuicConfiguration(is_client=False, alpn_protocols=[ECHO_ALPN], idle_timeout=60.0)
-        configuration.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+        configuration.certificate, configuration.private_key = identity.certificate, identity.private_key
         transport, _ = await loop.create_datagram_endpoint(
             lambda: QuicServer(configuration=configuration, create_protocol=_QuicEchoProtocol),
             local_addr=("127.0.0.1", 0),

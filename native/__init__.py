@@ -4,13 +4,15 @@ Secret keys live in Rust objects (zeroized on drop); Python holds handles to the
 failure raises a subclass of :class:`NativeError` with a reason that never contains secrets.
 """
 
-from quicnprotochat.native._native import (
+from quicnprotochat.native._native import (  # the root key and sealed records at rest
     CIPHERSUITE_DEFAULT,
     CIPHERSUITE_XWING,
     ENVELOPE_VERSION,
     HYBRID_ENC_LEN,
     HYBRID_KEM_ID,
     HYBRID_PUBLIC_KEY_LEN,
+    OPAQUE_SETUP_PURPOSE,
+    SEALED_SCHEME,
     DecryptError,
     GroupNotFound,
     HybridKeyPair,
@@ -25,6 +27,7 @@ from quicnprotochat.native._native import (
     OpaqueError,
     OpaqueServer,
     ProcessedMessage,
+    RootKey,
     StateError,
     StorageError,
     UnsupportedError,
@@ -34,6 +37,7 @@ from quicnprotochat.native._native import (
     envelope_info,
     mls_message_info,
     seal_envelope,
+    sealed_record_info,
     validate_hybrid_public_key,
     validate_key_package,
     verify_ed25519,
@@ -75,3 +79,4 @@ __all__ = [
     "verify_ed25519",
     "version",
 ]
+__all__ += ["OPAQUE_SETUP_PURPOSE", "SEALED_SCHEME", "RootKey", "sealed_record_info"]  # the root key, sealed records

@@ -254,3 +254,41 @@ class OpaqueClientLogin:
     def start(password: bytes) -> tuple[OpaqueClientLogin, bytes]: ...
     def finish(self, response: bytes) -> tuple[bytes, bytes]:
         """Return (finalization, session_key); raise OpaqueError on a wrong password."""
+
+# Root key and sealed records at rest (XChaCha20-Poly1305 under HKDF-SHA256 subkeys, one per purpose)
+
+SEALED_SCHEME: int
+OPAQUE_SETUP_PURPOSE: str
+
+class RootKey:
+    """The node's root key on a locked page (mlock, MADV_DONTDUMP, zeroized on drop) inside the native module."""
+
+    @staticmethod
+    def generate() -> RootKey: ...
+    @staticmethod
+    def from_key_file(path: str) -> RootKey:
+        """Raise InvalidKeyError when the file is missing, unreadable or not exactly 32 bytes."""
+    @staticmethod
+    def from_passphrase(
+        passphrase: bytes | bytearray, salt: bytes, *, memory_kib: int, iterations: int, lanes: int
+    ) -> RootKey:
+        """Argon2id of the passphrase (runs without the GIL)."""
+    def write_key_file(self, path: str) -> None:
+        """Write the key to a new file, mode 0600; never overwrites."""
+    @property
+    def key_id(self) -> bytes:
+        """8 bytes derived from the key (not the key): tells records of another root key apart."""
+    @property
+    def memory_protection(self) -> tuple[bool, bool, int]:
+        """(locked in RAM, excluded from core dumps, address of the key's page)."""
+    def seal(self, purpose: str, context: bytes, plaintext: bytes | bytearray) -> bytes: ...
+    def open(self, purpose: str, context: bytes, record: bytes) -> bytearray:
+        """The plaintext, in a bytearray the caller wipes; InvalidKeyError for a record of another root key,
+        DecryptError for a damaged one, MalformedError/UnsupportedError for something else."""
+    def reseal(self, new: RootKey, purpose: str, context: bytes, record: bytes) -> bytes:
+        """Open under this key, seal under `new`; the plaintext never reaches Python."""
+    def seal_opaque_server(self, server: OpaqueServer, context: bytes) -> bytes: ...
+    def open_opaque_server(self, context: bytes, record: bytes) -> OpaqueServer: ...
+
+def sealed_record_info(record: bytes) -> tuple[int, bytes]:
+    """(scheme, key id) from a sealed record's header."""

@@ -1,4 +1,4 @@
-"""`qpc-server`: run a node, or print what identifies it."""
+"""`qpc-server`: run a node, print what identifies it, create its root key, or move it to a new one."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,28 @@ import capnp  # type: ignore[import-untyped]
 
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import open_quic, open_tcp
+from quicnprotochat.native import RootKey
 from quicnprotochat.server import __version__
+from quicnprotochat.server.at_rest import new_root_key, node_root_key, rekey, root_key_source
 from quicnprotochat.server.config import LOOPS, ConfigError, NodeConfig, load_config, parse_listen
-from quicnprotochat.server.identity import IdentityError, load_identity
+from quicnprotochat.server.identity import (
+    IdentityError,
+    ensure_data_dir,
+    identity_root_key_id,
+    load_or_create_identity,
+    read_certificate,
+)
 from quicnprotochat.server.node import serve
+from quicnprotochat.server.node_state import store_limits
+from quicnprotochat.server.root_key import (
+    NEW_PASSPHRASE_ENV,
+    PASSPHRASE_ENV,
+    RootKeyError,
+    create_passphrase_salt,
+    load_root_key,
+)
+from quicnprotochat.server.sealed_secrets import SealedDataError
+from quicnprotochat.server.store import open_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
         help="accept default-inbox enqueues without binding the sender's identity",
     )
 
+    _root_key_options(run)
+
+    init = commands.add_parser("init", help="create a root key (a key file, or a passphrase's salt) and the identity")
+    _root_key_options(init)
+    rekey = commands.add_parser("rekey", help="move every sealed record to a new root key (the node stopped)")
+    _root_key_options(rekey)
+    rekey.add_argument("--store", help="the node's database (default: as configured)")
+    new = rekey.add_mutually_exclusive_group(required=True)
+    new.add_argument("--new-root-key-file", type=Path, help="the new key file (`qpc-server init` on a scratch dir)")
+    new.add_argument(
+        "--new-root-passphrase",
+        action="store_true",
+        help=f"derive the new key from a passphrase ({NEW_PASSPHRASE_ENV}, or asked twice)",
+    )
+
     commands.add_parser("info", help="print the node's fingerprint and where its data lives")
 
     health = commands.add_parser(
@@ -57,8 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_key_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root-key-file", help="the root key: a file of 32 random bytes")
+    parser.add_argument(
+        "--root-passphrase",
+        action="store_true",
+        default=None,
+        help=f"derive the root key from a passphrase ({PASSPHRASE_ENV}, or asked on the terminal)",
+    )
+
+
 def _config(args: argparse.Namespace) -> NodeConfig:
     overrides = {"data_dir": args.data_dir}
+    if args.command in ("run", "init", "rekey"):
+        overrides |= {"root_key_file": args.root_key_file, "root_key_passphrase": args.root_passphrase}
+    if args.command == "rekey":
+        overrides |= {"store": args.store}
     if args.command == "run":
         overrides |= {
             "quic_listen": args.quic_listen,
@@ -80,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             return _info(config)
         if args.command == "health":
             return asyncio.run(_health(config, args))
+        if args.command == "init":
+            return _init(config)
+        if args.command == "rekey":
+            return asyncio.run(_rekey(config, args))
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_on_loop(config.loop, serve(config))
         return 0
-    except (ConfigError, IdentityError) as error:
+    except (ConfigError, IdentityError, RootKeyError, SealedDataError) as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -105,8 +157,8 @@ def run_on_loop(loop: str, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _health(config: NodeConfig, args: argparse.Namespace) -> int:
-    identity = load_identity(config.data_dir)
-    if identity is None:
+    certificate = read_certificate(config.data_dir)
+    if certificate is None:
         print(f"qpc-server: no node identity in {config.data_dir}", file=sys.stderr)
         return 1
     address = args.address or (config.quic_listen if args.transport == "quic" else config.tcp_listen)
@@ -117,7 +169,7 @@ async def _health(config: NodeConfig, args: argparse.Namespace) -> int:
 
     def verify(fingerprint: str) -> None:
         # Strict pinning to our own key: whatever answers there must be this node.
-        if not hmac.compare_digest(fingerprint, identity.fingerprint):
+        if not hmac.compare_digest(fingerprint, certificate[1]):
             raise ConnectionError(f"{host}:{port} answers with another key than this node's")
 
     await kj_loop.acquire()
@@ -139,14 +191,52 @@ async def _health(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def _info(config: NodeConfig) -> int:
-    identity = load_identity(config.data_dir)
-    if identity is None:
+    certificate = read_certificate(config.data_dir)
+    if certificate is None:
         print(f"qpc-server: no node identity in {config.data_dir} yet (`qpc-server run` creates one)", file=sys.stderr)
         return 1
-    print(f"fingerprint: {identity.fingerprint}")
+    key_id = identity_root_key_id(config.data_dir)
+    print(f"fingerprint: {certificate[1]}")
     print(f"data dir:    {config.data_dir}")
-    print(f"certificate: {identity.cert_path}")
+    print(f"certificate: {certificate[0]}")
+    print(f"node key:    {'sealed under root key ' + key_id.hex() if key_id else 'in clear (no root key)'}")
     print(f"version:     {__version__}")
+    return 0
+
+
+def _init(config: NodeConfig) -> int:
+    """Creates the root key (a new key file, or the salt of a passphrase) and the node's sealed identity."""
+    source = root_key_source(config)
+    if source is None:
+        raise ConfigError("init needs --root-key-file PATH (kept off the data dir's disk) or --root-passphrase")
+    ensure_data_dir(config.data_dir)
+    if source.key_file is not None:
+        if source.key_file.exists():
+            raise ConfigError(f"{source.key_file} already exists; init never overwrites a root key")
+        RootKey.generate().write_key_file(str(source.key_file))
+        print(f"root key:    {source.key_file} (32 random bytes, mode 0600; keep a copy offline)")
+    else:
+        assert source.salt_file is not None
+        if source.salt_file.exists():
+            raise ConfigError(f"{source.salt_file} already exists; init never replaces a passphrase's salt")
+        create_passphrase_salt(source.salt_file)
+        print(f"passphrase salt: {source.salt_file} (nodes sharing a database need a copy)")
+    identity, _created = load_or_create_identity(config.data_dir, load_root_key(source))
+    print(f"fingerprint: {identity.fingerprint}")
+    return 0
+
+
+async def _rekey(config: NodeConfig, args: argparse.Namespace) -> int:
+    old = node_root_key(config)
+    if old is None:
+        raise ConfigError("rekey needs the current root key (--root-key-file or --root-passphrase)")
+    new = new_root_key(config, args.new_root_key_file)
+    store = await open_store(config.store_location, store_limits(config), clock=time.time)
+    try:
+        moved = await rekey(config, old, new, store)
+    finally:
+        await store.close()
+    print(f"rekeyed: {moved} records moved to root key {new.key_id.hex()}; start the node with the new key")
     return 0
 
 

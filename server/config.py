@@ -74,6 +74,12 @@ class NodeConfig:
     max_group_members: int = 1000
     max_groups_per_identity: int = 1000
     group_log_epochs: int = 1000
+    # ── Secrets at rest ──
+    # The root key that seals the TLS key and the server secrets: a file of 32 random bytes (`qpc-server init`
+    # makes one), or a passphrase through Argon2id (QPC_SERVER_ROOT_PASSPHRASE, or asked on the terminal; its salt
+    # lives in the data dir). Neither: secrets are kept in clear (development and tests).
+    root_key_file: str = ""
+    root_key_passphrase: bool = False
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:

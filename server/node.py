@@ -10,17 +10,18 @@ import signal
 import time
 
 from quicnprotochat.common import kj_loop
+from quicnprotochat.server.at_rest import node_root_key, open_secrets
 from quicnprotochat.server.config import NodeConfig, parse_listen
-from quicnprotochat.server.identity import load_or_create_identity
+from quicnprotochat.server.identity import ensure_data_dir
 from quicnprotochat.server.metrics import NodeMetrics, instrument
 from quicnprotochat.server.metrics_http import MetricsEndpoint
-from quicnprotochat.server.node_state import NodeState
+from quicnprotochat.server.node_state import NodeState, store_limits
 from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
-from quicnprotochat.server.store import Clock
+from quicnprotochat.server.store import Clock, open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 
 log = logging.getLogger("quicnprotochat.server")
@@ -54,8 +55,16 @@ class Node:
         await kj_loop.acquire()
         self._kj_acquired = True
         try:
-            identity, self.identity_created = load_or_create_identity(self.config.data_dir)
-            state = await NodeState.open(self.config, identity, self._clock)
+            root = node_root_key(self.config)
+            ensure_data_dir(self.config.data_dir)
+            store = await open_store(self.config.store_location, store_limits(self.config), clock=self._clock)
+            try:
+                secrets = await open_secrets(self.config, root, store)
+            except BaseException:
+                await store.close()
+                raise
+            identity, self.identity_created = secrets.identity, secrets.identity_created
+            state = await NodeState.open(self.config, identity, self._clock, store, secrets.opaque)
             self.state = state
 
             self.metrics = NodeMetrics(state)

@@ -9,18 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from quicnprotochat.common.schema import PROTOCOL_VERSION
+from quicnprotochat.native import OpaqueServer
 from quicnprotochat.server import __version__
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.disk_space import DiskSpace, store_disk_path
 from quicnprotochat.server.health import HealthMonitor
 from quicnprotochat.server.identity import NodeIdentity
-from quicnprotochat.server.services.accounts import AccountService, load_or_create_opaque_setup
+from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.directory import DirectoryService
 from quicnprotochat.server.services.groups import GroupService, SubmitLimits
 from quicnprotochat.server.services.inboxes import InboxService
 from quicnprotochat.server.services.rate_limits import RateLimit, RateLimiter, RateLimits
 from quicnprotochat.server.services.sessions import SessionService
-from quicnprotochat.server.store import Clock, Store, StoreLimits, open_store
+from quicnprotochat.server.store import Clock, Store, StoreLimits
 from quicnprotochat.server.store.groups import GroupLimits
 
 log = logging.getLogger("quicnprotochat.server")
@@ -77,9 +78,9 @@ class NodeState:
     """Open RPC connections; set by the node once its sessions exist."""
 
     @classmethod
-    async def open(cls, config: NodeConfig, identity: NodeIdentity, clock: Clock) -> NodeState:
-        store = await open_store(config.store_location, store_limits(config), clock=clock)
-        opaque = await load_or_create_opaque_setup(store)
+    async def open(
+        cls, config: NodeConfig, identity: NodeIdentity, clock: Clock, store: Store, opaque: OpaqueServer
+    ) -> NodeState:
         sessions = SessionService(store, config.session_ttl_seconds, clock)
         disk_path, store_on_disk = store_disk_path(config.store_location, config.data_dir)
         disk = DiskSpace(

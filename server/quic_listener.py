@@ -101,7 +101,9 @@ def quic_server_configuration(identity: NodeIdentity, idle_timeout: float) -> Qu
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=idle_timeout, verify_mode=ssl.CERT_NONE
     )
-    configuration.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    # The key object, not a path: a sealed key has no file to load from.
+    configuration.certificate = identity.certificate
+    configuration.private_key = identity.private_key
     return configuration
 
 

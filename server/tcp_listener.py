@@ -23,7 +23,8 @@ DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 def tls_server_context(identity: NodeIdentity) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    with identity.key_file() as key_file:
+        context.load_cert_chain(str(identity.cert_path), key_file)
     context.set_alpn_protocols([ALPN])
     return context
 

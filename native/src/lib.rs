@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod error;
 pub mod mls;
 pub mod opaque;
+pub mod rootkey;
 
 #[cfg(feature = "python")]
 mod python;

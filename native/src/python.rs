@@ -711,6 +711,137 @@ impl OpaqueClientLogin {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Root key (sealed records at rest)
+
+/// The node's root key, on a locked page inside this module; Python holds only this handle.
+#[pyclass(frozen, module = "quicnprotochat.native")]
+struct RootKey(crate::rootkey::RootKey);
+
+#[pymethods]
+impl RootKey {
+    #[staticmethod]
+    fn generate() -> PyResult<Self> {
+        Ok(RootKey(crate::rootkey::RootKey::generate()?))
+    }
+
+    #[staticmethod]
+    fn from_key_file(path: std::path::PathBuf) -> PyResult<Self> {
+        Ok(RootKey(crate::rootkey::RootKey::from_key_file(&path)?))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (passphrase, salt, *, memory_kib, iterations, lanes))]
+    fn from_passphrase(
+        py: Python<'_>,
+        passphrase: Vec<u8>,
+        salt: &[u8],
+        memory_kib: u32,
+        iterations: u32,
+        lanes: u32,
+    ) -> PyResult<Self> {
+        let cost = crate::rootkey::PassphraseCost {
+            memory_kib,
+            iterations,
+            lanes,
+        };
+        let passphrase = zeroize::Zeroizing::new(passphrase);
+        let salt = salt.to_vec();
+        run(py, move || {
+            crate::rootkey::RootKey::from_passphrase(&passphrase, &salt, cost)
+        })
+        .map(RootKey)
+    }
+
+    fn write_key_file(&self, path: std::path::PathBuf) -> PyResult<()> {
+        Ok(self.0.write_key_file(&path)?)
+    }
+
+    #[getter]
+    fn key_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        bytes(py, &self.0.key_id())
+    }
+
+    /// (locked in RAM, excluded from core dumps, address of the key's page).
+    #[getter]
+    fn memory_protection(&self) -> (bool, bool, usize) {
+        self.0.memory_protection()
+    }
+
+    /// `plaintext` may be a bytearray (that the caller then wipes); the copy made here is zeroized.
+    fn seal<'py>(
+        &self,
+        py: Python<'py>,
+        purpose: &str,
+        context: &[u8],
+        plaintext: Vec<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let plaintext = zeroize::Zeroizing::new(plaintext);
+        Ok(bytes(py, &self.0.seal(purpose, context, &plaintext)?))
+    }
+
+    /// The plaintext in a bytearray, so that the caller can wipe it once used.
+    fn open<'py>(
+        &self,
+        py: Python<'py>,
+        purpose: &str,
+        context: &[u8],
+        record: &[u8],
+    ) -> PyResult<Bound<'py, pyo3::types::PyByteArray>> {
+        let plaintext = self.0.open(purpose, context, record)?;
+        Ok(pyo3::types::PyByteArray::new(py, &plaintext))
+    }
+
+    fn reseal<'py>(
+        &self,
+        py: Python<'py>,
+        new: &RootKey,
+        purpose: &str,
+        context: &[u8],
+        record: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(bytes(py, &self.0.reseal(&new.0, purpose, context, record)?))
+    }
+
+    /// Seals an OPAQUE server setup without its bytes passing through Python.
+    fn seal_opaque_server<'py>(
+        &self,
+        py: Python<'py>,
+        server: &OpaqueServer,
+        context: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let setup = server.0.to_bytes();
+        Ok(bytes(py, &self.0.seal(OPAQUE_PURPOSE, context, &setup)?))
+    }
+
+    fn open_opaque_server(&self, context: &[u8], record: &[u8]) -> PyResult<OpaqueServer> {
+        let setup = self.0.open(OPAQUE_PURPOSE, context, record)?;
+        Ok(OpaqueServer(opaque::Server::from_bytes(&setup)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let id: String = self.0.key_id().iter().map(|b| format!("{b:02x}")).collect();
+        format!("RootKey(key_id={id})")
+    }
+}
+
+const OPAQUE_PURPOSE: &str = "opaque-server-setup";
+
+/// (scheme, key id) of a sealed record, read from its header without a key.
+#[pyfunction]
+fn sealed_record_info<'py>(py: Python<'py>, record: &[u8]) -> PyResult<(u8, Bound<'py, PyBytes>)> {
+    let info = crate::rootkey::RecordInfo::parse(record)?;
+    Ok((info.scheme, bytes(py, &info.key_id)))
+}
+
+fn add_rootkey(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RootKey>()?;
+    m.add_function(wrap_pyfunction!(sealed_record_info, m)?)?;
+    m.add("SEALED_SCHEME", crate::rootkey::SCHEME_V1)?;
+    m.add("OPAQUE_SETUP_PURPOSE", OPAQUE_PURPOSE)?;
+    Ok(())
+}
+
 #[pyfunction]
 fn version() -> &'static str {
     crate::VERSION
@@ -734,6 +865,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OpaqueServer>()?;
     m.add_class::<OpaqueClientRegistration>()?;
     m.add_class::<OpaqueClientLogin>()?;
+    add_rootkey(m)?;
 
     m.add("CIPHERSUITE_DEFAULT", mls::SUITE_DEFAULT)?;
     m.add("CIPHERSUITE_XWING", mls::SUITE_XWING)?;

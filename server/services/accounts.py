@@ -13,23 +13,12 @@ from quicnprotochat.native import NativeError, OpaqueServer, verify_ed25519
 from quicnprotochat.server import store
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.sessions import SessionService
-from quicnprotochat.server.store import AccountStore, Clock, SecretStore
+from quicnprotochat.server.store import AccountStore, Clock
 
 log = logging.getLogger("quicnprotochat.server.accounts")
 
-OPAQUE_SETUP_NAME = "opaque_server_setup"  # the store key under which the setup is kept
 SIGNATURE_BYTES = 64
 MAX_OPAQUE_MESSAGE_BYTES = 4096
-
-
-async def load_or_create_opaque_setup(store: SecretStore) -> OpaqueServer:
-    """The OPAQUE server setup, made once and kept in the store: every node of a shared database must use the same
-    one, since password files depend on its OPRF key."""
-    stored = await store.get_or_create_secret(OPAQUE_SETUP_NAME, OpaqueServer.generate().to_bytes())
-    try:
-        return OpaqueServer.from_bytes(stored)
-    except NativeError:
-        raise RuntimeError("the OPAQUE server setup in the store is damaged") from None
 
 
 def _opaque_message(name: str, data: bytes) -> bytes:
