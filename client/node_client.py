@@ -90,6 +90,11 @@ class NodeStatus:
     write_queue_depth: int
     store_failed_batches: int
     store_writer_restarts: int
+    quic_connections: int = 0
+    quic_retry: bool = False
+    retries_sent: int = 0
+    retry_tokens_accepted: int = 0
+    retry_tokens_refused: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -289,6 +294,11 @@ class NodeClient:
             write_queue_depth=int(status.writeQueueDepth),
             store_failed_batches=int(status.storeFailedBatches),
             store_writer_restarts=int(status.storeWriterRestarts),
+            quic_connections=int(status.quicConnections),
+            quic_retry=bool(status.quicRetry),
+            retries_sent=int(status.retriesSent),
+            retry_tokens_accepted=int(status.retryTokensAccepted),
+            retry_tokens_refused=int(status.retryTokensRefused),
         )
 
     # -- OPAQUE (the raw protocol messages; the account helpers build on these) --------------------------------

@@ -176,4 +176,9 @@ struct NodeStatus {
   writeQueueDepth @7 :UInt32;     # writes waiting for the store's writer, its batch in hand included
   storeFailedBatches @8 :UInt64;  # write transactions that failed as a whole since start
   storeWriterRestarts @9 :UInt32; # times the writer ended unexpectedly and was restarted
+  quicConnections @10 :UInt32;    # QUIC connections held, with or without an RPC stream yet
+  quicRetry @11 :Bool;            # whether new QUIC connections go through a Retry (--quic-retry)
+  retriesSent @12 :UInt64;        # Retry packets sent since start
+  retryTokensAccepted @13 :UInt64; # Initials that brought back a valid address-validation token
+  retryTokensRefused @14 :UInt64; # Initials with a token that was forged, expired or made for another address
 }

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _root_key_options(run)
+    run.add_argument(
+        "--quic-retry",
+        action="store_true",
+        default=None,
+        help="answer new QUIC connections with a Retry (address validation against spoofed-source floods)",
+    )
 
     init = commands.add_parser("init", help="create a root key (a key file, or a passphrase's salt) and the identity")
     _root_key_options(init)
@@ -115,6 +121,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
             "loop": args.loop,
             "store": args.store,
             "allow_sealed_sender": args.allow_sealed_sender,
+            "quic_retry": args.quic_retry,
             "metrics_listen": args.metrics_listen,
         }
     return load_config(config_file=args.config, overrides=overrides)

@@ -74,12 +74,16 @@ class NodeConfig:
     max_group_members: int = 1000
     max_groups_per_identity: int = 1000
     group_log_epochs: int = 1000
-    # ── Secrets at rest ──
+    # ── Secrets at rest and QUIC retry ──
     # The root key that seals the TLS key and the server secrets: a file of 32 random bytes (`qpc-server init`
     # makes one), or a passphrase through Argon2id (QPC_SERVER_ROOT_PASSPHRASE, or asked on the terminal; its salt
     # lives in the data dir). Neither: secrets are kept in clear (development and tests).
     root_key_file: str = ""
     root_key_passphrase: bool = False
+    # Answer new QUIC connections with a Retry (stateless address validation, against spoofed-source floods).
+    # Tokens are sealed under a key that rotates every quic_retry_period_s; the previous one is still accepted.
+    quic_retry: bool = False
+    quic_retry_period_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:

@@ -18,6 +18,7 @@ from quicnprotochat.server.metrics_http import MetricsEndpoint
 from quicnprotochat.server.node_state import NodeState, store_limits
 from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
+from quicnprotochat.server.quic_retry import RotatingRetryTokens
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
@@ -79,12 +80,17 @@ class Node:
             # Bound what a QUIC stream or TLS connection may buffer ahead of the RPC reader: a few maximal messages.
             max_buffered = 4 * self.config.max_message_bytes
             if self.config.quic_listen:
+                retry = RotatingRetryTokens(self.config.quic_retry_period_s) if self.config.quic_retry else None
                 self._quic = QuicListener(
                     self._sessions,
                     quic_server_configuration(identity, self.config.quic_idle_timeout_s),
                     max_buffered,
+                    retry,
                 )
                 self.quic_address = await self._quic.start(*parse_listen(self.config.quic_listen))
+                quic = self._quic
+                state.quic_connections = lambda: quic.connections
+                state.retry = None if retry is None else retry.stats
             if self.config.tcp_listen:
                 self._tcp = TcpListener(self._sessions, tls_server_context(identity), max_buffered)
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))

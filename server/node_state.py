@@ -15,6 +15,7 @@ from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.disk_space import DiskSpace, store_disk_path
 from quicnprotochat.server.health import HealthMonitor
 from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.directory import DirectoryService
 from quicnprotochat.server.services.groups import GroupService, SubmitLimits
@@ -76,6 +77,10 @@ class NodeState:
     health: HealthMonitor
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
+    quic_connections: Callable[[], int] = lambda: 0
+    """QUIC connections the listener holds, with or without an RPC stream yet; set by the node."""
+    retry: RetryStats | None = None
+    """QUIC retry counters, when retry is on."""
 
     @classmethod
     async def open(
@@ -151,6 +156,11 @@ class NodeState:
             "writeQueueDepth": store.queue_depth,
             "storeFailedBatches": store.failed_batches,
             "storeWriterRestarts": store.writer_restarts,
+            "quicConnections": self.quic_connections(),
+            "quicRetry": self.retry is not None,
+            "retriesSent": self.retry.retries_sent if self.retry else 0,
+            "retryTokensAccepted": self.retry.tokens_accepted if self.retry else 0,
+            "retryTokensRefused": self.retry.tokens_refused if self.retry else 0,
         }
 
     async def sweep(self) -> None:

@@ -9,7 +9,6 @@ import ssl
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -19,6 +18,7 @@ from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferO
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import Peer, peer_from_address
+from quicnprotochat.server.quic_retry import RotatingRetryTokens, serve_quic
 from quicnprotochat.server.rpc_session import RpcSessions
 
 log = logging.getLogger("quicnprotochat.server.quic")
@@ -108,7 +108,14 @@ def quic_server_configuration(identity: NodeIdentity, idle_timeout: float) -> Qu
 
 
 class QuicListener:
-    def __init__(self, sessions: RpcSessions, configuration: QuicConfiguration, max_buffered: int) -> None:
+    def __init__(
+        self,
+        sessions: RpcSessions,
+        configuration: QuicConfiguration,
+        max_buffered: int,
+        retry: RotatingRetryTokens | None = None,
+    ) -> None:
+        self._retry = retry
         self._sessions = sessions
         self._configuration = configuration
         self._max_buffered = max_buffered
@@ -128,7 +135,7 @@ class QuicListener:
             max_buffered=self._max_buffered,
         )
         transport, _protocol = await loop.create_datagram_endpoint(
-            lambda: QuicServer(configuration=self._configuration, create_protocol=create_protocol),
+            lambda: serve_quic(self._configuration, create_protocol, self._retry),
             local_addr=(host, port),
         )
         self._transport = transport
