@@ -37,15 +37,15 @@ class SqliteSecrets(SqliteEngine):
         params = (bytes(value), name, bytes(expected))
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> bool:
-            # secure_delete zeroes the freed cell, so the old value does not linger in the page.
+            # secure_delete ON zeroes the freed cell, so the old value does not linger in the page; the connection's
+            # own setting (FAST) comes back after.
+            previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete = ON")
             try:
-                return (
-                    conn.execute("UPDATE server_secrets SET value = ? WHERE name = ? AND value = ?", params).rowcount
-                    == 1
-                )
+                updated = conn.execute("UPDATE server_secrets SET value = ? WHERE name = ? AND value = ?", params)
+                return updated.rowcount == 1
             finally:
-                conn.execute("PRAGMA secure_delete = OFF")
+                conn.execute(f"PRAGMA secure_delete = {previous}")
 
         return await self._write(op)
 
