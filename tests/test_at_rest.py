@@ -18,13 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from quicnprotochat.bench.node_runner import start_node_process
 from quicnprotochat.client import accounts
 from quicnprotochat.native import OPAQUE_SETUP_PURPOSE, MalformedError, RootKey, sealed_record_info
 from quicnprotochat.server.cli import main
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import KEY_FILE, SEALED_KEY_FILE, TLS_KEY_CONTEXT, TLS_KEY_PURPOSE, IdentityError
 from quicnprotochat.server.node import Node
-from quicnprotochat.server.sealed_secrets import OPAQUE_SETUP_NAME, context
+from quicnprotochat.server.sealed_secrets import OPAQUE_SETUP_NAME, SealedDataError, context
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config
 from tests.pgcluster import PgServer
 
@@ -299,18 +300,81 @@ async def test_rekey_killed_halfway_resumes(
     await expect_same_node(replace(config, root_key_file=str(new_key)), connect, alice, fingerprint)
 
 
+def mappings(smaps: str) -> list[tuple[int, int, set[str], int]]:
+    """(start, end, VmFlags, Locked kB) of each mapping in a /proc/PID/smaps text."""
+    found = []
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
+        start, end = (int(part, 16) for part in block.split()[0].split("-"))
+        flags = re.search(r"VmFlags:(.*)", block)
+        locked = re.search(r"Locked:\s+(\d+) kB", block)
+        found.append((start, end, set(flags[1].split()) if flags else set(), int(locked[1]) if locked else 0))
+    return found
+
+
 def test_root_key_pages_are_locked_and_not_dumped(tmp_path: Path) -> None:
     root = RootKey.from_key_file(str(make_key(tmp_path / "root.key")))
     locked, not_dumped, address = root.memory_protection
     assert locked and not_dumped
-    smaps = Path("/proc/self/smaps").read_text()
-    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
-        start, end = (int(part, 16) for part in block.split()[0].split("-"))
-        if start <= address < end:
-            flags = re.search(r"VmFlags:(.*)", block)
-            locked_kb = re.search(r"Locked:\s+(\d+) kB", block)
-            assert flags and locked_kb
-            assert {"lo", "dd"} <= set(flags[1].split())  # mlock'd, and left out of core dumps
-            assert int(locked_kb[1]) >= 4
-            return
-    pytest.fail("the root key's page is not mapped")
+    [(_, _, flags, locked_kb)] = [m for m in mappings(Path("/proc/self/smaps").read_text()) if m[0] <= address < m[1]]
+    assert {"lo", "dd"} <= flags  # mlock'd, and left out of core dumps
+    assert locked_kb >= 4
+
+
+def test_init_makes_a_key_file_and_a_sealed_identity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, key_file = tmp_path / "node", tmp_path / "root.key"
+    assert main(["--data-dir", str(data_dir), "init", "--root-key-file", str(key_file)]) == 0
+    assert key_file.stat().st_size == 32 and key_file.stat().st_mode & 0o077 == 0
+    assert (data_dir / SEALED_KEY_FILE).exists() and not (data_dir / KEY_FILE).exists()
+    written = key_file.read_bytes()
+    code, lines = run_cli(["--data-dir", str(data_dir), "init", "--root-key-file", str(key_file)], capsys)
+    assert code == 2 and "never overwrites" in lines[0]
+    assert key_file.read_bytes() == written
+    assert main(["--data-dir", str(data_dir), "info"]) == 0
+    key_id = RootKey.from_key_file(str(key_file)).key_id.hex()
+    assert f"sealed under root key {key_id}" in capsys.readouterr().out
+
+
+def test_a_passphrase_root_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "node"
+    monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "correct horse battery staple")
+    assert main(["--data-dir", str(data_dir), "init", "--root-passphrase"]) == 0
+    assert (data_dir / "root-key.salt").exists()
+    config = loopback_config(data_dir)  # the passphrase in the environment is enough to use it
+    fingerprint = asyncio.run(start_and_stop(config))
+    monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "wrong horse battery staple")
+    refuse(config, [], capsys, r"sealed under another root key")
+    monkeypatch.delenv("QPC_SERVER_ROOT_PASSPHRASE")
+    refuse(config, [], capsys, r"sealed: give the root key")
+    monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "correct horse battery staple")
+    assert asyncio.run(start_and_stop(config)) == fingerprint
+
+
+async def test_nodes_sharing_a_database_share_the_root_key(tmp_path: Path, make_user: UserFactory, pg_url: str) -> None:
+    key_file = make_key(tmp_path / "root.key")
+    first = loopback_config(tmp_path / "node1", root_key_file=str(key_file), store=pg_url)
+    second = loopback_config(tmp_path / "node2", root_key_file=str(key_file), store=pg_url)
+    await start_sealed_node_with_user(first, make_user)
+    node = Node(second)  # its own identity, the database's sealed setup: alice's password file works through it
+    await node.start()
+    try:
+        await make_user(node, "bob")
+    finally:
+        await node.stop()
+    stranger = loopback_config(tmp_path / "node3", root_key_file=str(make_key(tmp_path / "other.key")), store=pg_url)
+    with pytest.raises(SealedDataError, match="sealed under another root key"):
+        await Node(stranger).start()
+    assert not (tmp_path / "node3" / SEALED_KEY_FILE).exists()  # refused before making an identity
+
+
+async def test_the_running_node_holds_its_root_key_on_a_locked_page(tmp_path: Path) -> None:
+    key_file = make_key(tmp_path / "root.key")
+    node = await start_node_process(tmp_path / "node", {"root_key_file": str(key_file), "log_level": "warning"})
+    try:
+        assert node.pid is not None
+        smaps = Path(f"/proc/{node.pid}/smaps").read_text()  # noqa: ASYNC240 -- one small read
+    finally:
+        await node.stop()
+    # The node's root key page: locked (lo) and left out of core dumps (dd); nothing else in the node asks for both.
+    assert any({"lo", "dd"} <= flags and locked_kb >= 4 for _, _, flags, locked_kb in mappings(smaps))
