@@ -127,6 +127,13 @@ class _StateCollector(Collector):
             buckets.append(("+Inf", float(store.batch_sizes[-1][1])))
             batches.add_metric([], buckets, float(store.batch_size_sum))
         yield batches
+        yield _gauge(
+            "qpc_quic_connections", "QUIC connections held, with or without an RPC stream", state.quic_connections()
+        )
+        if state.retry is not None:
+            yield _counter("qpc_quic_retries_sent", "QUIC Retry packets sent", state.retry.retries_sent)
+            yield _counter("qpc_quic_retry_tokens_accepted", "Initials with a valid token", state.retry.tokens_accepted)
+            yield _counter("qpc_quic_retry_tokens_refused", "Initials with a bad token", state.retry.tokens_refused)
         yield _gauge("qpc_free_disk_bytes", "Free space where the node keeps its data", state.disk.free_bytes())
         yield _gauge(
             "qpc_min_free_disk_bytes", "Free space under which new messages are refused", state.disk.floor_bytes

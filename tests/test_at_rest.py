@@ -378,3 +378,15 @@ async def test_the_running_node_holds_its_root_key_on_a_locked_page(tmp_path: Pa
         await node.stop()
     # The node's root key page: locked (lo) and left out of core dumps (dd); nothing else in the node asks for both.
     assert any({"lo", "dd"} <= flags and locked_kb >= 4 for _, _, flags, locked_kb in mappings(smaps))
+
+
+def test_rekey_from_a_key_file_to_a_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = make_key(tmp_path / "root.key")
+    config = sealed_config(tmp_path, key_file)
+    fingerprint = asyncio.run(start_and_stop(config))
+    monkeypatch.setenv("QPC_SERVER_NEW_ROOT_PASSPHRASE", "a new passphrase")
+    rekey_args = ["--data-dir", str(config.data_dir), "rekey", "--root-key-file", str(key_file)]
+    assert main([*rekey_args, "--new-root-passphrase"]) == 0
+    assert (config.data_dir / "root-key.salt").exists() and not (config.data_dir / "root-key.salt.next").exists()
+    monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "a new passphrase")
+    assert asyncio.run(start_and_stop(loopback_config(config.data_dir))) == fingerprint

@@ -19,6 +19,7 @@ from quicnprotochat.client import KnownHosts, NodeClient
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.quic_retry import RotatingRetryTokens
 from tests.conftest import ClientFactory, FakeClock, loopback_config
+from tests.test_metrics import scrape
 
 PERIOD = 60.0
 CLIENT = ("127.0.0.1", 50000)
@@ -75,7 +76,8 @@ def test_a_token_of_another_node_or_restart_is_refused() -> None:
 
 
 async def test_a_client_connects_through_a_retry(tmp_path: Path, connect: ClientFactory) -> None:
-    node = Node(replace(loopback_config(tmp_path / "node"), quic_retry=True))
+    config = replace(loopback_config(tmp_path / "node"), quic_retry=True, metrics_listen="127.0.0.1:0")
+    node = Node(config)
     await node.start()
     try:
         client = await connect(node)
@@ -84,6 +86,11 @@ async def test_a_client_connects_through_a_retry(tmp_path: Path, connect: Client
         assert status.quic_retry
         assert status.retries_sent >= 1 and status.retry_tokens_accepted >= 1
         assert status.retry_tokens_refused == 0
+        assert status.quic_connections == 1
+        samples = await scrape(node)
+        assert samples[("qpc_quic_retry_tokens_accepted_total", ())] >= 1
+        assert samples[("qpc_quic_retry_tokens_refused_total", ())] == 0
+        assert samples[("qpc_quic_connections", ())] == 1
     finally:
         await node.stop()
 
