@@ -2,7 +2,7 @@
 
 One NodeClient holds one connection (QUIC by default, or TLS over TCP) to one node, pinned by the node's key
 fingerprint. When the connection drops, the call in flight fails with `Disconnected` and the next call
-reconnects (calls are not retried automatically: an enqueue may have landed before the drop).
+reconnects. Calls are not retried, except an enqueue where a retry cannot store it twice (see `enqueue`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import capnp  # type: ignore[import-untyped]
 from quicnprotochat.client.known_hosts import KnownHosts
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
-from quicnprotochat.common.errors import Disconnected, Internal, Unauthenticated, error_from_reason
+from quicnprotochat.common.errors import (
+    Disconnected,
+    Internal,
+    RpcError,
+    Unauthenticated,
+    Unavailable,
+    UnknownOutcome,
+    error_from_reason,
+)
 from quicnprotochat.common.schema import AUTH_VERSION, PROTOCOL_VERSION
 
 DEFAULT_PORT = 7700
@@ -101,6 +109,14 @@ class NodeStatus:
         return self.status == "ok"
 
 
+def may_retry(error: RpcError, *, keyed: bool) -> bool:
+    """Whether sending an enqueue again cannot store it twice: it was not stored, or it carries an idempotency key
+    (the node answers a repeat with the first seq)."""
+    if isinstance(error, Unavailable):
+        return True
+    return keyed and isinstance(error, Disconnected | UnknownOutcome)
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep:
@@ -134,6 +150,7 @@ class NodeClient:
         access_token: bytes | None = None,
         device_id: bytes = b"",
         connect_timeout: float = 10.0,
+        retry_delays: Sequence[float] = (0.1, 0.3, 1.0),
     ) -> None:
         if cast(str, transport) not in TRANSPORTS:  # bots pass plain strings; a typo must not mean TCP
             raise ValueError("transport is 'quic' or 'tcp'")
@@ -148,6 +165,8 @@ class NodeClient:
         # quicnprotochat.client.accounts.login); the call is then retried once.
         self.relogin: Callable[[], Awaitable[None]] | None = None
         self.connect_timeout = connect_timeout
+        # Waits before each retry of an enqueue that may be sent again (see `enqueue`); empty: never retried.
+        self.retry_delays = tuple(retry_delays)
         self._connection: RpcConnection | None = None
         self._connecting: asyncio.Lock | None = None
         self._kj_acquired = False
@@ -373,29 +392,53 @@ class NodeClient:
 
     # -- inboxes -----------------------------------------------------------------------------------------------
 
-    async def enqueue(self, recipient_key: bytes, payload: bytes, channel_id: bytes = b"") -> int:
-        result = await self._call(
+    async def enqueue(
+        self, recipient_key: bytes, payload: bytes, channel_id: bytes = b"", *, idempotency_key: bytes = b""
+    ) -> int:
+        """Stores `payload` in the inbox and returns its seq.
+
+        Retried by itself (`retry_delays`) where that cannot store it twice: after `Unavailable` (not stored), and,
+        when `idempotency_key` is given (random bytes, one key per message), also after `Disconnected` or
+        `UnknownOutcome`: the node then answers a repeat with the first call's seq."""
+        result = await self._enqueue_call(
             "enqueue",
+            idempotency_key,
             recipientKey=recipient_key,
             payload=payload,
             channelId=channel_id,
             version=PROTOCOL_VERSION,
-            auth=self._auth(),
         )
         return int(result.seq)
 
     async def batch_enqueue(
-        self, recipient_keys: Sequence[bytes], payload: bytes, channel_id: bytes = b""
+        self,
+        recipient_keys: Sequence[bytes],
+        payload: bytes,
+        channel_id: bytes = b"",
+        *,
+        idempotency_key: bytes = b"",
     ) -> list[int]:
-        result = await self._call(
+        """One seq per recipient, all or nothing; retried as `enqueue` is."""
+        result = await self._enqueue_call(
             "batchEnqueue",
+            idempotency_key,
             recipientKeys=list(recipient_keys),
             payload=payload,
             channelId=channel_id,
             version=PROTOCOL_VERSION,
-            auth=self._auth(),
         )
         return [int(seq) for seq in result.seqs]
+
+    async def _enqueue_call(self, method: str, idempotency_key: bytes, **params: Any) -> Any:
+        delays = iter(self.retry_delays)
+        while True:
+            try:
+                return await self._call(method, **params, auth=self._auth(), idempotencyKey=idempotency_key)
+            except RpcError as error:
+                delay = next(delays, None)
+                if delay is None or not may_retry(error, keyed=bool(idempotency_key)):
+                    raise
+            await asyncio.sleep(delay)
 
     async def _read_inbox(
         self, method: str, recipient_key: bytes, channel_id: bytes, limit: int, timeout_ms: int | None = None

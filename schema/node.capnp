@@ -20,7 +20,11 @@ interface NodeService {
   # Append `payload` to the inbox (recipientKey, channelId); an empty channelId is the recipient's default
   # inbox. `version` is the wire version and must be 1. Returns the inbox's next sequence number, only once the
   # message is durable.
-  enqueue @2 (recipientKey :Data, payload :Data, channelId :Data, version :UInt16, auth :Auth) -> (seq :UInt64);
+  # idempotencyKey (appended; optional, 1 to 64 bytes, random per message): a retry of this enqueue with the same
+  # key, after a lost connection or `unknown_outcome:`, gets the seq the first call got and stores nothing
+  # again. The node remembers a key per sender (per connection for sealed sender) for `idempotency_window_s`;
+  # the same key with another message is `invalid_argument:`.
+  enqueue @2 (recipientKey :Data, payload :Data, channelId :Data, version :UInt16, auth :Auth, idempotencyKey :Data) -> (seq :UInt64);
 
   # Remove and return up to `limit` queued envelopes in seq order (0 = as many as the node's cap allows).
   fetch @3 (recipientKey :Data, channelId :Data, version :UInt16, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
@@ -72,7 +76,8 @@ interface NodeService {
   fetchHybridKeys @16 (identityKeys :List(Data), auth :Auth) -> (keys :List(Data));
 
   # Enqueue one payload to several recipients in one durable step; one seq per recipient, in the order given.
-  batchEnqueue @17 (recipientKeys :List(Data), payload :Data, channelId :Data, version :UInt16, auth :Auth) -> (seqs :List(UInt64));
+  # idempotencyKey (appended, optional): as for enqueue; a retry gets the first call's seqs.
+  batchEnqueue @17 (recipientKeys :List(Data), payload :Data, channelId :Data, version :UInt16, auth :Auth, idempotencyKey :Data) -> (seqs :List(UInt64));
 
   # The 16-byte id of the 1:1 channel between the caller and `peerKey` (created on first use; the same pair
   # always gets the same id). Only the two members may use its inboxes.

@@ -66,6 +66,8 @@ class NodeConfig:
     min_free_disk_bytes: int = 64 * 1024 * 1024
     # host:port (loopback only) for Prometheus `/metrics`; empty: no metrics endpoint.
     metrics_listen: str = ""
+    # How long the node remembers an enqueue's idempotency key (and answers a retry with the first seq).
+    idempotency_window_s: int = 3600
     # Group sequencer (submitCommit): deliveries plus welcomes per call, bytes per call (message and payloads),
     # keys in a group's member set, groups an identity may create, and how many epochs back a retried commit
     # still gets its first answer (older ones are answered `stale`).

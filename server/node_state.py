@@ -101,6 +101,8 @@ class NodeState:
             allow_sealed_sender=config.allow_sealed_sender,
             clock=clock,
             disk=disk,
+            idempotent=store,
+            idempotency_window_s=config.idempotency_window_s,
         )
         return cls(
             config=config,
@@ -168,5 +170,6 @@ class NodeState:
         swept = await self.store.sweep_expired()
         await self.store.purge_expired_sessions()
         await self.store.purge_expired_login_states()
+        await self.store.purge_expired_idempotency_keys()
         if swept:
             log.info("dropped %d expired messages", swept)

@@ -142,15 +142,18 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         version: int,
         auth: Any,
         _context: Any,
+        idempotencyKey: bytes = b"",
         **_: Any,
     ) -> int:
+        key = bytes(idempotencyKey)
         if self._node.config.allow_sealed_sender and not channelId and auth_absent(auth):
             # Sealed sender: the node does not learn who sends; the connection's own bucket bounds the rate.
             self._limit_address()
             self._node.limiter.sealed_connection.check(self._connection_id, "sealed-sender delivery")
-            return await self._node.inboxes.enqueue(None, recipientKey, payload, channelId, version)
+            inboxes = self._node.inboxes
+            return await inboxes.enqueue(None, recipientKey, payload, channelId, version, key, self._connection_id)
         caller = await self._caller(auth)
-        return await self._node.inboxes.enqueue(caller, recipientKey, payload, channelId, version)
+        return await self._node.inboxes.enqueue(caller, recipientKey, payload, channelId, version, key)
 
     async def batchEnqueue(
         self,
@@ -160,11 +163,13 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         version: int,
         auth: Any,
         _context: Any,
+        idempotencyKey: bytes = b"",
         **_: Any,
     ) -> list[int]:
         caller = await self._caller(auth)
         recipients = [bytes(key) for key in recipientKeys]
-        return await self._node.inboxes.batch_enqueue(caller, recipients, payload, channelId, version)
+        inboxes = self._node.inboxes
+        return await inboxes.batch_enqueue(caller, recipients, payload, channelId, version, bytes(idempotencyKey))
 
     async def fetch(
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any

@@ -112,7 +112,8 @@ async def two_nodes_under_load(url: str, tmp_path: Path) -> AsyncIterator[TwoNod
     async def client_for(node: Node, index: int) -> NodeClient:
         vault = Vault.open(str(tmp_path / f"vault{index}.sqlite"), os.urandom(32))
         vaults.append(vault)
-        client = NodeClient(node_address(node, "quic"), known_hosts=known)
+        # No retries of its own: every answer the node gives is seen (and counted) here.
+        client = NodeClient(node_address(node, "quic"), known_hosts=known, retry_delays=())
         clients.append(client)
         await accounts.register(client, vault, f"user{index}", "pw")
         await accounts.login(client, vault, f"user{index}", "pw")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from quicnprotochat.common.errors import (
     AlreadyExists,
     Internal,
+    InvalidArgument,
     NotFound,
     ResourceExhausted,
     RpcError,
@@ -40,6 +41,8 @@ def rpc_error(error: store.StoreError) -> RpcError:
         return AlreadyExists(str(error))
     if isinstance(error, store.NotFound):
         return NotFound(str(error))
+    if isinstance(error, store.KeyReused):
+        return InvalidArgument(str(error))
     if isinstance(error, store.DiskFull):
         faults.warning("disk full", "calls failed: the store's disk is full")
         return ResourceExhausted("disk full: the node has no space for it; not stored, retry later")

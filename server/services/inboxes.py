@@ -15,6 +15,7 @@ from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
 from quicnprotochat.server.store import AccountStore, Clock, InboxMessage, InboxStore, fetch_wait
+from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES, IdempotencyKey, IdempotencyStore
 
 MAX_BATCH_RECIPIENTS = 1000
 
@@ -51,10 +52,14 @@ class InboxService:
         allow_sealed_sender: bool,
         clock: Clock,
         disk: DiskSpace | None = None,
+        idempotent: IdempotencyStore | None = None,
+        idempotency_window_s: float = 3600.0,
     ) -> None:
         self._store = store
         self._accounts = accounts
         self._disk = disk
+        self._idempotent = idempotent
+        self._idempotency_window = idempotency_window_s
         self._ttl = message_ttl_seconds
         self._max_fetch = max_fetch
         self._max_wait_ms = max_wait_ms
@@ -111,6 +116,14 @@ class InboxService:
     def _limit(self, limit: int) -> int:
         return self._max_fetch if limit == 0 else min(limit, self._max_fetch)
 
+    def _idempotency_key(self, key: bytes, caller: Caller | None, connection_id: bytes) -> IdempotencyKey | None:
+        if not key:
+            return None
+        if len(key) > MAX_KEY_BYTES:
+            raise InvalidArgument(f"idempotencyKey is {len(key)} bytes; at most {MAX_KEY_BYTES}")
+        scope = caller.identity_key if caller is not None else b"connection:" + connection_id
+        return IdempotencyKey(scope, bytes(key), self._clock() + self._idempotency_window)
+
     def check_room(self) -> None:
         """Refuses new messages when the disk under the store is nearly full (also for the group sequencer)."""
         if self._disk is not None:
@@ -122,9 +135,17 @@ class InboxService:
     # -- sending -----------------------------------------------------------------------------------------------
 
     async def enqueue(
-        self, caller: Caller | None, recipient: bytes, payload: bytes, channel: bytes, version: int
+        self,
+        caller: Caller | None,
+        recipient: bytes,
+        payload: bytes,
+        channel: bytes,
+        version: int,
+        idempotency_key: bytes = b"",
+        connection_id: bytes = b"",
     ) -> int:
-        """`caller` None is sealed-sender delivery: allowed to a default inbox only, when the node allows it."""
+        """`caller` None is sealed-sender delivery: allowed to a default inbox only, when the node allows it (its
+        idempotency keys are scoped to `connection_id`)."""
         validation.wire_version(version)
         recipient = validation.identity_key(recipient, "recipientKey")
         channel = validation.channel_id(channel)
@@ -136,11 +157,20 @@ class InboxService:
             await self._check_channel_peer(caller, channel, recipient)
         await self._require_account(recipient, "recipientKey")
         self.check_room()
+        key = self._idempotency_key(idempotency_key, caller, connection_id)
         with store_errors():
+            if key is not None and self._idempotent is not None:
+                return (await self._idempotent.enqueue_once(key, [recipient], channel, payload, self._expiry()))[0]
             return await self._store.enqueue(recipient, channel, payload, self._expiry())
 
     async def batch_enqueue(
-        self, caller: Caller, recipients: Sequence[bytes], payload: bytes, channel: bytes, version: int
+        self,
+        caller: Caller,
+        recipients: Sequence[bytes],
+        payload: bytes,
+        channel: bytes,
+        version: int,
+        idempotency_key: bytes = b"",
     ) -> list[int]:
         validation.wire_version(version)
         channel = validation.channel_id(channel)
@@ -155,7 +185,10 @@ class InboxService:
                 await self._check_channel_peer(caller, channel, recipient)
             await self._require_account(recipient, f"recipientKeys[{index}]")
         self.check_room()
+        key = self._idempotency_key(idempotency_key, caller, b"")
         with store_errors():
+            if key is not None and self._idempotent is not None:
+                return await self._idempotent.enqueue_once(key, list(recipients), channel, payload, self._expiry())
             return await self._store.batch_enqueue(list(recipients), channel, payload, self._expiry())
 
     async def check_delivery(self, caller: Caller, recipient: bytes, channel: bytes, name: str) -> None:

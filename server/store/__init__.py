@@ -37,6 +37,7 @@ from .base import (
 from .directories import DirectoryStore, KeyPackage
 from .fetch_wait import fetch_wait
 from .groups import GroupStore
+from .idempotency import IdempotencyKey, IdempotencyStore, KeyReused
 from .inboxes import InboxMessage, InboxStats, InboxStore
 from .interface import Store
 from .server_secrets import SecretStore
@@ -51,6 +52,8 @@ __all__ = [
     "DirectoryStore",
     "DiskFull",
     "GroupStore",
+    "IdempotencyKey",
+    "IdempotencyStore",
     "InProcessWakeups",
     "Inbox",
     "InboxMessage",
@@ -59,6 +62,7 @@ __all__ = [
     "InboxWaiter",
     "InboxWakeups",
     "KeyPackage",
+    "KeyReused",
     "LimitExceeded",
     "LoginState",
     "NotFound",

@@ -9,6 +9,7 @@ from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
 from .directories import DirectoryStore
 from .groups import GroupStore
+from .idempotency import IdempotencyStore
 from .inboxes import InboxStore
 from .server_secrets import SecretStore
 
@@ -37,5 +38,15 @@ class StoreLifecycle(Protocol):
         ...
 
 
-class Store(StoreLifecycle, AccountStore, SessionStore, DirectoryStore, InboxStore, SecretStore, GroupStore, Protocol):
+class Store(
+    StoreLifecycle,
+    AccountStore,
+    SessionStore,
+    DirectoryStore,
+    InboxStore,
+    SecretStore,
+    GroupStore,
+    IdempotencyStore,
+    Protocol,
+):
     """Async storage of one node, all concerns."""

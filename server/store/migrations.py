@@ -139,6 +139,22 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX mls_group_log_by_epoch ON mls_group_log (group_id, epoch)",
         ),
     ),
+    Migration(
+        4,
+        "idempotency keys: an enqueue retried with the same key gets its first seqs",
+        (
+            # scope: the sender's identity key or a connection id; seqs: 8 bytes each, big-endian, in call order.
+            """CREATE TABLE idempotency_keys (
+                scope BLOB NOT NULL,
+                key BLOB NOT NULL,
+                digest BLOB NOT NULL,
+                seqs BLOB NOT NULL,
+                expires_at REAL NOT NULL,
+                PRIMARY KEY (scope, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

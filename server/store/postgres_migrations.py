@@ -138,6 +138,22 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX mls_group_log_by_epoch ON mls_group_log (group_id, epoch)",
         ),
     ),
+    Migration(
+        4,
+        "idempotency keys: an enqueue retried with the same key gets its first seqs",
+        (
+            # scope: the sender's identity key or a connection id; seqs: 8 bytes each, big-endian, in call order.
+            """CREATE TABLE idempotency_keys (
+                scope BYTEA NOT NULL,
+                key BYTEA NOT NULL,
+                digest BYTEA NOT NULL,
+                seqs BYTEA NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (scope, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

@@ -7,12 +7,19 @@ from .accounts import PostgresAccounts, PostgresSessions
 from .directories import PostgresDirectories
 from .engine import PostgresOptions, parse_url, redacted
 from .groups import PostgresGroups
+from .idempotency import PostgresIdempotency
 from .inboxes import PostgresInboxes
 from .server_secrets import PostgresSecrets
 
 
 class PostgresStore(
-    PostgresAccounts, PostgresSessions, PostgresDirectories, PostgresInboxes, PostgresSecrets, PostgresGroups
+    PostgresAccounts,
+    PostgresSessions,
+    PostgresDirectories,
+    PostgresInboxes,
+    PostgresSecrets,
+    PostgresGroups,
+    PostgresIdempotency,
 ):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 

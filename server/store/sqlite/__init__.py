@@ -5,11 +5,14 @@ from __future__ import annotations
 from .accounts import SqliteAccounts, SqliteSessions
 from .directories import SqliteDirectories
 from .groups import SqliteGroups
+from .idempotency import SqliteIdempotency
 from .inboxes import SqliteInboxes
 from .server_secrets import SqliteSecrets
 
 
-class SqliteStore(SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets, SqliteGroups):
+class SqliteStore(
+    SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets, SqliteGroups, SqliteIdempotency
+):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 
 
