@@ -72,6 +72,18 @@ def test_deliveries_go_to_the_old_set_and_welcomes_to_newcomers() -> None:
         decide(GROUP, None, commit(members=(B, C)))
 
 
+def test_every_member_gets_the_commit_and_every_newcomer_a_welcome() -> None:
+    # Leaving a member out would fork the group for that member: the node refuses it.
+    with pytest.raises(InvalidArgument, match="1 of 2 missing"):
+        decide(GROUP, None, commit(recipients=(B,)))
+    with pytest.raises(InvalidArgument, match="1 of 2 missing"):
+        decide(GROUP, None, proposal(recipients=(A,)))
+    with pytest.raises(InvalidArgument, match="1 without one"):
+        decide(GROUP, None, commit(members=(A, B, C, D)))
+    # The removed member is reached too; the submitter needs no delivery of its own.
+    assert decide(GROUP, None, commit(recipients=(C, B), members=(A, B))).epoch_after == 4
+
+
 def test_proposals_keep_the_epoch_and_carry_no_welcomes() -> None:
     assert decide(GROUP, None, proposal()) == Accept(False, 3, GROUP.members)
     with pytest.raises(InvalidArgument, match="welcomes"):

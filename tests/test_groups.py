@@ -290,6 +290,8 @@ async def test_refusals_say_why(group_node: Node, members: Any) -> None:
         await alice.client.submit_commit(group_id, 1, commit, [Delivery(os.urandom(8), commit)], [], keys)
     with pytest.raises(InvalidArgument, match="committer"):
         await alice.client.submit_commit(group_id, 1, commit, to_all(commit, [bob]), [], [bob.key])
+    with pytest.raises(InvalidArgument, match="every member of the group but the submitter"):
+        await alice.client.submit_commit(group_id, 1, commit, [], [], keys)
     # Nothing of the refused calls was queued, and the epoch is still free.
     assert await inbox(bob) == []
     result = await alice.client.submit_commit(group_id, 1, commit, to_all(commit, [bob]), [], keys)

@@ -77,6 +77,7 @@ def decide(group: GroupRecord | None, prior: SubmissionRecord | None, submission
     if submission.kind == "proposal":
         if submission.newcomers:
             raise InvalidArgument("a proposal carries no welcomes")
+        _check_everyone_reached(before, submission)
         after = before if group is not None else before | frozenset(submission.members)
         return Accept(group is None, submission.epoch, after)
     after = frozenset(submission.members)
@@ -87,7 +88,21 @@ def decide(group: GroupRecord | None, prior: SubmissionRecord | None, submission
     for index, newcomer in enumerate(submission.newcomers):
         if newcomer not in after or newcomer in before:
             raise InvalidArgument(f"welcomes[{index}] goes to someone the commit does not add")
+    _check_everyone_reached(before, submission)
+    unwelcomed = after - before - frozenset(submission.newcomers)
+    if unwelcomed:
+        raise InvalidArgument(f"welcomes must reach every member the commit adds: {len(unwelcomed)} without one")
     return Accept(group is None, submission.epoch + 1, after)
+
+
+def _check_everyone_reached(before: frozenset[bytes], submission: Submission) -> None:
+    # A member left out would stay at the old epoch while the others move on: the group would fork for it.
+    missing = before - frozenset(submission.recipients) - {submission.sender}
+    if missing:
+        raise InvalidArgument(
+            f"deliveries must reach every member of the group but the submitter: {len(missing)} of "
+            f"{len(before) - 1} missing"
+        )
 
 
 def _check_distinct(keys: Sequence[bytes], name: str) -> None:
