@@ -37,6 +37,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
+from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, machine_cpu, now_ns
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
@@ -290,8 +291,6 @@ class Load:
 
 async def _drive(calls: Sequence[Callable[[], Awaitable[Any]]], load: Load, pid: int | None) -> dict[str, Any]:
     """Runs load.concurrency loops spread over the connections' call functions until the budget is spent."""
-    from quicnprotochat.bench.scenarios import Budget, split  # circular at import time
-
     budget = Budget(load.duration, load.count)
     latency, errors = Latencies(), ErrorCounts()
     done = 0

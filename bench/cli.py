@@ -84,7 +84,12 @@ def parser() -> argparse.ArgumentParser:
         "--commit-share", type=float, default=0.2, help="groups: share of a member's actions that are commits"
     )
     load.add_argument("--think-ms", type=float, default=10.0, help="groups: a member's mean pause between actions")
-    load.add_argument("--consumer", choices=CONSUMERS, default="fetchwait", help="how consumers read inboxes")
+    load.add_argument(
+        "--consumer",
+        choices=CONSUMERS,
+        default="peekack",
+        help="how consumers read inboxes: peekWait + ack (at least once, default) or fetchWait (at most once)",
+    )
     load.add_argument("--wait-ms", type=int, default=25_000, help="fetchWait/peekWait timeout")
     load.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to wait for the last deliveries")
     load.add_argument("--transport", choices=["quic", "tcp"], default="quic")

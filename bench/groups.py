@@ -29,8 +29,9 @@ from typing import Any, Literal
 
 from quicnprotochat import native
 from quicnprotochat.bench.bots import Bot
+from quicnprotochat.bench.budget import Budget
 from quicnprotochat.bench.metrics import now_ns, stamp_payload
-from quicnprotochat.bench.scenarios import Budget, Context, Measured, close_all, delivery_figures, rate
+from quicnprotochat.bench.scenarios import Context, Measured, close_all, delivery_figures, rate
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.node_client import Delivery
 from quicnprotochat.common.errors import RpcError

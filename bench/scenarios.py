@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quicnprotochat.bench.bots import Bot, Connector
+from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.live import Live
 from quicnprotochat.bench.metrics import (
     MIN_PAYLOAD_BYTES,
@@ -39,7 +40,7 @@ from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
 
 SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups")
-CONSUMERS = ("fetchwait", "peekack")
+CONSUMERS = ("peekack", "fetchwait")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class Spec:
     recipients: int = 100  # fanout
     clients: int = 1000  # longpoll: parked waiters
     connections: int = 1000  # idle
-    consumer: str = "fetchwait"
+    # peekWait + ack by default: what a bot that must not lose messages does; fetchWait is at most once.
+    consumer: str = "peekack"
     wait_ms: int = 25_000
     drain_timeout: float = 10.0
     settle_s: float = 1.0
@@ -105,41 +107,6 @@ def longpoll_accounts(waiters: int) -> int:
     return max(2, math.isqrt(waiters - 1) + 1)
 
 
-class Budget:
-    """How many operations may still start: until the duration has passed or the count is used up."""
-
-    def __init__(self, duration: float | None, count: int | None) -> None:
-        self.duration = duration
-        self.count = count
-        self.taken = 0
-        self.started = 0.0
-        self.stopped = False
-
-    def start(self) -> None:
-        self.started = time.monotonic()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def take(self) -> bool:
-        if self.stopped:
-            return False
-        if self.count is not None and self.taken >= self.count:
-            return False
-        if self.duration is not None and self.elapsed() >= self.duration:
-            return False
-        self.taken += 1
-        return True
-
-    def fraction(self) -> float:
-        parts = [0.0]
-        if self.count:
-            parts.append(self.taken / self.count)
-        if self.duration:
-            parts.append(self.elapsed() / self.duration)
-        return min(1.0, max(parts))
-
-
 @dataclass
 class Context:
     spec: Spec
@@ -183,11 +150,6 @@ class Context:
 
 
 # -- pieces shared by the scenarios ----------------------------------------------------------------------------
-
-
-def split(total: int, parts: int) -> list[int]:
-    """`total` tasks over `parts` connections, as evenly as possible."""
-    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
 
 
 async def open_many(

@@ -26,14 +26,17 @@ interface NodeService {
   # the same key with another message is `invalid_argument:`.
   enqueue @2 (recipientKey :Data, payload :Data, channelId :Data, version :UInt16, auth :Auth, idempotencyKey :Data) -> (seq :UInt64);
 
-  # Remove and return up to `limit` queued envelopes in seq order (0 = as many as the node's cap allows).
+  # AT MOST ONCE. Remove and return up to `limit` queued envelopes in seq order (0 = as many as the node's cap
+  # allows). They are gone from the node as the reply leaves it: a client that crashes or loses the connection
+  # before storing them loses them. Clients that must not lose messages use peekWait (or peek) + ack.
   fetch @3 (recipientKey :Data, channelId :Data, version :UInt16, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
 
-  # Like fetch, but when the inbox is empty wait until something is enqueued or `timeoutMs` passes (the node
-  # caps the wait); then drain as fetch does.
+  # AT MOST ONCE, as fetch. Like fetch, but when the inbox is empty wait until something is enqueued or
+  # `timeoutMs` passes (the node caps the wait); then drain as fetch does. The at-least-once form is peekWait.
   fetchWait @4 (recipientKey :Data, channelId :Data, version :UInt16, timeoutMs :UInt64, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
 
-  # Liveness probe; needs no authentication.
+  # Health probe; needs no authentication. "ok", or "unhealthy: " and what is wrong (store unreachable, store
+  # writer down, disk low); nodeStatus has the details.
   health @5 () -> (status :Text);
 
   # Publish the caller's hybrid (X-Wing: X25519 + ML-KEM-768) public key used to seal envelopes to it.
@@ -66,10 +69,11 @@ interface NodeService {
   resolveEndpoint @13 (identityKey :Data, auth :Auth) -> (nodeAddr :Data);
 
   # ── More inbox operations ──────────────────────────────────────────────────────────────────────────────────
-  # Return up to `limit` queued envelopes in seq order without removing them.
+  # AT LEAST ONCE (with ack). Return up to `limit` queued envelopes in seq order without removing them.
   peek @14 (recipientKey :Data, channelId :Data, version :UInt16, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
 
-  # Remove every queued envelope with seq <= seqUpTo.
+  # Remove every queued envelope with seq <= seqUpTo: sent by a client once it has stored what peek or peekWait
+  # returned. After a crash before the ack, the same envelopes come again: deduplicate by seq.
   ack @15 (recipientKey :Data, channelId :Data, version :UInt16, seqUpTo :UInt64, auth :Auth) -> ();
 
   # Read several peers' hybrid public keys at once, in the order asked; an empty entry where none is published.
@@ -96,8 +100,9 @@ interface NodeService {
   # Revokes the session token given in `auth`; later calls with it fail with `unauthenticated:`.
   logout @22 (auth :Auth) -> ();
 
-  # Like fetchWait, but nothing is removed: the client acks (`ack`) once it has stored what it got, so a crash
-  # between receiving and storing loses nothing.
+  # AT LEAST ONCE: the receive loop for clients that must not lose messages. Like fetchWait, but nothing is
+  # removed: the client acks (`ack`) once it has stored what it got, so a crash between receiving and storing
+  # loses nothing.
   peekWait @23 (recipientKey :Data, channelId :Data, version :UInt16, timeoutMs :UInt64, auth :Auth, limit :UInt32) -> (payloads :List(Envelope));
 
   # The node's health in detail (what `health` sums up as "ok" or "unhealthy: ...") and its counters; needs no

@@ -64,7 +64,7 @@ def test_enqueue_in_a_node_process_with_baselines(bench_dir: Path) -> None:
     assert report["machine"]["cpus"] >= 1 and report["machine"]["python"]
 
 
-def test_enqueue_over_tcp_with_peek_and_ack(bench_dir: Path) -> None:
+def test_enqueue_over_tcp_with_fetch_wait(bench_dir: Path) -> None:
     report = run_bench(
         bench_dir,
         "enqueue",
@@ -72,7 +72,7 @@ def test_enqueue_over_tcp_with_peek_and_ack(bench_dir: Path) -> None:
         "--transport",
         "tcp",
         "--consumer",
-        "peekack",
+        "fetchwait",
         "--count",
         "200",
         "--producers",
