@@ -69,13 +69,14 @@ class NodeConfig:
     # How long the node remembers an enqueue's idempotency key (and answers a retry with the first seq).
     idempotency_window_s: int = 3600
     # Group sequencer (submitCommit): deliveries plus welcomes per call, bytes per call (message and payloads),
-    # keys in a group's member set, groups an identity may create, and how many epochs back a retried commit
-    # still gets its first answer (older ones are answered `stale`).
+    # keys in a group's member set, groups an identity may create, how many epochs back a retried commit
+    # still gets its first answer (older ones are answered `stale`), and proposals one epoch of a group may hold.
     max_commit_deliveries: int = 1000
     max_commit_bytes: int = 8 * 1024 * 1024
     max_group_members: int = 1000
     max_groups_per_identity: int = 1000
     group_log_epochs: int = 1000
+    max_group_proposals_per_epoch: int = 100
     # ── Secrets at rest and QUIC retry ──
     # The root key that seals the TLS key and the server secrets: a file of 32 random bytes (`qpc-server init`
     # makes one), or a passphrase through Argon2id (QPC_SERVER_ROOT_PASSPHRASE, or asked on the terminal; its salt

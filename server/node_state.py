@@ -46,7 +46,11 @@ def submit_limits(config: NodeConfig) -> SubmitLimits:
         max_members=config.max_group_members,
         max_payload_bytes=config.max_payload_bytes,
         message_ttl_seconds=config.message_ttl_seconds,
-        store=GroupLimits(max_groups_per_creator=config.max_groups_per_identity, log_epochs=config.group_log_epochs),
+        store=GroupLimits(
+            max_groups_per_creator=config.max_groups_per_identity,
+            log_epochs=config.group_log_epochs,
+            max_proposals_per_epoch=config.max_group_proposals_per_epoch,
+        ),
     )
 
 

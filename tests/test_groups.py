@@ -329,6 +329,35 @@ async def test_proposals_are_ordered_with_commits(group_node: Node, members: Any
     assert [e.data for e in await bob.client.peek(bob.key)] == [leave]
 
 
+async def test_proposals_per_epoch_are_bounded(store_url: str, tmp_path: Path, members: Any) -> None:
+    node = Node(loopback_config(tmp_path / "node", store=store_url, max_group_proposals_per_epoch=2))
+    await node.start()
+    try:
+        group = await members(node, 4)
+        group_id = await make_group(group)
+        leaving = [(m, m.vault.leave_group(group_id)) for m in group[1:]]
+        for member, proposal in leaving[:2]:
+            others = [m for m in group if m is not member]
+            assert (await member.client.submit_commit(group_id, 1, proposal, to_all(proposal, others))).outcome == (
+                "accepted"
+            )
+        member, proposal = leaving[2]
+        others = [m for m in group if m is not member]
+        with pytest.raises(ResourceExhausted, match="max_proposals_per_epoch"):
+            await member.client.submit_commit(group_id, 1, proposal, to_all(proposal, others))
+        # A commit moves the group on, and the next epoch has room again.
+        alice = group[0]
+        update = alice.vault.self_update(group_id)
+        keys = [m.key for m in group]
+        result = await alice.client.submit_commit(group_id, 1, update, to_all(update, group[1:]), [], keys)
+        assert result.outcome == "accepted"
+        applied(alice.vault, group_id)
+        again = alice.vault.leave_group(group_id)
+        assert (await alice.client.submit_commit(group_id, 2, again, to_all(again, group[1:]))).outcome == "accepted"
+    finally:
+        await node.stop()
+
+
 async def test_bounds_are_configurable_and_published(tmp_path: Path, members: Any) -> None:
     node = Node(
         loopback_config(

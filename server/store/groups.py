@@ -71,6 +71,8 @@ class GroupLimits:
     max_groups_per_creator: int = 1000
     log_epochs: int = 1000
     """Log rows of commits older than this many epochs are dropped: a retry that late is answered `stale`."""
+    max_proposals_per_epoch: int = 100
+    """Proposals accepted at one epoch of a group; the next commit makes room again."""
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -88,7 +90,7 @@ class GroupStore(Protocol):
         """Apply an accepted submission: move (or create) the group, log the submission, enqueue every delivery;
         one seq per delivery. Raises GroupMoved (nothing stored) if the group is not at `expected_epoch` any
         more, LimitExceeded (with the delivery's index) if an inbox is full, or if the creator has too many
-        groups."""
+        groups, or the epoch too many proposals."""
         ...
 
 

@@ -67,6 +67,18 @@ class _SubmissionOp:
     async def run(self, conn: Any, attempt: int) -> list[int]:
         write = self.write
         await self._move_group(conn)
+        if not write.is_commit:
+            # Counted under the group row's lock, which the move above holds: exact across nodes.
+            cap = self.limits.max_proposals_per_epoch
+            proposals = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM mls_group_log WHERE group_id = $1 AND epoch = $2 AND NOT is_commit",
+                    write.group_id,
+                    write.message_epoch,
+                )
+            )
+            if proposals >= cap:
+                raise LimitExceeded("max_proposals_per_epoch", cap, proposals + 1)
         if attempt > 0:
             # Something did not fit: the exact walk, delivery by delivery, making room from expired messages
             # before refusing (the savepoint undoes the clean-up with the refusal).

@@ -62,6 +62,13 @@ class SqliteGroups(SqliteEngine):
                 ).rowcount
             if moved != 1:
                 raise GroupMoved()
+            if not write.is_commit:
+                proposals = conn.execute(
+                    "SELECT count(*) FROM mls_group_log WHERE group_id = ? AND epoch = ? AND is_commit = 0",
+                    (write.group_id, write.message_epoch),
+                ).fetchone()[0]
+                if proposals >= limits.max_proposals_per_epoch:
+                    raise LimitExceeded("max_proposals_per_epoch", limits.max_proposals_per_epoch, proposals + 1)
             seqs = [
                 enqueue_one(conn, store_limits, (d.recipient, d.channel), d.payload, write.expires_at, now, index)
                 for index, d in enumerate(write.deliveries)
