@@ -2,7 +2,7 @@
 and the node's sequencer (submitCommit) orders the commits of each group.
 
 Each member is a bench account with its own native Vault and two loops over one NodeClient: one acts (send an
-application message to the group, or commit a change and submit it), one receives (fetchWait, then processes each
+application message to the group, or commit a change and submit it), one receives (peekWait, then processes each
 envelope in seq order: a Welcome joins, a commit or proposal moves the group, an application message is decrypted
 and timed). A committer applies its commit only when the node accepted it; on `stale` it drops it and waits until
 its inbox has brought it to the node's epoch. A member removed from its group may be added again later.
@@ -108,21 +108,26 @@ class Member:
     async def receive_forever(self) -> None:
         client, key = self.client, self.bot.key
         assert client is not None
+        acked = 0
         while True:
             try:
-                envelopes = await client.fetch_wait(key, timeout_ms=self.ctx.spec.wait_ms)
+                # At least once: peek, process, then ack (a lost connection loses nothing).
+                envelopes = [e for e in await client.peek_wait(key, timeout_ms=self.ctx.spec.wait_ms) if e.seq > acked]
+                for envelope in envelopes:
+                    async with self.lock:
+                        try:
+                            await self._receive(envelope.data)
+                        except Exception as error:  # counted; the next envelope is processed all the same
+                            self.ctx.errors.add(error)
+                if envelopes:
+                    await client.ack(key, envelopes[-1].seq)
+                    acked = envelopes[-1].seq
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # counted; the loop goes on as a client's would
                 self.ctx.errors.add(error)
                 await asyncio.sleep(0.05)
                 continue
-            for envelope in envelopes:
-                async with self.lock:
-                    try:
-                        await self._receive(envelope.data)
-                    except Exception as error:  # counted; the next envelope is processed all the same
-                        self.ctx.errors.add(error)
             self.progress.set()
 
     async def _receive(self, data: bytes) -> None:
