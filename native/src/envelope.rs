@@ -12,6 +12,9 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+mod expanded_key;
+use expanded_key::ExpandedXWing;
+
 type Kem = XWing;
 type Kdf = HkdfSha256;
 type Aead = ChaCha20Poly1305;
@@ -29,11 +32,11 @@ pub const TAG_LEN: usize = 16;
 /// HPKE KEM identifier of X-Wing.
 pub const KEM_ID: u16 = 0x647A;
 
-/// An X-Wing key pair. The private part is the 32-byte X-Wing seed; it is zeroized on drop
-/// (by `x-wing`'s `zeroize` feature) and never leaves this type except through
-/// [`HybridKeyPair::export_seed`].
+/// An X-Wing key pair. The private part is the 32-byte X-Wing seed, kept with its expanded
+/// ML-KEM-768 and X25519 keys so that opening does not re-derive them; all of it is zeroized on
+/// drop and the seed never leaves this type except through [`HybridKeyPair::export_seed`].
 pub struct HybridKeyPair {
-    sk: <Kem as KemTrait>::PrivateKey,
+    sk: <ExpandedXWing as KemTrait>::PrivateKey,
     pk: Vec<u8>,
 }
 
@@ -54,9 +57,9 @@ impl HybridKeyPair {
                 seed.len()
             )));
         }
-        let sk = <Kem as KemTrait>::PrivateKey::from_bytes(seed)
+        let sk = <ExpandedXWing as KemTrait>::PrivateKey::from_bytes(seed)
             .map_err(|_| Error::InvalidKey("invalid X-Wing seed".into()))?;
-        let pk = Kem::sk_to_pk(&sk).to_bytes().to_vec();
+        let pk = ExpandedXWing::sk_to_pk(&sk).to_bytes().to_vec();
         Ok(Self { sk, pk })
     }
 
@@ -132,7 +135,7 @@ pub fn seal_envelope(recipient_public_key: &[u8], payload: &[u8], info: &[u8]) -
 }
 
 fn open_envelope(
-    sk: &<Kem as KemTrait>::PrivateKey,
+    sk: &<ExpandedXWing as KemTrait>::PrivateKey,
     envelope: &[u8],
     info: &[u8],
 ) -> Result<Vec<u8>> {
@@ -151,7 +154,7 @@ fn open_envelope(
     }
     let enc = <Kem as KemTrait>::EncappedKey::from_bytes(&envelope[1..1 + ENC_LEN])
         .map_err(|_| Error::Malformed("envelope enc does not decode".into()))?;
-    hpke::single_shot_open::<Aead, Kdf, Kem>(
+    hpke::single_shot_open::<Aead, Kdf, ExpandedXWing>(
         &OpModeR::Base,
         sk,
         &enc,
