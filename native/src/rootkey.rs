@@ -164,12 +164,16 @@ impl RootKey {
         }
         let params = argon2::Params::new(cost.memory_kib, cost.iterations, cost.lanes, Some(KEY_LEN))
             .map_err(|e| Error::InvalidKey(format!("Argon2id parameters: {e}")))?;
+        // Our own working memory, zeroized after: its last blocks alone would give the key.
+        let mut blocks = vec![argon2::Block::default(); params.block_count()];
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        Self::build(|key| {
+        let built = Self::build(|key| {
             argon
-                .hash_password_into(passphrase, salt, key)
+                .hash_password_into_with_memory(passphrase, salt, key, &mut blocks)
                 .map_err(|e| Error::InvalidKey(format!("Argon2id: {e}")))
-        })
+        });
+        blocks.iter_mut().for_each(Zeroize::zeroize);
+        built
     }
 
     /// Writes the key to a new file (mode 0600; an existing file is never overwritten).
