@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import signal
@@ -188,3 +189,21 @@ def announce(node: Node) -> None:
         log.warning("listening for TLS over TCP on %s:%d", *node.tcp_address)
     if node.metrics_address:
         log.warning("serving Prometheus metrics on http://%s:%d/metrics", *node.metrics_address)
+    if advice := retry_advice(node.config):
+        log.warning("%s", advice)
+
+
+def retry_advice(config: NodeConfig) -> str | None:
+    """What to say when QUIC listens beyond loopback without retry, where spoofed-source floods can reach it."""
+    if not config.quic_listen or config.quic_retry:
+        return None
+    host, _ = parse_listen(config.quic_listen)
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    if host == "localhost":
+        return None
+    return (
+        f"QUIC listens on {host} without retry: --quic-retry (quic_retry = true) keeps a spoofed-source flood "
+        "from costing the node a connection per packet"
+    )

@@ -25,7 +25,14 @@ from quicnprotochat.server.cli import main
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import KEY_FILE, SEALED_KEY_FILE, TLS_KEY_CONTEXT, TLS_KEY_PURPOSE, IdentityError
 from quicnprotochat.server.node import Node
-from quicnprotochat.server.sealed_secrets import OPAQUE_SETUP_NAME, SealedDataError, context
+from quicnprotochat.server.sealed_secrets import (
+    OPAQUE_SETUP_NAME,
+    SealedDataError,
+    context,
+    load_or_create_secret,
+    rekey_secrets,
+)
+from quicnprotochat.server.store import open_store
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config
 from tests.pgcluster import PgServer
 
@@ -390,3 +397,23 @@ def test_rekey_from_a_key_file_to_a_passphrase(tmp_path: Path, monkeypatch: pyte
     assert (config.data_dir / "root-key.salt").exists() and not (config.data_dir / "root-key.salt.next").exists()
     monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "a new passphrase")
     assert asyncio.run(start_and_stop(loopback_config(config.data_dir))) == fingerprint
+
+
+async def test_a_later_server_secret_is_sealed_and_rekeyed(tmp_path: Path) -> None:
+    root, new = RootKey.generate(), RootKey.generate()
+    store = await open_store(str(tmp_path / "node.sqlite3"), clock=time.time)
+    try:
+        made = await load_or_create_secret(store, root, "coffer_key", lambda: b"k" * 32)
+        again = await load_or_create_secret(store, root, "coffer_key", lambda: b"x" * 32)
+        assert made == again == bytearray(b"k" * 32)  # made once; the second candidate is not stored
+        stored = await store.get_secret("coffer_key")
+        assert stored is not None and sealed_record_info(stored)[1] == root.key_id
+        assert b"k" * 16 not in stored
+        with pytest.raises(SealedDataError, match="sealed: give the root key"):
+            await load_or_create_secret(store, None, "coffer_key", lambda: b"x" * 32)
+        assert await rekey_secrets(store, root, new) == 1
+        assert await load_or_create_secret(store, new, "coffer_key", lambda: b"x" * 32) == bytearray(b"k" * 32)
+        with pytest.raises(SealedDataError, match="another root key"):
+            await load_or_create_secret(store, root, "coffer_key", lambda: b"x" * 32)
+    finally:
+        await store.close()

@@ -16,7 +16,7 @@ import pytest
 
 from quicnprotochat.bench.node_runner import NodeUnderTest, start_node_process
 from quicnprotochat.client import KnownHosts, NodeClient
-from quicnprotochat.server.node import Node
+from quicnprotochat.server.node import Node, retry_advice
 from quicnprotochat.server.quic_retry import RotatingRetryTokens
 from tests.conftest import ClientFactory, FakeClock, loopback_config
 from tests.test_metrics import scrape
@@ -208,3 +208,13 @@ async def test_a_spoofed_flood_leaves_no_state_and_a_real_client_connects(tmp_pa
         assert rss_after - rss_before < 4 * 1024, (rss_before, rss_after)
     finally:
         await node.stop()
+
+
+def test_retry_is_recommended_beyond_loopback(tmp_path: Path) -> None:
+    config = loopback_config(tmp_path / "node")
+    assert retry_advice(config) is None  # loopback: a Retry would only cost a round trip
+    public = replace(config, quic_listen="0.0.0.0:7700")  # never bound here: only the advice is computed
+    advice = retry_advice(public)
+    assert advice is not None and "--quic-retry" in advice
+    assert retry_advice(replace(public, quic_retry=True)) is None
+    assert retry_advice(replace(config, quic_listen="localhost:7700")) is None
