@@ -33,7 +33,12 @@ class ChatContext:
     mls: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held around every use of the vault's groups together with the store, so that both stay in step."""
     groups_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when a group (or a DM alias) appears: an envelope held back for an unknown group is looked at again."""
+    """Set when a group (or a DM alias) appears or a commit settles: a held envelope is looked at again."""
+    unconfirmed: set[bytes] = field(default_factory=set)
+    """Groups whose vault holds a commit of this client the node has not answered yet: their incoming messages
+    wait (they may be for the epoch that commit starts)."""
+    proposals: dict[bytes, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)
+    """group id -> (epoch, members who asked to leave at that epoch): proposals waiting for a commit."""
 
     @property
     def store(self) -> ConversationStore:

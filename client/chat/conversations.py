@@ -19,6 +19,12 @@ SETTING_ALIAS = "group_alias:"
 """group_alias:<group id hex> -> conversation id: a second MLS group whose messages land in that conversation."""
 SETTING_LEFT = "left:"
 """left:<conversation id>: this client was removed from (or left) that conversation's group."""
+SETTING_LEAVING = "leaving:"
+"""leaving:<group id hex>: this client asked to leave; set until a commit removes it."""
+SETTING_BROKEN = "broken:"
+"""broken:<conversation id> -> reason: a change the node accepted could not be processed here."""
+SETTING_DELETED = "deleted:"
+"""deleted:<group id hex>: the user deleted the conversation; the group's later traffic is ignored."""
 
 ConversationRef = Conversation | str | int
 

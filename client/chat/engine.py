@@ -18,7 +18,8 @@ connection, the MLS lock, the event bus):
 - `key_packages`: own hybrid key and KeyPackage stock on the node, peers' KeyPackages;
 - `directory`: usernames, identity keys and hybrid keys of peers;
 - `conversations`: the local view (lookup, listing, membership, member lists);
-- `group_ops`: DMs and groups: create, invite, remove;
+- `group_ops`: DMs and groups: create, invite, remove, update keys, leave, delete, re-create;
+- `commits`: the commit protocol: every group change through the node's sequencer (`group_rules`: no I/O);
 - `sending` and `delivery`: encrypting application messages; sealing and enqueueing any frame;
 - `receiver`: the receive loops (I/O), carrying out what `receive_rules` (no I/O) decides.
 
@@ -43,6 +44,7 @@ from quicnprotochat.client.node_client import NodeClient
 from quicnprotochat.client.state import ClientState, Conversation, Member, Message, StateDir, StateError
 from quicnprotochat.native import Vault
 
+from .commits import Committed, Committer
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
 from .connection import ConnectionWatch
 from .contacts import Contacts
@@ -52,6 +54,7 @@ from .delivery import Delivery
 from .directory import Directory, checked_username
 from .errors import ChatError, StateUnavailable
 from .event_bus import EventCallback, EventStream
+from .events import ErrorEvent
 from .group_ops import GroupOps
 from .key_packages import KeyPackageStock
 from .outbox import Outbox
@@ -97,10 +100,20 @@ class ChatClient:
         self._watch = ConnectionWatch(context)
         self._outbox = Outbox(context, self._watch)
         self._receiver = Receiver(context, self._conversations, self._directory, self._key_packages, self._watch)
+        self._committer = Committer(context, self._conversations, self._directory, self._receiver.sync_default)
         self._groups = GroupOps(
-            context, self._conversations, self._directory, self._key_packages, self._delivery, self._receiver.watch
+            context,
+            self._conversations,
+            self._directory,
+            self._key_packages,
+            self._delivery,
+            self._committer,
+            self._receiver.watch,
         )
         self._receipts = Receipts(context, self._conversations, self._delivery)
+        self._receiver.on_proposals = self._groups.commit_proposals_later
+        self._receiver.on_still_member = self._groups.ask_to_leave_again
+        self._resumed = False
         self._sender = Sender(context, self._conversations, self._directory, self._outbox)
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
@@ -153,7 +166,7 @@ class ChatClient:
             return
         await self._receipts.drain(RECEIPT_DRAIN_SECONDS)
         bus.closed = True
-        tasks: list[asyncio.Task[Any]] = [*self._receiver.stop(), *bus.background]
+        tasks: list[asyncio.Future[Any]] = [*self._receiver.stop(), *bus.background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -265,13 +278,32 @@ class ChatClient:
         """A new group with only this client in it; `invite` adds members."""
         return await self._groups.create_group(name)
 
-    async def invite(self, ref: ConversationRef, username: str) -> None:
-        """Add `username` to a group: they can read what is sent from now on, nothing earlier."""
-        await self._groups.invite(ref, username)
+    async def invite(self, ref: ConversationRef, username: str) -> Committed:
+        """Add `username` to a group: they can read what is sent from now on, nothing earlier. The node orders
+        the change among other members' (`Committed.tries` > 1: it was built again after theirs)."""
+        return await self._groups.invite(ref, username)
 
-    async def remove(self, ref: ConversationRef, username: str) -> None:
+    async def remove(self, ref: ConversationRef, username: str) -> Committed:
         """Remove `username` from a group; they cannot read anything sent afterwards."""
-        await self._groups.remove(ref, username)
+        return await self._groups.remove(ref, username)
+
+    async def update_keys(self, ref: ConversationRef) -> Committed:
+        """Rotate this client's key material in a group (a commit, ordered like every change)."""
+        return await self._groups.update_keys(ref)
+
+    async def leave(self, ref: ConversationRef) -> None:
+        """Leave a group: the other members are asked to remove this client (the next one to commit does);
+        nothing new is shown or can be sent from now on; the history stays. An invitation brings it back."""
+        await self._groups.leave(ref)
+
+    async def delete(self, ref: ConversationRef) -> None:
+        """Delete a conversation and its history from this device (leaving the group first if still in it)."""
+        await self._groups.delete(ref)
+
+    async def recreate(self, ref: ConversationRef) -> tuple[Committed, list[str]]:
+        """Replace a group that cannot go on (see `GroupBroken`) by a new one with its current members, in the
+        same conversation; returns the outcome and who could not be invited."""
+        return await self._groups.recreate(ref)
 
     async def send(self, ref: ConversationRef, text: str) -> Message:
         """Store `text` as a pending message for the conversation's members and send it now if the node answers;
@@ -289,21 +321,35 @@ class ChatClient:
     async def start(self) -> None:
         """Start the background receive loops (the default inbox and every DM channel's inbox) and send what an
         earlier run left pending."""
+        await self._resume_commits()
         await self._receiver.start()
         self._outbox.flush_soon()
 
     async def sync(self) -> int:
         """Process everything queued now in every inbox (DM channels joined meanwhile included), without
         waiting for more, and send what is pending; returns how many envelopes were processed."""
+        await self._resume_commits()
         processed = await self._receiver.sync()
         await self._outbox.flush()
         return processed
+
+    async def _resume_commits(self) -> None:
+        """Once, before receiving: a commit left pending by a crash or a lost connection is submitted again with
+        the same bytes (the node answers *duplicate* if it had accepted it)."""
+        if self._resumed:
+            return
+        self._resumed = True
+        try:
+            await self._committer.resume_all()
+        except ChatError as error:
+            self._context.emit(ErrorEvent(f"confirming an earlier change: {error}", error))
 
 
 __all__ = [
     "NOTES_NAME",
     "ChatClient",
     "ChatConfig",
+    "Committed",
     "ConversationSummary",
     "EventStream",
     "PasswordSource",

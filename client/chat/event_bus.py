@@ -56,7 +56,7 @@ class EventBus:
     def __init__(self) -> None:
         self._queues: list[asyncio.Queue[Event]] = []
         self._callbacks: list[EventCallback] = []
-        self.background: set[asyncio.Task[Any]] = set()
+        self.background: set[asyncio.Future[Any]] = set()
         self.closed = False
 
     def stream(self) -> EventStream:
@@ -80,10 +80,11 @@ class EventBus:
             if inspect.isawaitable(result):
                 self.spawn(_awaited(result))
 
-    def spawn(self, coroutine: Awaitable[Any]) -> None:
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return task
 
     def close(self) -> None:
         """End every stream (after the background tasks were cancelled)."""

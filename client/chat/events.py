@@ -43,10 +43,24 @@ class JoinedConversation:
 
 @dataclass(frozen=True)
 class RemovedFromConversation:
-    """Another member removed this client; the history stays, nothing new can be read or sent."""
+    """Another member removed this client (or, with `left`, committed its `/leave`); the history stays, nothing
+    new can be read or sent."""
 
     conversation: Conversation
     by: str | None
+    left: bool = False
+
+
+@dataclass(frozen=True)
+class GroupBroken:
+    """A change the node accepted for this group cannot be processed here (corrupt, or made by a faulty or
+    hostile member): the group cannot go on for this client. `ChatClient.recreate` makes a new group with its
+    current members."""
+
+    conversation: Conversation
+    by: str | None
+    """Who sent the change, as its frame claims (None if unknown)."""
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ Event = (
     | MemberLeft
     | JoinedConversation
     | RemovedFromConversation
+    | GroupBroken
     | Notice
     | ErrorEvent
     | MessageStateChanged

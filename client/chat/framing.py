@@ -14,7 +14,11 @@ Envelope payload (the plaintext of ``seal_envelope``; one envelope per recipient
                   4 inviter            32-byte Ed25519 identity key       (required; checked against the
                                                                            group's members after joining)
                   5 MLS Welcome        TLS-encoded MLSMessage             (required)
-    mls-message:  5 MLS message        TLS-encoded MLSMessage (PrivateMessage: commit or application)
+                  7 replaces           group id of the group this one re-creates (optional: `/recreate`;
+                                       kept only if the inviter was a member of that group)
+    mls-message:  5 MLS message        TLS-encoded MLSMessage (PrivateMessage: commit, proposal or application)
+                  6 sender             32-byte identity key the sender claims (optional; commits carry it so
+                                       that a commit nobody can process can still be attributed)
 
 MLS application message (the plaintext given to ``Vault.encrypt``)::
 
@@ -51,6 +55,8 @@ TAG_NAME = 2
 TAG_CHANNEL_ID = 3
 TAG_INVITER = 4
 TAG_MLS = 5
+TAG_SENDER = 6
+TAG_REPLACES = 7
 
 CONVERSATION_DM = 1
 CONVERSATION_GROUP = 2
@@ -124,6 +130,7 @@ class WelcomeFrame:
     channel_id: bytes | None
     inviter: bytes
     welcome: bytes
+    replaces: bytes | None = None
 
     def encode(self) -> bytes:
         fields = [
@@ -134,15 +141,22 @@ class WelcomeFrame:
         if self.channel_id is not None:
             fields.append((TAG_CHANNEL_ID, self.channel_id))
         fields += [(TAG_INVITER, self.inviter), (TAG_MLS, self.welcome)]
+        if self.replaces is not None:
+            fields.append((TAG_REPLACES, self.replaces))
         return encode_fields(FRAME_VERSION, KIND_WELCOME, fields)
 
 
 @dataclass(frozen=True)
 class MlsFrame:
     message: bytes
+    sender: bytes | None = None
+    """The identity key the sender claims (not authenticated: MLS authenticates what the vault processes)."""
 
     def encode(self) -> bytes:
-        return encode_fields(FRAME_VERSION, KIND_MLS, [(TAG_MLS, self.message)])
+        fields = [(TAG_MLS, self.message)]
+        if self.sender is not None:
+            fields.append((TAG_SENDER, self.sender))
+        return encode_fields(FRAME_VERSION, KIND_MLS, fields)
 
 
 Frame = WelcomeFrame | MlsFrame
@@ -151,7 +165,10 @@ Frame = WelcomeFrame | MlsFrame
 def decode_frame(data: bytes) -> Frame:
     kind, fields = decode_fields(data, FRAME_VERSION)
     if kind == KIND_MLS:
-        return MlsFrame(_required(fields, TAG_MLS, "MLS message"))
+        sender = fields.get(TAG_SENDER)
+        if sender is not None and len(sender) != IDENTITY_KEY_LEN:
+            raise FrameError(f"an identity key is {IDENTITY_KEY_LEN} bytes")
+        return MlsFrame(_required(fields, TAG_MLS, "MLS message"), sender)
     if kind != KIND_WELCOME:
         raise FrameError(f"unknown envelope kind {kind}")
     raw_kind = _required(fields, TAG_CONVERSATION_KIND, "conversation kind")
@@ -170,7 +187,12 @@ def decode_frame(data: bytes) -> Frame:
     inviter = _required(fields, TAG_INVITER, "inviter")
     if len(inviter) != IDENTITY_KEY_LEN:
         raise FrameError(f"an identity key is {IDENTITY_KEY_LEN} bytes")
-    return WelcomeFrame(conversation_kind, name, channel_id, inviter, _required(fields, TAG_MLS, "MLS Welcome"))
+    replaces = fields.get(TAG_REPLACES)
+    if replaces is not None and not replaces:
+        raise FrameError("an empty group id in replaces")
+    return WelcomeFrame(
+        conversation_kind, name, channel_id, inviter, _required(fields, TAG_MLS, "MLS Welcome"), replaces
+    )
 
 
 @dataclass(frozen=True)

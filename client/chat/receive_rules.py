@@ -5,10 +5,15 @@ receive loops (`receiver`) feed it what they decoded or what the vault answered,
 returns. That keeps the rules testable without a node (tests/client/test_receive_rules.py).
 
 Actions: `StoreMessage` (an application message to keep and show), `ApplyReceipt` (a member got or read our
-messages), `ApplyCommit` (the member list changed),
-`Defer` (the group is not known yet: hold the envelope and everything after it in its inbox), `Drop` (tell the
-user why, ack, go on), `Ignore` (nothing to show). Per inbox, `InboxRules` decides how long a held envelope may
-block its inbox and how often a failing one is tried again.
+messages), `ApplyCommit` (the member list changed), `CommitProposals` (a member asked to leave: commit it),
+`BreakGroup` (a change the node accepted cannot be processed: the group cannot go on here, say so loudly), `Defer`
+(hold the envelope and everything after it in its inbox: the group is not known yet, or this client's own commit
+awaits the node's answer), `Drop` (tell the user why, ack, go on), `Ignore` (nothing to show). Per inbox,
+`InboxRules` decides how long a held envelope may block its inbox and how often a failing one is tried again.
+
+With the node ordering each group's commits (one per epoch, enqueued to every member in the same order), a
+member's inbox brings every commit of its groups in epoch order. So a commit this client cannot process at its
+current epoch, or any message from a later epoch, means the group cannot go on for it: not a message to skip.
 """
 
 from __future__ import annotations
@@ -52,8 +57,29 @@ class ApplyCommit:
 
 
 @dataclass(frozen=True)
+class CommitProposals:
+    """Members asked to leave (remove proposals at `epoch`): a remaining member commits them."""
+
+    conversation: Conversation
+    group_id: bytes
+    epoch: int
+    removed: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class BreakGroup:
+    conversation: Conversation
+    group_id: bytes
+    reason: str
+    claimed_sender: bytes | None
+
+
+@dataclass(frozen=True)
 class Defer:
-    """The message is for a group this client has not joined (yet): its Welcome may still be on its way."""
+    """Hold the message: its group is not known yet (`"group"`: its Welcome may still be on its way), or this
+    client's own commit to it awaits the node's answer (`"own_commit"`: no time limit)."""
+
+    waiting_for: Literal["group", "own_commit"] = "group"
 
 
 @dataclass(frozen=True)
@@ -68,7 +94,32 @@ class Ignore:
     """Handled; nothing to store or show."""
 
 
-Action = StoreMessage | ApplyReceipt | ApplyCommit | Defer | Drop | Ignore
+Action = StoreMessage | ApplyReceipt | ApplyCommit | CommitProposals | BreakGroup | Defer | Drop | Ignore
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the clear MLS framing of a message says (`native.mls_message_info`)."""
+
+    group_id: bytes
+    epoch: int
+    content_type: Literal["application", "proposal", "commit"]
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What this client knows of the group a message is for."""
+
+    conversation: Conversation | None
+    epoch: int | None
+    """The vault's epoch of the group; None: the vault has no such group."""
+    own_commit_unconfirmed: bool = False
+    broken: bool = False
+    """Already reported as unable to go on."""
+    deleted: bool = False
+    """Deleted locally by the user."""
+    left: bool = False
+    """This client left or was removed (its history stays)."""
 
 
 def is_new(seq: int, last_processed_seq: int) -> bool:
@@ -81,19 +132,59 @@ def after_open_failure(seq: int, error: NativeError | FrameError) -> Drop:
     return Drop(f"ignored an envelope that does not open or parse (seq {seq}): {error}", error)
 
 
-def after_process_failure(seq: int, error: NativeError) -> Defer | Drop:
+def before_processing(header: Header, group: GroupView) -> Defer | Ignore | None:
+    """Whether to hand the message to the vault at all (None: process it)."""
+    if group.epoch is None and group.deleted:
+        return Ignore()  # a conversation the user deleted: its group's traffic is not news
+    if group.own_commit_unconfirmed:
+        return Defer("own_commit")
+    if group.broken:
+        return Ignore()  # said loudly once; everything after it fails the same way
+    return None
+
+
+def after_process_failure(
+    seq: int,
+    error: NativeError,
+    header: Header | None = None,
+    group: GroupView | None = None,
+    claimed_sender: bytes | None = None,
+) -> Action:
     """The vault could not process an MLS message."""
     if isinstance(error, GroupNotFound):
         return Defer()
+    if header is not None and group is not None and group.conversation is not None and group.epoch is not None:
+        if header.content_type == "commit" and header.epoch >= group.epoch:
+            return BreakGroup(
+                group.conversation,
+                header.group_id,
+                f"a change for epoch {header.epoch} cannot be processed: {error}",
+                claimed_sender,
+            )
+        if header.epoch > group.epoch:
+            return BreakGroup(
+                group.conversation,
+                header.group_id,
+                f"a message from epoch {header.epoch} arrived while this client is at epoch {group.epoch}: "
+                "a change is missing",
+                claimed_sender,
+            )
     if isinstance(error, WrongEpoch):
         return Drop(f"dropped a message from another epoch (seq {seq}): {error}", error)
     return Drop(f"dropped a message that does not decrypt (seq {seq}): {error}", error)
 
 
-def after_processed(processed: ProcessedMessage, conversation: Conversation | None) -> Action:
-    """What a message the vault processed means for the conversation it belongs to."""
+def after_processed(processed: ProcessedMessage, conversation: Conversation | None, *, left: bool = False) -> Action:
+    """What a message the vault processed means for the conversation it belongs to (`left`: this client left
+    it, so new messages are not shown, while commits still keep its state right)."""
     if conversation is None:
         return Drop("dropped a message for a group without a conversation")
+    if processed.kind == "proposal":
+        if left or not processed.removed:
+            return Ignore()
+        return CommitProposals(conversation, processed.group_id, processed.epoch, tuple(processed.removed))
+    if processed.kind == "application" and left:
+        return Ignore()
     if processed.kind == "application":
         try:
             content = decode_content(processed.plaintext or b"")
@@ -102,16 +193,14 @@ def after_processed(processed: ProcessedMessage, conversation: Conversation | No
         if isinstance(content, ReceiptContent):
             return ApplyReceipt(conversation, content, processed.sender)
         return StoreMessage(conversation, content, processed.sender)
-    if processed.kind == "commit":
-        return ApplyCommit(
-            conversation,
-            processed.group_id,
-            tuple(processed.added),
-            tuple(processed.removed),
-            processed.self_removed,
-            processed.sender,
-        )
-    return Ignore()
+    return ApplyCommit(
+        conversation,
+        processed.group_id,
+        tuple(processed.added),
+        tuple(processed.removed),
+        processed.self_removed,
+        processed.sender,
+    )
 
 
 def dm_welcome_problem(frame: WelcomeFrame, members: list[bytes], self_key: bytes) -> str | None:
@@ -137,10 +226,13 @@ class InboxRules:
     deferred_since: dict[int, float] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
 
-    def hold(self, seq: int, now: float, *, final: bool) -> bool:
-        """The envelope at `seq` waits for its group: True to hold it (and what follows), False to drop it now.
-        A non-final pass (a `sync`) always holds: only the receive loop gives up, after `defer_seconds`."""
+    def hold(self, seq: int, now: float, *, final: bool, defer: Defer | None = None) -> bool:
+        """The envelope at `seq` waits: True to hold it (and what follows), False to drop it now. A non-final
+        pass (a `sync`) always holds, and so does waiting for this client's own commit: only the receive loop
+        gives up on an unknown group, after `defer_seconds`."""
         first = self.deferred_since.setdefault(seq, now)
+        if defer is not None and defer.waiting_for == "own_commit":
+            return True
         return not final or now - first < self.defer_seconds
 
     def retry(self, seq: int) -> bool:

@@ -25,22 +25,32 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quicnprotochat.client.node_client import Envelope
 from quicnprotochat.client.state import Conversation
 from quicnprotochat.common.errors import Disconnected
-from quicnprotochat.native import NativeError, envelope_info
+from quicnprotochat.native import GroupNotFound, NativeError, envelope_info, mls_message_info
 
+from . import group_rules
 from . import receive_rules as rules
 from .config import MAX_GROUP_NAME
 from .connection import ConnectionWatch, is_unreachable
 from .context import ChatContext, reraise
-from .conversations import SETTING_ALIAS, SETTING_LEFT, Conversations
+from .conversations import (
+    SETTING_ALIAS,
+    SETTING_BROKEN,
+    SETTING_DELETED,
+    SETTING_LEAVING,
+    SETTING_LEFT,
+    Conversations,
+)
 from .directory import Directory
 from .errors import ChatError, NodeUnavailable
 from .events import (
     ErrorEvent,
+    GroupBroken,
     JoinedConversation,
     MemberJoined,
     MemberLeft,
@@ -62,7 +72,17 @@ class _InboxState:
 
 
 class _Deferred(Exception):
-    """The envelope needs a group this client has not joined yet."""
+    """The envelope waits: for a group this client has not joined yet, or for its own commit's answer."""
+
+    def __init__(self, defer: rules.Defer) -> None:
+        super().__init__(defer.waiting_for)
+        self.defer = defer
+
+
+ProposalsHook = Callable[[Conversation, bytes, int, float], None]
+"""(conversation, group id, epoch, delay): members asked to leave; commit that after `delay` seconds."""
+StillMemberHook = Callable[[Conversation, bytes], None]
+"""(conversation, group id): the epoch moved while this client's leave was not committed: ask again."""
 
 
 class Receiver:
@@ -81,6 +101,8 @@ class Receiver:
         self._key_packages = key_packages
         self._inboxes: dict[bytes, _InboxState] = {}
         self._running = False
+        self.on_proposals: ProposalsHook | None = None
+        self.on_still_member: StillMemberHook | None = None
 
     # ── loops ───────────────────────────────────────────────────────────────────────────────────────────
 
@@ -138,6 +160,14 @@ class Receiver:
                 processed, _deferred = await self._process(inbox, envelopes, final=False)
                 total += processed
 
+    async def sync_default(self) -> int:
+        """Process what the default inbox (every group's commits) holds now; returns how many envelopes."""
+        context = self._context
+        inbox = self._inbox(b"")
+        envelopes = await context.guard(context.node.peek(context.identity_key, b""))
+        processed, _deferred = await self._process(inbox, envelopes, final=False)
+        return processed
+
     async def _inbox_loop(self, inbox: _InboxState) -> None:
         context = self._context
         failures = 0
@@ -175,10 +205,15 @@ class Receiver:
             self._context.emit(ErrorEvent(f"receiving failed: {other!r}", other))
 
     async def _process(self, inbox: _InboxState, envelopes: list[Envelope], *, final: bool) -> tuple[int, bool]:
-        """Handle `envelopes` in seq order and ack what was handled; returns (count, whether one was held)."""
+        """Handle `envelopes` in seq order and ack what was handled; returns (count, whether one was held).
+
+        Crash safety: the vault journals what it processed (keyed by the message's digest) inside its own
+        transaction, so an envelope redelivered after a crash gives the same result again; the result is stored,
+        the envelope acked, and only then is the journal entry forgotten."""
         context = self._context
         store = context.store
         processed = 0
+        digests: list[bytes] = []
         async with inbox.lock:
             last = await store.get_last_seq(context.identity_key, inbox.channel)
             acked_up_to = 0
@@ -187,11 +222,11 @@ class Receiver:
                 if rules.is_new(envelope.seq, last):
                     try:
                         async with context.mls:
-                            await self._handle(inbox.channel, envelope)
+                            await self._handle(inbox.channel, envelope, digests)
                     except (NodeUnavailable, Disconnected, OSError, TimeoutError):
                         raise  # transient: the envelope is tried again later
-                    except _Deferred:
-                        if inbox.rules.hold(envelope.seq, time.monotonic(), final=final):
+                    except _Deferred as held:
+                        if inbox.rules.hold(envelope.seq, time.monotonic(), final=final, defer=held.defer):
                             deferred = True
                             break
                         context.emit(
@@ -208,11 +243,13 @@ class Receiver:
                 acked_up_to = envelope.seq
             if acked_up_to:
                 await context.guard(context.node.ack(context.identity_key, acked_up_to, inbox.channel))
+            if digests:
+                await asyncio.to_thread(context.vault.forget_processed, digests)
         return processed, deferred
 
     # ── one envelope ────────────────────────────────────────────────────────────────────────────────────
 
-    async def _handle(self, channel: bytes, envelope: Envelope) -> None:
+    async def _handle(self, channel: bytes, envelope: Envelope, digests: list[bytes]) -> None:
         context = self._context
         message_id = hashlib.sha256(envelope.data).digest()
         if await context.store.get_message(message_id) is not None:
@@ -227,21 +264,56 @@ class Receiver:
             return
         if isinstance(frame, WelcomeFrame):
             await self._on_welcome(frame)
+            digests.append(hashlib.sha256(frame.welcome).digest())
+            return
+        try:
+            info = mls_message_info(frame.message)
+        except NativeError as error:
+            await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
+            return
+        header = rules.Header(info.group_id, info.epoch, info.content_type)
+        group = await self._group_view(header.group_id)
+        early = rules.before_processing(header, group)
+        if early is not None:
+            await self._apply(early, envelope, message_id)
             return
         try:
             processed = await asyncio.to_thread(context.vault.process, frame.message)
         except NativeError as error:
-            action: rules.Action = rules.after_process_failure(envelope.seq, error)
+            action = rules.after_process_failure(envelope.seq, error, header, group, frame.sender)
         else:
-            action = rules.after_processed(processed, await self._conversations.of_group(processed.group_id))
+            digests.append(processed.digest)
+            conversation = group.conversation or await self._conversations.of_group(processed.group_id)
+            action = rules.after_processed(processed, conversation, left=group.left)
         await self._apply(action, envelope, message_id, message_ref(frame.message))
+
+    async def _group_view(self, group_id: bytes) -> rules.GroupView:
+        context = self._context
+        store = context.store
+        conversation = await self._conversations.of_group(group_id)
+        try:
+            epoch: int | None = await asyncio.to_thread(context.vault.epoch, group_id)
+        except GroupNotFound:
+            epoch = None
+        broken = left = False
+        if conversation is not None:
+            broken = await store.get_setting(SETTING_BROKEN + str(conversation.id)) is not None
+            left = await store.get_setting(SETTING_LEFT + str(conversation.id)) is not None
+        return rules.GroupView(
+            conversation,
+            epoch,
+            own_commit_unconfirmed=group_id in context.unconfirmed,
+            broken=broken,
+            deleted=await store.get_setting(SETTING_DELETED + group_id.hex()) is not None,
+            left=left,
+        )
 
     async def _apply(
         self, action: rules.Action, envelope: Envelope, message_id: bytes, ref: bytes | None = None
     ) -> None:
         context = self._context
         if isinstance(action, rules.Defer):
-            raise _Deferred
+            raise _Deferred(action)
         if isinstance(action, rules.Drop):
             context.emit(ErrorEvent(action.reason, action.error))
         elif isinstance(action, rules.StoreMessage):
@@ -266,18 +338,30 @@ class Receiver:
                 context.emit(ReceiptReceived(action.conversation, message, receipt.kind, by))
         elif isinstance(action, rules.ApplyCommit):
             await self._apply_commit(action)
+        elif isinstance(action, rules.CommitProposals):
+            context.proposals[action.group_id] = (action.epoch, action.removed)
+            members = await asyncio.to_thread(context.vault.members, action.group_id)
+            delay = group_rules.proposal_delay(members, action.removed, context.identity_key)
+            if delay is not None and self.on_proposals is not None:
+                self.on_proposals(action.conversation, action.group_id, action.epoch, delay)
+        elif isinstance(action, rules.BreakGroup):
+            await self._break_group(action)
 
     async def _apply_commit(self, action: rules.ApplyCommit) -> None:
         context = self._context
         store = context.store
         conversation = action.conversation
+        context.proposals.pop(action.group_id, None)
         by = await self._directory.username_of(action.sender) if action.sender is not None else None
+        leaving_key = SETTING_LEAVING + action.group_id.hex()
+        leaving = await store.get_setting(leaving_key) is not None
         if action.self_removed:
             await store.set_setting(SETTING_LEFT + str(conversation.id), "1")
+            await store.set_setting(leaving_key, None)
             for member in await store.list_members(conversation.id):
                 if member.identity_key != context.identity_key:
                     await store.remove_member(conversation.id, member.identity_key)
-            context.emit(RemovedFromConversation(conversation, by))
+            context.emit(RemovedFromConversation(conversation, by, left=leaving))
             return
         for key in action.added:
             name = await self._directory.username_of(key)
@@ -288,6 +372,16 @@ class Receiver:
             await store.remove_member(conversation.id, key)
             context.emit(MemberLeft(conversation, key, name, by))
         await self._conversations.sync_members(conversation, action.group_id)
+        if leaving and self.on_still_member is not None:
+            # The epoch moved without this client's leave (its proposal was for the epoch before): ask again.
+            self.on_still_member(conversation, action.group_id)
+
+    async def _break_group(self, action: rules.BreakGroup) -> None:
+        context = self._context
+        conversation = action.conversation
+        by = await self._directory.username_of(action.claimed_sender) if action.claimed_sender else None
+        await context.store.set_setting(SETTING_BROKEN + str(conversation.id), action.reason)
+        context.emit(GroupBroken(conversation, by, action.reason))
 
     # ── Welcomes ────────────────────────────────────────────────────────────────────────────────────────
 
@@ -301,11 +395,13 @@ class Receiver:
                 context.emit(ErrorEvent("ignored a DM invitation naming a channel that is not the sender's and ours"))
                 return
         try:
+            # A group this client left or was removed from is discarded by the vault when its new Welcome comes.
             group_id = await asyncio.to_thread(context.vault.join_group, frame.welcome)
         except NativeError as error:
             context.emit(ErrorEvent(f"could not join a conversation an invitation was for: {error}", error))
             return
         await self._key_packages.consumed()
+        await context.store.set_setting(SETTING_DELETED + group_id.hex(), None)
         members = await asyncio.to_thread(context.vault.members, group_id)
         inviter: bytes | None = frame.inviter if frame.inviter in members else None
         inviter_name = await self._directory.username_of(inviter) if inviter is not None else None
@@ -314,16 +410,47 @@ class Receiver:
             if conversation is None:
                 return
         else:
-            existing = await context.store.find_by_group_id(group_id)
-            if existing is not None:
+            conversation = await self._joined_group(frame, group_id, inviter)
+            if conversation is None:
                 return
-            base = frame.name if frame.name and not frame.name.startswith("@") else "group"
-            conversation = await context.store.create_conversation(
-                "group", await self._conversations.free_name(base[:MAX_GROUP_NAME]), group_id=group_id
-            )
         await self._conversations.sync_members(conversation, group_id)
         context.groups_changed.set()
         context.emit(JoinedConversation(conversation, inviter_name))
+
+    async def _joined_group(self, frame: WelcomeFrame, group_id: bytes, inviter: bytes | None) -> Conversation | None:
+        """The conversation a group Welcome lands in: a new one, the one this client was in before (invited
+        again after leaving), or the one the group re-creates. None: already joined (a redelivered Welcome)."""
+        store = self._context.store
+        existing = await store.find_by_group_id(group_id)
+        if existing is None and frame.replaces is not None and inviter is not None:
+            replaced = await self._conversations.of_group(frame.replaces)
+            members = [] if replaced is None else await store.list_members(replaced.id)
+            if replaced is not None and any(member.identity_key == inviter for member in members):
+                await store.set_setting(SETTING_ALIAS + frame.replaces.hex(), str(replaced.id))
+                await store.set_group_id(replaced.id, group_id)
+                existing = await store.get_conversation(replaced.id)
+                assert existing is not None
+                await self._clear_marks(existing)
+                return existing
+        if existing is not None:
+            was_out = await self._clear_marks(existing)
+            return existing if was_out else None
+        base = frame.name if frame.name and not frame.name.startswith("@") else "group"
+        return await store.create_conversation(
+            "group", await self._conversations.free_name(base[:MAX_GROUP_NAME]), group_id=group_id
+        )
+
+    async def _clear_marks(self, conversation: Conversation) -> bool:
+        """A conversation is live again (rejoined or re-created): True if it had been left or broken."""
+        store = self._context.store
+        was_out = False
+        for key in (SETTING_LEFT + str(conversation.id), SETTING_BROKEN + str(conversation.id)):
+            if await store.get_setting(key) is not None:
+                was_out = True
+                await store.set_setting(key, None)
+        if conversation.group_id is not None:
+            await store.set_setting(SETTING_LEAVING + conversation.group_id.hex(), None)
+        return was_out
 
     async def _joined_dm(
         self, frame: WelcomeFrame, group_id: bytes, members: list[bytes], inviter_name: str | None

@@ -23,6 +23,10 @@ def test_round_trips() -> None:
     group = WelcomeFrame("group", "team ünïcode", None, b"k" * 32, b"w")
     assert decode_frame(group.encode()) == group
     assert decode_frame(MlsFrame(b"\x00mls").encode()) == MlsFrame(b"\x00mls")
+    commit = MlsFrame(b"commit", sender=b"s" * 32)
+    assert decode_frame(commit.encode()) == commit
+    recreated = WelcomeFrame("group", "team", None, b"k" * 32, b"w", replaces=b"old group id")
+    assert decode_frame(recreated.encode()) == recreated
     text = TextContent("héllo", 1_700_000_000.123)
     assert decode_content(text.encode()) == text
     assert decode_content(TextContent("", None).encode()) == TextContent("", None)
@@ -51,6 +55,8 @@ def test_unknown_tags_are_skipped() -> None:
         encode_fields(1, 1, [(1, b"\x01"), (4, b"k" * 32), (5, b"w")]),  # DM welcome without channel
         encode_fields(1, 1, [(1, b"\x02"), (4, b"short"), (5, b"w")]),  # bad inviter key
         encode_fields(1, 1, [(1, b"\x03"), (4, b"k" * 32), (5, b"w")]),  # unknown conversation kind
+        encode_fields(1, 2, [(5, b"m"), (6, b"short")]),  # bad sender key
+        encode_fields(1, 1, [(1, b"\x02"), (4, b"k" * 32), (5, b"w"), (7, b"")]),  # empty replaced group id
     ],
 )
 def test_malformed_frames_refused(data: bytes) -> None:
