@@ -14,6 +14,7 @@ from quicnprotochat.client.chat import (
     ConnectionRestored,
     ErrorEvent,
     Event,
+    GroupBroken,
     JoinedConversation,
     MemberJoined,
     MemberLeft,
@@ -72,8 +73,17 @@ def describe(event: Event) -> str:
         by = f" (removed by {event.by})" if event.by else ""
         return f"* {event.username or event.identity_key.hex()[:16]} left {event.conversation.name}{by}"
     if isinstance(event, RemovedFromConversation):
+        if event.left:
+            by = f" (confirmed by {event.by})" if event.by else ""
+            return f"* you left {event.conversation.name}{by}"
         by = f" by {event.by}" if event.by else ""
         return f"* you were removed from {event.conversation.name}{by}"
+    if isinstance(event, GroupBroken):
+        by = f" by {event.by}" if event.by else ""
+        return (
+            f"! {event.conversation.name} cannot go on: a change{by} cannot be processed here ({event.reason}); "
+            "/recreate makes a new group with its current members"
+        )
     if isinstance(event, Notice):
         return f"* {event.text}"
     assert isinstance(event, ErrorEvent)

@@ -29,6 +29,7 @@ from quicnprotochat.client.chat import (
     ConnectionRestored,
     ErrorEvent,
     Event,
+    GroupBroken,
     JoinedConversation,
     MemberJoined,
     MemberLeft,
@@ -63,6 +64,9 @@ Commands:
   /group name          create a group and switch to it
   /invite @user ...    add users to the current group
   /remove @user        remove a user from the current group
+  /leave               leave the current group (an invitation brings you back; your history stays)
+  /delete [name]       delete a conversation and its history from this device (leaving the group first)
+  /recreate            replace a group that cannot go on by a new one with its current members
   /join [name]         list the conversations you were invited to, or switch to one
   /switch name         switch to a conversation (@user for a DM)
   /list                conversations with unread counts
@@ -129,6 +133,9 @@ class Repl:
             "/group": self.cmd_group,
             "/invite": self.cmd_invite,
             "/remove": self.cmd_remove,
+            "/leave": self.cmd_leave,
+            "/delete": self.cmd_delete,
+            "/recreate": self.cmd_recreate,
             "/join": self.cmd_join,
             "/switch": self.cmd_switch,
             "/list": self.cmd_list,
@@ -171,10 +178,12 @@ class Repl:
             if self.current is None:
                 await self.switch(event.conversation)
             return
+        if isinstance(event, MemberJoined | MemberLeft) and event.by == self.chat.username:
+            return  # this client's own change: the command printed its outcome
         if isinstance(event, RemovedFromConversation | MemberJoined | MemberLeft | Notice):
             self.out.event(describe(event))
             return
-        assert isinstance(event, ErrorEvent)
+        assert isinstance(event, ErrorEvent | GroupBroken)
         self.out.error(describe(event))
 
     # ── commands ──────────────────────────────────────────────────────────────────────────────────────────
@@ -232,13 +241,50 @@ class Repl:
             raise ChatError("usage: /invite @user [@user ...]")
         conversation = self._need_current()
         for user in args:
-            await self.chat.invite(conversation, user)
-            self.out.event(f"* invited {user.removeprefix('@')} to {conversation.name}")
+            try:
+                committed = await self.chat.invite(conversation, user)
+            except ChatError as error:
+                self.out.error(f"{user.removeprefix('@')} was not added to {conversation.name}: {error}")
+                continue
+            self.out.event(f"* {user.removeprefix('@')} is now in {conversation.name}{committed.retry_note}")
 
     async def cmd_remove(self, args: list[str]) -> None:
         if len(args) != 1:
             raise ChatError("usage: /remove @user")
-        await self.chat.remove(self._need_current(), args[0])
+        conversation = self._need_current()
+        user = args[0].removeprefix("@")
+        try:
+            committed = await self.chat.remove(conversation, args[0])
+        except ChatError as error:
+            raise ChatError(f"{user} was not removed from {conversation.name}: {error}") from None
+        self.out.event(f"* removed {user} from {conversation.name}{committed.retry_note}")
+
+    async def cmd_leave(self, args: list[str]) -> None:
+        if args:
+            raise ChatError("usage: /leave (leaves the current group)")
+        conversation = self._need_current()
+        await self.chat.leave(conversation)
+        self.out.event(f"* you asked to leave {conversation.name}; your history stays (/delete removes it)")
+
+    async def cmd_delete(self, args: list[str]) -> None:
+        if len(args) > 1:
+            raise ChatError("usage: /delete [name]")
+        conversation = await self.chat.conversation(args[0]) if args else self._need_current()
+        await self.chat.delete(conversation)
+        if self.current is not None and self.current.id == conversation.id:
+            self.current = None
+        self.out.event(f"* deleted {conversation.name} from this device")
+
+    async def cmd_recreate(self, args: list[str]) -> None:
+        if args:
+            raise ChatError("usage: /recreate (re-creates the current group)")
+        committed, missing = await self.chat.recreate(self._need_current())
+        self.current = committed.conversation
+        members = await self.chat.members(committed.conversation)
+        names = ", ".join(m.username or m.identity_key.hex()[:16] for m in members)
+        self.out.event(f"* {committed.conversation.name} re-created with {names}{committed.retry_note}")
+        if missing:
+            self.out.error("not invited again: " + "; ".join(missing))
 
     async def cmd_join(self, args: list[str]) -> None:
         if args:
