@@ -65,6 +65,19 @@ async def node(node_config: NodeConfig) -> AsyncIterator[Node]:
 
 
 @pytest.fixture
+async def two_nodes(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    """Two nodes sharing one PostgreSQL database (the scale-out deployment)."""
+    nodes = [Node(loopback_config(tmp_path / name, store=pg_url)) for name in ("a", "b")]
+    for node in nodes:
+        await node.start()
+    try:
+        yield nodes[0], nodes[1]
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.fixture
 def notices() -> list[str]:
     return []
 

@@ -6,28 +6,13 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
 from quicnprotochat.server.node import Node
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config
 from tests.test_cli import start_node_process, stop_node_process
-
-
-@pytest.fixture
-async def two_nodes(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    nodes = [Node(loopback_config(tmp_path / name, store=pg_url)) for name in ("a", "b")]
-    for node in nodes:
-        await node.start()
-    try:
-        yield nodes[0], nodes[1]
-    finally:
-        for node in nodes:
-            await node.stop()
 
 
 async def _login_elsewhere(user: User, node: Node, connect: ClientFactory) -> NodeClient:

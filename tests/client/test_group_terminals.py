@@ -1,0 +1,59 @@
+"""The race that used to split groups, in real REPLs (tmux): two members invite at the same moment."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from quicnprotochat.server.node import Node
+from tests.client.terminal import QPC, Tmux, client_env, env_for
+from tests.conftest import node_address
+
+PEOPLE = ("alice", "bob", "carol", "dave", "erin")
+
+
+async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path: Path, tmux: Tmux) -> None:
+    base = client_env(
+        tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, NO_COLOR="1"
+    )
+    for name in PEOPLE:
+        # State kept in clear (an empty state password): five Argon2id derivations would only slow the test.
+        env = dict(env_for(base, name, state_password=None), QPC_STATE_PASSWORD="")
+        await tmux.start(name, [*QPC, "repl", "--register"], env)
+    for name in PEOPLE:
+        await tmux.wait_for(name, f"logged in as {name}")
+
+    await tmux.line("alice", "/group team")
+    await tmux.wait_for("alice", "now in team")
+    await tmux.line("alice", "/invite @bob @carol")
+    await tmux.wait_for("alice", "* carol is now in team")
+    for name in ("bob", "carol"):
+        await tmux.wait_for(name, "joined team (invited by alice)")
+        await tmux.wait_for(name, "[team] >")
+
+    # Both type their invitation, then press Enter at the same moment.
+    await tmux.type("bob", "/invite @dave")
+    await tmux.type("carol", "/invite @erin")
+    await asyncio.gather(tmux.keys("bob", "Enter"), tmux.keys("carol", "Enter"))
+    bob_screen = await tmux.wait_for("bob", "* dave is now in team")
+    carol_screen = await tmux.wait_for("carol", "* erin is now in team")
+    outcomes = [line for line in (bob_screen + carol_screen).splitlines() if "is now in team" in line]
+    # One outcome line each; the one whose commit came second was built again once.
+    assert len([line for line in outcomes if "dave" in line or "erin" in line]) == 2, outcomes
+    assert sum("(after 1 retry: another member's change came first)" in line for line in outcomes) == 1, outcomes
+    for name in ("dave", "erin"):
+        await tmux.wait_for(name, "joined team")
+        await tmux.wait_for(name, "[team] >")
+
+    # All five talk; everyone reads everyone.
+    for name in PEOPLE:
+        await tmux.line(name, f"hello from {name}")
+    for reader in PEOPLE:
+        for writer in PEOPLE:
+            if writer != reader:
+                await tmux.wait_for(reader, f"{writer}: hello from {writer}")
+        await tmux.line(reader, "/members")
+        await tmux.wait_for(reader, "team: ")
+    for name in PEOPLE:
+        screen = await tmux.screen(name)
+        assert "cannot go on" not in screen and "Traceback" not in screen, screen
