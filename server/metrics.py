@@ -134,6 +134,12 @@ class _StateCollector(Collector):
             yield _counter("qpc_quic_retries_sent", "QUIC Retry packets sent", state.retry.retries_sent)
             yield _counter("qpc_quic_retry_tokens_accepted", "Initials with a valid token", state.retry.tokens_accepted)
             yield _counter("qpc_quic_retry_tokens_refused", "Initials with a bad token", state.retry.tokens_refused)
+        submissions = CounterMetricFamily(
+            "qpc_group_submissions", "submitCommit calls answered, by kind and outcome", labels=["kind", "outcome"]
+        )
+        for (kind, outcome), count in sorted(state.groups.outcomes.items()):
+            submissions.add_metric([kind, outcome], count)
+        yield submissions
         yield _gauge("qpc_free_disk_bytes", "Free space where the node keeps its data", state.disk.free_bytes())
         yield _gauge(
             "qpc_min_free_disk_bytes", "Free space under which new messages are refused", state.disk.floor_bytes

@@ -23,6 +23,7 @@ from quicnprotochat.client.node_client import CommitResult, Delivery
 from quicnprotochat.common.errors import Forbidden, InvalidArgument, ResourceExhausted
 from quicnprotochat.server.node import Node
 from tests.conftest import ClientFactory, loopback_config
+from tests.test_metrics import scrape
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -201,11 +202,20 @@ async def check_one_winner(entries: list[Entry], group: list[Member], epoch: int
     assert await inbox(winner.member) == []
 
 
-async def test_concurrent_commits_for_one_epoch_have_one_winner(group_node: Node, members: Any) -> None:
-    group = await members(group_node, 4)
-    group_id = await make_group(group)
-    for epoch in (1, 2):
-        assert len(await race(group_id, epoch, group, copies=4)) == 16
+async def test_concurrent_commits_for_one_epoch_have_one_winner(store_url: str, tmp_path: Path, members: Any) -> None:
+    node = Node(loopback_config(tmp_path / "node", store=store_url, metrics_listen="127.0.0.1:0"))
+    await node.start()
+    try:
+        group = await members(node, 4)
+        group_id = await make_group(group)
+        for epoch in (1, 2):
+            assert len(await race(group_id, epoch, group, copies=4)) == 16
+        # Operators see the outcomes: the creation and one winner per round accepted, the rest stale.
+        samples = await scrape(node)
+        assert samples[("qpc_group_submissions_total", (("kind", "commit"), ("outcome", "accepted")))] == 3
+        assert samples[("qpc_group_submissions_total", (("kind", "commit"), ("outcome", "stale")))] == 30
+    finally:
+        await node.stop()
 
 
 async def test_concurrent_commits_across_two_nodes_of_one_database(

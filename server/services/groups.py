@@ -9,6 +9,7 @@ submission moved the group first, the rules run again on the new state (and then
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +56,8 @@ class GroupService:
         self._inboxes = inboxes
         self._limits = limits
         self._clock = clock
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        """(commit or proposal, accepted / duplicate / stale) since the node started, for /metrics."""
 
     async def submit(
         self,
@@ -82,7 +85,13 @@ class GroupService:
             members=tuple(members),
         )
         self._inboxes.check_room()
-        digest = hashlib.sha256(message).digest()
+        result = await self._sequence(group_id, hashlib.sha256(message).digest(), submission, (*deliveries, *welcomes))
+        self.outcomes[(kind, result.outcome)] += 1
+        return result
+
+    async def _sequence(
+        self, group_id: bytes, digest: bytes, submission: Submission, deliveries: tuple[GroupDelivery, ...]
+    ) -> CommitOutcome:
         with store_errors():
             for _ in range(_MAX_ATTEMPTS):
                 group, prior = await self._store.load_group(group_id, digest)
@@ -94,7 +103,7 @@ class GroupService:
                     return CommitOutcome("stale", decision.epoch)
                 try:
                     seqs = await self._store.write_group_submission(
-                        self._write(group_id, digest, submission, decision, group, (*deliveries, *welcomes)),
+                        self._write(group_id, digest, submission, decision, group, deliveries),
                         self._limits.store,
                     )
                 except GroupMoved:
