@@ -231,6 +231,15 @@ async def test_concurrent_commits_across_two_nodes_of_one_database(
         on_b = {m.name: await login_on(nodes[1], m, connect) for m in group[::2]}
         for epoch in (1, 2, 3):
             await race(group_id, epoch, group, copies=3, clients=on_b)
+        # A retry through the other node while the first call is still running: one acceptance, the same seqs.
+        committer = group[0]
+        commit = committer.vault.self_update(group_id)
+        args = (group_id, 4, commit, to_all(commit, group[1:]), [], [m.key for m in group])
+        first, second = await asyncio.gather(
+            committer.client.submit_commit(*args), on_b[committer.name].submit_commit(*args)
+        )
+        assert sorted((first.outcome, second.outcome)) == ["accepted", "duplicate"]
+        assert first.seqs == second.seqs and first.epoch == second.epoch == 5
     finally:
         for node in nodes:
             await node.stop()
