@@ -234,9 +234,10 @@ async def test_concurrent_commits_across_two_nodes_of_one_database(
         # A retry through the other node while the first call is still running: one acceptance, the same seqs.
         committer = group[0]
         commit = committer.vault.self_update(group_id)
-        args = (group_id, 4, commit, to_all(commit, group[1:]), [], [m.key for m in group])
+        deliveries, keys = to_all(commit, group[1:]), [m.key for m in group]
         first, second = await asyncio.gather(
-            committer.client.submit_commit(*args), on_b[committer.name].submit_commit(*args)
+            committer.client.submit_commit(group_id, 4, commit, deliveries, [], keys),
+            on_b[committer.name].submit_commit(group_id, 4, commit, deliveries, [], keys),
         )
         assert sorted((first.outcome, second.outcome)) == ["accepted", "duplicate"]
         assert first.seqs == second.seqs and first.epoch == second.epoch == 5
