@@ -26,6 +26,7 @@ from quicnprotochat.server.identity import (
     identity_root_key_id,
     load_or_create_identity,
     read_certificate,
+    wipe,
 )
 from quicnprotochat.server.node import serve
 from quicnprotochat.server.node_state import store_limits
@@ -34,7 +35,10 @@ from quicnprotochat.server.root_key import (
     PASSPHRASE_ENV,
     RootKeyError,
     create_passphrase_salt,
+    derive,
     load_root_key,
+    new_passphrase,
+    read_salt,
 )
 from quicnprotochat.server.sealed_secrets import SealedDataError
 from quicnprotochat.server.store import open_store
@@ -222,13 +226,19 @@ def _init(config: NodeConfig) -> int:
             raise ConfigError(f"{source.key_file} already exists; init never overwrites a root key")
         RootKey.generate().write_key_file(str(source.key_file))
         print(f"root key:    {source.key_file} (32 random bytes, mode 0600; keep a copy offline)")
+        root = load_root_key(source)
     else:
         assert source.salt_file is not None
         if source.salt_file.exists():
             raise ConfigError(f"{source.salt_file} already exists; init never replaces a passphrase's salt")
-        create_passphrase_salt(source.salt_file)
+        passphrase = new_passphrase(PASSPHRASE_ENV)  # asked twice on a terminal, before anything is written
+        try:
+            create_passphrase_salt(source.salt_file)
+            root = derive(passphrase, *read_salt(source.salt_file))
+        finally:
+            wipe(passphrase)
         print(f"passphrase salt: {source.salt_file} (nodes sharing a database need a copy)")
-    identity, _created = load_or_create_identity(config.data_dir, load_root_key(source))
+    identity, _created = load_or_create_identity(config.data_dir, root)
     print(f"fingerprint: {identity.fingerprint}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import signal
 import sqlite3
@@ -33,6 +34,7 @@ from quicnprotochat.server.sealed_secrets import (
     rekey_secrets,
 )
 from quicnprotochat.server.store import open_store
+from tests.client.terminal import Tmux
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config
 from tests.pgcluster import PgServer
 
@@ -417,3 +419,40 @@ async def test_a_later_server_secret_is_sealed_and_rekeyed(tmp_path: Path) -> No
             await load_or_create_secret(store, root, "coffer_key", lambda: b"x" * 32)
     finally:
         await store.close()
+
+
+async def test_init_asks_for_the_passphrase_twice_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "node"
+    command = [
+        sys.executable,
+        "-m",
+        "quicnprotochat.server.cli",
+        "--data-dir",
+        str(data_dir),
+        "init",
+        "--root-passphrase",
+    ]
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    tmux = Tmux(tmp_path / "tmux.sock")
+    try:
+        await tmux.start("typo", command, env)
+        await tmux.wait_for("typo", "root key passphrase:")
+        await tmux.line("typo", "one passphrase")
+        await tmux.wait_for("typo", "(again):")
+        await tmux.line("typo", "another passphrase")
+        screen = await tmux.wait_for("typo", "EXITED 2")
+        assert "the two passphrases differ" in screen and "one passphrase" not in screen  # no echo
+        assert not (data_dir / "root-key.salt").exists()  # nothing written before both agree
+
+        await tmux.start("init", command, env)
+        await tmux.wait_for("init", "root key passphrase:")
+        await tmux.line("init", "one passphrase")
+        await tmux.wait_for("init", "(again):")
+        await tmux.line("init", "one passphrase")
+        await tmux.wait_for("init", "EXITED 0", timeout=60)
+    finally:
+        await tmux.close()
+    monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "one passphrase")
+    await start_and_stop(loopback_config(data_dir))
