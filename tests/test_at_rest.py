@@ -456,3 +456,31 @@ async def test_init_asks_for_the_passphrase_twice_on_a_terminal(
         await tmux.close()
     monkeypatch.setenv("QPC_SERVER_ROOT_PASSPHRASE", "one passphrase")
     await start_and_stop(loopback_config(data_dir))
+
+
+async def test_upgrade_on_postgres_leaves_the_clear_setup_only_in_old_wal(
+    tmp_path: Path, make_user: UserFactory, connect: ClientFactory, pg_server: PgServer, pg_url: str
+) -> None:
+    if pg_server.cluster is None or pg_server.cluster.base is None:
+        pytest.skip("the PostgreSQL server was not started here: its files cannot be scanned")
+    clear = loopback_config(tmp_path / "node", store=pg_url)
+    node = Node(clear)
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        fingerprint = node.fingerprint
+        assert node.state is not None
+        clear_setup = await node.state.store.get_secret(OPAQUE_SETUP_NAME)
+    finally:
+        await node.stop()
+    assert clear_setup is not None
+    sealed = replace(clear, root_key_file=str(make_key(tmp_path / "root.key")))
+    await expect_same_node(sealed, connect, alice, fingerprint)
+    admin = await asyncpg.connect(pg_server.admin_url)
+    try:
+        await admin.execute("CHECKPOINT")  # the table's old file, replaced by VACUUM FULL, goes at a checkpoint
+    finally:
+        await admin.close()
+    holding = files_holding(pg_server.cluster.base, chunks(clear_setup))
+    # Write-ahead log segments written before the upgrade keep it until recycled (docs/THREAT_MODEL.md).
+    assert [path for path in holding if "pg_wal" not in Path(path).parts] == []
