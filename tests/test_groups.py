@@ -449,3 +449,25 @@ async def test_a_full_inbox_refuses_the_whole_commit(store_url: str, tmp_path: P
         assert await inbox(bob) == [commit] and await inbox(carol) == [commit]
     finally:
         await node.stop()
+
+
+async def test_the_group_cap_holds_across_nodes(
+    pg_url: str, tmp_path: Path, members: Any, connect: ClientFactory
+) -> None:
+    nodes = [Node(loopback_config(tmp_path / name, store=pg_url, max_groups_per_identity=2)) for name in ("a", "b")]
+    for node in nodes:
+        await node.start()
+    try:
+        (alice,) = await members(nodes[0], 1)
+        clients = [alice.client, await login_on(nodes[1], alice, connect)]
+        creations = []
+        for index in range(6):
+            group_id = alice.vault.create_group()
+            commit = alice.vault.self_update(group_id)
+            creations.append(clients[index % 2].submit_commit(group_id, 0, commit, [], [], [alice.key]))
+        results = await asyncio.gather(*creations, return_exceptions=True)
+        assert sum(isinstance(r, CommitResult) and r.outcome == "accepted" for r in results) == 2
+        assert sum(isinstance(r, ResourceExhausted) for r in results) == 4
+    finally:
+        for node in nodes:
+            await node.stop()

@@ -10,6 +10,7 @@ unique key on (group, epoch) over commits is the backstop. Submissions always go
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..base import LimitExceeded, StoreLimits
@@ -27,6 +28,9 @@ from ..groups import (
 from ..postgres_writer import Again
 from .engine import PostgresEngine
 from .enqueue import EnqueueOp, enqueue_many
+
+# The advisory-lock class of the per-creator group cap (two-key form, so it cannot meet MIGRATION_LOCK).
+_GROUP_CREATOR_LOCK_CLASS = 0x717067
 
 # One row whatever exists: the group (or NULLs) and the earlier acceptance of these bytes (or NULLs).
 _LOAD = """
@@ -117,6 +121,9 @@ class _SubmissionOp:
         write = self.write
         members = pack_keys(write.members_after)
         if write.expected_epoch is None:
+            # Count-then-insert is only exact if concurrent creations by one identity (from any node) queue up.
+            lock = int.from_bytes(hashlib.sha256(write.sender).digest()[:4], "big", signed=True)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _GROUP_CREATOR_LOCK_CLASS, lock)
             cap = self.limits.max_groups_per_creator
             count = int(await conn.fetchval("SELECT count(*) FROM mls_groups WHERE creator = $1", write.sender))
             if count >= cap:
