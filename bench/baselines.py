@@ -43,7 +43,8 @@ from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import NodeIdentity, load_or_create_identity
-from quicnprotochat.server.node_state import store_limits
+from quicnprotochat.server.node_counters import NodeCounters
+from quicnprotochat.server.node_state import connection_limits, store_limits
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
 from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.store import open_store
@@ -138,12 +139,17 @@ async def start_echo_servers(data_dir: Path) -> EchoServers:
 
         await kj_loop.acquire()
         servers._closers.append(kj_loop.release)
-        sessions = RpcSessions(lambda _peer: EchoImpl(), MAX_MESSAGE_BYTES)
+        defaults = NodeConfig()
+        sessions = RpcSessions(
+            lambda _peer, _budget: EchoImpl(), MAX_MESSAGE_BYTES, connection_limits(defaults), NodeCounters()
+        )
         servers._closers.append(sessions.close)
         quic = QuicListener(sessions, quic_server_configuration(identity, 60.0), 4 * MAX_MESSAGE_BYTES)
         servers.ports["capnp-quic"] = (await quic.start("127.0.0.1", 0))[1]
         servers._closers.append(quic.close)
-        tcp = TcpListener(sessions, tls_server_context(identity))
+        tcp = TcpListener(
+            sessions, tls_server_context(identity), write_buffer_high=defaults.max_unsent_bytes_per_connection
+        )
         servers.ports["capnp-tcp"] = (await tcp.start("127.0.0.1", 0))[1]
         servers._closers.append(tcp.close)
     except BaseException:

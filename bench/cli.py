@@ -271,15 +271,17 @@ async def start_nodes(args: argparse.Namespace, data_dir: Path, store: StoreUnde
             target_node(address, args.transport, fingerprint, pid, name)
             for address, fingerprint, pid, name in zip(args.target, args.server_fingerprint, pids, names, strict=True)
         ]
+    # The hostile scenario measures the node's defences: its limits stay at their defaults.
+    settings = {"log_level": "warning"} if args.scenario == "hostile" else BENCH_NODE_SETTINGS
     nodes: list[NodeUnderTest] = []
     try:
         # One after the other: the first applies the schema migrations.
         for index, name in enumerate(names):
             node_dir = data_dir / ("node" if index == 0 else name)
             if args.node_mode == "in-process":
-                nodes.append(await start_node_in_process(node_dir, BENCH_NODE_SETTINGS, store=store.url, name=name))
+                nodes.append(await start_node_in_process(node_dir, settings, store=store.url, name=name))
             else:
-                nodes.append(await start_node_process(node_dir, BENCH_NODE_SETTINGS, store=store.url, name=name))
+                nodes.append(await start_node_process(node_dir, settings, store=store.url, name=name))
     except BaseException:
         await stop_nodes(nodes)
         raise

@@ -31,6 +31,18 @@ BENCH_NODE_SETTINGS: dict[str, Any] = {
     "login_burst_per_username": 1000,
     "login_rate_per_address": 100_000.0,
     "login_burst_per_address": 100_000,
+    "register_rate_per_address": 100_000.0,
+    "register_burst_per_address": 100_000,
+    "register_rate_total": 100_000.0,
+    "register_burst_total": 100_000,
+    "key_package_rate_per_pair": 100_000.0,
+    "key_package_burst_per_pair": 100_000,
+    "resolve_rate_per_identity": 100_000.0,
+    "resolve_burst_per_identity": 100_000,
+    "resolve_rate_per_address": 100_000.0,
+    "resolve_burst_per_address": 100_000,
+    "max_connections_per_address": 100_000,
+    "max_unauthenticated_connections": 100_000,
     "log_level": "warning",
 }
 

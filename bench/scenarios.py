@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicnprotochat.bench import hostile
 from quicnprotochat.bench.bots import Bot, Connector
 from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.live import Live
@@ -39,7 +40,7 @@ from quicnprotochat.bench.node_runner import NodeUnderTest
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
 
-SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups")
+SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups", "hostile")
 CONSUMERS = ("peekack", "fetchwait")
 
 
@@ -98,6 +99,8 @@ class Spec:
             return max(2, self.producer_count)
         if self.scenario == "groups":
             return self.groups * self.members
+        if self.scenario == "hostile":
+            return 3  # the normal client, its recipient, the attacker
         return 0
 
 
@@ -869,10 +872,45 @@ async def run_mixed(ctx: Context) -> dict[str, Any]:
     }
 
 
+# -- hostile: the attacks of tests/hostile while a normal client works -----------------------------------------
+
+
+async def run_hostile(ctx: Context) -> dict[str, Any]:
+    """Each attack for `duration` seconds against the node's default limits (bench/hostile.py)."""
+    node = ctx.node
+    if node.pid is None or node.tcp_port is None:
+        raise ValueError("the hostile scenario measures the node's RSS over TLS: run the node here")
+    normal_bot, recipient_bot, attacker_bot = ctx.bots[:3]
+    connector = ctx.connectors[0]
+    normal = await connector.open(normal_bot)
+    attacker = await connector.open(attacker_bot)
+    try:
+        await attacker.enqueue(attacker_bot.key, os.urandom(hostile.MIB))  # what the unread peeks ask for
+        who = {
+            "attacker_key": attacker_bot.key,
+            "attacker_token": attacker.access_token,
+            "normal_name": normal_bot.username,
+        }
+        results = await hostile.run_attacks(
+            (node.host, node.tcp_port),
+            node.pid,
+            normal,
+            recipient_bot.key,
+            who,
+            ctx.spec.duration or 10.0,
+            lambda name: ctx.live.note(f"attack: {name}"),
+        )
+        token = await login_token(normal, normal_bot.signer, normal_bot.username, normal_bot.password)
+        return {"attack_seconds": ctx.spec.duration, "attacks": results, "normal_user_logs_in_after": bool(token)}
+    finally:
+        await close_all([normal, attacker])
+
+
 RUNNERS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "enqueue": run_enqueue,
     "fanout": run_fanout,
     "longpoll": run_longpoll,
     "idle": run_idle,
     "mixed": run_mixed,
+    "hostile": run_hostile,
 }

@@ -23,6 +23,7 @@ from quicnprotochat.common.errors import (
     RpcError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     UnknownOutcome,
     error_from_reason,
 )
@@ -53,6 +54,12 @@ class ServerLimits:
     max_commit_deliveries: int
     max_commit_bytes: int
     max_group_members: int
+    # 0 from a node that does not say.
+    max_calls_per_connection: int = 0
+    max_parked_per_connection: int = 0
+    max_parked_per_identity: int = 0
+    max_batch_bytes: int = 0
+    max_inbox_share_per_sender: int = 0
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,8 @@ class NodeClient:
             if error.type == "DISCONNECTED":
                 self._forget(connection)
                 raise Disconnected(f"{method}: the connection to {self.address} was lost") from None
+            if error.type == "UNIMPLEMENTED":  # a method this node does not know (an older node)
+                raise Unimplemented(f"{method} is not implemented by this node") from None
             raise error_from_reason(error.description) from None
 
     def _auth(self) -> dict[str, Any]:
@@ -297,6 +306,11 @@ class NodeClient:
                 max_commit_deliveries=int(limits.maxCommitDeliveries),
                 max_commit_bytes=int(limits.maxCommitBytes),
                 max_group_members=int(limits.maxGroupMembers),
+                max_calls_per_connection=int(limits.maxCallsPerConnection),
+                max_parked_per_connection=int(limits.maxParkedPerConnection),
+                max_parked_per_identity=int(limits.maxParkedPerIdentity),
+                max_batch_bytes=int(limits.maxBatchBytes),
+                max_inbox_share_per_sender=int(limits.maxInboxSharePerSender),
             ),
         )
 

@@ -41,6 +41,12 @@ class QuicStreamTransport(StreamBridge):
         self._quic.send_stream_data(self._stream_id, data)
         self._schedule_transmit()
 
+    def unsent_bytes(self) -> int:
+        # aioquic has no public figure for it and no send-side flow control of its own: its stream keeps every
+        # byte written until the peer acknowledges it.
+        stream = self._quic._streams.get(self._stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
+
     def _send_eof(self) -> None:
         self._quic.send_stream_data(self._stream_id, b"", end_stream=True)
         self._schedule_transmit()

@@ -11,6 +11,10 @@ protocol (asyncio's TCP/TLS transports do, and under uvloop that crashes: uvloop
 - end of stream as a lost connection, never as `eof_received()`: pycapnp dereferences a null pointer when a read
   starts after EOF was delivered with no read pending.
 
+The owner may also hold delivery back (`set_budget`: while `hold()` is true, received bytes wait here, so kj
+reads no further calls) and learns how many bytes pycapnp wrote (`on_write`): that is how a connection's calls
+in flight and unsent answers are bounded (server/connection_budget.py).
+
 Subclasses say how bytes go out: `QuicStreamTransport` (one QUIC stream) and `TlsStreamTransport` (a TLS
 connection, through `TlsStreamProtocol`).
 """
@@ -18,6 +22,7 @@ connection, through `TlsStreamProtocol`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -42,6 +47,10 @@ class StreamBridge(asyncio.Transport):
         self._reading = False
         self._closing = False
         self._lost = False
+        self._hold: Callable[[], bool] | None = None
+        self._on_write: Callable[[int], None] | None = None
+        self.last_received = time.monotonic()
+        """When bytes last arrived (time.monotonic): what an idle timeout measures."""
 
     # -- what subclasses provide ---------------------------------------------------------------------------------
 
@@ -54,6 +63,10 @@ class StreamBridge(asyncio.Transport):
     def _buffered_changed(self, buffered: int) -> None:
         """Called after bytes were added to or taken from the receive buffer (flow control hook)."""
 
+    def unsent_bytes(self) -> int:
+        """Bytes written that the transport still holds (not yet sent, or sent and not yet acknowledged)."""
+        return 0
+
     # -- wiring --------------------------------------------------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -64,6 +77,17 @@ class StreamBridge(asyncio.Transport):
         assert self._protocol is not None
         return self._protocol
 
+    def set_budget(self, hold: Callable[[], bool], on_write: Callable[[int], None]) -> None:
+        """`hold()`: deliver nothing more for now; `on_write(n)`: pycapnp wrote n bytes."""
+        self._hold = hold
+        self._on_write = on_write
+
+    def release(self) -> None:
+        """The hold may be over: deliver what waits."""
+        if self._received and not self._lost:
+            self._deliver()
+            self._buffered_changed(len(self._received))
+
     # -- from the owner of the byte stream -----------------------------------------------------------------------
 
     def feed(self, data: bytes, end_stream: bool = False) -> None:
@@ -71,6 +95,7 @@ class StreamBridge(asyncio.Transport):
         if self._lost:
             return
         if data:
+            self.last_received = time.monotonic()
             self._received += data
             if len(self._received) > self._max_buffered:
                 raise StreamBufferOverflow(f"more than {self._max_buffered} bytes buffered on a stream")
@@ -94,7 +119,8 @@ class StreamBridge(asyncio.Transport):
     def _deliver(self) -> None:
         protocol = self._protocol
         received = self._received
-        while self._reading and received and protocol is not None:
+        hold = self._hold
+        while self._reading and received and protocol is not None and not (hold is not None and hold()):
             buffer = memoryview(protocol.get_buffer(len(received)))
             count = min(len(buffer), len(received))
             buffer[:count] = received[:count]
@@ -122,6 +148,8 @@ class StreamBridge(asyncio.Transport):
         if self._closing:
             return
         self._send(data if isinstance(data, bytes) else bytes(data))
+        if self._on_write is not None:
+            self._on_write(len(data))
 
     def can_write_eof(self) -> bool:
         return True
@@ -157,12 +185,25 @@ class TlsStreamTransport(StreamBridge):
         self._transport = transport
         self._pause_above = pause_above
         self._source_paused = False
+        self.on_drained: Callable[[], None] | None = None
+        """Called when the TLS write buffer drained below its low-water mark."""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
 
     def _send(self, data: bytes) -> None:
-        self._transport.write(data)
+        # Answers to calls that were read before the peer went away: asyncio would log each write to a closed
+        # socket ("socket.send() raised exception."), one line per answer.
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def unsent_bytes(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a refused or idle one): nothing buffered is sent."""
+        self.connection_lost(None)
+        self._transport.abort()
 
     def _send_eof(self) -> None:
         # TLS has no half-close in asyncio: ending our side ends the connection (after the buffered writes).
@@ -192,6 +233,8 @@ class TlsStreamTransport(StreamBridge):
     def resume_writing(self) -> None:
         if self._protocol is not None and not self._lost:
             self._protocol.resume_writing()
+        if self.on_drained is not None:
+            self.on_drained()
 
 
 class TlsStreamProtocol(asyncio.Protocol):
@@ -206,17 +249,22 @@ class TlsStreamProtocol(asyncio.Protocol):
         *,
         max_buffered: int,
         pause_above: int = 256 * 1024,
+        write_buffer_high: int | None = None,
     ) -> None:
         self._on_connected = on_connected
         self._max_buffered = max_buffered
         self._pause_above = min(pause_above, max_buffered)
+        self._write_buffer_high = write_buffer_high
         self.bridge: TlsStreamTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not isinstance-checked: uvloop's transports do not derive from asyncio.Transport.
-        self.bridge = TlsStreamTransport(
-            cast(asyncio.Transport, transport), max_buffered=self._max_buffered, pause_above=self._pause_above
-        )
+        stream = cast(asyncio.Transport, transport)
+        if self._write_buffer_high is not None:
+            # Answers wait in the transport's buffer, where the connection's budget counts them, rather than in
+            # kj's queue behind a paused pycapnp writer, where nobody does.
+            stream.set_write_buffer_limits(high=self._write_buffer_high, low=self._write_buffer_high // 4)
+        self.bridge = TlsStreamTransport(stream, max_buffered=self._max_buffered, pause_above=self._pause_above)
         if self._on_connected is not None:
             self._on_connected(self.bridge)
 

@@ -11,10 +11,15 @@ MIN_LENGTH = 3
 MAX_LENGTH = 32
 _ALLOWED = re.compile(rf"[a-z0-9_.-]{{{MIN_LENGTH},{MAX_LENGTH}}}")
 _ALLOWED_CHAR = re.compile(r"[a-z0-9_.-]")
+# Longer input cannot normalize to a valid name (NFKC composes at most a few code points into one); refusing it
+# first keeps huge names from costing normalization time.
+MAX_RAW_USERNAME_CHARS = 256
 
 
 def normalize_username(raw: str) -> str:
     """The canonical form of a username, or InvalidArgument saying what is wrong with it."""
+    if len(raw) > MAX_RAW_USERNAME_CHARS:
+        raise InvalidArgument(f"a username is {MIN_LENGTH} to {MAX_LENGTH} characters (got {len(raw)})")
     name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
     if not _ALLOWED.fullmatch(name):
         raise InvalidArgument(username_rule(name))

@@ -154,6 +154,13 @@ struct Limits {
   maxCommitDeliveries @9 :UInt32; # deliveries plus welcomes of one submitCommit
   maxCommitBytes @10 :UInt64;     # message plus payload bytes of one submitCommit
   maxGroupMembers @11 :UInt32;    # identity keys in a group's member set
+  # What one client may make the node hold (hostile clients): calls running at once on one connection (more
+  # wait unread), and fetchWait/peekWait calls parked at once per connection and per identity (more are refused).
+  maxCallsPerConnection @12 :UInt32;
+  maxParkedPerConnection @13 :UInt32;
+  maxParkedPerIdentity @14 :UInt32;
+  maxBatchBytes @15 :UInt64;      # recipients x payload bytes one batchEnqueue may store
+  maxInboxSharePerSender @16 :UInt32;  # messages one sender may have queued in someone else's default inbox
 }
 
 # What submitCommit enqueues to one recipient.

@@ -47,7 +47,8 @@ class NodeConfig:
     session_ttl_seconds: int = 24 * 3600
     login_state_seconds: int = 60
     # Token buckets: calls per second and burst, per authenticated identity and per source address (every call);
-    # OPAQUE login and registration attempts per username and per address; sealed-sender enqueues per connection.
+    # failed OPAQUE login finishes per (username, source address); OPAQUE login calls per address; sealed-sender
+    # enqueues per connection.
     rate_per_identity: float = 500.0
     burst_per_identity: int = 1000
     rate_per_address: float = 2000.0
@@ -87,6 +88,40 @@ class NodeConfig:
     # Tokens are sealed under a key that rotates every quic_retry_period_s; the previous one is still accepted.
     quic_retry: bool = False
     quic_retry_period_s: float = 60.0
+    # ── What one client can make the node hold (hostile clients) ──────────────────────────────────────────────
+    # Answer bytes held for one connection (unacknowledged on QUIC, unsent on TLS): past it, the node reads no
+    # further calls from that connection until its client reads (one answer may pass it: a fetch is never cut).
+    max_unsent_bytes_per_connection: int = 4 * 1024 * 1024
+    # Calls running at once on one connection; past it the node stops reading the connection (backpressure).
+    max_calls_per_connection: int = 64
+    # fetchWait/peekWait calls parked at once, per connection and per identity (over all its connections).
+    max_parked_per_connection: int = 16
+    max_parked_per_identity: int = 64
+    # Registration calls (start and finish each count) per source address and over the whole node.
+    register_rate_per_address: float = 1.0
+    register_burst_per_address: int = 60
+    register_rate_total: float = 20.0
+    register_burst_total: int = 400
+    # batchEnqueue: recipients x payload bytes one call may store.
+    max_batch_bytes: int = 64 * 1024 * 1024
+    # Messages one sender may have queued in someone else's default inbox at once (its share of max_inbox_depth).
+    max_inbox_share_per_sender: int = 1000
+    # KeyPackage fetches per (caller, target identity): one account cannot drain another's one-time packages.
+    key_package_rate_per_pair: float = 1 / 60
+    key_package_burst_per_pair: int = 16
+    # Name look-ups (resolveUser) per identity and per source address: the directory cannot be scraped.
+    resolve_rate_per_identity: float = 0.1
+    resolve_burst_per_identity: int = 100
+    resolve_rate_per_address: float = 1.0
+    resolve_burst_per_address: int = 300
+    # Connections: a QUIC or TLS handshake must finish within handshake_timeout_s; a TLS connection that sends
+    # nothing and has no call running for tcp_idle_timeout_s is closed (QUIC has quic_idle_timeout_s); caps on
+    # connections in all, per source address, and on connections that have not authenticated a call yet.
+    handshake_timeout_s: float = 10.0
+    tcp_idle_timeout_s: float = 60.0
+    max_connections: int = 10_000
+    max_connections_per_address: int = 256
+    max_unauthenticated_connections: int = 512
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -101,6 +136,10 @@ class NodeConfig:
             value = getattr(self, field.name)
             if field.type in ("int", "float") and value <= 0:
                 raise ConfigError(f"{field.name} must be positive, got {value}")
+        if self.tcp_idle_timeout_s * 1000 <= self.max_wait_ms:
+            raise ConfigError("tcp_idle_timeout_s must be longer than max_wait_ms")
+        if self.max_parked_per_connection >= self.max_calls_per_connection:
+            raise ConfigError("max_parked_per_connection must be below max_calls_per_connection")
         if self.loop not in LOOPS:
             raise ConfigError(f"loop must be {' or '.join(LOOPS)}, got {self.loop!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -13,10 +13,12 @@ import time
 from quicnprotochat.common import kj_loop
 from quicnprotochat.server.at_rest import node_root_key, open_secrets
 from quicnprotochat.server.config import NodeConfig, parse_listen
+from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import ensure_data_dir
 from quicnprotochat.server.metrics import NodeMetrics, instrument
 from quicnprotochat.server.metrics_http import MetricsEndpoint
-from quicnprotochat.server.node_state import NodeState, store_limits
+from quicnprotochat.server.node_counters import NodeCounters
+from quicnprotochat.server.node_state import NodeState, connection_limits, store_limits
 from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
 from quicnprotochat.server.quic_retry import RotatingRetryTokens
@@ -47,6 +49,12 @@ class Node:
         self._kj_acquired = False
 
     @property
+    def counters(self) -> NodeCounters:
+        """Connections, parked long-polls and refusals by limit (see server/node_counters.py)."""
+        assert self.state is not None
+        return self.state.counters
+
+    @property
     def fingerprint(self) -> str:
         assert self.state is not None
         return self.state.identity.fingerprint
@@ -72,10 +80,12 @@ class Node:
             self.metrics = NodeMetrics(state)
             service_class = instrument(NodeServiceImpl, self.metrics)
 
-            def bootstrap(peer: Peer) -> NodeServiceImpl:
-                return service_class(state, peer)
+            def bootstrap(peer: Peer, budget: ConnectionBudget) -> NodeServiceImpl:
+                return service_class(state, peer, budget)
 
-            self._sessions = RpcSessions(bootstrap, self.config.max_message_bytes)
+            self._sessions = RpcSessions(
+                bootstrap, self.config.max_message_bytes, connection_limits(self.config), state.counters
+            )
             sessions = self._sessions
             state.connections = lambda: sessions.active
             # Bound what a QUIC stream or TLS connection may buffer ahead of the RPC reader: a few maximal messages.
@@ -87,13 +97,21 @@ class Node:
                     quic_server_configuration(identity, self.config.quic_idle_timeout_s),
                     max_buffered,
                     retry,
+                    handshake_timeout=self.config.handshake_timeout_s,
                 )
                 self.quic_address = await self._quic.start(*parse_listen(self.config.quic_listen))
                 quic = self._quic
                 state.quic_connections = lambda: quic.connections
                 state.retry = None if retry is None else retry.stats
             if self.config.tcp_listen:
-                self._tcp = TcpListener(self._sessions, tls_server_context(identity), max_buffered)
+                self._tcp = TcpListener(
+                    self._sessions,
+                    tls_server_context(identity),
+                    max_buffered,
+                    write_buffer_high=self.config.max_unsent_bytes_per_connection,
+                    handshake_timeout=self.config.handshake_timeout_s,
+                    idle_timeout=self.config.tcp_idle_timeout_s,
+                )
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))
             if self.config.metrics_listen:
                 metrics = self.metrics

@@ -12,9 +12,12 @@ from quicnprotochat.common.schema import PROTOCOL_VERSION
 from quicnprotochat.native import OpaqueServer
 from quicnprotochat.server import __version__
 from quicnprotochat.server.config import NodeConfig
+from quicnprotochat.server.connection_budget import ConnectionLimits
 from quicnprotochat.server.disk_space import DiskSpace, store_disk_path
 from quicnprotochat.server.health import HealthMonitor
 from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.log_throttle import LogThrottle
+from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.directory import DirectoryService
@@ -36,6 +39,7 @@ def store_limits(config: NodeConfig) -> StoreLimits:
         max_fetch=config.max_fetch_limit,
         max_fetch_bytes=config.max_fetch_bytes,
         max_key_packages_per_identity=config.max_key_packages_per_identity,
+        max_inbox_share_per_sender=config.max_inbox_share_per_sender,
     )
 
 
@@ -58,9 +62,25 @@ def rate_limits(config: NodeConfig) -> RateLimits:
     return RateLimits(
         per_identity=RateLimit(config.rate_per_identity, config.burst_per_identity),
         per_address=RateLimit(config.rate_per_address, config.burst_per_address),
-        login_per_username=RateLimit(config.login_rate_per_username, config.login_burst_per_username),
+        login_failures_per_username=RateLimit(config.login_rate_per_username, config.login_burst_per_username),
         login_per_address=RateLimit(config.login_rate_per_address, config.login_burst_per_address),
         sealed_per_connection=RateLimit(config.sealed_rate_per_connection, config.sealed_burst_per_connection),
+        register_per_address=RateLimit(config.register_rate_per_address, config.register_burst_per_address),
+        register_total=RateLimit(config.register_rate_total, config.register_burst_total),
+        key_package_per_pair=RateLimit(config.key_package_rate_per_pair, config.key_package_burst_per_pair),
+        resolve_per_identity=RateLimit(config.resolve_rate_per_identity, config.resolve_burst_per_identity),
+        resolve_per_address=RateLimit(config.resolve_rate_per_address, config.resolve_burst_per_address),
+    )
+
+
+def connection_limits(config: NodeConfig) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_unsent_bytes=config.max_unsent_bytes_per_connection,
+        max_calls=config.max_calls_per_connection,
+        max_parked=config.max_parked_per_connection,
+        max_connections=config.max_connections,
+        max_connections_per_address=config.max_connections_per_address,
+        max_unauthenticated=config.max_unauthenticated_connections,
     )
 
 
@@ -79,6 +99,9 @@ class NodeState:
     groups: GroupService
     disk: DiskSpace
     health: HealthMonitor
+    counters: NodeCounters
+    fault_log: LogThrottle
+    """Clients' repeated faults (malformed calls): one log line per kind and period."""
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
@@ -90,6 +113,7 @@ class NodeState:
     async def open(
         cls, config: NodeConfig, identity: NodeIdentity, clock: Clock, store: Store, opaque: OpaqueServer
     ) -> NodeState:
+        counters = NodeCounters()
         sessions = SessionService(store, config.session_ttl_seconds, clock)
         disk_path, store_on_disk = store_disk_path(config.store_location, config.data_dir)
         disk = DiskSpace(
@@ -118,8 +142,10 @@ class NodeState:
             ),
             directory=DirectoryService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
             inboxes=inboxes,
-            limiter=RateLimiter(rate_limits(config)),
+            limiter=RateLimiter(rate_limits(config), on_refuse=counters.refuse),
             groups=GroupService(store, inboxes, submit_limits(config), clock=clock),
+            counters=counters,
+            fault_log=LogThrottle(logging.getLogger("quicnprotochat.server.rpc")),
             disk=disk,
             health=HealthMonitor(store, disk),
         )
@@ -144,6 +170,11 @@ class NodeState:
                 "maxCommitDeliveries": config.max_commit_deliveries,
                 "maxCommitBytes": config.max_commit_bytes,
                 "maxGroupMembers": config.max_group_members,
+                "maxCallsPerConnection": config.max_calls_per_connection,
+                "maxParkedPerConnection": config.max_parked_per_connection,
+                "maxParkedPerIdentity": config.max_parked_per_identity,
+                "maxBatchBytes": config.max_batch_bytes,
+                "maxInboxSharePerSender": config.max_inbox_share_per_sender,
             },
         }
 

@@ -16,6 +16,7 @@ from aioquic.quic.connection import QuicConnection
 from quicnprotochat.common.capnp_bridge import attach_capnp_stream
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN
+from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import Peer, peer_from_address
 from quicnprotochat.server.quic_retry import RotatingRetryTokens, serve_quic
@@ -25,6 +26,8 @@ log = logging.getLogger("quicnprotochat.server.quic")
 
 # Application error code for a peer that broke the one-stream-per-connection rule or flooded a stream.
 PROTOCOL_VIOLATION = 0x1
+# Application error code for a connection past one of the node's connection caps.
+CONNECTION_REFUSED = 0x2
 
 
 def _is_client_bidi(stream_id: int) -> bool:
@@ -40,27 +43,49 @@ class NodeQuicConnection(QuicConnectionProtocol):
         sessions: RpcSessions,
         connections: set[NodeQuicConnection],
         max_buffered: int,
+        handshake_timeout: float,
     ) -> None:
         super().__init__(quic, stream_handler)
         self._sessions = sessions
         self._connections = connections
         self._max_buffered = max_buffered
+        # A peer that starts a handshake and never finishes it holds a connection until this fires.
+        self._handshake_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            handshake_timeout, self._handshake_overdue
+        )
         self._stream: QuicStreamTransport | None = None
         self._peer: Peer | None = None
+        self._budget: ConnectionBudget | None = None
         connections.add(self)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self._peer is None:
             self._peer = peer_from_address("quic", addr)
         super().datagram_received(data, addr)
+        if self._budget is not None:
+            # Acknowledgements shrink the stream's unsent answers: calls and reading held back may go on.
+            self._budget.poke()
+
+    def _handshake_overdue(self) -> None:
+        self._handshake_timer = None
+        self._sessions.counters.refuse("handshake_timeout_s")
+        self._violation("the handshake did not finish in time")
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.StreamDataReceived):
+        if isinstance(event, events.HandshakeCompleted):
+            self._stop_handshake_timer()
+        elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
         elif isinstance(event, events.StreamReset):
             if self._stream is not None and event.stream_id == self._stream.stream_id:
                 self._stream.connection_lost(ConnectionResetError("the client reset its RPC stream"))
         elif isinstance(event, events.ConnectionTerminated):
+            self._stop_handshake_timer()
             self._connections.discard(self)
             if self._stream is not None:
                 self._stream.connection_lost(ConnectionError(event.reason_phrase or "connection closed"))
@@ -70,6 +95,10 @@ class NodeQuicConnection(QuicConnectionProtocol):
             if not _is_client_bidi(event.stream_id):
                 self._violation("the RPC stream must be a client-opened bidirectional stream")
                 return
+            refused = self._sessions.admit(self._peer or Peer("quic", "unknown", 0))
+            if refused is not None:
+                self.close(error_code=CONNECTION_REFUSED, reason_phrase=f"{refused} reached")
+                return
             self._stream = QuicStreamTransport(
                 self._quic,
                 event.stream_id,
@@ -78,8 +107,11 @@ class NodeQuicConnection(QuicConnectionProtocol):
                 on_closed=self._rpc_stream_closed,
                 extra={"peername": self._peer},
             )
+            self._budget = self._sessions.bind(self._stream)
             stream, _protocol = attach_capnp_stream(self._stream)
-            self._sessions.start(stream, self._peer or Peer("quic", "unknown", 0), self._rpc_stream_closed)
+            self._sessions.start(
+                stream, self._peer or Peer("quic", "unknown", 0), self._budget, self._rpc_stream_closed
+            )
         elif event.stream_id != self._stream.stream_id:
             self._violation("one RPC stream per connection")
             return
@@ -114,9 +146,12 @@ class QuicListener:
         configuration: QuicConfiguration,
         max_buffered: int,
         retry: RotatingRetryTokens | None = None,
+        *,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self._retry = retry
         self._sessions = sessions
+        self._handshake_timeout = handshake_timeout
         self._configuration = configuration
         self._max_buffered = max_buffered
         self._connections: set[NodeQuicConnection] = set()
@@ -133,6 +168,7 @@ class QuicListener:
             sessions=self._sessions,
             connections=self._connections,
             max_buffered=self._max_buffered,
+            handshake_timeout=self._handshake_timeout,
         )
         transport, _protocol = await loop.create_datagram_endpoint(
             lambda: serve_quic(self._configuration, create_protocol, self._retry),

@@ -19,10 +19,15 @@ from typing import Any
 import capnp.lib.capnp as pycapnp_lib  # type: ignore[import-untyped]
 
 from quicnprotochat.common.errors import RpcError
+from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.services.errors import rpc_error
 from quicnprotochat.server.store import StoreError
 
 log = logging.getLogger("quicnprotochat.server.rpc")
+
+# asyncio logs this once per write to a socket whose peer went away, until the transport's close is processed:
+# a client that sends thousands of calls and closes leaves thousands of lines.
+_ASYNCIO_SEND_FAILED = "socket.send() raised exception."
 
 
 def render_error(exc: BaseException) -> str:
@@ -46,3 +51,20 @@ class _SanitizingTraceback(types.ModuleType):
 def install_error_sanitizer() -> None:
     if not isinstance(pycapnp_lib._traceback, _SanitizingTraceback):
         pycapnp_lib._traceback = _SanitizingTraceback("traceback")
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ThrottleSendFailures) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_ThrottleSendFailures())
+
+
+class _ThrottleSendFailures(logging.Filter):
+    """Turns asyncio's per-write "socket.send() raised exception." into one line per minute with a count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = LogThrottle(logging.getLogger("quicnprotochat.server.transport"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _ASYNCIO_SEND_FAILED:
+            return True
+        self._throttle.info("send after close", "answers to peers that went away were dropped")
+        return False

@@ -1,16 +1,24 @@
 """The NodeService capability: one instance per connection, thin handlers over the node's services.
 
-Each handler parses its parameters, applies the rate limits, authenticates the caller where the method needs it,
-calls a service and shapes the result. RpcErrors raised anywhere travel back to the caller as `code: reason`.
+Every call enters through `rpc_dispatch` (the connection's budget, parameters read eagerly and checked). Each
+handler applies the rate limits, authenticates the caller where the method needs it, calls a service and shapes
+the result. RpcErrors raised anywhere travel back to the caller as `code: reason`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from quicnprotochat.common.errors import ResourceExhausted, Unauthenticated
 from quicnprotochat.common.schema import node_schema
+from quicnprotochat.common.usernames import normalize_username
+from quicnprotochat.server.connection_budget import ConnectionBudget
+from quicnprotochat.server.node_counters import decrement
 from quicnprotochat.server.node_state import NodeState
+from quicnprotochat.server.rpc_dispatch import serve_methods
 from quicnprotochat.server.services.sessions import Caller, auth_absent
 from quicnprotochat.server.store.groups import GroupDelivery
 
@@ -29,12 +37,33 @@ def _deliveries(items: Any) -> list[GroupDelivery]:
     return [GroupDelivery(bytes(item.recipientKey), bytes(item.channelId), bytes(item.payload)) for item in items]
 
 
+def _answer_bytes(messages: list[InboxMessage]) -> int:
+    return sum(len(message.payload) for message in messages)
+
+
+@serve_methods(node_schema().NodeService)
 class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
-    def __init__(self, node: NodeState, peer: Peer) -> None:
+    def __init__(self, node: NodeState, peer: Peer, budget: ConnectionBudget) -> None:
         self._node = node
         self._peer = peer
+        self._budget = budget
         # Identifies this connection to services that keep per-connection state (OPAQUE login in progress).
         self._connection_id = os.urandom(16)
+
+    # -- entry (rpc_dispatch) ----------------------------------------------------------------------------------
+
+    @property
+    def budget(self) -> ConnectionBudget:
+        return self._budget
+
+    async def authenticate_first(self, auth: Any) -> None:
+        await self._caller(auth)
+
+    def client_fault(self, method: str, reason: str) -> None:
+        # Malformed calls are the client's fault and can come by the thousand: one line per kind and minute.
+        self._node.fault_log.info(
+            ("malformed call", self._peer.host, method), "malformed %s call from %s: %s", method, self._peer, reason
+        )
 
     # -- guards ------------------------------------------------------------------------------------------------
 
@@ -44,12 +73,23 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     async def _caller(self, auth: Any) -> Caller:
         self._limit_address()
         caller = await self._node.sessions.authenticate(auth)
+        self._budget.mark_authenticated()
         self._node.limiter.identity.check(caller.identity_key, "this identity")
         return caller
 
-    def _limit_login(self, username: str) -> None:
+    def _limit_login(self, raw_username: str) -> str:
+        """The normalized username, checked before any bucket is touched (a malformed or huge name costs no
+        bucket and never becomes a key); then the address's login bucket."""
+        username = normalize_username(raw_username)
         self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
-        self._node.limiter.login_username.check(username.casefold(), "login attempts for this username")
+        return username
+
+    def _limit_registration(self, raw_username: str) -> str:
+        username = normalize_username(raw_username)
+        limiter = self._node.limiter
+        limiter.register_address.check(self._peer.host, "registrations from this address")
+        limiter.register_total.check(None, "registrations on this node")
+        return username
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -65,35 +105,53 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
 
     async def opaqueRegisterStart(self, username: str, request: bytes, _context: Any, **_: Any) -> bytes:
         self._limit_address()
-        self._limit_login(username)
-        return await self._node.accounts.register_start(username, request)
+        name = self._limit_registration(username)
+        return await self._node.accounts.register_start(name, request)
 
     async def opaqueRegisterFinish(
         self, username: str, upload: bytes, identityKey: bytes, identitySig: bytes, _context: Any, **_: Any
     ) -> bool:
         self._limit_address()
-        await self._node.accounts.register_finish(username, upload, identityKey, identitySig)
+        name = self._limit_registration(username)
+        await self._node.accounts.register_finish(name, upload, identityKey, identitySig)
         return True
 
     async def opaqueLoginStart(self, username: str, request: bytes, _context: Any, **_: Any) -> bytes:
         self._limit_address()
-        self._limit_login(username)
-        return await self._node.accounts.login_start(self._connection_id, username, request)
+        name = self._limit_login(username)
+        return await self._node.accounts.login_start(self._connection_id, name, request)
 
     async def opaqueLoginFinish(
         self, username: str, finalization: bytes, identityKey: bytes, identitySig: bytes, _context: Any, **_: Any
     ) -> bytes:
         self._limit_address()
-        return await self._node.accounts.login_finish(
-            self._connection_id, username, finalization, identityKey, identitySig, b""
-        )
+        name = self._limit_login(username)
+        # Only failed finishes count against the username, and only from this address: a stranger elsewhere
+        # cannot use up the account owner's attempts.
+        failures = self._node.limiter.login_failures
+        key = (name, self._peer.host)
+        failures.check_available(key, "failed logins for this username from this address")
+        try:
+            token = await self._node.accounts.login_finish(
+                self._connection_id, name, finalization, identityKey, identitySig, b""
+            )
+        except Unauthenticated:
+            failures.take(key)
+            raise
+        self._budget.mark_authenticated()
+        return token
 
     async def logout(self, auth: Any, _context: Any, **_: Any) -> None:
         caller = await self._caller(auth)
         await self._node.sessions.revoke(caller)
 
     async def resolveUser(self, username: str, auth: Any, _context: Any, **_: Any) -> bytes:
-        await self._caller(auth)
+        caller = await self._caller(auth)
+        # Against scraping: a few hundred look-ups an hour per account (Signal: 100 per 15 minutes), and per address
+        # so that many accounts on one host do not multiply it.
+        limiter = self._node.limiter
+        limiter.resolve_identity.check(caller.identity_key, "name look-ups for this identity")
+        limiter.resolve_address.check(self._peer.host, "name look-ups from this address")
         return await self._node.accounts.resolve_user(username) or b""
 
     async def resolveIdentity(self, identityKey: bytes, auth: Any, _context: Any, **_: Any) -> str:
@@ -107,7 +165,10 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         return await self._node.directory.upload_key_package(caller, identityKey, package)
 
     async def fetchKeyPackage(self, identityKey: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
-        await self._caller(auth)
+        caller = await self._caller(auth)
+        self._node.limiter.key_package_pair.check(
+            (caller.identity_key, identityKey), "KeyPackage fetches of this identity by you"
+        )
         return await self._node.directory.fetch_key_package(identityKey)
 
     async def uploadHybridKey(
@@ -168,6 +229,14 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     ) -> list[int]:
         caller = await self._caller(auth)
         recipients = [bytes(key) for key in recipientKeys]
+        total = len(recipients) * len(payload)
+        limit = self._node.config.max_batch_bytes
+        if total > limit:
+            self._node.counters.refuse("max_batch_bytes")
+            raise ResourceExhausted(
+                f"batchEnqueue of {len(recipients)} recipients x {len(payload)} bytes = {total} bytes;"
+                f" at most {limit} per call"
+            )
         inboxes = self._node.inboxes
         return await inboxes.batch_enqueue(caller, recipients, payload, channelId, version, bytes(idempotencyKey))
 
@@ -175,7 +244,10 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any
     ) -> list[dict[str, Any]]:
         caller = await self._caller(auth)
-        return _envelopes(await self._node.inboxes.fetch(caller, recipientKey, channelId, version, limit))
+        async with self._budget.answer_slot() as reserve:
+            messages = await self._node.inboxes.fetch(caller, recipientKey, channelId, version, limit)
+            reserve(_answer_bytes(messages))
+        return _envelopes(messages)
 
     async def fetchWait(
         self,
@@ -207,16 +279,51 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         self, recipient: bytes, channel: bytes, version: int, timeout_ms: int, auth: Any, limit: int, *, remove: bool
     ) -> list[dict[str, Any]]:
         caller = await self._caller(auth)
-        inboxes = self._node.inboxes
-        return _envelopes(
-            await inboxes.fetch_wait(caller, recipient, channel, version, timeout_ms, limit, remove=remove)
-        )
+        async with self._parked(caller.identity_key):
+            return _envelopes(
+                await self._node.inboxes.fetch_wait(
+                    caller,
+                    recipient,
+                    channel,
+                    version,
+                    timeout_ms,
+                    limit,
+                    remove=remove,
+                    answer_slot=self._budget.answer_slot,
+                )
+            )
+
+    @asynccontextmanager
+    async def _parked(self, identity: bytes) -> AsyncIterator[None]:
+        """One parked long-poll, within the per-connection and per-identity caps; released however it ends."""
+        counters = self._node.counters
+        config = self._node.config
+        if self._budget.parked >= config.max_parked_per_connection:
+            counters.refuse("max_parked_per_connection")
+            limit = config.max_parked_per_connection
+            raise ResourceExhausted(f"too many fetchWait/peekWait calls parked on this connection (at most {limit})")
+        if counters.parked_by_identity[identity] >= config.max_parked_per_identity:
+            counters.refuse("max_parked_per_identity")
+            limit = config.max_parked_per_identity
+            raise ResourceExhausted(f"too many fetchWait/peekWait calls parked for this identity (at most {limit})")
+        self._budget.parked += 1
+        counters.parked_waits += 1
+        counters.parked_by_identity[identity] += 1
+        try:
+            yield
+        finally:
+            self._budget.parked -= 1
+            counters.parked_waits -= 1
+            decrement(counters.parked_by_identity, identity)
 
     async def peek(
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any
     ) -> list[dict[str, Any]]:
         caller = await self._caller(auth)
-        return _envelopes(await self._node.inboxes.peek(caller, recipientKey, channelId, version, limit))
+        async with self._budget.answer_slot() as reserve:
+            messages = await self._node.inboxes.peek(caller, recipientKey, channelId, version, limit)
+            reserve(_answer_bytes(messages))
+        return _envelopes(messages)
 
     async def ack(
         self, recipientKey: bytes, channelId: bytes, version: int, seqUpTo: int, auth: Any, _context: Any, **_: Any

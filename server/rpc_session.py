@@ -10,32 +10,78 @@ from typing import Any
 import capnp  # type: ignore[import-untyped]
 
 from quicnprotochat.common.capnp_bridge import reader_limit_words
+from quicnprotochat.common.stream_bridge import StreamBridge
+from quicnprotochat.server.connection_budget import ConnectionBudget, ConnectionLimits
+from quicnprotochat.server.log_throttle import LogThrottle
+from quicnprotochat.server.node_counters import NodeCounters, decrement
 from quicnprotochat.server.peer import Peer
 
 log = logging.getLogger("quicnprotochat.server.session")
+# A flood of refused connections logs one line per limit and minute.
+_refusals = LogThrottle(log)
+
+Bootstrap = Callable[[Peer, ConnectionBudget], Any]
 
 
 class RpcSessions:
     """The RPC sessions of a node: started per connection, all ended on shutdown."""
 
-    def __init__(self, bootstrap_for: Callable[[Peer], Any], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        bootstrap_for: Bootstrap,
+        max_message_bytes: int,
+        limits: ConnectionLimits,
+        counters: NodeCounters,
+    ) -> None:
         self._bootstrap_for = bootstrap_for
         self._reader_limit = reader_limit_words(max_message_bytes)
+        self._limits = limits
+        self.counters = counters
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def active(self) -> int:
         return len(self._tasks)
 
-    def start(self, stream: Any, peer: Peer, on_end: Callable[[], None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(stream, peer, on_end))
+    def admit(self, peer: Peer) -> str | None:
+        """None if a new connection from `peer` may start; else the setting that refuses it (counted)."""
+        counters, limits = self.counters, self._limits
+        refused = None
+        if sum(counters.connections.values()) >= limits.max_connections:
+            refused = "max_connections"
+        elif counters.connections_by_address[peer.host] >= limits.max_connections_per_address:
+            refused = "max_connections_per_address"
+        elif counters.unauthenticated_connections >= limits.max_unauthenticated:
+            refused = "max_unauthenticated_connections"
+        if refused is not None:
+            counters.refuse(refused)
+            _refusals.info(refused, "refusing a connection from %s: %s reached", peer, refused)
+        return refused
+
+    def bind(self, bridge: StreamBridge) -> ConnectionBudget:
+        """A new connection's budget, wired to its bridge: reading holds while the budget is spent."""
+        budget = ConnectionBudget(self._limits)
+        budget.attach(bridge.unsent_bytes, bridge.release)
+        bridge.set_budget(budget.hold_reading, budget.written)
+        return budget
+
+    def start(self, stream: Any, peer: Peer, budget: ConnectionBudget, on_end: Callable[[], None]) -> None:
+        counters = self.counters
+        counters.connections[peer.transport] += 1
+        counters.connections_by_address[peer.host] += 1
+        counters.unauthenticated_connections += 1
+
+        def authenticated() -> None:
+            counters.unauthenticated_connections -= 1
+
+        budget.on_authenticated = authenticated
+        task = asyncio.get_running_loop().create_task(self._serve(stream, peer, budget, on_end))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, stream: Any, peer: Peer, on_end: Callable[[], None]) -> None:
-        server = capnp.TwoPartyServer(
-            stream, bootstrap=self._bootstrap_for(peer), traversal_limit_in_words=self._reader_limit
-        )
+    async def _serve(self, stream: Any, peer: Peer, budget: ConnectionBudget, on_end: Callable[[], None]) -> None:
+        bootstrap = self._bootstrap_for(peer, budget)
+        server = capnp.TwoPartyServer(stream, bootstrap=bootstrap, traversal_limit_in_words=self._reader_limit)
         log.debug("session started: %s", peer)
         try:
             await server.on_disconnect()
@@ -44,6 +90,10 @@ class RpcSessions:
         finally:
             server.close()
             on_end()
+            decrement(self.counters.connections, peer.transport)
+            decrement(self.counters.connections_by_address, peer.host)
+            if not budget.authenticated:
+                self.counters.unauthenticated_connections -= 1
             log.debug("session ended: %s", peer)
 
     async def close(self) -> None:

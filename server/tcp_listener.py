@@ -7,17 +7,25 @@ control, as the QUIC side does: pycapnp's own TCP streams crash under uvloop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
+from asyncio import sslproto
 
 from quicnprotochat.common.capnp_bridge import attach_capnp_stream
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.common.stream_bridge import TlsStreamProtocol, TlsStreamTransport
+from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import peer_from_address
 from quicnprotochat.server.rpc_session import RpcSessions
 
 # What one connection may buffer ahead of its RPC reader (reading the socket pauses well before that).
 DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
+# asyncio's TLS protocol keeps a read buffer of this class attribute's size for every connection (256 KiB by
+# default: most of an idle TLS connection's memory). TLS records are at most 16 KiB, so a few records per read
+# lose nothing. It is a class attribute, so this applies to every asyncio TLS connection of the process.
+TLS_READ_BUFFER_BYTES = 32 * 1024
 
 
 def tls_server_context(identity: NodeIdentity) -> ssl.SSLContext:
@@ -31,9 +39,21 @@ def tls_server_context(identity: NodeIdentity) -> ssl.SSLContext:
 
 class TcpListener:
     def __init__(
-        self, sessions: RpcSessions, context: ssl.SSLContext, max_buffered: int = DEFAULT_MAX_BUFFERED
+        self,
+        sessions: RpcSessions,
+        context: ssl.SSLContext,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        *,
+        write_buffer_high: int,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
     ) -> None:
         self._sessions = sessions
+        self._write_buffer_high = write_buffer_high
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._idle_sweeper: asyncio.Task[None] | None = None
+        self._budgets: dict[TlsStreamTransport, ConnectionBudget] = {}
         self._context = context
         self._max_buffered = max_buffered
         self._server: asyncio.Server | None = None
@@ -41,27 +61,56 @@ class TcpListener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
         self._server = await loop.create_server(
-            lambda: TlsStreamProtocol(self._on_connection, max_buffered=self._max_buffered),
+            lambda: TlsStreamProtocol(
+                self._on_connection, max_buffered=self._max_buffered, write_buffer_high=self._write_buffer_high
+            ),
             host,
             port,
             ssl=self._context,
+            # Also what a connection that never starts TLS, or stops halfway through the handshake, gets.
+            ssl_handshake_timeout=self._handshake_timeout,
         )
+        self._idle_sweeper = loop.create_task(self._close_idle_forever())
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
     def _on_connection(self, bridge: TlsStreamTransport) -> None:
-        self._bridges.add(bridge)
         peer = peer_from_address("tcp", bridge.get_extra_info("peername"))
+        if self._sessions.admit(peer) is not None:
+            bridge.abort()
+            return
+        self._bridges.add(bridge)
+        budget = self._sessions.bind(bridge)
+        self._budgets[bridge] = budget
+        bridge.on_drained = budget.poke
         stream, _protocol = attach_capnp_stream(bridge)
 
         def ended() -> None:
             self._bridges.discard(bridge)
+            self._budgets.pop(bridge, None)
             bridge.close()
 
-        self._sessions.start(stream, peer, ended)
+        self._sessions.start(stream, peer, budget, ended)
+
+    async def _close_idle_forever(self) -> None:
+        """TLS has no idle timeout of its own (QUIC does): close connections that sent nothing for the idle
+        timeout and have no call running (a parked fetchWait is a running call), half-sent frames included."""
+        period = max(self._idle_timeout / 4, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - self._idle_timeout
+            for bridge, budget in list(self._budgets.items()):
+                if budget.running == 0 and bridge.last_received < cutoff:
+                    self._sessions.counters.refuse("tcp_idle_timeout_s")
+                    bridge.abort()
 
     async def close(self) -> None:
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_sweeper
         if self._server is not None:
             self._server.close()
         for bridge in list(self._bridges):

@@ -17,6 +17,8 @@ from quicnprotochat.common.errors import (
 )
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import load_or_create_identity
+from quicnprotochat.server.node_counters import NodeCounters
+from quicnprotochat.server.node_state import connection_limits
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
@@ -41,8 +43,15 @@ async def failing_client(node_config: NodeConfig, known_hosts: KnownHosts) -> As
     install_error_sanitizer()
     await kj_loop.acquire()
     identity, _ = load_or_create_identity(node_config.data_dir)
-    sessions = RpcSessions(lambda peer: FailingService(None, peer), 1 << 20)  # type: ignore[arg-type]
-    listener = TcpListener(sessions, tls_server_context(identity))
+    sessions = RpcSessions(
+        lambda peer, budget: FailingService(None, peer, budget),  # type: ignore[arg-type]
+        1 << 20,
+        connection_limits(node_config),
+        NodeCounters(),
+    )
+    listener = TcpListener(
+        sessions, tls_server_context(identity), write_buffer_high=node_config.max_unsent_bytes_per_connection
+    )
     host, port = await listener.start("127.0.0.1", 0)
     client = NodeClient(f"{host}:{port}", transport="tcp", known_hosts=known_hosts)
     try:

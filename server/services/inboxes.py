@@ -15,6 +15,7 @@ from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
 from quicnprotochat.server.store import AccountStore, Clock, InboxMessage, InboxStore, fetch_wait
+from quicnprotochat.server.store.fetch_wait import AnswerSlot
 from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES, IdempotencyKey, IdempotencyStore
 
 MAX_BATCH_RECIPIENTS = 1000
@@ -157,11 +158,16 @@ class InboxService:
             await self._check_channel_peer(caller, channel, recipient)
         await self._require_account(recipient, "recipientKey")
         self.check_room()
+        sender = None if caller is None else caller.identity_key
         key = self._idempotency_key(idempotency_key, caller, connection_id)
         with store_errors():
             if key is not None and self._idempotent is not None:
-                return (await self._idempotent.enqueue_once(key, [recipient], channel, payload, self._expiry()))[0]
-            return await self._store.enqueue(recipient, channel, payload, self._expiry())
+                return (
+                    await self._idempotent.enqueue_once(
+                        key, [recipient], channel, payload, self._expiry(), sender=sender
+                    )
+                )[0]
+            return await self._store.enqueue(recipient, channel, payload, self._expiry(), sender=sender)
 
     async def batch_enqueue(
         self,
@@ -188,8 +194,12 @@ class InboxService:
         key = self._idempotency_key(idempotency_key, caller, b"")
         with store_errors():
             if key is not None and self._idempotent is not None:
-                return await self._idempotent.enqueue_once(key, list(recipients), channel, payload, self._expiry())
-            return await self._store.batch_enqueue(list(recipients), channel, payload, self._expiry())
+                return await self._idempotent.enqueue_once(
+                    key, list(recipients), channel, payload, self._expiry(), sender=caller.identity_key
+                )
+            return await self._store.batch_enqueue(
+                list(recipients), channel, payload, self._expiry(), sender=caller.identity_key
+            )
 
     async def check_delivery(self, caller: Caller, recipient: bytes, channel: bytes, name: str) -> None:
         """What `enqueue` checks of one recipient and channel, for callers that enqueue through another path
@@ -218,11 +228,13 @@ class InboxService:
         limit: int,
         *,
         remove: bool = True,
+        answer_slot: AnswerSlot | None = None,
     ) -> list[InboxMessage]:
         recipient, channel = await self._own_inbox(caller, recipient, channel, version)
         timeout = min(timeout_ms, self._max_wait_ms) / 1000.0
+        slot = {} if answer_slot is None else {"answer_slot": answer_slot}
         with store_errors():
-            return await fetch_wait(self._store, recipient, channel, self._limit(limit), timeout, remove=remove)
+            return await fetch_wait(self._store, recipient, channel, self._limit(limit), timeout, remove=remove, **slot)
 
     async def peek(
         self, caller: Caller, recipient: bytes, channel: bytes, version: int, limit: int

@@ -1,4 +1,10 @@
-"""Token buckets keyed by identity, address or username, refusing calls with a retry-after hint."""
+"""Token buckets keyed by identity, address or username, refusing calls with a retry-after hint.
+
+Login and registration limits are shaped so that they cannot be turned against the user they protect (see the
+README, "Login and registration limits"): usernames are normalized and checked before any bucket is touched,
+starting a login costs only the caller's address, and the per-username bucket counts failed login *finishes*
+from one source address, so a stranger elsewhere cannot lock an account out.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +28,20 @@ class RateLimit:
 class TokenBuckets:
     """One bucket per key; full buckets are forgotten so idle keys cost no memory."""
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        limit: RateLimit,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+        *,
+        name: str = "",
+        on_refuse: Callable[[str], None] | None = None,
+    ) -> None:
         self.limit = limit
+        self.name = name
         self._clock = clock
         self._max_keys = max_keys
+        self._on_refuse = on_refuse
         self._buckets: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, updated_at)
 
     def __len__(self) -> int:
@@ -44,9 +60,24 @@ class TokenBuckets:
             self._forget_full(now)
         return None
 
+    def wait_needed(self, key: Hashable) -> float | None:
+        """Like `take` of one token, without taking it."""
+        now = self._clock()
+        tokens, updated = self._buckets.get(key, (float(self.limit.burst), now))
+        tokens = min(float(self.limit.burst), tokens + (now - updated) * self.limit.rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.limit.rate
+
     def check(self, key: Hashable, what: str) -> None:
-        retry_after = self.take(key)
+        self._refuse_if(self.take(key), what)
+
+    def check_available(self, key: Hashable, what: str) -> None:
+        """Refuse if a token would be refused now; take nothing (the caller takes one only on failure)."""
+        self._refuse_if(self.wait_needed(key), what)
+
+    def _refuse_if(self, retry_after: float | None, what: str) -> None:
         if retry_after is not None:
+            if self._on_refuse is not None:
+                self._on_refuse(self.name)
             raise ResourceExhausted(f"rate limit for {what} reached", retry_after=retry_after)
 
     def _forget_full(self, now: float) -> None:
@@ -64,17 +95,37 @@ class TokenBuckets:
 class RateLimits:
     per_identity: RateLimit
     per_address: RateLimit
-    login_per_username: RateLimit
+    login_failures_per_username: RateLimit
+    """Failed login finishes per (normalized username, source address)."""
     login_per_address: RateLimit
     sealed_per_connection: RateLimit
+    register_per_address: RateLimit
+    register_total: RateLimit
+    key_package_per_pair: RateLimit
+    resolve_per_identity: RateLimit
+    resolve_per_address: RateLimit
 
 
 class RateLimiter:
-    """Every bucket the node keeps, checked by the RPC layer before it calls a service."""
+    """Every bucket the node keeps, checked by the RPC layer before it calls a service. `on_refuse(name)` counts
+    refusals by the setting's name (NodeCounters.refuse)."""
 
-    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
-        self.identity = TokenBuckets(limits.per_identity, clock)
-        self.address = TokenBuckets(limits.per_address, clock)
-        self.login_username = TokenBuckets(limits.login_per_username, clock)
-        self.login_address = TokenBuckets(limits.login_per_address, clock)
-        self.sealed_connection = TokenBuckets(limits.sealed_per_connection, clock)
+    def __init__(
+        self,
+        limits: RateLimits,
+        clock: Callable[[], float] = time.monotonic,
+        on_refuse: Callable[[str], None] | None = None,
+    ) -> None:
+        def buckets(limit: RateLimit, name: str) -> TokenBuckets:
+            return TokenBuckets(limit, clock, name=name, on_refuse=on_refuse)
+
+        self.identity = buckets(limits.per_identity, "rate_per_identity")
+        self.address = buckets(limits.per_address, "rate_per_address")
+        self.login_failures = buckets(limits.login_failures_per_username, "login_rate_per_username")
+        self.login_address = buckets(limits.login_per_address, "login_rate_per_address")
+        self.sealed_connection = buckets(limits.sealed_per_connection, "sealed_rate_per_connection")
+        self.register_address = buckets(limits.register_per_address, "register_rate_per_address")
+        self.register_total = buckets(limits.register_total, "register_rate_total")
+        self.key_package_pair = buckets(limits.key_package_per_pair, "key_package_rate_per_pair")
+        self.resolve_identity = buckets(limits.resolve_per_identity, "resolve_rate_per_identity")
+        self.resolve_address = buckets(limits.resolve_per_address, "resolve_rate_per_address")

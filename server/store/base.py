@@ -120,6 +120,9 @@ class StoreLimits:
     # least one), so that a response stays readable by the client: removed messages must reach it.
     max_fetch_bytes: int = 16 << 20
     max_key_packages_per_identity: int = 100
+    # Messages one sender may have queued in another identity's default inbox (unexpired, not yet fetched), so
+    # that no single sender can fill it for everyone else.
+    max_inbox_share_per_sender: int = 1000
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from .inboxes import InboxMessage, InboxStore
 
+AnswerSlot = Callable[[], AbstractAsyncContextManager[Callable[[int], None]]]
+"""Taken around the read that makes the answer; yields `reserve(n)` to count the answer's payload bytes."""
+
+
+@asynccontextmanager
+async def _any_time() -> AsyncIterator[Callable[[int], None]]:
+    yield lambda _count: None
+
 
 async def fetch_wait(
-    store: InboxStore, recipient: bytes, channel: bytes, limit: int, timeout: float, *, remove: bool = True
+    store: InboxStore,
+    recipient: bytes,
+    channel: bytes,
+    limit: int,
+    timeout: float,
+    *,
+    remove: bool = True,
+    answer_slot: AnswerSlot = _any_time,
 ) -> list[InboxMessage]:
     """Return up to `limit` messages, waiting up to `timeout` seconds for the first one; they are removed
     unless `remove` is False (peekWait: the client acks once it has stored them).
@@ -24,7 +41,9 @@ async def fetch_wait(
             # thousands of idle clients poll.
             if (await store.inbox_stats(recipient, channel)).depth > 0:
                 read = store.fetch if remove else store.peek
-                messages = await read(recipient, channel, limit)
+                async with answer_slot() as reserve:
+                    messages = await read(recipient, channel, limit)
+                    reserve(sum(len(message.payload) for message in messages))
                 if messages:
                     return messages
             remaining = deadline - loop.time()

@@ -53,6 +53,8 @@ class IdempotencyStore(Protocol):
         channel: bytes,
         payload: bytes,
         expires_at: float | None,
+        *,
+        sender: bytes | None = None,
     ) -> list[int]:
         """`batch_enqueue`, at most once per key within its window: a repeat of the same request gets the seqs the
         first one got, and stores nothing. Raises KeyReused for a repeat with another request, LimitExceeded as
@@ -70,6 +72,8 @@ class IdempotencyBase(StoreEngine):
         channel: bytes,
         payload: bytes,
         expires_at: float | None,
+        *,
+        sender: bytes | None = None,
     ) -> list[int]:
         self._check_open()
         limits = self._limits
@@ -81,7 +85,9 @@ class IdempotencyBase(StoreEngine):
             return []
         targets = [bytes(r) for r in recipients]
         digest = request_digest(targets, bytes(channel), bytes(payload))
-        return await self._enqueue_once(key, digest, targets, bytes(channel), bytes(payload), expires_at, self._clock())
+        return await self._enqueue_once(
+            key, digest, targets, bytes(channel), bytes(payload), expires_at, self._clock(), sender
+        )
 
     async def purge_expired_idempotency_keys(self) -> int:
         return await self._purge_idempotency_keys(self._clock())
@@ -98,6 +104,7 @@ class IdempotencyBase(StoreEngine):
         payload: bytes,
         expires_at: float | None,
         now: float,
+        sender: bytes | None,
     ) -> list[int]:
         """In one transaction: the remembered seqs if `key` is known and unexpired (KeyReused if its digest
         differs), else enqueue and remember the key with the new seqs."""

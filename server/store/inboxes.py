@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .base import Inbox, LimitExceeded, StoreLimits
+from .base import DEFAULT_CHANNEL, Inbox, LimitExceeded, StoreLimits
 from .engine import StoreEngine
 from .wakeups import InboxWakeups
 
@@ -55,8 +55,19 @@ class InboxStore(Protocol):
         ...
 
     # Inboxes
-    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
-        """Append and return the inbox's next seq (1, 2, ...; never reused). Raises LimitExceeded."""
+    async def enqueue(
+        self,
+        recipient: bytes,
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+        *,
+        sender: bytes | None = None,
+    ) -> int:
+        """Append and return the inbox's next seq (1, 2, ...; never reused). Raises LimitExceeded.
+
+        `sender`: who sends (None: unknown, sealed sender). A sender's messages in another identity's default
+        inbox count against `max_inbox_share_per_sender`."""
         ...
 
     async def batch_enqueue(
@@ -65,6 +76,8 @@ class InboxStore(Protocol):
         channel: bytes,
         payload: bytes,
         expires_at: float | None,
+        *,
+        sender: bytes | None = None,
     ) -> list[int]:
         """One seq per recipient in the order given; all or nothing."""
         ...
@@ -103,11 +116,30 @@ def has_room(limits: StoreLimits, depth: int, used: int, size: int) -> bool:
     return depth + 1 <= limits.max_inbox_depth and used + size <= limits.max_inbox_bytes
 
 
+def shared_inbox(inbox: Inbox, sender: bytes | None) -> bool:
+    """Whether `sender`'s message to `inbox` counts against its share: another identity's default inbox."""
+    return sender is not None and inbox[1] == DEFAULT_CHANNEL and sender != inbox[0]
+
+
+def check_share(limits: StoreLimits, held: int, index: int | None = None) -> None:
+    """Refuse one more message from a sender that already has `held` queued in the inbox."""
+    if held + 1 > limits.max_inbox_share_per_sender:
+        raise LimitExceeded("max_inbox_share_per_sender", limits.max_inbox_share_per_sender, held + 1, index=index)
+
+
 class InboxesBase(StoreEngine):
     """The backend-independent half of `InboxStore`: argument checks and caps here, rows in the backend's hooks."""
 
-    async def enqueue(self, recipient: bytes, channel: bytes, payload: bytes, expires_at: float | None) -> int:
-        return (await self.batch_enqueue([recipient], channel, payload, expires_at))[0]
+    async def enqueue(
+        self,
+        recipient: bytes,
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+        *,
+        sender: bytes | None = None,
+    ) -> int:
+        return (await self.batch_enqueue([recipient], channel, payload, expires_at, sender=sender))[0]
 
     async def batch_enqueue(
         self,
@@ -115,6 +147,8 @@ class InboxesBase(StoreEngine):
         channel: bytes,
         payload: bytes,
         expires_at: float | None,
+        *,
+        sender: bytes | None = None,
     ) -> list[int]:
         self._check_open()
         limits = self._limits
@@ -123,7 +157,12 @@ class InboxesBase(StoreEngine):
         if not recipients:
             return []
         return await self._enqueue(
-            [bytes(r) for r in recipients], bytes(channel), bytes(payload), expires_at, self._clock()
+            [bytes(r) for r in recipients],
+            bytes(channel),
+            bytes(payload),
+            expires_at,
+            self._clock(),
+            None if sender is None else bytes(sender),
         )
 
     async def fetch(self, recipient: bytes, channel: bytes, limit: int = 0) -> list[InboxMessage]:
@@ -158,10 +197,16 @@ class InboxesBase(StoreEngine):
 
     @abstractmethod
     async def _enqueue(
-        self, recipients: list[bytes], channel: bytes, payload: bytes, expires_at: float | None, now: float
+        self,
+        recipients: list[bytes],
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+        now: float,
+        sender: bytes | None,
     ) -> list[int]:
         """`recipients` is not empty and the payload within its limit; LimitExceeded carries the batch index
-        when there is more than one recipient."""
+        when there is more than one recipient. `sender` is stored with each message (for `shared_inbox`)."""
 
     @abstractmethod
     async def _fetch(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:

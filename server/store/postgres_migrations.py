@@ -154,6 +154,14 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
         ),
     ),
+    Migration(
+        5,
+        "the sender of messages in default inboxes, for the per-sender share",
+        (
+            "ALTER TABLE messages ADD COLUMN sender BYTEA",
+            "CREATE INDEX messages_by_sender ON messages (recipient, channel_id, sender) WHERE sender IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

@@ -277,3 +277,24 @@ async def test_concurrent_mixed_enqueues_put_each_payload_at_its_seq(store: Stor
         assert await drain_all(store, recipient, channel) == sorted(by_seq.items())
         stats = await store.inbox_stats(recipient, channel)
         assert (stats.depth, stats.bytes) == (len(by_seq), sum(len(p) for p in by_seq.values()))
+
+
+async def test_a_senders_share_of_a_default_inbox_is_capped(backend: Backend) -> None:
+    store = await backend.open(StoreLimits(max_inbox_share_per_sender=3, max_inbox_depth=10))
+    mallory, bob = key(7), key(8)
+    for n in range(3):
+        assert await store.enqueue(R1, b"", b"m%d" % n, None, sender=mallory) == n + 1
+    with pytest.raises(LimitExceeded, match="max_inbox_share_per_sender"):
+        await store.enqueue(R1, b"", b"m3", None, sender=mallory)
+    with pytest.raises(LimitExceeded, match=r"recipient #1: max_inbox_share_per_sender"):
+        await store.batch_enqueue([R2, R1], b"", b"both", None, sender=mallory)
+    assert (await store.inbox_stats(R2, b"")).depth == 0  # all or nothing
+    # Others, sealed senders and the owner are not held to mallory's share; nor are channels.
+    assert await store.enqueue(R1, b"", b"from bob", None, sender=bob) == 4
+    assert await store.enqueue(R1, b"", b"sealed", None) == 5
+    assert await store.enqueue(R1, b"", b"note to self", None, sender=R1) == 6
+    assert await store.enqueue(R1, CHAN, b"channel", None, sender=mallory) == 1
+    # Once R1 reads, mallory may send again; what was queued is all there.
+    assert [m.payload for m in await store.fetch(R1, b"", 2)] == [b"m0", b"m1"]
+    assert await store.enqueue(R1, b"", b"m4", None, sender=mallory) == 7
+    assert [m.seq for m in await store.peek(R1, b"")] == [3, 4, 5, 6, 7]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..base import Inbox, StoreError, StoreLimits
-from ..inboxes import check_room, has_room
+from ..base import DEFAULT_CHANNEL, Inbox, StoreError, StoreLimits
+from ..inboxes import check_room, check_share, has_room, shared_inbox
 from ..postgres_writer import Again
 
 _DROP_EXPIRED = """
@@ -27,7 +27,7 @@ SELECT count(*), coalesce(sum(size), 0) FROM gone
 # but left unchanged and missing from the result; the caller then rolls back and looks closer.
 #   $1..$4: per inbox (recipient, channel, k, bytes);  $5, $6: depth and bytes limits;
 #   $7..$11: per message (recipient, channel, rank n within its inbox in this statement, expires_at, payload index);
-#   $12: the distinct payloads.
+#   $12: the distinct payloads;  $13: per message, its sender where the per-sender share applies (else NULL).
 _ENQUEUE = """
 WITH input AS (
     SELECT r, c, k, b FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[]) AS t(r, c, k, b)
@@ -41,9 +41,10 @@ WITH input AS (
         WHERE i.depth + excluded.depth <= $5 AND i.bytes + excluded.bytes <= $6
     RETURNING i.recipient, i.channel_id, i.last_seq
 ), ins AS (
-    INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload)
-    SELECT m.r, m.c, up.last_seq - input.k + m.n, length(($12::bytea[])[m.p]), m.e, ($12::bytea[])[m.p]
-    FROM unnest($7::bytea[], $8::bytea[], $9::bigint[], $10::float8[], $11::int[]) AS m(r, c, n, e, p)
+    INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)
+    SELECT m.r, m.c, up.last_seq - input.k + m.n, length(($12::bytea[])[m.p]), m.e, ($12::bytea[])[m.p], m.s
+    FROM unnest($7::bytea[], $8::bytea[], $9::bigint[], $10::float8[], $11::int[], $13::bytea[])
+        AS m(r, c, n, e, p, s)
     JOIN input ON input.r = m.r AND input.c = m.c
     JOIN up ON up.recipient = m.r AND up.channel_id = m.c
 )
@@ -61,7 +62,8 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
         return []
     limits = ops[0].limits
     usage: dict[Inbox, list[int]] = {}  # inbox -> [k, bytes]
-    messages: list[tuple[bytes, bytes, int, float | None, int]] = []
+    shares: dict[tuple[bytes, bytes], int] = {}  # (recipient, sender) -> messages added to a shared inbox
+    messages: list[tuple[bytes, bytes, int, float | None, int, bytes | None]] = []
     payloads: list[bytes] = []
     for op in ops:
         payloads.append(op.payload)
@@ -70,9 +72,14 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
             entry = usage.setdefault((r, op.channel), [0, 0])
             entry[0] += 1
             entry[1] += size
-            messages.append((r, op.channel, entry[0], op.expires_at, len(payloads)))
+            sender = op.sender if shared_inbox((r, op.channel), op.sender) else None
+            if sender is not None:
+                shares[(r, sender)] = shares.get((r, sender), 0) + 1
+            messages.append((r, op.channel, entry[0], op.expires_at, len(payloads), sender))
     # A new inbox row is inserted without the limit check: refuse here what cannot fit even an empty inbox.
     if any(k > limits.max_inbox_depth or b > limits.max_inbox_bytes for k, b in usage.values()):
+        return None
+    if shares and not await _within_shares(conn, limits, shares, ops[0].now):
         return None
     inboxes = list(usage)
     rows = await conn.fetch(
@@ -89,6 +96,7 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
         [m[3] for m in messages],
         [m[4] for m in messages],
         payloads,
+        [m[5] for m in messages],
     )
     if len(rows) != len(inboxes):
         return None
@@ -105,10 +113,29 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
     return results
 
 
+async def _within_shares(conn: Any, limits: StoreLimits, shares: dict[tuple[bytes, bytes], int], now: float) -> bool:
+    """Whether every sender stays within its share of each default inbox after adding its new messages.
+
+    Not locked: two batches racing on other nodes may pass together, so a share can be passed by the messages
+    of one group commit at most; the inbox's own depth and byte limits still hold exactly."""
+    keys = list(shares)
+    rows = await conn.fetch(
+        "SELECT m.recipient, m.sender, count(*) FROM messages m"
+        " JOIN unnest($1::bytea[], $2::bytea[]) AS t(r, s) ON m.recipient = t.r AND m.sender = t.s"
+        " WHERE m.channel_id = $3 AND (m.expires_at IS NULL OR m.expires_at > $4) GROUP BY 1, 2",
+        [r for r, _ in keys],
+        [s for _, s in keys],
+        DEFAULT_CHANNEL,
+        now,
+    )
+    held = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
+    return all(held.get(key, 0) + added <= limits.max_inbox_share_per_sender for key, added in shares.items())
+
+
 class EnqueueOp:
     """One enqueue or batch enqueue, run by the group-commit writer (or alone) inside a savepoint."""
 
-    __slots__ = ("channel", "counts", "distinct", "expires_at", "limits", "now", "payload", "recipients")
+    __slots__ = ("channel", "counts", "distinct", "expires_at", "limits", "now", "payload", "recipients", "sender")
 
     def __init__(
         self,
@@ -118,8 +145,10 @@ class EnqueueOp:
         payload: bytes,
         expires_at: float | None,
         now: float,
+        sender: bytes | None = None,
     ) -> None:
         self.limits = limits
+        self.sender = sender
         self.recipients = recipients
         self.channel = channel
         self.payload = payload
@@ -174,3 +203,13 @@ class EnqueueOp:
                 depth, used = depth - int(row[0]), used - int(row[1])
             check_room(limits, depth, used, size, None if single else index)
             usage[r] = (depth + 1, used + size)
+            if shared_inbox((r, self.channel), self.sender):
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM messages WHERE recipient = $1 AND channel_id = $2 AND sender = $3"
+                    " AND (expires_at IS NULL OR expires_at > $4)",
+                    r,
+                    self.channel,
+                    self.sender,
+                    self.now,
+                )
+                check_share(limits, int(held), None if single else index)

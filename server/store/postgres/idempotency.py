@@ -24,8 +24,9 @@ class PostgresIdempotency(IdempotencyBase, PostgresEngine):
         payload: bytes,
         expires_at: float | None,
         now: float,
+        sender: bytes | None,
     ) -> list[int]:
-        enqueue = EnqueueOp(self._limits, recipients, channel, payload, expires_at, now)
+        enqueue = EnqueueOp(self._limits, recipients, channel, payload, expires_at, now, sender)
         inboxes = [(r, channel) for r in enqueue.distinct]
 
         async def run(conn: Any, attempt: int) -> list[int]:

@@ -52,9 +52,15 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
     # ── inboxes ───────────────────────────────────────────────────────────────────────────────────────────────
 
     async def _enqueue(
-        self, recipients: list[bytes], channel: bytes, payload: bytes, expires_at: float | None, now: float
+        self,
+        recipients: list[bytes],
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+        now: float,
+        sender: bytes | None,
     ) -> list[int]:
-        op = EnqueueOp(self._limits, recipients, channel, payload, expires_at, now)
+        op = EnqueueOp(self._limits, recipients, channel, payload, expires_at, now, sender)
         inboxes = [(r, op.channel) for r in op.distinct]
         if self._options.group_commit:
             return await self._writer.submit(op.run, inboxes, op)

@@ -21,6 +21,7 @@ class SqliteIdempotency(IdempotencyBase, SqliteEngine):
         payload: bytes,
         expires_at: float | None,
         now: float,
+        sender: bytes | None,
     ) -> list[int]:
         limits = self._limits
         inboxes = [(r, channel) for r in recipients]
@@ -36,7 +37,7 @@ class SqliteIdempotency(IdempotencyBase, SqliteEngine):
                     raise KeyReused()
                 return list(unpack_seqs(bytes(known[1])))
             seqs = [
-                enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index)
+                enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index, sender)
                 for index, inbox in enumerate(inboxes)
             ]
             conn.execute(

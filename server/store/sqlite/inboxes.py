@@ -6,7 +6,7 @@ import sqlite3
 import uuid
 
 from ..base import Inbox, StoreLimits
-from ..inboxes import InboxesBase, InboxMessage, InboxStats, check_room, has_room
+from ..inboxes import InboxesBase, InboxMessage, InboxStats, check_room, check_share, has_room, shared_inbox
 from ..sqlite_writer import OpContext
 from .engine import SqliteEngine
 
@@ -46,7 +46,13 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
     # ── inboxes ───────────────────────────────────────────────────────────────────────────────────────────────
 
     async def _enqueue(
-        self, recipients: list[bytes], channel: bytes, payload: bytes, expires_at: float | None, now: float
+        self,
+        recipients: list[bytes],
+        channel: bytes,
+        payload: bytes,
+        expires_at: float | None,
+        now: float,
+        sender: bytes | None,
     ) -> list[int]:
         limits = self._limits
         inboxes = [(r, channel) for r in recipients]
@@ -54,7 +60,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
             seqs = [
-                enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index)
+                enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index, sender)
                 for index, inbox in enumerate(inboxes)
             ]
             ctx.touched.extend(inboxes)
@@ -160,8 +166,16 @@ def enqueue_one(
     expires_at: float | None,
     now: float,
     index: int | None,
+    sender: bytes | None = None,
 ) -> int:
     size = len(payload)
+    if shared_inbox(inbox, sender):
+        held = conn.execute(
+            "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (*inbox, sender, now),
+        ).fetchone()[0]
+        check_share(limits, held, index)
     depth, used = _inbox_usage(conn, inbox)
     if not has_room(limits, depth, used, size):
         # Expired messages are dead weight: make room from them before refusing. If the enqueue is refused
@@ -182,8 +196,9 @@ def enqueue_one(
         (*inbox, size),
     ).fetchone()[0]
     conn.execute(
-        "INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-        (*inbox, seq, size, expires_at, payload),
+        "INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (*inbox, seq, size, expires_at, payload, sender if shared_inbox(inbox, sender) else None),
     )
     return seq
 

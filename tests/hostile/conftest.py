@@ -1,0 +1,89 @@
+"""Fixtures of the hostile-client tests: a node in a subprocess (so that its memory can be measured alone), the
+raw client, and the normal client that must keep working during every attack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from quicnprotochat.bench.node_runner import NodeUnderTest, start_node_process
+from quicnprotochat.server.node import Node
+from tests.conftest import User, UserFactory
+
+MIB = 1 << 20
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@dataclass
+class ProcessNode:
+    """A `qpc-server run` subprocess, addressable like an in-process Node by the suite's client fixtures."""
+
+    process: NodeUnderTest
+
+    @property
+    def quic_address(self) -> tuple[str, int]:
+        assert self.process.quic_port is not None
+        return (self.process.host, self.process.quic_port)
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        assert self.process.tcp_port is not None
+        return (self.process.host, self.process.tcp_port)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def log_tail(self) -> str:
+        return self.process.stderr_tail()
+
+
+StartProcessNode = Callable[..., Awaitable[ProcessNode]]
+
+
+@pytest.fixture
+async def process_node(tmp_path: Path) -> AsyncIterator[StartProcessNode]:
+    """Starts `qpc-server run` subprocesses with the given settings; all stopped when the test ends."""
+    started: list[NodeUnderTest] = []
+
+    async def start(**settings: Any) -> ProcessNode:
+        settings.setdefault("log_level", "info")
+        process = await start_node_process(tmp_path / f"node{len(started)}", settings)
+        started.append(process)
+        return ProcessNode(process)
+
+    yield start
+    for process in started:
+        await process.stop()
+
+
+def as_node(node: ProcessNode | Node) -> Node:
+    """The suite's client fixtures take a Node; they only read its addresses."""
+    return cast(Node, node)
+
+
+async def assert_still_serves(node: ProcessNode | Node, user: User, recipient: User) -> None:
+    """A normal client's calls still answer during an attack: health, and an enqueue that lands."""
+    async with asyncio.timeout(15):
+        assert await user.client.health() == "ok"
+        seq = await user.client.enqueue(recipient.key, b"still here")
+        assert seq >= 1
+
+
+__all__ = ["MIB", "ProcessNode", "StartProcessNode", "UserFactory", "as_node", "assert_still_serves", "rss_bytes"]

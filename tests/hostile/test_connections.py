@@ -1,0 +1,167 @@
+"""Connections a client can leave open (issue 13 rows: 2,000 idle TLS connections; 500 TCP connections that
+never start TLS; 50 that send half a frame): handshake and idle timeouts, caps, memory per idle connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from quicnprotochat.bench.rawrpc import RawRpc, wire
+from quicnprotochat.common.schema import ALPN
+from quicnprotochat.server.node import Node
+from tests.conftest import UserFactory, loopback_config
+
+from .conftest import StartProcessNode, as_node, assert_still_serves
+
+# An idle, bootstrapped TLS connection cost about 320 KB before asyncio's per-connection TLS read buffer was cut
+# from 256 KiB to 32 KiB; what remains is OpenSSL's state, pycapnp's and kj's per-connection objects.
+IDLE_CONNECTION_BUDGET = 160 * 1024
+
+
+def _closed_by_peer(sock: socket.socket | ssl.SSLSocket, within: float) -> bool:
+    """Whether the node closes the connection within `within` seconds (answers it sent before are skipped)."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+async def test_tcp_without_tls_and_half_handshakes_are_closed(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", handshake_timeout_s=0.5))
+    await node.start()
+    try:
+        assert node.tcp_address is not None
+        address = node.tcp_address
+        silent = [socket.create_connection(address) for _ in range(50)]
+        half = [socket.create_connection(address) for _ in range(20)]
+        for sock in half:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, no more
+        alice = await make_user(node, "alice")
+        await asyncio.sleep(1.0)
+        closed = await asyncio.to_thread(lambda: [_closed_by_peer(s, 2.0) for s in silent + half])
+        assert all(closed), closed.count(False)
+        await assert_still_serves(node, alice, alice)
+        for sock in silent + half:
+            sock.close()
+    finally:
+        await node.stop()
+
+
+async def test_idle_tls_connections_and_half_frames_are_closed(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", max_wait_ms=200, quic_idle_timeout_s=1.0, tcp_idle_timeout_s=0.6))
+    await node.start()
+    try:
+        assert node.tcp_address is not None
+        address = node.tcp_address
+
+        def open_idle() -> list[RawRpc]:
+            opened = [RawRpc(*address) for _ in range(10)]
+            for raw in opened[:5]:
+                _question, frame = raw.call_frame("health", wire.Empty.new_message())
+                raw.send(frame[: len(frame) // 2])  # half a frame, never the rest
+            return opened
+
+        opened = await asyncio.to_thread(open_idle)
+        alice = await make_user(node, "alice", transport="tcp")
+        closed = await asyncio.to_thread(lambda: [_closed_by_peer(raw.sock, 3.0) for raw in opened])
+        assert all(closed), closed.count(False)
+        assert node.counters.refused["tcp_idle_timeout_s"] >= 10
+        # A client that keeps calling is not idle.
+        await assert_still_serves(node, alice, alice)
+        for raw in opened:
+            raw.close()
+    finally:
+        await node.stop()
+
+
+async def test_connection_caps_per_address_and_unauthenticated(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", max_connections_per_address=3, max_unauthenticated_connections=4))
+    await node.start()
+    try:
+        assert node.tcp_address is not None
+        address = node.tcp_address
+        alice = await make_user(node, "alice", transport="tcp")  # logged in: not counted as unauthenticated
+        assert node.counters.unauthenticated_connections == 0
+
+        def health(raw: RawRpc) -> str | None:
+            try:
+                return "ok" if raw.ask("health", wire.Empty.new_message()).reason is None else "refused"
+            except (ConnectionError, ssl.SSLError, OSError):
+                return None
+
+        def open_many(count: int, source: str | None = None) -> tuple[list[RawRpc], list[str | None]]:
+            opened = [RawRpc(*address, source=source) for _ in range(count)]
+            return opened, [health(raw) for raw in opened]
+
+        # 127.0.0.1: alice's connection and two more make three; the fourth is closed at once.
+        local, answers = await asyncio.to_thread(open_many, 3)
+        assert answers == ["ok", "ok", None]
+        assert node.counters.refused["max_connections_per_address"] == 1
+        # 127.0.0.2: two more not logged in make four; the fifth is closed at once.
+        other, answers = await asyncio.to_thread(open_many, 3, "127.0.0.2")
+        assert answers == ["ok", "ok", None]
+        assert node.counters.refused["max_unauthenticated_connections"] == 1
+        await assert_still_serves(node, alice, alice)
+        for raw in local + other:
+            raw.close()
+        await asyncio.sleep(0.3)
+        assert node.counters.unauthenticated_connections == 0  # freed as they closed
+        again, answers = await asyncio.to_thread(open_many, 2, "127.0.0.2")
+        assert answers == ["ok", "ok"]
+        for raw in again:
+            raw.close()
+    finally:
+        await node.stop()
+
+
+async def test_a_quic_handshake_that_never_finishes_is_dropped(tmp_path: Path) -> None:
+    node = Node(loopback_config(tmp_path / "n", handshake_timeout_s=0.3))
+    await node.start()
+    try:
+        assert node.quic_address is not None
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+        client = QuicConnection(configuration=configuration)
+        client.connect(node.quic_address, now=time.time())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for datagram, _address in client.datagrams_to_send(now=time.time()):
+                udp.sendto(datagram, node.quic_address)  # the client's first flight, then silence
+            await asyncio.sleep(1.0)
+        assert node.counters.refused["handshake_timeout_s"] == 1
+    finally:
+        await node.stop()
+
+
+async def test_memory_per_idle_tls_connection(process_node: StartProcessNode, make_user: UserFactory) -> None:
+    node = await process_node(max_connections_per_address=1000, max_unauthenticated_connections=1000)
+    alice = await make_user(as_node(node), "alice")
+
+    def open_idle(count: int) -> list[RawRpc]:
+        opened = [RawRpc(*node.tcp_address) for _ in range(count)]
+        for raw in opened:  # every one bootstrapped and answering
+            assert raw.ask("health", wire.Empty.new_message()).reason is None
+        return opened
+
+    warm = await asyncio.to_thread(open_idle, 20)  # first-use allocations out of the way
+    await asyncio.sleep(0.5)
+    before = node.rss()
+    opened = await asyncio.to_thread(open_idle, 300)
+    await asyncio.sleep(0.5)
+    per_connection = (node.rss() - before) / 300
+    print(f"memory per idle TLS connection: {per_connection / 1024:.0f} KiB")
+    assert per_connection < IDLE_CONNECTION_BUDGET
+    await assert_still_serves(node, alice, alice)
+    for raw in warm + opened:
+        raw.close()

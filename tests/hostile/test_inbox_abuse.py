@@ -1,0 +1,103 @@
+"""Inbox and directory abuse (issue 13 rows: batchEnqueue of 1,000 recipients x 1 MiB; draining someone's
+one-time KeyPackages; scraping the directory with resolveUser)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from quicnprotochat.common.errors import ResourceExhausted
+from quicnprotochat.server.node import Node
+from tests.conftest import UserFactory, loopback_config
+
+from .conftest import assert_still_serves
+
+
+async def test_batch_enqueue_is_bounded_by_recipients_times_bytes(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", max_batch_bytes=256 * 1024))
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        others = [await make_user(node, f"user{i}", login=False) for i in range(5)]
+        keys = [user.key for user in others]
+        assert (await alice.client.server_info()).limits.max_batch_bytes == 256 * 1024
+        with pytest.raises(ResourceExhausted, match="batchEnqueue of 5 recipients x 65536 bytes"):
+            await alice.client.batch_enqueue(keys, os.urandom(64 * 1024))
+        # Refused as a whole: nothing was queued for anyone.
+        for user in others:
+            assert (await node.state.store.inbox_stats(user.key, b"")).depth == 0  # type: ignore[union-attr]
+        assert await alice.client.batch_enqueue(keys[:4], os.urandom(64 * 1024)) == [1, 1, 1, 1]
+        assert node.counters.refused["max_batch_bytes"] == 1
+    finally:
+        await node.stop()
+
+
+async def test_key_package_fetches_are_limited_per_caller_and_target(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", key_package_rate_per_pair=0.01, key_package_burst_per_pair=3))
+    await node.start()
+    try:
+        mallory = await make_user(node, "mallory")
+        bob = await make_user(node, "bob")
+        carol = await make_user(node, "carol")
+        for _ in range(6):
+            await bob.client.upload_key_package(bob.key, bob.vault.create_key_package())
+        for _ in range(3):
+            assert await mallory.client.fetch_key_package(bob.key)
+        with pytest.raises(ResourceExhausted, match="KeyPackage fetches") as refused:
+            await mallory.client.fetch_key_package(bob.key)
+        assert refused.value.retry_after and refused.value.retry_after > 0
+        # bob's remaining packages are there for others; mallory's other targets are unaffected.
+        assert await carol.client.fetch_key_package(bob.key)
+        assert await mallory.client.fetch_key_package(carol.key) is None
+        assert node.counters.refused["key_package_rate_per_pair"] == 1
+    finally:
+        await node.stop()
+
+
+async def test_resolve_user_cannot_scrape_the_directory(tmp_path: Path, make_user: UserFactory) -> None:
+    node = Node(loopback_config(tmp_path / "n", resolve_rate_per_identity=0.01, resolve_burst_per_identity=20))
+    await node.start()
+    try:
+        mallory = await make_user(node, "mallory")
+        alice = await make_user(node, "alice")
+        results = await asyncio.gather(
+            *(mallory.client.resolve_user(f"guess{i:04d}") for i in range(40)), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, ResourceExhausted)]
+        assert len(refused) == 20
+        assert all("name look-ups for this identity" in str(r) and r.retry_after for r in refused)
+        # Others still resolve names and use the node.
+        assert await alice.client.resolve_user("mallory") == mallory.key
+        await assert_still_serves(node, alice, mallory)
+        assert node.counters.refused["resolve_rate_per_identity"] == 20
+    finally:
+        await node.stop()
+
+
+async def test_one_sender_cannot_fill_someone_elses_inbox(tmp_path: Path, make_user: UserFactory) -> None:
+    """mallory's 9,798 enqueues filled alice's inbox; now mallory's share stops at its cap and alice's contacts
+    still get through."""
+    node = Node(loopback_config(tmp_path / "n", max_inbox_depth=40, max_inbox_share_per_sender=10))
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        bob = await make_user(node, "bob")
+        mallory = await make_user(node, "mallory")
+        assert (await mallory.client.server_info()).limits.max_inbox_share_per_sender == 10
+        accepted = 0
+        with pytest.raises(ResourceExhausted, match="max_inbox_share_per_sender"):
+            for n in range(40):
+                await mallory.client.enqueue(alice.key, b"spam %d" % n)
+                accepted += 1
+        assert accepted == 10
+        for n in range(5):
+            await bob.client.enqueue(alice.key, b"hello %d" % n)
+        received = [e.data for e in await alice.client.fetch(alice.key)]
+        # Nothing acknowledged was lost: every accepted message is there, in order.
+        assert received == [b"spam %d" % n for n in range(10)] + [b"hello %d" % n for n in range(5)]
+        await mallory.client.enqueue(alice.key, b"after alice read")  # the share frees as alice reads
+    finally:
+        await node.stop()

@@ -1,0 +1,209 @@
+"""Malformed calls get `invalid_argument:` naming the parameter, never `internal:` (issue 13 rows: Text that is
+not UTF-8, lone surrogates, Text without its NUL; hand-built pointers; amplified messages past the traversal
+limit; auth before parameters; unknown methods; client faults rate-limited in the log)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from quicnprotochat.bench.rawrpc import (
+    Frames,
+    RawRpc,
+    amplified_keys,
+    auth,
+    far_pointer,
+    find_byte_list_pointer,
+    list_pointer,
+    patch_word,
+    rpc,
+    wire,
+)
+from quicnprotochat.server.node import Node
+from tests.conftest import UserFactory
+
+from .conftest import MIB, assert_still_serves
+
+BAD_TEXTS = {
+    "invalid UTF-8": b"ali\xffce\x00",
+    "lone surrogate": b"al\xed\xa0\x80ice\x00",
+    "no NUL": b"alice",
+}
+OPAQUE_METHODS: dict[str, Callable[[bytes], Any]] = {
+    "opaqueRegisterStart": lambda name: wire.UsernameRequest.new_message(username=name, request=b"r"),
+    "opaqueLoginStart": lambda name: wire.UsernameRequest.new_message(username=name, request=b"r"),
+    "opaqueRegisterFinish": lambda name: wire.UsernameFinish.new_message(username=name, message=b"u"),
+    "opaqueLoginFinish": lambda name: wire.UsernameFinish.new_message(username=name, message=b"f"),
+}
+
+
+def _ask_all(node: Node, calls: list[tuple[str | int, Any]]) -> list[str | None]:
+    assert node.tcp_address is not None
+    raw = RawRpc(*node.tcp_address)
+    try:
+        return [raw.ask(method, params).reason for method, params in calls]
+    finally:
+        raw.close()
+
+
+def _send_frames(node: Node, frames: list[bytes]) -> list[str | None]:
+    assert node.tcp_address is not None
+    raw = RawRpc(*node.tcp_address)
+    try:
+        questions = []
+        for frame in frames:
+            question = struct_question(frame)
+            raw.send(frame)
+            questions.append(question)
+        return [raw.answer(question).reason for question in questions]
+    finally:
+        raw.close()
+
+
+def struct_question(frame: bytes) -> int:
+    with rpc.Message.from_bytes(frame, traversal_limit_in_words=1 << 30) as message:
+        return int(message.call.questionId)
+
+
+async def test_bad_text_in_every_username_method_is_invalid_argument(node: Node, make_user: UserFactory) -> None:
+    alice = await make_user(node, "alice")
+    token = alice.client.access_token
+    assert token is not None
+    calls: list[tuple[str | int, Any]] = []
+    for bad in BAD_TEXTS.values():
+        calls += [(method, build(bad)) for method, build in OPAQUE_METHODS.items()]
+        calls.append(("resolveUser", wire.ResolveUser.new_message(username=bad, auth=auth(token))))
+    reasons = await asyncio.to_thread(_ask_all, node, calls)
+    assert len(reasons) == 15
+    for (method, _params), reason in zip(calls, reasons, strict=True):
+        assert reason is not None and "invalid_argument: username " in reason, (method, reason)
+    assert {r.split("username ", 1)[1] for r in reasons if r} == {
+        "is not valid UTF-8 text",
+        "is not NUL-terminated text",
+    }
+    await assert_still_serves(node, alice, alice)
+
+
+async def test_authentication_comes_before_parameters(node: Node) -> None:
+    bad = BAD_TEXTS["invalid UTF-8"]
+    reasons = await asyncio.to_thread(
+        _ask_all,
+        node,
+        [
+            ("resolveUser", wire.ResolveUser.new_message(username=bad)),
+            ("resolveUser", wire.ResolveUser.new_message(username=bad, auth=auth(os.urandom(32)))),
+        ],
+    )
+    assert all(r is not None and "unauthenticated:" in r for r in reasons), reasons
+
+
+async def test_pointers_of_the_wrong_kind_are_invalid_argument(node: Node, make_user: UserFactory) -> None:
+    alice = await make_user(node, "alice")
+    token = alice.client.access_token
+    assert token is not None
+    read = {"channelId": b"", "version": 1, "limit": 0}
+    reasons = await asyncio.to_thread(
+        _ask_all,
+        node,
+        [
+            ("opaqueLoginStart", wire.UsernameRequestWrongKind.new_message(username={"value": 7}, request=b"r")),
+            ("resolveUser", wire.ResolveUserWrongKind.new_message(username=[b"a", b"b"], auth=auth(token))),
+            ("peek", wire.ReadInboxWrongKind.new_message(recipientKey={"value": 1}, auth=auth(token), **read)),
+            ("peek", wire.ReadInboxAuthAsList.new_message(recipientKey=alice.key, auth=[1, 2, 3], **read)),
+        ],
+    )
+    assert [r.split("invalid_argument: ", 1)[1] if r else r for r in reasons] == [
+        "username has the wrong type (malformed pointer)",
+        "username has the wrong type (malformed pointer)",
+        "recipientKey has the wrong type (malformed pointer)",
+        "auth has the wrong type (malformed pointer)",
+    ], reasons
+
+
+async def test_pointers_out_of_bounds_are_invalid_argument(node: Node, make_user: UserFactory) -> None:
+    alice = await make_user(node, "alice")
+    token = alice.client.access_token
+    assert token is not None and node.tcp_address is not None
+    marker = b"m" * 37
+    builder = Frames()
+    frames = []
+    for word in (list_pointer(1 << 27, len(marker)), far_pointer(segment=9)):
+        params = wire.ReadInbox.new_message(recipientKey=marker, channelId=b"", version=1, auth=auth(token), limit=0)
+        _question, frame = builder.call_frame("peek", params)
+        frames.append(patch_word(frame, find_byte_list_pointer(frame, len(marker)), word))
+    reasons = await asyncio.to_thread(_send_frames, node, frames)
+    assert all(r is not None and "invalid_argument: recipientKey points outside the message" in r for r in reasons), (
+        reasons
+    )
+    await assert_still_serves(node, alice, alice)
+
+
+async def test_amplified_lists_hit_the_traversal_limit(node: Node, make_user: UserFactory) -> None:
+    """1,000 list pointers to one 1 MiB blob: a 1 MiB message that would cost 1 GiB to read."""
+    alice = await make_user(node, "alice")
+    token = alice.client.access_token
+    assert token is not None and node.tcp_address is not None
+    frame = amplified_keys(Frames(), token, MIB, 1000)
+    assert len(frame) < 2 * MIB
+    reasons = await asyncio.to_thread(_send_frames, node, [frame])
+    assert (
+        reasons[0] is not None
+        and "invalid_argument: identityKeys makes the call exceed the message traversal" in (reasons[0])
+    ), reasons
+    await assert_still_serves(node, alice, alice)
+
+
+async def test_unknown_methods_are_unimplemented(node: Node) -> None:
+    """An ordinal past the schema is answered by Cap'n Proto itself, with the exception type `unimplemented`
+    (NodeClient raises Unimplemented for it); never `internal:`."""
+
+    def ask() -> tuple[str | None, str]:
+        assert node.tcp_address is not None
+        raw = RawRpc(*node.tcp_address)
+        try:
+            answer = raw.ask(200, wire.Empty.new_message())
+            return answer.reason, answer.kind
+        finally:
+            raw.close()
+
+    reason, kind = await asyncio.to_thread(ask)
+    assert kind == "unimplemented" and reason is not None and "not implemented" in reason.lower()
+    assert "internal:" not in reason
+
+
+async def test_repeated_client_faults_are_one_log_line(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    params = OPAQUE_METHODS["opaqueLoginStart"](BAD_TEXTS["invalid UTF-8"])
+    reasons = await asyncio.to_thread(_ask_all, node, [("opaqueLoginStart", params)] * 200)
+    assert all(r and "invalid_argument:" in r for r in reasons)
+    lines = [r for r in caplog.records if "malformed opaqueLoginStart call" in r.getMessage()]
+    assert len(lines) == 1
+    assert not any(r.exc_info for r in caplog.records)  # no tracebacks for the client's faults
+
+
+async def test_bootstrap_flood_then_close_logs_nothing_per_message(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert node.tcp_address is not None
+
+    def flood() -> None:
+        raw = RawRpc(*node.tcp_address)  # type: ignore[misc]
+        for question in range(1, 20_001):
+            message = rpc.Message.new_message()
+            message.init("bootstrap").questionId = question
+            raw.send(bytes(message.to_bytes()))
+        raw.close()
+
+    await asyncio.to_thread(flood)
+    await asyncio.sleep(2.0)
+    noisy = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
+    assert noisy == []
+    dropped = [r for r in caplog.records if "answers to peers that went away were dropped" in r.getMessage()]
+    assert len(dropped) <= 1
+    assert len(caplog.records) < 50
