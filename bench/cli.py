@@ -385,17 +385,19 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
             report["node"] = node.describe()
             if len(nodes) > 1:
                 report["nodes"] = [each.describe() for each in nodes]
-            if node.settings:
+            if any("rate" in key for key in node.settings):
                 live.note(
                     ("node" if len(nodes) == 1 else f"{len(nodes)} nodes")
                     + " started with rate limits raised for load testing: "
                     + ", ".join(f"{key}={value}" for key, value in node.settings.items() if "rate" in key)
                 )
-            else:
+            elif args.target:
                 live.note(
                     f"targeting {len(nodes)} running node(s): their rate limits must be raised "
                     "(QPC_SERVER_RATE_PER_* etc.)"
                 )
+            else:
+                live.note("node started with its default limits")
             known_hosts = KnownHosts(data_dir / "known_hosts", notice=lambda _message: None)
             connectors = [
                 Connector(each.address(args.transport), args.transport, each.fingerprint, known_hosts) for each in nodes

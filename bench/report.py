@@ -50,6 +50,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, value in rows:
         if value is not None:
             table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
+    for attack, figures in results.get("attacks", {}).items():
+        table.add_row(
+            f"attack {attack}",
+            f"node RSS {figures['node_rss_before_mb']} -> {figures['node_rss_peak_mb']} (peak) -> "
+            f"{figures['node_rss_after_mb']} MB; normal client p99 {figures['normal_client_p99_ms']} ms, "
+            f"{figures['normal_client_failures']} failed of {figures['normal_client_calls']}",
+        )
     if "commits_accepted_per_s" in results:
         table.add_row(
             "commits accepted/s",
@@ -155,11 +162,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     elif store_info.get("kind") == "sqlite":
         table.add_row("store", "SQLite, " + store_info.get("where", store_info.get("url", "")))
     node_info = report.get("node", {})
-    if node_info.get("settings_raised_for_load"):
-        raised = ", ".join(
-            f"{key}={value:g}" for key, value in node_info["settings_raised_for_load"].items() if "rate" in key
-        )
+    raised = ", ".join(
+        f"{key}={value:g}" for key, value in node_info.get("settings_raised_for_load", {}).items() if "rate" in key
+    )
+    if raised:
         table.add_row("node rate limits", f"raised for load testing: {raised}")
+    elif node_info.get("mode") in ("process", "in-process"):
+        table.add_row("node limits", "the node's defaults")
     machine = report.get("machine", {})
     table.add_row(
         "machine",

@@ -140,3 +140,22 @@ def test_tracker_reports_losses_duplicates_and_strays() -> None:
     assert report["lost"] == 1 and tracker.pending == 1  # third
     assert report["duplicates"] == 1
     assert report["stale"] == 1 and report["foreign"] == 1
+
+
+def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "hostile", "--duration", "0.5", "--transport", "tcp")
+    results = report["results"]
+    assert report["node"]["settings_raised_for_load"] == {"log_level": "warning"}  # the defences at their defaults
+    assert set(results["attacks"]) == {
+        "peek_unread",
+        "idle_tls",
+        "tcp_without_tls",
+        "login_lockout",
+        "malformed",
+        "bootstrap_flood",
+    }
+    for figures in results["attacks"].values():
+        assert figures["node_rss_peak_mb"] >= figures["node_rss_before_mb"] > 0
+        assert figures["normal_client_failures"] == 0 and figures["normal_client_calls"] > 0
+    assert results["attacks"]["malformed"]["bad_utf8_login_starts"].keys() == {"invalid_argument"}
+    assert results["normal_user_logs_in_after"] is True
