@@ -7,12 +7,15 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from aioquic._buffer import Buffer
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from quicnprotochat.bench.node_runner import NodeUnderTest, start_node_process
 from quicnprotochat.client import KnownHosts, NodeClient
@@ -106,9 +109,9 @@ def _varint2(value: int) -> bytes:
     return struct.pack("!H", 0x4000 | value)
 
 
-def initial_packet(token: bytes) -> bytes:
+def initial_packet(token: bytes, dcid: bytes | None = None) -> bytes:
     """A QUIC v1 Initial of 1200 bytes whose header parses: what a spoofer sends to make a server create state."""
-    dcid, scid = os.urandom(8), os.urandom(8)
+    dcid, scid = dcid or os.urandom(8), os.urandom(8)
     head = bytes([0xC3]) + struct.pack("!I", 1) + bytes([8]) + dcid + bytes([8]) + scid
     head += bytes([len(token)]) + token if len(token) < 64 else _varint2(len(token)) + token
     rest = 1200 - len(head) - 2
@@ -218,3 +221,62 @@ def test_retry_is_recommended_beyond_loopback(tmp_path: Path) -> None:
     assert advice is not None and "--quic-retry" in advice
     assert retry_advice(replace(public, quic_retry=True)) is None
     assert retry_advice(replace(config, quic_listen="localhost:7700")) is None
+
+
+async def retry_token(sock: socket.socket, port: int) -> tuple[bytes, bytes]:
+    """(token, the Retry's source connection id) the node answers an Initial without a token with."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendto(sock, initial_packet(b""), ("127.0.0.1", port))
+    async with asyncio.timeout(5):
+        datagram = await loop.sock_recv(sock, 2048)
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    assert header.packet_type == QuicPacketType.RETRY and header.token
+    return header.token, header.source_cid
+
+
+def period_of(token: bytes) -> int:
+    """The key period a token was made in: its clear, authenticated first 8 bytes."""
+    return int(struct.unpack("!Q", token[:8])[0])
+
+
+async def test_the_node_accepts_the_previous_periods_token_and_refuses_older_ones(tmp_path: Path) -> None:
+    """End to end, on real time: a node whose retry key turns over every second."""
+    period = 1.0
+    node = Node(replace(loopback_config(tmp_path / "node"), quic_retry=True, quic_retry_period_s=period))
+    await node.start()
+    assert node.quic_address is not None and node.state is not None and node.state.retry is not None
+    port, stats = node.quic_address[1], node.state.retry
+    loop = asyncio.get_running_loop()
+
+    async def next_period(periods_on: int, made_in: int) -> None:
+        await asyncio.sleep(max(0.0, (made_in + periods_on) * period + 0.2 - time.monotonic()))
+
+    async def answer(sock: socket.socket, token: bytes, rscid: bytes) -> str:
+        accepted, refused = stats.tokens_accepted, stats.tokens_refused
+        await loop.sock_sendto(sock, initial_packet(token, rscid), ("127.0.0.1", port))
+        for _ in range(100):
+            if stats.tokens_accepted > accepted:
+                return "accepted"
+            if stats.tokens_refused > refused:
+                return "refused"
+            await asyncio.sleep(0.01)
+        raise AssertionError("the node did not answer the Initial")
+
+    client, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for sock, address in ((client, "127.0.0.1"), (other, "127.0.0.3")):
+            sock.setblocking(False)
+            sock.bind((address, 0))
+        token, rscid = await retry_token(client, port)
+        made_in = period_of(token)
+        assert await answer(other, token, rscid) == "refused"  # another source address
+        await next_period(1, made_in)
+        assert await answer(client, token, rscid) == "accepted"  # the previous period's key
+        token, rscid = await retry_token(client, port)
+        made_in = period_of(token)
+        await next_period(2, made_in)
+        assert await answer(client, token, rscid) == "refused"  # two periods old
+    finally:
+        client.close()
+        other.close()
+        await node.stop()
