@@ -70,7 +70,7 @@ def describe(event: Event) -> str:
         by = f" (added by {event.by})" if event.by else ""
         return f"* {event.username or event.identity_key.hex()[:16]} joined {event.conversation.name}{by}"
     if isinstance(event, MemberLeft):
-        by = f" (removed by {event.by})" if event.by else ""
+        by = "" if event.left else f" (removed by {event.by})" if event.by else ""
         return f"* {event.username or event.identity_key.hex()[:16]} left {event.conversation.name}{by}"
     if isinstance(event, RemovedFromConversation):
         if event.left:

@@ -255,11 +255,12 @@ class Committer:
             await store.add_member(conversation.id, key, name)
             if announce:
                 context.emit(MemberJoined(conversation, key, name, context.username))
+        _epoch, leaves = context.proposals.pop(group_id, (0, ()))  # the epoch moved: they are committed or void
         for key in change.removed:
             name = await self._directory.username_of(key)
             await store.remove_member(conversation.id, key)
             if announce:
-                context.emit(MemberLeft(conversation, key, name, context.username))
+                context.emit(MemberLeft(conversation, key, name, context.username, left=key in leaves))
         await self._conversations.sync_members(conversation, group_id)
         context.groups_changed.set()
         return conversation

@@ -31,6 +31,9 @@ class MemberLeft:
     identity_key: bytes
     username: str | None
     by: str | None
+    """Who committed the removal (for a `left` member: who confirmed its leave)."""
+    left: bool = False
+    """The member asked to leave (`/leave`) rather than being removed."""
 
 
 @dataclass(frozen=True)

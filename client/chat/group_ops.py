@@ -132,7 +132,7 @@ class GroupOps:
             if peer in members:
                 raise NotAllowed(f"{name} is already a member of {conversation.name} (added meanwhile)")
             commit, welcome = await asyncio.to_thread(vault.add_members, group_id, [package])
-            return Prepared(commit, welcome, self._with_proposals(group_id, Change(added=(peer,))))
+            return Prepared(commit, welcome, await self._with_proposals(group_id, Change(added=(peer,))))
 
         committed = await self._committer.commit(conversation, group_id, make)
         assert committed is not None
@@ -155,7 +155,7 @@ class GroupOps:
             if peer not in members:
                 raise NotAllowed(f"{name} is not a member of {conversation.name} (removed meanwhile)")
             commit = await asyncio.to_thread(context.vault.remove_members, group_id, [peer])
-            return Prepared(commit, None, self._with_proposals(group_id, Change(removed=(peer,))))
+            return Prepared(commit, None, await self._with_proposals(group_id, Change(removed=(peer,))))
 
         committed = await self._committer.commit(conversation, group_id, make)
         assert committed is not None
@@ -169,17 +169,17 @@ class GroupOps:
 
         async def make(_members: list[bytes]) -> Prepared:
             commit = await asyncio.to_thread(context.vault.self_update, group_id)
-            return Prepared(commit, None, self._with_proposals(group_id, Change()))
+            return Prepared(commit, None, await self._with_proposals(group_id, Change()))
 
         committed = await self._committer.commit(conversation, group_id, make)
         assert committed is not None
         return committed
 
-    def _with_proposals(self, group_id: bytes, change: Change) -> Change:
+    async def _with_proposals(self, group_id: bytes, change: Change) -> Change:
         """A commit also carries the leave proposals the vault holds for the current epoch (OpenMLS commits every
         pending proposal), so the member set the node is told leaves those members out too."""
         pending = self._context.proposals.get(group_id)
-        if pending is None:
+        if pending is None or pending[0] != await asyncio.to_thread(self._context.vault.epoch, group_id):
             return change
         return Change(change.added, change.removed + tuple(k for k in pending[1] if k not in change.removed))
 

@@ -351,7 +351,7 @@ class Receiver:
         context = self._context
         store = context.store
         conversation = action.conversation
-        context.proposals.pop(action.group_id, None)
+        _epoch, leaves = context.proposals.pop(action.group_id, (0, ()))
         by = await self._directory.username_of(action.sender) if action.sender is not None else None
         leaving_key = SETTING_LEAVING + action.group_id.hex()
         leaving = await store.get_setting(leaving_key) is not None
@@ -370,7 +370,7 @@ class Receiver:
         for key in action.removed:
             name = await self._directory.username_of(key)
             await store.remove_member(conversation.id, key)
-            context.emit(MemberLeft(conversation, key, name, by))
+            context.emit(MemberLeft(conversation, key, name, by, left=key in leaves))
         await self._conversations.sync_members(conversation, action.group_id)
         if leaving and self.on_still_member is not None:
             # The epoch moved without this client's leave (its proposal was for the epoch before): ask again.

@@ -178,7 +178,8 @@ class Repl:
             if self.current is None:
                 await self.switch(event.conversation)
             return
-        if isinstance(event, MemberJoined | MemberLeft) and event.by == self.chat.username:
+        own_change = isinstance(event, MemberJoined | MemberLeft) and event.by == self.chat.username
+        if own_change and not (isinstance(event, MemberLeft) and event.left):
             return  # this client's own change: the command printed its outcome
         if isinstance(event, RemovedFromConversation | MemberJoined | MemberLeft | Notice):
             self.out.event(describe(event))

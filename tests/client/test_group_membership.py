@@ -39,7 +39,8 @@ async def test_leave_then_invited_again_reads_new_messages_only(node: Node, open
     # The first remaining member (leaf order: alice) commits carol's leave; everyone learns it from that commit.
     left = await carol_log.wait_for(RemovedFromConversation)
     assert left.left and left.by == "alice"
-    await bob_log.wait_for(MemberLeft, lambda e: e.username == "carol")
+    gone = await bob_log.wait_for(MemberLeft, lambda e: e.username == "carol")
+    assert gone.left and gone.by == "alice"
     assert await names(bob, "team") == ["alice", "bob"]
     with pytest.raises(NotAllowed):
         await carol.send("team", "still here?")

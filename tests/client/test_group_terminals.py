@@ -1,4 +1,5 @@
-"""The race that used to split groups, in real REPLs (tmux): two members invite at the same moment."""
+"""The race that used to split groups, in real REPLs (tmux): two members invite at the same moment; then one
+leaves and is invited back."""
 
 from __future__ import annotations
 
@@ -54,6 +55,23 @@ async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path
                 await tmux.wait_for(reader, f"{writer}: hello from {writer}")
         await tmux.line(reader, "/members")
         await tmux.wait_for(reader, "team: ")
+
+    # Erin leaves; the others see her go (a leave, not a removal); invited again, she reads only what comes after.
+    await tmux.line("erin", "/leave")
+    await tmux.wait_for("erin", "* you asked to leave team")
+    await tmux.wait_for("erin", "* you left team (confirmed by")
+    for name in ("alice", "bob", "carol", "dave"):
+        await tmux.wait_for(name, "* erin left team")
+    await tmux.line("alice", "while erin is away")
+    await tmux.wait_for("bob", "alice: while erin is away")
+    await tmux.line("alice", "/invite @erin")
+    await tmux.wait_for("alice", "* erin is now in team")
+    await tmux.wait_for("erin", "joined team (invited by alice)")
+    await tmux.line("alice", "welcome back erin")
+    await tmux.wait_for("erin", "alice: welcome back erin")
+    await tmux.line("erin", "glad to be back")
+    await tmux.wait_for("dave", "erin: glad to be back")
+    assert "while erin is away" not in await tmux.screen("erin")
     for name in PEOPLE:
         screen = await tmux.screen(name)
-        assert "cannot go on" not in screen and "Traceback" not in screen, screen
+        assert "cannot go on" not in screen and "Traceback" not in screen and "(removed by" not in screen, screen
