@@ -25,7 +25,8 @@ from quicnprotochat.server.quic_retry import RotatingRetryTokens
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
-from quicnprotochat.server.store import Clock, open_store
+from quicnprotochat.server.services.errors import faults
+from quicnprotochat.server.store import Clock, StoreError, open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 
 log = logging.getLogger("quicnprotochat.server")
@@ -132,6 +133,8 @@ class Node:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
                 await self.state.sweep()
+            except StoreError as error:  # a known store fault (outage, full disk): retried next round, logged once
+                faults.warning("sweep", "sweeping expired data failed: %s; retried next round", error)
             except Exception:  # a failed sweep is retried next round; the node keeps serving
                 log.exception("sweeping expired data failed")
 

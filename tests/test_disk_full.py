@@ -32,12 +32,20 @@ PAYLOAD = 64 << 10
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
+    yield from mounted_tmpfs(tmp_path / "disk", DISK_MIB)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted_tmpfs(tmp_path / "tiny", 28)
+
+
+def mounted_tmpfs(mount_point: Path, mib: int) -> Iterator[Path]:
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m,mode=0700", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
         check=False,
@@ -132,5 +140,29 @@ async def test_full_disk_refuses_drains_and_recovers(
         while wal.stat().st_size > WAL_TRUNCATE_BYTES:
             assert time.monotonic() < deadline, f"WAL stayed at {wal.stat().st_size} bytes"
             await asyncio.sleep(0.1)
+    finally:
+        await node.stop()
+
+
+async def test_disk_filled_by_the_store_itself_still_drains(tiny_disk: Path, make_user: UserFactory) -> None:
+    """With the floor at one byte, enqueues run until SQLite itself finds no space: still a clear refusal (the
+    reserve is kept for deletions, not spent on them), and the receiver drains everything."""
+    node = Node(loopback_config(tiny_disk / "node", min_free_disk_bytes=1))
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        bob = await make_user(node, "bob")
+        assert (tiny_disk / "node" / "node.sqlite3.reserve").exists()
+        acknowledged: dict[int, bytes] = {}
+        refusal = await send_until_refused(alice, bob, acknowledged)
+        assert refusal.startswith("resource_exhausted: disk full: the node has no space"), refusal
+        assert (tiny_disk / "node" / "node.sqlite3.reserve").exists()
+        stored: dict[int, bytes] = {}
+        while batch := await bob.client.peek_wait(bob.key, timeout_ms=0, limit=20):
+            stored.update((envelope.seq, envelope.data) for envelope in batch)
+            await bob.client.ack(bob.key, batch[-1].seq)
+        assert stored == acknowledged
+        # The drained space is the store's to reuse: messages are taken again at once.
+        assert await alice.client.enqueue(bob.key, b"again") == max(acknowledged) + 1
     finally:
         await node.stop()

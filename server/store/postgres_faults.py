@@ -80,6 +80,9 @@ async def pooled(pool: Any) -> AsyncIterator[Any]:
         if not isinstance(exc, Exception) or is_connection_fault(exc):
             terminate(conn)
         await release(pool, conn)
+        if isinstance(exc, Exception) and is_connection_fault(exc):
+            # The server may have restarted: its other pooled connections are as dead as this one.
+            await pool.expire_connections()
         raise
     await release(pool, conn)
 

@@ -58,6 +58,8 @@ WriteFn = Callable[[sqlite3.Connection, OpContext], T]
 class _Op(Generic[T]):
     fn: WriteFn[T]
     future: asyncio.Future[T]
+    frees_space: bool = False
+    """A deletion (fetch, ack, sweep): when the disk is full it may use the reserve; nothing else may."""
 
 
 _STOP = object()
@@ -123,12 +125,12 @@ class GroupCommitWriter:
     def restarts(self) -> int:
         return self._restarts
 
-    async def submit(self, fn: WriteFn[T]) -> T:
+    async def submit(self, fn: WriteFn[T], *, frees_space: bool = False) -> T:
         # Checked and enqueued on the loop thread, as close() is, so nothing can slip in behind the stop marker.
         if self._closing:
             raise StoreClosed()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future))
+        self._queue.put(_Op(fn, future, frees_space))
         # Cancelling the caller does not withdraw the operation: it may already be committed.
         return await future
 
@@ -220,16 +222,9 @@ class GroupCommitWriter:
             self._committing = True
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; every caller must hear of it
-            if retry_if_full and is_disk_full(exc) and self._reserve is not None:
-                self._rollback_quietly()
-                if self._reserve.release():
-                    self._faults.warning(
-                        "reserve released",
-                        "disk full: released the %d MiB disk reserve so that inboxes can drain",
-                        self._reserve.size >> 20,
-                    )
-                    self._run_batch(batch, retry_if_full=False)
-                    return
+            if retry_if_full and is_disk_full(exc) and any(op.frees_space for op in batch):
+                self._drain_on_full_disk(batch, exc)
+                return
             self._failed_batches += 1
             self._backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self._backoff * 2))
             self._faults.error(("batch", _fault_kind(exc)), "store write transaction failed: %s", exc)
@@ -246,6 +241,24 @@ class GroupCommitWriter:
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
         self._call_on_loop(self._deliver, outcomes, touched)
+
+    def _drain_on_full_disk(self, batch: list[_Op[Any]], exc: Exception) -> None:
+        """The disk is full and the batch holds deletions: they run again alone, with the reserve given up for
+        them if it is still held; everything else in the batch is refused (it would only take that space)."""
+        self._rollback_quietly()
+        self._in_hand = []
+        refused = [op for op in batch if not op.frees_space]
+        if refused:
+            self._failed_batches += 1
+            failure = _batch_error(exc, committing=False)
+            self._call_on_loop(self._deliver, [(op, None, failure) for op in refused], set())
+        if self._reserve is not None and self._reserve.release():
+            self._faults.warning(
+                "reserve released",
+                "disk full: released the %d MiB disk reserve so that inboxes can drain",
+                self._reserve.size >> 20,
+            )
+        self._run_batch([op for op in batch if op.frees_space], retry_if_full=False)
 
     @property
     def reusable_bytes(self) -> int:

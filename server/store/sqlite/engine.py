@@ -143,9 +143,10 @@ class SqliteEngine(StoreEngine):
         await asyncio.to_thread(self._reader.shutdown, True)
         self._read_conn.close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T], *, frees_space: bool = False) -> T:
+        """`frees_space`: a deletion, which may still run on a full disk (see GroupCommitWriter)."""
         self._check_open()
-        return await self._writer.submit(fn)
+        return await self._writer.submit(fn, frees_space=frees_space)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()

@@ -78,7 +78,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
             # RETURNING promises no order.
             return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
 
-        return await self._write(op)
+        return await self._write(op, frees_space=True)
 
     async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
         params = (*inbox, now, count, self._limits.max_fetch_bytes)
@@ -94,7 +94,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
             _shrink(conn, inbox, len(sizes), sum(s[0] for s in sizes))
             return len(sizes)
 
-        return await self._write(op)
+        return await self._write(op, frees_space=True)
 
     async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats:
         row = await self._read(
@@ -126,7 +126,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
 
         total = 0
         while True:
-            removed = await self._write(op)
+            removed = await self._write(op, frees_space=True)
             total += removed
             if removed < _SWEEP_CHUNK:
                 return total
