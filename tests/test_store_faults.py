@@ -57,6 +57,7 @@ async def _status(node: Node) -> dict[str, Any]:
 async def test_sqlite_writer_survives_unexpected_exceptions(node: Node, make_user: UserFactory) -> None:
     alice = await make_user(node, "alice")
     bob = await make_user(node, "bob")
+    alice.client.retry_delays = ()  # every answer of the node is seen here, not retried away
     assert await alice.client.enqueue(bob.key, b"before") == 1
     writer = _writer(node)
     real = writer._conn
@@ -79,6 +80,16 @@ async def test_sqlite_writer_survives_unexpected_exceptions(node: Node, make_use
     assert status["storeWriterAlive"] and status["status"] == "ok"
     assert [e.data for e in await bob.client.fetch(bob.key)] == [b"before", b"after commit fault", b"after restart"]
 
+    # The client's own retries: "not stored" is sent again by itself; an unknown outcome without a key is not.
+    alice.client.retry_delays = (0.05,)
+    writer._conn = FaultyConnection(real, "BEGIN IMMEDIATE", Injected("injected before the transaction"))
+    assert await alice.client.enqueue(bob.key, b"retried") == 4
+    writer._conn = FaultyConnection(real, "COMMIT", Injected("injected at commit"))
+    with pytest.raises(UnknownOutcome):
+        await alice.client.enqueue(bob.key, b"unknown")
+    writer._conn = real
+    assert [e.data for e in await bob.client.fetch(bob.key)] == [b"retried"]
+
 
 def _inject_once(writer: Any, exc: BaseException) -> None:
     original: Callable[..., Awaitable[None]] = writer._run_transaction
@@ -98,6 +109,7 @@ async def test_postgres_writer_survives_unexpected_exceptions(
     try:
         alice = await make_user(node, "alice")
         bob = await make_user(node, "bob")
+        alice.client.retry_delays = ()  # every answer of the node is seen here, not retried away
         assert await alice.client.enqueue(bob.key, b"before") == 1
         writer = _writer(node)
 
