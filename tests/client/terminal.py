@@ -111,6 +111,12 @@ class Tmux:
                 raise AssertionError(f"{text!r} not on {name}'s screen after {timeout} s:\n{screen}")
             await asyncio.sleep(0.1)
 
+    async def pid(self, name: str) -> int:
+        """The process id of the program running in window `name` (the child of the window's shell)."""
+        shell = int((await self.run("list-panes", "-t", f"qpc:{name}", "-F", "#{pane_pid}")).split()[0])
+        children = (await asyncio.to_thread(Path(f"/proc/{shell}/task/{shell}/children").read_text)).split()
+        return int(children[0])
+
     async def close(self) -> None:
         if self.started:
             with contextlib.suppress(RuntimeError):

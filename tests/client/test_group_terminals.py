@@ -4,6 +4,8 @@ leaves and is invited back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 from quicnprotochat.server.node import Node
@@ -32,10 +34,18 @@ async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path
         await tmux.wait_for(name, "joined team (invited by alice)")
         await tmux.wait_for(name, "[team] >")
 
-    # Both type their invitation, then press Enter at the same moment.
+    # Both type their invitation and press Enter at the same moment: both REPLs are frozen while the keys go in,
+    # then thawed together, so that each builds its commit before it has seen the other's.
     await tmux.type("bob", "/invite @dave")
     await tmux.type("carol", "/invite @erin")
-    await asyncio.gather(tmux.keys("bob", "Enter"), tmux.keys("carol", "Enter"))
+    pids = [await tmux.pid("bob"), await tmux.pid("carol")]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.gather(tmux.keys("bob", "Enter"), tmux.keys("carol", "Enter"))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     bob_screen = await tmux.wait_for("bob", "* dave is now in team")
     carol_screen = await tmux.wait_for("carol", "* erin is now in team")
     outcomes = [line for line in (bob_screen + carol_screen).splitlines() if "is now in team" in line]
