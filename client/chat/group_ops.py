@@ -165,6 +165,9 @@ class GroupOps:
         """Rotate this client's key material in a group (post-compromise security): a commit like any other."""
         context = self._context
         conversation = await self._conversations.get(ref)
+        if conversation.kind != "group":
+            # A DM's messages travel on its channel, a commit on the default inbox: no one order for both.
+            raise NotAllowed("keys are updated in groups")
         group_id = await self._conversations.group_of(conversation, "update keys")
 
         async def make(_members: list[bytes]) -> Prepared:

@@ -82,6 +82,8 @@ async def test_delete_leaves_and_forgets(node: Node, open_chat: ChatFactory) -> 
     await alice.notes()
     with pytest.raises(NotAllowed, match="notepad"):
         await alice.delete("@me")
+    with pytest.raises(NotAllowed, match="groups"):
+        await alice.update_keys(await alice.dm("bob"))
 
 
 async def test_a_commit_nobody_can_process_is_said_loudly_and_the_group_recreated(
