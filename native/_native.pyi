@@ -209,7 +209,7 @@ class Vault:
         journaled in the same transaction, and the same bytes again return it."""
     def forget_processed(self, digests: list[bytes]) -> None:
         """Drop journal entries (``ProcessedMessage.digest``, or SHA-256 of a joined Welcome)
-        once their result is stored."""
+        once their result is stored. Entries never forgotten are dropped after 30 days."""
     def members(self, group_id: bytes) -> list[bytes]:
         """Identity keys in leaf order."""
     def export_secret(self, group_id: bytes, label: str, context: bytes, length: int) -> bytes:

@@ -2,7 +2,8 @@
 //! SHA-256 of the input bytes, written in the same transaction as the MLS state change. A
 //! client that crashed after processing but before storing the result gets the same result
 //! again instead of an error (the ratchet secrets it needed are gone). The caller drops entries
-//! with `forget` once it has stored the result.
+//! with `forget` once it has stored the result; entries a caller never forgot are dropped after
+//! `MAX_AGE_SECS`, so that plaintexts do not pile up in the vault.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -21,7 +22,12 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS qpc_journal (
     added BLOB NOT NULL,
     removed BLOB NOT NULL,
     self_removed INTEGER NOT NULL,
-    created_at INTEGER NOT NULL DEFAULT (strftime('%s','now')));";
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s','now')));
+CREATE INDEX IF NOT EXISTS qpc_journal_created_at ON qpc_journal (created_at);";
+
+/// How long an entry is kept when the caller does not forget it: far longer than a client stays
+/// down between processing a message and storing it.
+pub const MAX_AGE_SECS: i64 = 30 * 24 * 3600;
 
 /// Kind stored for a joined Welcome (only its group id is kept).
 const WELCOME: &str = "welcome";
@@ -67,7 +73,17 @@ fn kind_from(name: &str) -> Result<MessageKind> {
     }
 }
 
+/// Drops entries older than `MAX_AGE_SECS` (called on every new entry: the index makes it cheap).
+fn drop_expired(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "DELETE FROM qpc_journal WHERE created_at < strftime('%s','now') - ?1",
+        params![MAX_AGE_SECS],
+    )?;
+    Ok(())
+}
+
 pub fn record_processed(conn: &Connection, p: &Processed) -> Result<()> {
+    drop_expired(conn)?;
     conn.execute(
         "INSERT INTO qpc_journal
              (digest, kind, group_id, epoch, sender, plaintext, added, removed, self_removed)
@@ -124,6 +140,7 @@ pub fn processed(conn: &Connection, digest: &Digest32) -> Result<Option<Processe
 }
 
 pub fn record_welcome(conn: &Connection, digest: &Digest32, group_id: &[u8]) -> Result<()> {
+    drop_expired(conn)?;
     conn.execute(
         "INSERT INTO qpc_journal (digest, kind, group_id, epoch, added, removed, self_removed)
          VALUES (?1, ?2, ?3, 0, x'', x'', 0)",

@@ -528,3 +528,23 @@ fn public_message_handshakes_accepted() {
         (MessageKind::Proposal, vec![a.identity_key()])
     );
 }
+
+#[test]
+fn journal_entries_nobody_forgot_expire() {
+    let dir = Dir::new();
+    let (mut a, mut b, _c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let old = a.encrypt(&gid, b"old").unwrap();
+    let old_digest = b.process(&old).unwrap().digest;
+    // Make that entry older than the journal keeps entries.
+    b.conn
+        .execute(
+            "UPDATE qpc_journal SET created_at = created_at - ?1 - 1 WHERE digest = ?2",
+            rusqlite::params![journal::MAX_AGE_SECS, old_digest.as_slice()],
+        )
+        .unwrap();
+    let new = a.encrypt(&gid, b"new").unwrap();
+    let new_digest = b.process(&new).unwrap().digest;
+    assert!(journal::processed(&b.conn, &old_digest).unwrap().is_none());
+    assert!(journal::processed(&b.conn, &new_digest).unwrap().is_some());
+    assert!(b.process(&old).is_err());
+}
