@@ -255,7 +255,7 @@ class Committer:
             await store.add_member(conversation.id, key, name)
             if announce:
                 context.emit(MemberJoined(conversation, key, name, context.username))
-        _epoch, leaves = context.proposals.pop(group_id, (0, ()))  # the epoch moved: they are committed or void
+        leaves = await context.proposals.settle(group_id)  # the epoch moved: they are committed or void
         for key in change.removed:
             name = await self._directory.username_of(key)
             await store.remove_member(conversation.id, key)

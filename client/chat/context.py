@@ -18,6 +18,7 @@ from .config import ChatConfig
 from .errors import ChatError, LoginFailed, NodeUnavailable, StateUnavailable
 from .event_bus import EventBus
 from .events import Event
+from .leave_proposals import LeaveProposals
 
 T = TypeVar("T")
 
@@ -37,8 +38,11 @@ class ChatContext:
     unconfirmed: set[bytes] = field(default_factory=set)
     """Groups whose vault holds a commit of this client the node has not answered yet: their incoming messages
     wait (they may be for the epoch that commit starts)."""
-    proposals: dict[bytes, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)
-    """group id -> (epoch, members who asked to leave at that epoch): proposals waiting for a commit."""
+    proposals: LeaveProposals = field(init=False)
+    """Leave proposals received and not yet committed (kept in the store)."""
+
+    def __post_init__(self) -> None:
+        self.proposals = LeaveProposals(self.state.conversations)
 
     @property
     def store(self) -> ConversationStore:

@@ -343,6 +343,7 @@ class ChatClient:
             await self._committer.resume_all()
         except ChatError as error:
             self._context.emit(ErrorEvent(f"confirming an earlier change: {error}", error))
+        await self._groups.commit_waiting_proposals()
 
 
 __all__ = [

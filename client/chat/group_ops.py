@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from quicnprotochat.client.state import Conversation, ConversationExists
 from quicnprotochat.native import NativeError
 
+from . import group_rules
 from .commits import Committed, Committer, Prepared, Unconfirmed
 from .config import MAX_GROUP_NAME, SELF_ALIASES
 from .context import ChatContext
@@ -181,10 +182,9 @@ class GroupOps:
     async def _with_proposals(self, group_id: bytes, change: Change) -> Change:
         """A commit also carries the leave proposals the vault holds for the current epoch (OpenMLS commits every
         pending proposal), so the member set the node is told leaves those members out too."""
-        pending = self._context.proposals.get(group_id)
-        if pending is None or pending[0] != await asyncio.to_thread(self._context.vault.epoch, group_id):
-            return change
-        return Change(change.added, change.removed + tuple(k for k in pending[1] if k not in change.removed))
+        epoch = await asyncio.to_thread(self._context.vault.epoch, group_id)
+        leaving = await self._context.proposals.at(group_id, epoch)
+        return Change(change.added, change.removed + tuple(k for k in leaving if k not in change.removed))
 
     # ── leaving ─────────────────────────────────────────────────────────────────────────────────────────
 
@@ -223,21 +223,34 @@ class GroupOps:
             )
         )
 
+    async def commit_waiting_proposals(self) -> None:
+        """At start: leave proposals an earlier run received and nobody has committed yet."""
+        context = self._context
+        for group_id, epoch, leaving in await context.proposals.waiting():
+            conversation = await self._conversations.of_group(group_id)
+            try:
+                current = await asyncio.to_thread(context.vault.epoch, group_id)
+                members = await asyncio.to_thread(context.vault.members, group_id)
+            except NativeError:
+                current, members = -1, []
+            if conversation is None or current != epoch:
+                await context.proposals.settle(group_id)  # void: the group moved on (or is gone)
+                continue
+            delay = group_rules.proposal_delay(members, leaving, context.identity_key)
+            if delay is not None:
+                self.commit_proposals_later(conversation, group_id, epoch, delay)
+
     async def _commit_proposals(self, conversation: Conversation, group_id: bytes, epoch: int, delay: float) -> None:
         context = self._context
         if delay:
             await asyncio.sleep(delay)
 
         async def make(_members: list[bytes]) -> Prepared | None:
-            pending = context.proposals.get(group_id)
-            if (
-                pending is None
-                or pending[0] != epoch
-                or await asyncio.to_thread(context.vault.epoch, group_id) != epoch
-            ):
+            leaving = await context.proposals.at(group_id, epoch)
+            if not leaving or await asyncio.to_thread(context.vault.epoch, group_id) != epoch:
                 return None  # another member committed it (or another change made the proposal void)
             commit, welcome = await asyncio.to_thread(context.vault.commit_pending_proposals, group_id)
-            return Prepared(commit, welcome, Change(removed=pending[1]))
+            return Prepared(commit, welcome, Change(removed=leaving))
 
         await self._committer.commit(conversation, group_id, make)
 

@@ -339,9 +339,9 @@ class Receiver:
         elif isinstance(action, rules.ApplyCommit):
             await self._apply_commit(action)
         elif isinstance(action, rules.CommitProposals):
-            context.proposals[action.group_id] = (action.epoch, action.removed)
+            leaving = await context.proposals.record(action.group_id, action.epoch, action.removed)
             members = await asyncio.to_thread(context.vault.members, action.group_id)
-            delay = group_rules.proposal_delay(members, action.removed, context.identity_key)
+            delay = group_rules.proposal_delay(members, leaving, context.identity_key)
             if delay is not None and self.on_proposals is not None:
                 self.on_proposals(action.conversation, action.group_id, action.epoch, delay)
         elif isinstance(action, rules.BreakGroup):
@@ -351,7 +351,7 @@ class Receiver:
         context = self._context
         store = context.store
         conversation = action.conversation
-        _epoch, leaves = context.proposals.pop(action.group_id, (0, ()))
+        leaves = await context.proposals.settle(action.group_id)
         by = await self._directory.username_of(action.sender) if action.sender is not None else None
         leaving_key = SETTING_LEAVING + action.group_id.hex()
         leaving = await store.get_setting(leaving_key) is not None

@@ -3,13 +3,17 @@ who commits a leave, and how a message the client cannot process is judged."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import quicnprotochat.native as native
 from quicnprotochat.client.chat import group_rules
 from quicnprotochat.client.chat import receive_rules as rules
 from quicnprotochat.client.chat.group_rules import Change
-from quicnprotochat.client.state import Conversation
+from quicnprotochat.client.chat.leave_proposals import LeaveProposals
+from quicnprotochat.client.state import Conversation, ConversationStore
 
 A, B, C, D = (bytes([n]) * 32 for n in (1, 2, 3, 4))
 TEAM = Conversation(7, "group", "team", b"g" * 16, None, None, 1.0, 1.0)
@@ -81,3 +85,21 @@ def test_unknown_group_waits_and_own_commit_waits_without_limit() -> None:
     assert inbox.hold(1, 0.0, final=True, defer=rules.Defer("own_commit"))
     assert inbox.hold(1, 1000.0, final=True, defer=rules.Defer("own_commit"))
     assert not inbox.hold(1, 1000.0, final=True, defer=rules.Defer("group"))
+
+
+async def test_leave_proposals_survive_a_restart(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    async with await ConversationStore.open(tmp_path / "conversations.sqlite", key) as store:
+        proposals = LeaveProposals(store)
+        assert await proposals.record(b"g1", 4, (A,)) == (A,)
+        assert await proposals.record(b"g1", 4, (B, A)) == (A, B)  # two members leaving in the same epoch
+        assert await proposals.record(b"g2", 1, (C,)) == (C,)
+    async with await ConversationStore.open(tmp_path / "conversations.sqlite", key) as store:
+        proposals = LeaveProposals(store)
+        assert sorted(await proposals.waiting()) == [(b"g1", 4, (A, B)), (b"g2", 1, (C,))]
+        assert await proposals.at(b"g1", 4) == (A, B)
+        assert await proposals.at(b"g1", 5) == ()  # proposals of another epoch are void
+        assert await proposals.record(b"g1", 5, (D,)) == (D,)  # a new epoch starts afresh
+        assert await proposals.settle(b"g1") == (D,)
+        assert await proposals.settle(b"g1") == ()
+        assert await proposals.waiting() == [(b"g2", 1, (C,))]
