@@ -14,11 +14,9 @@ from quicnprotochat.client.chat import (
     NotAllowed,
     RemovedFromConversation,
 )
-from quicnprotochat.client.chat.delivery import seal_for
-from quicnprotochat.client.chat.framing import MlsFrame
-from quicnprotochat.client.node_client import Delivery
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, EventLog
+from tests.client.hostile_member import submit_corrupt_commit
 
 
 async def names(chat: ChatClient, conversation: str) -> list[str]:
@@ -92,23 +90,8 @@ async def test_a_commit_nobody_can_process_is_said_loudly_and_the_group_recreate
     (alice, alice_log), (bob, bob_log), (mallory, mallory_log) = await trio_named(
         open_chat, node, ("alice", "bob", "mallory")
     )
-    # Mallory, a member, builds a real commit, corrupts its ciphertext (the clear header stays readable) and has
-    # the node accept it: the node cannot judge MLS content.
-    conversation = await mallory.conversation("team")
-    assert conversation.group_id is not None
-    group_id = conversation.group_id
-    epoch = mallory.vault.epoch(group_id)
-    commit = bytearray(mallory.vault.self_update(group_id))
-    commit[-20] ^= 0xFF
-    mallory.vault.clear_pending_commit(group_id)
-    frame = MlsFrame(bytes(commit), sender=mallory.identity_key).encode()
-    deliveries = [
-        Delivery(chat.identity_key, seal_for(chat.vault.hybrid_public_key(), chat.identity_key, frame, b""))
-        for chat in (alice, bob)
-    ]
-    members = [chat.identity_key for chat in (alice, bob, mallory)]
-    result = await mallory.node.submit_commit(group_id, epoch, bytes(commit), deliveries, [], members)
-    assert result.outcome == "accepted"
+    # Mallory, a member, has the node accept a commit nobody can process.
+    assert (await submit_corrupt_commit(mallory, "team")).outcome == "accepted"
 
     # Both others are told which group and by whom, once.
     for log in (alice_log, bob_log):

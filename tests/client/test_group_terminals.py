@@ -8,7 +8,10 @@ import os
 import signal
 from pathlib import Path
 
+from quicnprotochat.client.chat import JoinedConversation
 from quicnprotochat.server.node import Node
+from tests.client.conftest import ChatFactory
+from tests.client.hostile_member import submit_corrupt_commit
 from tests.client.terminal import QPC, Tmux, client_env, env_for
 from tests.conftest import node_address
 
@@ -85,3 +88,30 @@ async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path
     for name in PEOPLE:
         screen = await tmux.screen(name)
         assert "cannot go on" not in screen and "Traceback" not in screen and "(removed by" not in screen, screen
+
+
+async def test_a_group_that_cannot_go_on_is_said_and_recreated_in_the_repl(
+    node: Node, tmp_path: Path, tmux: Tmux, open_chat: ChatFactory
+) -> None:
+    base = client_env(
+        tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, NO_COLOR="1"
+    )
+    for name in ("alice", "bob"):
+        await tmux.start(name, [*QPC, "repl", "--register"], dict(env_for(base, name), QPC_STATE_PASSWORD=""))
+        await tmux.wait_for(name, f"logged in as {name}")
+    mallory, mallory_log = await open_chat(node, "mallory")
+    await tmux.line("alice", "/group team")
+    await tmux.line("alice", "/invite @bob @mallory")
+    await tmux.wait_for("alice", "* mallory is now in team")
+    await tmux.wait_for("bob", "[team] >")
+    await mallory_log.wait_for(JoinedConversation)
+
+    assert (await submit_corrupt_commit(mallory, "team")).outcome == "accepted"
+    for name in ("alice", "bob"):
+        await tmux.wait_for(name, "! team cannot go on: a change by mallory cannot be processed here")
+    await tmux.line("alice", "/recreate")
+    await tmux.wait_for("alice", "* team re-created with")
+    await tmux.wait_for("bob", "joined team (invited by alice)")
+    await tmux.line("bob", "back in business")
+    await tmux.wait_for("alice", "bob: back in business")
+    await mallory_log.message("back in business")
