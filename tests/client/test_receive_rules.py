@@ -64,6 +64,19 @@ def test_commit_changes_members(tmp_path: Path) -> None:
     assert isinstance(removed, rules.ApplyCommit) and removed.self_removed
 
 
+def test_leave_proposal_asks_for_a_commit_unless_this_client_left(tmp_path: Path) -> None:
+    alice, bob = vault(tmp_path, "alice"), vault(tmp_path, "bob")
+    group_id = alice.create_group()
+    _commit, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
+    bob.join_group(welcome)
+    processed = alice.process(bob.leave_group(group_id))
+    action = rules.after_processed(processed, conversation(group_id))
+    assert action == rules.CommitProposals(conversation(group_id), group_id, 1, (bob.identity_key,))
+    # Once this client left a group, its proposals and messages are nothing to act on or show.
+    assert rules.after_processed(processed, conversation(group_id), left=True) == rules.Ignore()
+
+
 def test_failures_of_the_vault() -> None:
     assert isinstance(rules.after_process_failure(5, native.GroupNotFound("no group")), rules.Defer)
     wrong_epoch = rules.after_process_failure(5, native.WrongEpoch("epoch 2, group at 3"))
