@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("to", help="@username for a DM, or a conversation name")
     send.add_argument("text", nargs="*", help="the message; '-' reads it from stdin")
     send.add_argument("--file", type=Path, help="read the message text from this file (UTF-8)")
+    send.add_argument("--attach", type=Path, help="send this file (encrypted), after the text if there is one")
     recv = commands.add_parser("recv", parents=[common], help="print pending messages and exit")
     recv.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
     recv.add_argument("--json", action="store_true", help="one JSON object per message and line")
@@ -278,13 +279,17 @@ async def cmd_login(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    text = _message_text(args)
+    attach: Path | None = args.attach
+    text = _message_text(args) if attach is None or args.text or args.file is not None else None
     chat = await _open(_config(args))
     try:
         await chat.sync()  # joins a DM the peer opened first, instead of opening a second one
         target = str(args.to)
         conversation = await chat.dm(target) if target.startswith("@") else await chat.conversation(target)
-        message = await chat.send(conversation, text)
+        if text is not None:
+            message = await chat.send(conversation, text)
+        if attach is not None and (text is None or message.state != "failed"):
+            message = await chat.send_file(conversation, attach)
     finally:
         await chat.close()
     if message.state == "failed":

@@ -60,6 +60,8 @@ class ServerLimits:
     max_parked_per_identity: int = 0
     max_batch_bytes: int = 0
     max_inbox_share_per_sender: int = 0
+    max_blob_bytes: int = 0
+    blob_ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ class NodeClient:
                 max_parked_per_identity=int(limits.maxParkedPerIdentity),
                 max_batch_bytes=int(limits.maxBatchBytes),
                 max_inbox_share_per_sender=int(limits.maxInboxSharePerSender),
+                max_blob_bytes=int(limits.maxBlobBytes),
+                blob_ttl_seconds=int(limits.blobTtlSeconds),
             ),
         )
 
@@ -388,6 +392,14 @@ class NodeClient:
     async def fetch_hybrid_keys(self, identity_keys: Sequence[bytes]) -> list[bytes | None]:
         result = await self._call("fetchHybridKeys", identityKeys=list(identity_keys), auth=self._auth())
         return [_optional_bytes(key) for key in result.keys]
+
+    async def put_blob(self, data: bytes) -> bytes:
+        """Store an (encrypted) attachment on the node; returns its id, the SHA-256 of `data`."""
+        return bytes((await self._call("putBlob", data=data, auth=self._auth())).blobId)
+
+    async def get_blob(self, blob_id: bytes) -> bytes:
+        """The bytes stored under `blob_id` (NotFound once it expired)."""
+        return bytes((await self._call("getBlob", blobId=blob_id, auth=self._auth())).data)
 
     async def publish_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
         await self._call("publishEndpoint", identityKey=identity_key, nodeAddr=node_addr, auth=self._auth())

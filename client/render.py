@@ -14,6 +14,7 @@ from quicnprotochat.client.chat import (
     ConnectionRestored,
     ErrorEvent,
     Event,
+    FileReceived,
     GroupBroken,
     JoinedConversation,
     MemberJoined,
@@ -55,6 +56,10 @@ def describe(event: Event) -> str:
     """One line for an event."""
     if isinstance(event, MessageReceived | MessageStateChanged):
         return format_message(event.conversation.name, event.message)
+    if isinstance(event, FileReceived):
+        if event.path is None:
+            return f"! {event.error}"
+        return f"* saved {event.name} from {event.conversation.name} to {event.path}"
     if isinstance(event, ReceiptReceived):
         who = event.by or "a member"
         what = f"{who} read" if event.kind == "read" else f"delivered to {who}"

@@ -117,6 +117,12 @@ interface NodeService {
   # The same message again returns the first acceptance (`duplicate`, same seqs); another commit for a taken
   # epoch, or one below the group's, returns `stale` with the group's epoch. Only members may submit.
   submitCommit @25 (groupId :Data, epoch :UInt64, message :Data, deliveries :List(Delivery), welcomes :List(Delivery), members :List(Data), auth :Auth) -> (result :CommitResult);
+
+  # Attachments: an encrypted file stored for `blobTtlSeconds` (limits: `maxBlobBytes` each, and a quota per
+  # identity); its id is the SHA-256 of the bytes. Any logged-in client that knows the id may fetch it: the key
+  # that decrypts it travels inside MLS messages, never to the node.
+  putBlob @26 (data :Data, auth :Auth) -> (blobId :Data);
+  getBlob @27 (blobId :Data, auth :Auth) -> (data :Data);
 }
 
 struct Auth {
@@ -161,6 +167,8 @@ struct Limits {
   maxParkedPerIdentity @14 :UInt32;
   maxBatchBytes @15 :UInt64;      # recipients x payload bytes one batchEnqueue may store
   maxInboxSharePerSender @16 :UInt32;  # messages one sender may have queued in someone else's default inbox
+  maxBlobBytes @17 :UInt64;       # the largest putBlob
+  blobTtlSeconds @18 :UInt64;     # how long a blob is kept
 }
 
 # What submitCommit enqueues to one recipient.

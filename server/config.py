@@ -122,6 +122,11 @@ class NodeConfig:
     max_connections: int = 10_000
     max_connections_per_address: int = 256
     max_unauthenticated_connections: int = 512
+    # ── Attachments (putBlob/getBlob): the largest blob, what one identity may keep at once, and how long a blob
+    # is kept. ──
+    max_blob_bytes: int = 16 * 1024 * 1024
+    max_blob_bytes_per_identity: int = 256 * 1024 * 1024
+    blob_ttl_seconds: int = 7 * 24 * 3600
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -161,7 +166,7 @@ class NodeConfig:
         largest_response = max(self.max_fetch_bytes, self.max_payload_bytes) + 32 * self.max_fetch_limit
         # A submitCommit's framing: a recipient key, a channel id and pointers per delivery, a key per member.
         largest_commit = self.max_commit_bytes + 128 * self.max_commit_deliveries + 48 * self.max_group_members
-        return max(self.max_payload_bytes, largest_response, largest_commit) + 64 * 1024
+        return max(self.max_payload_bytes, largest_response, largest_commit, self.max_blob_bytes) + 64 * 1024
 
 
 class ConfigError(ValueError):

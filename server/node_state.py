@@ -20,6 +20,7 @@ from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
+from quicnprotochat.server.services.blobs import BlobLimits, BlobService
 from quicnprotochat.server.services.directory import DirectoryService
 from quicnprotochat.server.services.groups import GroupService, SubmitLimits
 from quicnprotochat.server.services.inboxes import InboxService
@@ -102,6 +103,7 @@ class NodeState:
     counters: NodeCounters
     fault_log: LogThrottle
     """Clients' repeated faults (malformed calls): one log line per kind and period."""
+    blobs: BlobService
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
@@ -148,6 +150,11 @@ class NodeState:
             fault_log=LogThrottle(logging.getLogger("quicnprotochat.server.rpc")),
             disk=disk,
             health=HealthMonitor(store, disk),
+            blobs=BlobService(
+                store,
+                BlobLimits(config.max_blob_bytes, config.max_blob_bytes_per_identity, config.blob_ttl_seconds),
+                clock,
+            ),
         )
 
     def server_info(self) -> dict[str, Any]:
@@ -175,6 +182,8 @@ class NodeState:
                 "maxParkedPerIdentity": config.max_parked_per_identity,
                 "maxBatchBytes": config.max_batch_bytes,
                 "maxInboxSharePerSender": config.max_inbox_share_per_sender,
+                "maxBlobBytes": config.max_blob_bytes,
+                "blobTtlSeconds": config.blob_ttl_seconds,
             },
         }
 

@@ -193,6 +193,16 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         await self._caller(auth)
         return await self._node.directory.resolve_endpoint(identityKey)
 
+    # -- blobs (attachments) -----------------------------------------------------------------------------------
+
+    async def putBlob(self, data: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
+        caller = await self._caller(auth)
+        return await self._node.blobs.put(caller, bytes(data))
+
+    async def getBlob(self, blobId: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
+        await self._caller(auth)
+        return await self._node.blobs.get(bytes(blobId))
+
     # -- inboxes -----------------------------------------------------------------------------------------------
 
     async def enqueue(

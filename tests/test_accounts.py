@@ -253,6 +253,8 @@ AUTHENTICATED_CALLS: dict[str, dict[str, Any]] = {
     "resolveIdentity": {"identityKey": KEY},
     "logout": {},
     "submitCommit": {"groupId": b"g", "epoch": 0, "message": b"m", "deliveries": [], "welcomes": [], "members": []},
+    "putBlob": {"data": b"blob"},
+    "getBlob": {"blobId": b"\x00" * 32},
 }
 
 

@@ -81,6 +81,8 @@ def test_additions_only_append() -> None:
     assert methods["peekWait"] == 23
     assert methods["nodeStatus"] == 24
     assert methods["submitCommit"] == 25
+    assert methods["putBlob"] == 26
+    assert methods["getBlob"] == 27
     assert sorted(methods.values()) == list(range(len(methods)))
 
 

@@ -38,12 +38,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quicnprotochat.client.node_client import NodeClient
 from quicnprotochat.client.state import ClientState, Conversation, Member, Message, StateDir, StateError
 from quicnprotochat.native import Vault
 
+from .attachments import Attachments
 from .commits import Committed, Committer
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
 from .connection import ConnectionWatch
@@ -98,8 +100,11 @@ class ChatClient:
         self._conversations = Conversations(context, self._directory)
         self._delivery = Delivery(context, self._directory)
         self._watch = ConnectionWatch(context)
+        self._attachments = Attachments(context)
         self._outbox = Outbox(context, self._watch)
-        self._receiver = Receiver(context, self._conversations, self._directory, self._key_packages, self._watch)
+        self._receiver = Receiver(
+            context, self._conversations, self._directory, self._key_packages, self._watch, self._attachments
+        )
         self._committer = Committer(context, self._conversations, self._directory, self._receiver.sync_default)
         self._groups = GroupOps(
             context,
@@ -114,7 +119,7 @@ class ChatClient:
         self._receiver.on_proposals = self._groups.commit_proposals_later
         self._receiver.on_still_member = self._groups.ask_to_leave_again
         self._resumed = False
-        self._sender = Sender(context, self._conversations, self._directory, self._outbox)
+        self._sender = Sender(context, self._conversations, self._directory, self._outbox, self._attachments)
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
 
@@ -311,6 +316,12 @@ class ChatClient:
         it), or "pending" (the node is away: it goes out, in order, when it is back, also after a restart; a
         `MessageStateChanged` event says when). MessageTooLarge or another ChatError: nothing was stored."""
         return await self._sender.send(ref, text)
+
+    async def send_file(self, ref: ConversationRef, path: Path) -> Message:
+        """Send the file at `path`: encrypted with a fresh key and stored on the node (which must answer now), its
+        key and hash sent like a message (pending, sent or failed as `send`). Recipients fetch and check it
+        (`FileReceived`). MessageTooLarge past the node's blob limit."""
+        return await self._sender.send_file(ref, path)
 
     async def flush_outbox(self) -> bool:
         """Send what is pending now; True when nothing is left pending."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from quicnprotochat.client.state import Conversation, Message
@@ -103,6 +104,17 @@ class ReceiptReceived:
 
 
 @dataclass(frozen=True)
+class FileReceived:
+    """An attachment of `message` was fetched and checked (`path`: where it was saved), or refused (`error`)."""
+
+    conversation: Conversation
+    message: Message
+    name: str
+    path: Path | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class ConnectionLost:
     """The node stopped answering; the client tries again by itself, first after `retry_in` seconds. Messages
     sent meanwhile stay pending and go out, in order, once it is back."""
@@ -127,6 +139,7 @@ Event = (
     | ErrorEvent
     | MessageStateChanged
     | ReceiptReceived
+    | FileReceived
     | ConnectionLost
     | ConnectionRestored
 )

@@ -23,11 +23,17 @@ Envelope payload (the plaintext of ``seal_envelope``; one envelope per recipient
 MLS application message (the plaintext given to ``Vault.encrypt``)::
 
     version  u8   = 1
-    kind     u8   1 = text, 2 = receipt
+    kind     u8   1 = text, 2 = receipt, 3 = file
     text:         1 body     UTF-8 text                                   (required)
                   2 sent_at  u64 big-endian, milliseconds since the Unix epoch (the sender's clock)
     receipt:      3 receipt kind  u8: 1 = delivered, 2 = read                (required)
                   4 messages      one or more 32-byte message references     (required)
+    file:         2 sent_at   as for text
+                  5 name      UTF-8 file name, no directory                   (required)
+                  6 size      u64 big-endian, bytes of the file               (required)
+                  7 blob id   32 bytes: the node's id of the encrypted file   (required; SHA-256 of the blob)
+                  8 key       32 bytes: the file's own ChaCha20-Poly1305 key  (required)
+                  9 sha256    32 bytes: SHA-256 of the file                   (required)
 
 A message reference names a message the way its sender stores it: SHA-256 of ``b"out" | MLS ciphertext``, which
 every recipient can compute from the MLS message it processed. Receipts are sent only to the message's sender
@@ -71,6 +77,13 @@ TAG_RECEIPT_OF = 4
 RECEIPT_DELIVERED = 1
 RECEIPT_READ = 2
 MESSAGE_REF_LEN = 32
+CONTENT_FILE = 3
+TAG_FILE_NAME = 5
+TAG_FILE_SIZE = 6
+TAG_BLOB_ID = 7
+TAG_FILE_KEY = 8
+TAG_FILE_SHA256 = 9
+DIGEST_LEN = 32
 
 CHANNEL_ID_LEN = 16
 IDENTITY_KEY_LEN = 32
@@ -223,7 +236,56 @@ class ReceiptContent:
         return encode_fields(CONTENT_VERSION, CONTENT_RECEIPT, fields)
 
 
-Content = TextContent | ReceiptContent
+@dataclass(frozen=True)
+class FileContent:
+    name: str
+    size: int
+    blob_id: bytes
+    key: bytes
+    sha256: bytes
+    sent_at: float | None
+
+    def encode(self) -> bytes:
+        fields = [
+            (TAG_FILE_NAME, self.name.encode()),
+            (TAG_FILE_SIZE, _U64.pack(self.size)),
+            (TAG_BLOB_ID, self.blob_id),
+            (TAG_FILE_KEY, self.key),
+            (TAG_FILE_SHA256, self.sha256),
+        ]
+        if self.sent_at is not None:
+            fields.append((TAG_SENT_AT, _U64.pack(max(0, round(self.sent_at * 1000)))))
+        return encode_fields(CONTENT_VERSION, CONTENT_FILE, fields)
+
+
+Content = TextContent | ReceiptContent | FileContent
+
+
+def _decode_sent_at(fields: dict[int, bytes]) -> float | None:
+    raw_sent = fields.get(TAG_SENT_AT)
+    if raw_sent is None:
+        return None
+    if len(raw_sent) != _U64.size:
+        raise FrameError("sent_at is 8 bytes")
+    return float(_U64.unpack(raw_sent)[0] / 1000)
+
+
+def _decode_file(fields: dict[int, bytes]) -> FileContent:
+    try:
+        name = _required(fields, TAG_FILE_NAME, "file name").decode()
+    except UnicodeDecodeError:
+        raise FrameError("file name is not UTF-8") from None
+    raw_size = _required(fields, TAG_FILE_SIZE, "file size")
+    if len(raw_size) != _U64.size:
+        raise FrameError("file size is 8 bytes")
+    digests = []
+    for tag, what in ((TAG_BLOB_ID, "blob id"), (TAG_FILE_KEY, "file key"), (TAG_FILE_SHA256, "file sha256")):
+        value = _required(fields, tag, what)
+        if len(value) != DIGEST_LEN:
+            raise FrameError(f"the {what} is {DIGEST_LEN} bytes")
+        digests.append(value)
+    blob_id, key, sha256 = digests
+    return FileContent(name, _U64.unpack(raw_size)[0], blob_id, key, sha256, _decode_sent_at(fields))
 
 
 def _decode_receipt(fields: dict[int, bytes]) -> ReceiptContent:
@@ -241,16 +303,12 @@ def decode_content(data: bytes) -> Content:
     kind, fields = decode_fields(data, CONTENT_VERSION)
     if kind == CONTENT_RECEIPT:
         return _decode_receipt(fields)
+    if kind == CONTENT_FILE:
+        return _decode_file(fields)
     if kind != CONTENT_TEXT:
         raise FrameError(f"unknown content kind {kind}")
     try:
         body = _required(fields, TAG_BODY, "message body").decode()
     except UnicodeDecodeError:
         raise FrameError("message body is not UTF-8") from None
-    raw_sent = fields.get(TAG_SENT_AT)
-    sent_at: float | None = None
-    if raw_sent is not None:
-        if len(raw_sent) != _U64.size:
-            raise FrameError("sent_at is 8 bytes")
-        sent_at = _U64.unpack(raw_sent)[0] / 1000
-    return TextContent(body, sent_at)
+    return TextContent(body, _decode_sent_at(fields))

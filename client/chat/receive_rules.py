@@ -24,7 +24,7 @@ from typing import Literal
 from quicnprotochat.client.state import Conversation
 from quicnprotochat.native import GroupNotFound, NativeError, ProcessedMessage, WrongEpoch
 
-from .framing import FrameError, ReceiptContent, TextContent, WelcomeFrame, decode_content
+from .framing import FileContent, FrameError, ReceiptContent, TextContent, WelcomeFrame, decode_content
 
 MAX_TRIES = 3
 """How often an envelope that fails for a local reason (a bug, a full disk) is tried before it is given up."""
@@ -33,7 +33,7 @@ MAX_TRIES = 3
 @dataclass(frozen=True)
 class StoreMessage:
     conversation: Conversation
-    content: TextContent
+    content: TextContent | FileContent
     sender: bytes | None
 
 

@@ -35,6 +35,7 @@ from quicnprotochat.native import GroupNotFound, NativeError, envelope_info, mls
 
 from . import group_rules
 from . import receive_rules as rules
+from .attachments import Attachments, describe_file
 from .config import MAX_GROUP_NAME
 from .connection import ConnectionWatch, is_unreachable
 from .context import ChatContext, reraise
@@ -58,7 +59,7 @@ from .events import (
     ReceiptReceived,
     RemovedFromConversation,
 )
-from .framing import FrameError, WelcomeFrame, decode_frame
+from .framing import FileContent, FrameError, TextContent, WelcomeFrame, decode_frame
 from .key_packages import KeyPackageStock
 from .receipts import message_ref
 
@@ -93,9 +94,11 @@ class Receiver:
         directory: Directory,
         key_packages: KeyPackageStock,
         watch: ConnectionWatch,
+        attachments: Attachments,
     ) -> None:
         self._context = context
         self._watch = watch
+        self._attachments = attachments
         self._conversations = conversations
         self._directory = directory
         self._key_packages = key_packages
@@ -318,10 +321,11 @@ class Receiver:
             context.emit(ErrorEvent(action.reason, action.error))
         elif isinstance(action, rules.StoreMessage):
             sender = action.sender
+            content = action.content
             stored = await context.store.add_message(
                 action.conversation.id,
                 message_id,
-                action.content.body,
+                content.body if isinstance(content, TextContent) else describe_file(content),
                 sender_identity_key=sender,
                 sender_username=await self._directory.username_of(sender) if sender is not None else None,
                 sent_at=action.content.sent_at,
@@ -330,6 +334,9 @@ class Receiver:
             )
             if stored is not None:
                 context.emit(MessageReceived(action.conversation, stored))
+                if isinstance(content, FileContent):
+                    # Fetched before the envelope is acked: a qpc recv has the file when it prints the message.
+                    await self._attachments.fetch(action.conversation, stored, content)
         elif isinstance(action, rules.ApplyReceipt):
             by = await self._directory.username_of(action.sender) if action.sender is not None else None
             receipt = action.receipt

@@ -12,9 +12,12 @@ import asyncio
 import hashlib
 import os
 import time
+from pathlib import Path
 
+from quicnprotochat.client.node_client import ServerLimits
 from quicnprotochat.client.state import Conversation, Message, OutgoingCopy
 
+from .attachments import Attachments, describe_file
 from .connection import is_unreachable
 from .context import ChatContext
 from .conversations import ConversationRef, Conversations
@@ -23,39 +26,51 @@ from .directory import Directory
 from .errors import ChatError, MessageTooLarge
 from .framing import MlsFrame, TextContent
 from .outbox import Outbox
-
-
-def size_text(size: int) -> str:
-    if size >= 1 << 20:
-        return f"{size / (1 << 20):.1f} MiB"
-    if size >= 1 << 10:
-        return f"{size / (1 << 10):.1f} KiB"
-    return f"{size} bytes"
+from .units import size_text
 
 
 class Sender:
     def __init__(
-        self, context: ChatContext, conversations: Conversations, directory: Directory, outbox: Outbox
+        self,
+        context: ChatContext,
+        conversations: Conversations,
+        directory: Directory,
+        outbox: Outbox,
+        attachments: Attachments,
     ) -> None:
         self._context = context
         self._conversations = conversations
         self._directory = directory
         self._outbox = outbox
-        self._max_payload: int | None = None
+        self._attachments = attachments
+        self._limits: ServerLimits | None = None
 
     async def send(self, ref: ConversationRef, text: str) -> Message:
         """Store `text` as a pending message for the conversation's members and try to send it now; returns the
         message in the state it reached (sent, failed with its reason, or pending while the node is away)."""
         if not text.strip():
             raise ChatError("the message is empty: nothing was sent")
-        context = self._context
         conversation = await self._conversations.get(ref)
         sent_at = time.time()
         if conversation.kind == "notes":
             return await self._store(conversation, hashlib.sha256(b"note" + os.urandom(16)).digest(), text, sent_at)
+        return await self._send(conversation, TextContent(text, sent_at).encode(), text, sent_at)
+
+    async def send_file(self, ref: ConversationRef, path: Path) -> Message:
+        """Encrypt the file, store it on the node (now: the node must answer), then send its key and hash like a
+        message (through the outbox)."""
+        conversation = await self._conversations.get(ref)
+        await self._conversations.group_of(conversation, "send files")
+        sent_at = time.time()
+        info = await self._server_limits()
+        file = await self._attachments.upload(path, None if info is None else info.max_blob_bytes, sent_at)
+        return await self._send(conversation, file.encode(), describe_file(file), sent_at)
+
+    async def _send(self, conversation: Conversation, content: bytes, body: str, sent_at: float) -> Message:
+        context = self._context
         group_id = await self._conversations.group_of(conversation, "send")
-        content = TextContent(text, sent_at).encode()
-        limit = await self._payload_limit()
+        info = await self._server_limits()
+        limit = None if info is None else info.max_payload_bytes
         if limit is not None and len(content) > limit:
             raise self._too_large(len(content), limit)
         channel = (conversation.channel_id if conversation.kind == "dm" else None) or b""
@@ -76,22 +91,22 @@ class Sender:
             if limit is not None and largest > limit:
                 raise self._too_large(largest, limit)
             message = await self._store(
-                conversation, hashlib.sha256(b"out" + ciphertext).digest(), text, sent_at, copies=copies
+                conversation, hashlib.sha256(b"out" + ciphertext).digest(), body, sent_at, copies=copies
             )
         await self._outbox.flush()
         return await context.store.get_message(message.message_id) or message
 
-    async def _payload_limit(self) -> int | None:
-        """The node's largest payload (asked once); None when the node cannot be asked now."""
-        if self._max_payload is None:
+    async def _server_limits(self) -> ServerLimits | None:
+        """The node's limits (asked once); None when the node cannot be asked now."""
+        if self._limits is None:
             try:
                 info = await self._context.node.server_info()
             except Exception as error:
                 if is_unreachable(error):
                     return None
                 raise
-            self._max_payload = info.limits.max_payload_bytes
-        return self._max_payload
+            self._limits = info.limits
+        return self._limits
 
     @staticmethod
     def _too_large(size: int, limit: int) -> MessageTooLarge:

@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.application import run_in_terminal
@@ -29,6 +30,7 @@ from quicnprotochat.client.chat import (
     ConnectionRestored,
     ErrorEvent,
     Event,
+    FileReceived,
     GroupBroken,
     JoinedConversation,
     MemberJoined,
@@ -70,6 +72,7 @@ Commands:
   /join [name]         list the conversations you were invited to, or switch to one
   /switch name         switch to a conversation (@user for a DM)
   /list                conversations with unread counts
+  /send-file PATH      send a file (encrypted; kept on the node for a while for the others to fetch)
   /members             members of the current conversation, with their key fingerprints
   /verify @user        the safety number to compare with user (in person or on a call)
   /trust @user         accept user's changed identity key (after comparing safety numbers)
@@ -140,6 +143,7 @@ class Repl:
             "/switch": self.cmd_switch,
             "/list": self.cmd_list,
             "/members": self.cmd_members,
+            "/send-file": self.cmd_send_file,
             "/verify": self.cmd_verify,
             "/trust": self.cmd_trust,
             "/history": self.cmd_history,
@@ -164,6 +168,10 @@ class Repl:
             if event.message.id in self.pending:
                 self.pending.discard(event.message.id)
                 self.out.message(event.conversation.name, event.message)
+            return
+        if isinstance(event, FileReceived):
+            if event.path is not None:  # a refusal came as an ErrorEvent already
+                self.out.event(describe(event))
             return
         if isinstance(event, ReceiptReceived):
             if event.kind == "read":  # "delivered" shows in /history; a line for each would drown the chat
@@ -330,6 +338,15 @@ class Repl:
         self.out.info(f"{conversation.name}: " + ", ".join(names))
         for name, member in zip(names, members, strict=True):
             self.out.line(("", f"  {name:<16} "), ("time", key_fingerprint(member.identity_key)))
+
+    async def cmd_send_file(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /send-file PATH (quote a path with spaces)")
+        conversation = self._need_current()
+        message = await self.chat.send_file(conversation, Path(args[0]))
+        if message.state == "pending":
+            self.pending.add(message.id)
+        self.out.message(conversation.name, message)
 
     async def cmd_verify(self, args: list[str]) -> None:
         if len(args) != 1:

@@ -1,7 +1,7 @@
 """Storage of the node, split by concern. The node opens one `Store` (`open_store`); each service sees only its
 concern's protocol and never writes SQL itself.
 
-Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets, groups):
+Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets, groups, blobs):
 - `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
   over small backend hooks);
 - `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
@@ -34,6 +34,7 @@ from .base import (
     StoreMetrics,
     StoreUnavailable,
 )
+from .blobs import BlobStore
 from .directories import DirectoryStore, KeyPackage
 from .fetch_wait import fetch_wait
 from .groups import GroupStore
@@ -48,6 +49,7 @@ __all__ = [
     "Account",
     "AccountStore",
     "AlreadyExists",
+    "BlobStore",
     "Clock",
     "DirectoryStore",
     "DiskFull",

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
+from .blobs import BlobStore
 from .directories import DirectoryStore
 from .groups import GroupStore
 from .idempotency import IdempotencyStore
@@ -47,6 +48,7 @@ class Store(
     SecretStore,
     GroupStore,
     IdempotencyStore,
+    BlobStore,
     Protocol,
 ):
     """Async storage of one node, all concerns."""

@@ -163,6 +163,22 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX messages_by_sender ON messages (recipient, channel_id, sender) WHERE sender IS NOT NULL",
         ),
     ),
+    Migration(
+        6,
+        "blobs: encrypted attachments with an expiry, bounded per owner",
+        (
+            """CREATE TABLE blobs (
+                blob_id BLOB PRIMARY KEY,
+                owner BLOB NOT NULL,
+                data BLOB NOT NULL,
+                size INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
+            "CREATE INDEX blobs_by_owner ON blobs (owner, expires_at)",
+            "CREATE INDEX blobs_by_expiry ON blobs (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

@@ -162,6 +162,24 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX messages_by_sender ON messages (recipient, channel_id, sender) WHERE sender IS NOT NULL",
         ),
     ),
+    Migration(
+        6,
+        "blobs: encrypted attachments with an expiry, bounded per owner",
+        (
+            """CREATE TABLE blobs (
+                blob_id BYTEA PRIMARY KEY,
+                owner BYTEA NOT NULL,
+                data BYTEA NOT NULL,
+                size BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            # The bytes are ciphertext: compressing them only costs CPU.
+            "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
+            "CREATE INDEX blobs_by_owner ON blobs (owner, expires_at)",
+            "CREATE INDEX blobs_by_expiry ON blobs (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

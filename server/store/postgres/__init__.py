@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .accounts import PostgresAccounts, PostgresSessions
+from .blobs import PostgresBlobs
 from .directories import PostgresDirectories
 from .engine import PostgresOptions, parse_url, redacted
 from .groups import PostgresGroups
@@ -20,6 +21,7 @@ class PostgresStore(
     PostgresSecrets,
     PostgresGroups,
     PostgresIdempotency,
+    PostgresBlobs,
 ):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .accounts import SqliteAccounts, SqliteSessions
+from .blobs import SqliteBlobs
 from .directories import SqliteDirectories
 from .groups import SqliteGroups
 from .idempotency import SqliteIdempotency
@@ -11,7 +12,14 @@ from .server_secrets import SqliteSecrets
 
 
 class SqliteStore(
-    SqliteAccounts, SqliteSessions, SqliteDirectories, SqliteInboxes, SqliteSecrets, SqliteGroups, SqliteIdempotency
+    SqliteAccounts,
+    SqliteSessions,
+    SqliteDirectories,
+    SqliteInboxes,
+    SqliteSecrets,
+    SqliteGroups,
+    SqliteIdempotency,
+    SqliteBlobs,
 ):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 
