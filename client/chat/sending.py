@@ -16,6 +16,7 @@ from pathlib import Path
 
 from quicnprotochat.client.node_client import ServerLimits
 from quicnprotochat.client.state import Conversation, Message, OutgoingCopy
+from quicnprotochat.native import StateError
 
 from .attachments import Attachments, describe_file
 from .connection import is_unreachable
@@ -81,7 +82,13 @@ class Sender:
             hybrid_keys = [
                 await self._directory.hybrid_key(key, name) for key, name in zip(recipients, names, strict=True)
             ]
-            ciphertext = await asyncio.to_thread(context.vault.encrypt, group_id, content)
+            try:
+                ciphertext = await asyncio.to_thread(context.vault.encrypt, group_id, content)
+            except StateError:
+                raise ChatError(
+                    f"{conversation.name} is waiting for the node to confirm a change of its members: nothing was"
+                    " sent; try again once it is confirmed"
+                ) from None
             frame = MlsFrame(ciphertext).encode()
             copies = [
                 OutgoingCopy(key, name, channel, seal_for(hybrid, key, frame, channel))
