@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.common.errors import Disconnected, InvalidArgument
 from quicnprotochat.native import Vault
 from quicnprotochat.server.node import Node
-from tests.conftest import User, UserFactory, loopback_config, node_address
+from tests.conftest import FakeClock, User, UserFactory, loopback_config, node_address
 
 
 class CuttingProxy:
@@ -149,3 +150,24 @@ async def test_retry_with_the_same_key_is_stored_once(
         assert [e.data for e in await bob.client.peek(bob.key)] == [b"exactly once", b"batch", b"no key"]
     finally:
         await alice.close()
+
+
+async def test_keys_are_forgotten_after_their_window(tmp_path: Path, make_user: UserFactory) -> None:
+    clock = FakeClock(time.time())
+    node = Node(loopback_config(tmp_path / "node", idempotency_window_s=60), clock=clock)
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        bob = await make_user(node, "bob")
+        assert await alice.client.enqueue(bob.key, b"m", idempotency_key=b"k") == 1
+        clock.advance(59)
+        assert await alice.client.enqueue(bob.key, b"m", idempotency_key=b"k") == 1
+        clock.advance(2)
+        # Past the window the key is unknown again: the same request is a new message.
+        assert await alice.client.enqueue(bob.key, b"m", idempotency_key=b"k") == 2
+        assert node.state is not None
+        assert await node.state.store.purge_expired_idempotency_keys() == 0  # the live one (re-stored at 61 s)
+        clock.advance(61)
+        assert await node.state.store.purge_expired_idempotency_keys() == 1
+    finally:
+        await node.stop()
