@@ -5,15 +5,17 @@ A copy the node takes is settled with its seq; one it refuses (inbox full, paylo
 with the node's reason; either way it leaves the outbox, and the message's final state is reported with
 `MessageStateChanged`. When the node cannot be reached, the flush stops there and the rest stays pending,
 across a restart too; `ConnectionWatch` flushes again when the node is back. A copy whose enqueue was cut off
-is sent again as the same bytes, which the recipient recognizes (it keeps messages by envelope hash).
+is sent again as the same bytes with the same idempotency key: the node answers it with the first seq (within
+its `idempotency_window_s`), and a recipient who got it anyway keeps messages by envelope hash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from quicnprotochat.client.state import Message, PendingCopy
-from quicnprotochat.common.errors import Disconnected, RpcError
+from quicnprotochat.common.errors import RpcError
 
 from .connection import ConnectionWatch, is_unreachable
 from .context import ChatContext
@@ -51,29 +53,23 @@ class Outbox:
 
     async def _send(self, copy: PendingCopy) -> bool:
         context = self._context
-        node = context.node
-        for attempt in range(2):
-            try:
-                seq = await node.enqueue(copy.recipient_key, copy.envelope, copy.channel_id)
-            except asyncio.CancelledError:
-                raise
-            except Disconnected:
-                if attempt == 0:
-                    continue  # the connection dropped during the call: the next call reconnects
-                self._watch.lost(Disconnected(f"the connection to {node.address} was lost"))
-                return False
-            except RpcError as error:
-                if is_unreachable(error):
-                    self._watch.lost(error)
-                    return False
-                await self._settled(await context.store.settle_copy(copy.id, refusal=refusal(copy, error)))
-                return True
-            except (OSError, TimeoutError) as error:
+        try:
+            seq = await context.node.enqueue(
+                copy.recipient_key, copy.envelope, copy.channel_id, idempotency_key=idempotency_key(copy)
+            )
+        except asyncio.CancelledError:
+            raise
+        except RpcError as error:
+            if is_unreachable(error):
                 self._watch.lost(error)
                 return False
-            await self._settled(await context.store.settle_copy(copy.id, seq=seq))
+            await self._settled(await context.store.settle_copy(copy.id, refusal=refusal(copy, error)))
             return True
-        return False
+        except (OSError, TimeoutError) as error:
+            self._watch.lost(error)
+            return False
+        await self._settled(await context.store.settle_copy(copy.id, seq=seq))
+        return True
 
     async def _settled(self, message: Message | None) -> None:
         if message is None:
@@ -81,6 +77,12 @@ class Outbox:
         conversation = await self._context.store.get_conversation(message.conversation_id)
         if conversation is not None:
             self._context.emit(MessageStateChanged(conversation, message))
+
+
+def idempotency_key(copy: PendingCopy) -> bytes:
+    """The enqueue's idempotency key: derived from the sealed bytes, so it is the same after a restart, and the
+    node answers a repeat within its window with the first seq instead of storing the copy twice."""
+    return hashlib.sha256(b"quicnprotochat outbox v1" + copy.envelope).digest()[:16]
 
 
 def refusal(copy: PendingCopy, error: RpcError) -> str:

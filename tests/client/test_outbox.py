@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from quicnprotochat.client.chat import MessageStateChanged, MessageTooLarge
+from quicnprotochat.client.chat.outbox import idempotency_key
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, RestartableNode
 from tests.client.terminal import QPC, Tmux, client_env, env_for, qpc
@@ -139,10 +140,12 @@ async def test_a_copy_the_node_already_took_is_not_shown_twice(
     (copy,) = await alice.store.pending_copies()
     await restartable.start()
     # What a connection lost after the node stored the copy but before its answer leaves behind: the node has
-    # the envelope, the outbox still holds it and sends the same bytes again.
-    await alice.node.enqueue(copy.recipient_key, copy.envelope, copy.channel_id)
+    # the envelope, the outbox still holds it and sends the same bytes, with the same idempotency key, again.
+    first_seq = await alice.node.enqueue(
+        copy.recipient_key, copy.envelope, copy.channel_id, idempotency_key=idempotency_key(copy)
+    )
     sent = await alice_log.wait_for(MessageStateChanged, lambda e: e.message.id == kept.id, timeout=20)
-    assert sent.message.state == "sent"
+    assert sent.message.state == "sent" and sent.message.server_seq == first_seq  # the node's first answer
     await bob_log.message("only once", timeout=20)
     await asyncio.sleep(1.0)
     assert bob_log.bodies() == ["first", "only once"]
