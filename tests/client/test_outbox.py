@@ -93,6 +93,13 @@ async def test_sigkilled_client_sends_its_pending_messages_after_restart(
     for env in (alice, bob):
         assert (await qpc("register", env=env)).returncode == 0
     assert (await qpc("send", "@bob", "before", env=alice)).returncode == 0
+    # bob follows along through the outage (one status line each way on stderr, never a traceback).
+    follower = await asyncio.create_subprocess_exec(
+        *QPC, "recv", "--follow", "--json", env=bob, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert follower.stdout is not None and follower.stderr is not None
+    first = json.loads(await asyncio.wait_for(follower.stdout.readline(), 30))
+    assert first["body"] == "before"
 
     repl = await asyncio.create_subprocess_exec(
         *QPC, "repl", env=alice, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
@@ -116,8 +123,15 @@ async def test_sigkilled_client_sends_its_pending_messages_after_restart(
     flushed = await qpc("recv", env=alice)  # any later run sends what is pending first
     assert flushed.returncode == 0, flushed.stderr
     assert flushed.stderr.count("(sent)") == 3, flushed.stderr
-    received = await qpc("recv", "--json", env=bob)
-    assert [json.loads(line)["body"] for line in received.stdout.splitlines()] == ["before", *pending]
+    followed = [json.loads(await asyncio.wait_for(follower.stdout.readline(), 30))["body"] for _ in pending]
+    assert followed == pending
+    await asyncio.sleep(1.0)  # a second copy would show by now
+    follower.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(follower.wait(), 20) == 0
+    rest, errors = await follower.stdout.read(), (await follower.stderr.read()).decode()
+    assert rest == b"", rest
+    assert errors.count("disconnected, retrying in") == 1 and errors.count("connected again") == 1, errors
+    assert "Traceback" not in errors and "never retrieved" not in errors, errors
     history = await qpc("history", "@bob", "--json", env=alice)
     states = [(r["body"], r["state"]) for r in map(json.loads, history.stdout.splitlines())]
     assert states == [("before", "sent"), *((text, "sent") for text in pending)]
