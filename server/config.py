@@ -69,6 +69,8 @@ class NodeConfig:
     metrics_listen: str = ""
     # How long the node remembers an enqueue's idempotency key (and answers a retry with the first seq).
     idempotency_window_s: int = 3600
+    # At most this many keys are remembered per sender; past it the oldest is forgotten first.
+    max_idempotency_keys_per_sender: int = 10_000
     # Group sequencer (submitCommit): deliveries plus welcomes per call, bytes per call (message and payloads),
     # keys in a group's member set, groups an identity may create, how many epochs back a retried commit
     # still gets its first answer (older ones are answered `stale`), and proposals one epoch of a group may hold.

@@ -171,3 +171,28 @@ async def test_keys_are_forgotten_after_their_window(tmp_path: Path, make_user: 
         assert await node.state.store.purge_expired_idempotency_keys() == 1
     finally:
         await node.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_sender_keeps_at_most_its_cap_of_keys(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, make_user: UserFactory
+) -> None:
+    pg_server = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+    store = await pg_server.create_database() if pg_server is not None else ""
+    node = Node(loopback_config(tmp_path / "node", store=store, max_idempotency_keys_per_sender=3))
+    await node.start()
+    try:
+        alice = await make_user(node, "alice")
+        bob = await make_user(node, "bob")
+        for n in range(1, 5):
+            assert await alice.client.enqueue(bob.key, b"%d" % n, idempotency_key=b"k%d" % n) == n
+        # The newest three are remembered; the oldest was forgotten to stay within the cap.
+        for n in (2, 3, 4):
+            assert await alice.client.enqueue(bob.key, b"%d" % n, idempotency_key=b"k%d" % n) == n
+        assert await alice.client.enqueue(bob.key, b"1", idempotency_key=b"k1") == 5
+        # Another sender has a cap of its own.
+        assert await bob.client.enqueue(alice.key, b"x", idempotency_key=b"k1") == 1
+    finally:
+        await node.stop()
+        if pg_server is not None:
+            await pg_server.drop_database(store)

@@ -123,6 +123,8 @@ class StoreLimits:
     # Messages one sender may have queued in another identity's default inbox (unexpired, not yet fetched), so
     # that no single sender can fill it for everyone else.
     max_inbox_share_per_sender: int = 1000
+    # Idempotency keys one sender (or sealed-sender connection) may have remembered; beyond it the oldest is forgotten.
+    max_idempotency_keys_per_sender: int = 10_000
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -180,6 +180,18 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX blobs_by_expiry ON blobs (expires_at)",
         ),
     ),
+    Migration(
+        7,
+        "idempotency keys: at most max_idempotency_keys_per_sender per sender, oldest forgotten first",
+        (
+            """CREATE TABLE idempotency_scopes (
+                scope BYTEA PRIMARY KEY,
+                keys INTEGER NOT NULL
+            )""",
+            "CREATE INDEX idempotency_keys_by_scope_age ON idempotency_keys (scope, expires_at)",
+            "INSERT INTO idempotency_scopes (scope, keys) SELECT scope, count(*) FROM idempotency_keys GROUP BY scope",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

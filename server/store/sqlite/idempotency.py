@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 
 from ..groups import pack_seqs, unpack_seqs
 from ..idempotency import IdempotencyBase, IdempotencyKey, KeyReused
@@ -40,10 +41,7 @@ class SqliteIdempotency(IdempotencyBase, SqliteEngine):
                 enqueue_one(conn, limits, inbox, payload, expires_at, now, None if single else index, sender)
                 for index, inbox in enumerate(inboxes)
             ]
-            conn.execute(
-                "INSERT OR REPLACE INTO idempotency_keys (scope, key, digest, seqs, expires_at) VALUES (?, ?, ?, ?, ?)",
-                (key.scope, key.key, digest, pack_seqs(seqs), key.expires_at),
-            )
+            _remember(conn, key, digest, seqs, limits.max_idempotency_keys_per_sender)
             ctx.touched.extend(inboxes)
             return seqs
 
@@ -51,6 +49,37 @@ class SqliteIdempotency(IdempotencyBase, SqliteEngine):
 
     async def _purge_idempotency_keys(self, now: float) -> int:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:
-            return conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,)).rowcount
+            gone = Counter(
+                bytes(row[0])
+                for row in conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ? RETURNING scope", (now,))
+            )
+            conn.executemany(
+                "UPDATE idempotency_scopes SET keys = keys - ? WHERE scope = ?", [(n, s) for s, n in gone.items()]
+            )
+            conn.execute("DELETE FROM idempotency_scopes WHERE keys <= 0")
+            return sum(gone.values())
 
-        return await self._write(op)
+        return await self._write(op, frees_space=True)
+
+
+def _remember(conn: sqlite3.Connection, key: IdempotencyKey, digest: bytes, seqs: list[int], cap: int) -> None:
+    """Stores the key (in place of an expired one of the same name) and keeps its sender within `cap` keys."""
+    replaced = conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (key.scope, key.key)).rowcount
+    conn.execute(
+        "INSERT INTO idempotency_keys (scope, key, digest, seqs, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (key.scope, key.key, digest, pack_seqs(seqs), key.expires_at),
+    )
+    if replaced:
+        return
+    held = conn.execute(
+        "INSERT INTO idempotency_scopes (scope, keys) VALUES (?, 1)"
+        " ON CONFLICT (scope) DO UPDATE SET keys = keys + 1 RETURNING keys",
+        (key.scope,),
+    ).fetchone()[0]
+    if held > cap:
+        conn.execute(
+            "DELETE FROM idempotency_keys WHERE rowid ="
+            " (SELECT rowid FROM idempotency_keys WHERE scope = ? ORDER BY expires_at LIMIT 1)",
+            (key.scope,),
+        )
+        conn.execute("UPDATE idempotency_scopes SET keys = keys - 1 WHERE scope = ?", (key.scope,))
