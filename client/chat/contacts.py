@@ -38,6 +38,10 @@ class Contacts:
         value = await self._context.store.get_setting(SETTING_CHANGED + username)
         return None if value is None else bytes.fromhex(value)
 
+    async def note_change(self, username: str, identity_key: bytes) -> None:
+        """Remember that the node gave another key for `username` (what `trust` accepts)."""
+        await self._context.store.set_setting(SETTING_CHANGED + username, identity_key.hex())
+
     async def check(self, username: str, identity_key: bytes) -> None:
         """Remember the first key of `username`; IdentityKeyChanged if the node now gives another one."""
         known = await self.known_key(username)
@@ -46,7 +50,7 @@ class Contacts:
             return
         if known == identity_key:
             return
-        await self._context.store.set_setting(SETTING_CHANGED + username, identity_key.hex())
+        await self.note_change(username, identity_key)
         raise IdentityKeyChanged(changed_warning(username, known, identity_key), username)
 
     async def trust(self, username: str) -> bytes:

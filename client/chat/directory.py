@@ -5,9 +5,10 @@ from __future__ import annotations
 from quicnprotochat.common.errors import InvalidArgument, RpcError
 from quicnprotochat.common.usernames import normalize_username
 
-from .contacts import Contacts
+from .contacts import Contacts, changed_warning
 from .context import ChatContext
 from .errors import ChatError, NoHybridKey, UserNotFound
+from .events import ErrorEvent
 
 SETTING_HYBRID_KEY = "hybrid_key:"
 
@@ -38,7 +39,19 @@ class Directory:
             return None
         if name:
             self._names[identity_key] = name
+            # Someone writing under a known contact's name with another key: say so loudly (nothing is sent to
+            # that key until the user accepts it: `check_recipient`).
+            known = await self._contacts.known_key(name)
+            if known is not None and known != identity_key:
+                await self._contacts.note_change(name, identity_key)
+                self._context.emit(ErrorEvent(changed_warning(name, known, identity_key)))
         return name
+
+    async def check_recipient(self, identity_key: bytes) -> None:
+        """IdentityKeyChanged if `identity_key` is not the accepted key of the username it belongs to."""
+        name = await self.username_of(identity_key)
+        if name is not None:
+            await self._contacts.check(name, identity_key)
 
     async def display_name(self, identity_key: bytes) -> str:
         return await self.username_of(identity_key) or identity_key.hex()[:16]

@@ -78,6 +78,8 @@ class Sender:
         async with context.mls:
             members = await asyncio.to_thread(context.vault.members, group_id)
             recipients = [key for key in members if key != context.identity_key]
+            for key in recipients:
+                await self._directory.check_recipient(key)  # nothing goes to a changed key until it is accepted
             names = [await self._directory.display_name(key) for key in recipients]
             hybrid_keys = [
                 await self._directory.hybrid_key(key, name) for key, name in zip(recipients, names, strict=True)

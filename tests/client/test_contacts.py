@@ -51,6 +51,14 @@ async def test_changed_identity_key_is_refused_until_trusted(restartable: Restar
     new_bob = dict(bob, XDG_DATA_HOME=str(tmp_path / "new-bob-data"))
     assert (await qpc("register", env=new_bob)).returncode == 0
 
+    # The new "bob" writes first: alice sees the message with a loud warning, and cannot answer it yet.
+    assert (await qpc("send", "@alice", "it is me, bob", env=new_bob)).returncode == 0
+    warned = await qpc("recv", env=alice)
+    assert "bob: it is me, bob" in warned.stdout, warned.stdout
+    assert "WARNING: the identity key of bob changed" in warned.stderr, warned.stderr
+    answer = await qpc("send", "bob-2", "are you?", env=alice)
+    assert answer.returncode == 1 and "WARNING: the identity key of bob changed" in answer.stderr, answer.stderr
+
     refused = await qpc("send", "@bob", "are you still bob?", env=alice)
     assert refused.returncode == 1
     warning = one_line_error(refused.stderr)
@@ -70,4 +78,4 @@ async def test_changed_identity_key_is_refused_until_trusted(restartable: Restar
     assert sent.returncode == 0, sent.stderr
     received = await qpc("recv", env=new_bob)
     assert received.stdout.strip().endswith("alice: hello new bob"), received.stdout
-    assert "still" not in received.stdout
+    assert "still" not in received.stdout and "are you?" not in received.stdout
