@@ -71,6 +71,8 @@ class NodeConfig:
     idempotency_window_s: int = 3600
     # At most this many keys are remembered per sender; past it the oldest is forgotten first.
     max_idempotency_keys_per_sender: int = 10_000
+    # Held back next to the SQLite database in a file, and given up only for deletions when the disk fills.
+    disk_reserve_bytes: int = 8 * 1024 * 1024
     # Group sequencer (submitCommit): deliveries plus welcomes per call, bytes per call (message and payloads),
     # keys in a group's member set, groups an identity may create, how many epochs back a retried commit
     # still gets its first answer (older ones are answered `stale`), and proposals one epoch of a group may hold.

@@ -42,6 +42,7 @@ def store_limits(config: NodeConfig) -> StoreLimits:
         max_key_packages_per_identity=config.max_key_packages_per_identity,
         max_inbox_share_per_sender=config.max_inbox_share_per_sender,
         max_idempotency_keys_per_sender=config.max_idempotency_keys_per_sender,
+        disk_reserve_bytes=config.disk_reserve_bytes,
     )
 
 

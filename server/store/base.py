@@ -125,6 +125,8 @@ class StoreLimits:
     max_inbox_share_per_sender: int = 1000
     # Idempotency keys one sender (or sealed-sender connection) may have remembered; beyond it the oldest is forgotten.
     max_idempotency_keys_per_sender: int = 10_000
+    # Space (SQLite) held back in a file next to the database for deletions when the disk fills (disk_reserve).
+    disk_reserve_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

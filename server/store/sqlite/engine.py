@@ -25,8 +25,6 @@ T = TypeVar("T")
 
 _BUSY_TIMEOUT_MS = 10_000
 PROBE_TIMEOUT_S = 2.0
-DISK_RESERVE_BYTES = 8 << 20
-"""Held back next to the database for draining when the disk fills (see disk_reserve)."""
 
 
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -81,7 +79,7 @@ class SqliteEngine(StoreEngine):
             self._loop,
             wakeups.notify,
             wal_path=path.with_name(path.name + "-wal"),
-            reserve=DiskReserve(path.with_name(path.name + ".reserve"), DISK_RESERVE_BYTES),
+            reserve=DiskReserve(path.with_name(path.name + ".reserve"), limits.disk_reserve_bytes),
         )
         self._read_conn = read_conn
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
