@@ -119,6 +119,24 @@ class _StateCollector(Collector):
         yield _gauge(
             "qpc_parked_waiters", "fetchWait/peekWait calls waiting for a message", state.store.wakeups.waiter_count()
         )
+        counters = state.counters
+        by_transport = GaugeMetricFamily(
+            "qpc_connections_by_transport", "Open RPC connections by transport", labels=["transport"]
+        )
+        for transport in ("quic", "tcp"):
+            by_transport.add_metric([transport], counters.connections.get(transport, 0))
+        yield by_transport
+        yield _gauge(
+            "qpc_unauthenticated_connections",
+            "Open connections on which no call has authenticated yet",
+            counters.unauthenticated_connections,
+        )
+        refused = CounterMetricFamily(
+            "qpc_refused", "Calls refused or connections closed by a limit, by its setting name", labels=["limit"]
+        )
+        for limit, count in sorted(counters.refused.items()):
+            refused.add_metric([limit], count)
+        yield refused
         yield _counter("qpc_store_commits", "Write transactions committed", store.commits)
         yield _counter("qpc_store_write_ops", "Write operations committed (enqueues, acks, ...)", store.write_ops)
         batches = HistogramMetricFamily("qpc_store_batch_size", "Operations per committed write transaction")

@@ -79,6 +79,8 @@ async def test_metrics_scraped_during_a_load_run(metrics_node: Node, make_user: 
     assert final[("qpc_rpc_call_duration_seconds_count", (("method", "enqueue"),))] == 201
     assert final[("qpc_rpc_call_duration_seconds_bucket", (("le", "+Inf"), ("method", "enqueue")))] == 201
     assert final[("qpc_connections", ())] == 2
+    assert final[("qpc_connections_by_transport", (("transport", "quic"),))] == 2
+    assert final[("qpc_connections_by_transport", (("transport", "tcp"),))] == 0
     assert any(samples[("qpc_parked_waiters", ())] == 1 for samples in scrapes)
     assert final[("qpc_store_commits_total", ())] > 0
     assert final[("qpc_store_batch_size_count", ())] == final[("qpc_store_commits_total", ())]
