@@ -225,3 +225,23 @@ def test_sign_and_verify(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     Ed25519PublicKey.from_public_bytes(key).verify(signature, b"proof of possession transcript")
+
+
+def test_messages_from_past_epochs_decrypt_up_to_the_kept_window(tmp_path: Path) -> None:
+    """A message sent at epoch E and received after several later commits still decrypts while E is within the
+    window of past epochs the vault keeps (the node orders commits, but a message can land behind a few)."""
+    members, group_id = build_group(tmp_path, native.CIPHERSUITE_DEFAULT)
+    alice, bob, carol = members
+    kept = 8
+    late = [alice.vault.encrypt(group_id, b"sent before the commits")]
+    for _ in range(kept + 1):
+        commit = carol.vault.self_update(group_id)
+        carol.vault.merge_pending_commit(group_id)
+        alice.vault.process(commit)
+        bob.vault.process(commit)
+        late.append(alice.vault.encrypt(group_id, b"sent at epoch %d" % alice.vault.epoch(group_id)))
+    # late[0] is kept + 1 epochs old for bob now: beyond the window; late[1] is exactly `kept` epochs old.
+    with pytest.raises(native.NativeError):
+        bob.vault.process(late[0])
+    for message in late[1:]:
+        assert bob.vault.process(message).plaintext.startswith(b"sent")
