@@ -20,10 +20,11 @@ from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, EventLog
 
 GROUP = "team"
-ROUNDS_ASKED = os.environ.get("QPC_TEST_GROUP_ROUNDS")
-# Hundreds of rounds under the CI machine's load take longer than the suite's 120 s per test; every round has its
-# own time limits (agree, receive), so a hang still fails fast.
-pytestmark = pytest.mark.timeout(300 if ROUNDS_ASKED is None else 3600)
+ROUNDS = int(os.environ.get("QPC_TEST_GROUP_ROUNDS") or "200")
+"""The issue's 200 rounds (QPC_TEST_GROUP_ROUNDS changes it: fewer for a quick look, more for a soak)."""
+# 200 rounds take 20-100 s each on a quiet 2-core machine and several times that under load, longer than the
+# suite's 120 s per test; every round has its own time limits (agree, receive), so a hang still fails fast.
+pytestmark = pytest.mark.timeout(900 if ROUNDS <= 200 else 3600)
 
 
 @pytest.fixture
@@ -139,14 +140,20 @@ async def race(members: list[tuple[ChatClient, EventLog]], rounds: int, spare_ev
         if phase == spare_every - 2 and len(chats) > 2:
             spare = chats[-1]
             current = chats[:-1]
+            # Who removes and invites the spare member again changes from cycle to cycle: one member fetching
+            # the same peer's KeyPackage every few seconds for minutes is what the node's per-pair limit refuses.
+            changer = current[(number // spare_every) % len(current)]
             outcomes = await asyncio.gather(
-                chats[0].remove(GROUP, spare.username), *(chat.update_keys(GROUP) for chat in current[1:])
+                changer.remove(GROUP, spare.username),
+                *(chat.update_keys(GROUP) for chat in current if chat is not changer),
             )
         elif phase == spare_every - 1 and len(chats) > 2:
             current = list(chats)
             joins = joined_count(members[-1][1])
+            changer = chats[(number // spare_every) % (len(chats) - 1)]
             outcomes = await asyncio.gather(
-                chats[0].invite(GROUP, chats[-1].username), *(chat.update_keys(GROUP) for chat in chats[1:-1])
+                changer.invite(GROUP, chats[-1].username),
+                *(chat.update_keys(GROUP) for chat in chats[:-1] if chat is not changer),
             )
             await wait_for_join(members[-1][1], joins)
         else:
@@ -167,12 +174,7 @@ async def race(members: list[tuple[ChatClient, EventLog]], rounds: int, spare_ev
     return retries
 
 
-# 200 rounds of five members take about 4 minutes on the 2-core CI machine, over this suite's budget: CI runs 60
-# (QPC_TEST_GROUP_ROUNDS=200 runs them all; docs/BENCHMARKS.md has the figures of such a run).
-FIVE_MEMBER_ROUNDS = int(ROUNDS_ASKED or "60")
-
-
-@pytest.mark.parametrize(("size", "rounds"), [(2, 200), (5, FIVE_MEMBER_ROUNDS)])
+@pytest.mark.parametrize(("size", "rounds"), [(2, ROUNDS), (5, ROUNDS)])
 async def test_members_committing_at_the_same_instant(
     node: Node, open_chat: ChatFactory, size: int, rounds: int
 ) -> None:
@@ -184,13 +186,9 @@ async def test_members_committing_at_the_same_instant(
     assert retries >= rounds // 2
 
 
-PG_ROUNDS = int(ROUNDS_ASKED or "20")
-"""Committers on two nodes of one database: 20 rounds in CI (the budget), as many as asked otherwise."""
-
-
 async def test_committers_on_two_nodes_of_one_database(two_nodes: tuple[Node, Node], open_chat: ChatFactory) -> None:
     a, b = two_nodes
     names = ["alice", "bob", "carol", "dave"]
     members = [await open_chat(a if i % 2 == 0 else b, name, key_packages=4) for i, name in enumerate(names)]
-    retries = await race(members, PG_ROUNDS, spare_every=10)
-    assert retries >= PG_ROUNDS // 2
+    retries = await race(members, ROUNDS, spare_every=10)
+    assert retries >= ROUNDS // 2
