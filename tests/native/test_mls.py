@@ -244,4 +244,5 @@ def test_messages_from_past_epochs_decrypt_up_to_the_kept_window(tmp_path: Path)
     with pytest.raises(native.NativeError):
         bob.vault.process(late[0])
     for message in late[1:]:
-        assert bob.vault.process(message).plaintext.startswith(b"sent")
+        plaintext = bob.vault.process(message).plaintext
+        assert plaintext is not None and plaintext.startswith(b"sent")
