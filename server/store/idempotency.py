@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .base import LimitExceeded, StoreError
+from .base import StoreError
 from .engine import StoreEngine
+from .inboxes import check_payload
 
 MAX_KEY_BYTES = 64
 
@@ -76,11 +77,9 @@ class IdempotencyBase(StoreEngine):
         sender: bytes | None = None,
     ) -> list[int]:
         self._check_open()
-        limits = self._limits
         if not 1 <= len(key.key) <= MAX_KEY_BYTES:
             raise ValueError(f"an idempotency key is 1 to {MAX_KEY_BYTES} bytes")
-        if len(payload) > limits.max_payload_bytes:
-            raise LimitExceeded("max_payload_bytes", limits.max_payload_bytes, len(payload))
+        check_payload(self._limits, payload)
         if not recipients:
             return []
         targets = [bytes(r) for r in recipients]

@@ -101,6 +101,12 @@ class InboxStore(Protocol):
         ...
 
 
+def check_payload(limits: StoreLimits, payload: bytes) -> None:
+    """The payload cap every way of enqueueing applies before it reaches the database."""
+    if len(payload) > limits.max_payload_bytes:
+        raise LimitExceeded("max_payload_bytes", limits.max_payload_bytes, len(payload))
+
+
 def check_room(limits: StoreLimits, depth: int, used: int, size: int, index: int | None = None) -> None:
     """Refuse one more message of `size` bytes for an inbox holding `depth` messages of `used` bytes.
 
@@ -151,9 +157,7 @@ class InboxesBase(StoreEngine):
         sender: bytes | None = None,
     ) -> list[int]:
         self._check_open()
-        limits = self._limits
-        if len(payload) > limits.max_payload_bytes:
-            raise LimitExceeded("max_payload_bytes", limits.max_payload_bytes, len(payload))
+        check_payload(self._limits, payload)
         if not recipients:
             return []
         return await self._enqueue(
