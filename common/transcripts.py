@@ -1,8 +1,8 @@
-"""What an identity key signs to prove possession during registration and login.
+"""What an identity key signs: proofs of possession during registration and login, and endpoint records.
 
-Both sides build the same bytes here. The transcript is domain-separated (a fixed context naming the purpose
-and version), binds the normalized username and the identity key, and covers the OPAQUE message of that step,
-so a signature cannot be replayed for another user, key, purpose or login.
+Both sides build the same bytes here. Every transcript is domain-separated (a fixed context naming the purpose
+and version). A login transcript binds the normalized username and the identity key, and covers the OPAQUE
+message of that step, so a signature cannot be replayed for another user, key, purpose or login.
 """
 
 from __future__ import annotations
@@ -35,3 +35,25 @@ def register_transcript(username: str, identity_key: bytes, upload: bytes) -> by
 
 def login_transcript(username: str, identity_key: bytes, finalization: bytes) -> bytes:
     return identity_proof_transcript(LOGIN_CONTEXT, username, identity_key, finalization)
+
+
+ENDPOINT_RECORD_CONTEXT = b"quicnprotochat endpoint record v1"
+
+
+def endpoint_record_transcript(
+    identity_key: bytes, endpoint_id: bytes, addresses: tuple[str, ...], relay_url: str | None, expires_at: int
+) -> bytes:
+    """What an identity key signs to publish its iroh endpoint (see `common.endpoint_record`): the iroh key that
+    answers for it, where to reach it, and until when. Every field is length-prefixed, so no two records share
+    a transcript."""
+    return b"".join(
+        (
+            _field(ENDPOINT_RECORD_CONTEXT),
+            _field(identity_key),
+            _field(endpoint_id),
+            struct.pack(">Q", expires_at),
+            _field((relay_url or "").encode("utf-8")),
+            struct.pack(">I", len(addresses)),
+            *(_field(address.encode("ascii")) for address in addresses),
+        )
+    )

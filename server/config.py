@@ -131,6 +131,12 @@ class NodeConfig:
     max_blob_bytes: int = 16 * 1024 * 1024
     max_blob_bytes_per_identity: int = 256 * 1024 * 1024
     blob_ttl_seconds: int = 7 * 24 * 3600
+    # ── P2P endpoint records: resolveEndpoint per identity and per source address (a record reveals network
+    # addresses: they cannot be harvested in bulk). ──
+    resolve_endpoint_rate_per_identity: float = 1.0
+    resolve_endpoint_burst_per_identity: int = 300
+    resolve_endpoint_rate_per_address: float = 5.0
+    resolve_endpoint_burst_per_address: int = 1000
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:

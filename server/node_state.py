@@ -22,6 +22,7 @@ from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.blobs import BlobLimits, BlobService
 from quicnprotochat.server.services.directory import DirectoryService
+from quicnprotochat.server.services.endpoints import EndpointService
 from quicnprotochat.server.services.groups import GroupService, SubmitLimits
 from quicnprotochat.server.services.inboxes import InboxService
 from quicnprotochat.server.services.rate_limits import RateLimit, RateLimiter, RateLimits
@@ -73,6 +74,12 @@ def rate_limits(config: NodeConfig) -> RateLimits:
         key_package_per_pair=RateLimit(config.key_package_rate_per_pair, config.key_package_burst_per_pair),
         resolve_per_identity=RateLimit(config.resolve_rate_per_identity, config.resolve_burst_per_identity),
         resolve_per_address=RateLimit(config.resolve_rate_per_address, config.resolve_burst_per_address),
+        resolve_endpoint_per_identity=RateLimit(
+            config.resolve_endpoint_rate_per_identity, config.resolve_endpoint_burst_per_identity
+        ),
+        resolve_endpoint_per_address=RateLimit(
+            config.resolve_endpoint_rate_per_address, config.resolve_endpoint_burst_per_address
+        ),
     )
 
 
@@ -106,6 +113,7 @@ class NodeState:
     fault_log: LogThrottle
     """Clients' repeated faults (malformed calls): one log line per kind and period."""
     blobs: BlobService
+    endpoints: EndpointService
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
@@ -144,7 +152,8 @@ class NodeState:
             accounts=AccountService(
                 store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock
             ),
-            directory=DirectoryService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
+            directory=DirectoryService(store, clock=clock),
+            endpoints=EndpointService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),
             inboxes=inboxes,
             limiter=RateLimiter(rate_limits(config), on_refuse=counters.refuse),
             groups=GroupService(store, inboxes, submit_limits(config), clock=clock),
@@ -212,10 +221,12 @@ class NodeState:
         }
 
     async def sweep(self) -> None:
-        """Drops what has expired: queued messages past their TTL, sessions, unfinished logins."""
+        """Drops what has expired: queued messages past their TTL, sessions, unfinished logins, idempotency keys,
+        endpoint records."""
         swept = await self.store.sweep_expired()
         await self.store.purge_expired_sessions()
         await self.store.purge_expired_login_states()
         await self.store.purge_expired_idempotency_keys()
+        await self.endpoints.purge_expired()
         if swept:
             log.info("dropped %d expired messages", swept)

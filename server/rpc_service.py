@@ -187,11 +187,15 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
 
     async def publishEndpoint(self, identityKey: bytes, nodeAddr: bytes, auth: Any, _context: Any, **_: Any) -> None:
         caller = await self._caller(auth)
-        await self._node.directory.publish_endpoint(caller, identityKey, nodeAddr)
+        await self._node.endpoints.publish(caller, identityKey, nodeAddr)
 
     async def resolveEndpoint(self, identityKey: bytes, auth: Any, _context: Any, **_: Any) -> bytes:
-        await self._caller(auth)
-        return await self._node.directory.resolve_endpoint(identityKey)
+        caller = await self._caller(auth)
+        # A record reveals its owner's network addresses: resolving is bounded per account and per address.
+        limiter = self._node.limiter
+        limiter.resolve_endpoint_identity.check(caller.identity_key, "endpoint look-ups for this identity")
+        limiter.resolve_endpoint_address.check(self._peer.host, "endpoint look-ups from this address")
+        return await self._node.endpoints.resolve(identityKey)
 
     # -- blobs (attachments) -----------------------------------------------------------------------------------
 

@@ -80,14 +80,3 @@ async def test_hybrid_keys(node: Node, make_user: UserFactory) -> None:
     assert await alice.client.fetch_hybrid_keys([bob.key, unknown, bob.key]) == [replacement, None, replacement]
     with pytest.raises(InvalidArgument, match="1216-byte"):
         await bob.client.upload_hybrid_key(bob.key, b"\x01" * 100)
-
-
-async def test_endpoints(node: Node, make_user: UserFactory) -> None:
-    alice = await make_user(node, "alice")
-    bob = await make_user(node, "bob")
-    assert await alice.client.resolve_endpoint(bob.key) is None
-    await bob.client.publish_endpoint(bob.key, b'{"addr": "192.0.2.1:7000"}')
-    assert await alice.client.resolve_endpoint(bob.key) == b'{"addr": "192.0.2.1:7000"}'
-    limit = node.config.max_endpoint_bytes
-    with pytest.raises(InvalidArgument, match=f"1 to {limit} bytes"):
-        await bob.client.publish_endpoint(bob.key, b"x" * (limit + 1))

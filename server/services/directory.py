@@ -1,4 +1,4 @@
-"""The node's directories: MLS KeyPackages, hybrid (X-Wing) public keys, P2P endpoints."""
+"""The node's directories: MLS KeyPackages and hybrid (X-Wing) public keys (P2P endpoint records: `endpoints`)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ MAX_BATCH_KEYS = 1000
 
 
 class DirectoryService:
-    def __init__(self, store: DirectoryStore, *, max_endpoint_bytes: int, clock: Clock) -> None:
+    def __init__(self, store: DirectoryStore, *, clock: Clock) -> None:
         self._store = store
-        self._max_endpoint_bytes = max_endpoint_bytes
         self._clock = clock
 
     # -- KeyPackages -------------------------------------------------------------------------------------------
@@ -71,14 +70,3 @@ class DirectoryService:
             raise InvalidArgument(f"at most {MAX_BATCH_KEYS} identity keys per call")
         keys = await self._store.get_hybrid_keys([validation.identity_key(key) for key in identity_keys])
         return [key or b"" for key in keys]
-
-    # -- P2P endpoints -----------------------------------------------------------------------------------------
-
-    async def publish_endpoint(self, caller: Caller, identity_key: bytes, node_addr: bytes) -> None:
-        identity_key = validation.own_identity_key(caller, identity_key, "publish an endpoint")
-        if not node_addr or len(node_addr) > self._max_endpoint_bytes:
-            raise InvalidArgument(f"nodeAddr must be 1 to {self._max_endpoint_bytes} bytes")
-        await self._store.put_endpoint(identity_key, node_addr)
-
-    async def resolve_endpoint(self, identity_key: bytes) -> bytes:
-        return await self._store.get_endpoint(validation.identity_key(identity_key)) or b""

@@ -104,6 +104,8 @@ class RateLimits:
     key_package_per_pair: RateLimit
     resolve_per_identity: RateLimit
     resolve_per_address: RateLimit
+    resolve_endpoint_per_identity: RateLimit
+    resolve_endpoint_per_address: RateLimit
 
 
 class RateLimiter:
@@ -129,3 +131,9 @@ class RateLimiter:
         self.key_package_pair = buckets(limits.key_package_per_pair, "key_package_rate_per_pair")
         self.resolve_identity = buckets(limits.resolve_per_identity, "resolve_rate_per_identity")
         self.resolve_address = buckets(limits.resolve_per_address, "resolve_rate_per_address")
+        self.resolve_endpoint_identity = buckets(
+            limits.resolve_endpoint_per_identity, "resolve_endpoint_rate_per_identity"
+        )
+        self.resolve_endpoint_address = buckets(
+            limits.resolve_endpoint_per_address, "resolve_endpoint_rate_per_address"
+        )

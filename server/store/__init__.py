@@ -1,7 +1,8 @@
 """Storage of the node, split by concern. The node opens one `Store` (`open_store`); each service sees only its
 concern's protocol and never writes SQL itself.
 
-Layout, per concern (accounts and sessions, directories, inboxes and channels, server secrets, groups, blobs):
+Layout, per concern (accounts and sessions, directories, endpoint records, inboxes and channels, server secrets,
+groups, blobs):
 - `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
   over small backend hooks);
 - `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
@@ -36,6 +37,7 @@ from .base import (
 )
 from .blobs import BlobStore
 from .directories import DirectoryStore, KeyPackage
+from .endpoints import EndpointStore
 from .fetch_wait import fetch_wait
 from .groups import GroupStore
 from .idempotency import IdempotencyKey, IdempotencyStore, KeyReused
@@ -53,6 +55,7 @@ __all__ = [
     "Clock",
     "DirectoryStore",
     "DiskFull",
+    "EndpointStore",
     "GroupStore",
     "IdempotencyKey",
     "IdempotencyStore",

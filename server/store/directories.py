@@ -1,5 +1,5 @@
-"""Directories: MLS KeyPackages, hybrid (X-Wing) public keys and P2P endpoints, one protocol, `DirectoryStore`,
-and what both backends' implementations share."""
+"""Directories: MLS KeyPackages and hybrid (X-Wing) public keys, one protocol, `DirectoryStore`, and what both
+backends' implementations share. (P2P endpoint records are their own concern: `endpoints`.)"""
 
 from __future__ import annotations
 
@@ -49,11 +49,6 @@ class DirectoryStore(Protocol):
     async def get_hybrid_keys(self, identity_keys: Sequence[bytes]) -> list[bytes | None]:
         """In the order asked; None where nothing is published."""
         ...
-
-    # Peer-to-peer endpoints, one per identity
-    async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None: ...
-
-    async def get_endpoint(self, identity_key: bytes) -> bytes | None: ...
 
 
 class DirectoriesBase(StoreEngine):

@@ -9,6 +9,7 @@ from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
 from .blobs import BlobStore
 from .directories import DirectoryStore
+from .endpoints import EndpointStore
 from .groups import GroupStore
 from .idempotency import IdempotencyStore
 from .inboxes import InboxStore
@@ -49,6 +50,7 @@ class Store(
     GroupStore,
     IdempotencyStore,
     BlobStore,
+    EndpointStore,
     Protocol,
 ):
     """Async storage of one node, all concerns."""

@@ -191,6 +191,16 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO idempotency_scopes (scope, keys) SELECT scope, count(*) FROM idempotency_keys GROUP BY scope",
         ),
     ),
+    Migration(
+        8,
+        "endpoint records: signed, kept until their expiry",
+        (
+            # Rows from before were unsigned and never expire: nobody could check them, so none is kept.
+            "DELETE FROM endpoints",
+            "ALTER TABLE endpoints ADD COLUMN expires_at REAL NOT NULL DEFAULT 0",
+            "CREATE INDEX endpoints_by_expiry ON endpoints (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

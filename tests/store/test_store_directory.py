@@ -106,14 +106,6 @@ async def test_hybrid_keys(store: Store) -> None:
     assert len(lots) == 1200 and lots[1] == b"\x03" * 1216 and lots[2] == b"\x02" * 1216
 
 
-async def test_endpoints(store: Store) -> None:
-    assert await store.get_endpoint(ALICE) is None
-    await store.put_endpoint(ALICE, b"addr-1")
-    await store.put_endpoint(ALICE, b"addr-2")
-    assert await store.get_endpoint(ALICE) == b"addr-2"
-    assert await store.get_endpoint(BOB) is None
-
-
 async def test_channel_ids_are_per_unordered_pair(store: Store) -> None:
     ab = await store.get_or_create_channel(ALICE, BOB)
     assert len(ab) == 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .accounts import PostgresAccounts, PostgresSessions
 from .blobs import PostgresBlobs
 from .directories import PostgresDirectories
+from .endpoints import PostgresEndpoints
 from .engine import PostgresOptions, parse_url, redacted
 from .groups import PostgresGroups
 from .idempotency import PostgresIdempotency
@@ -22,6 +23,7 @@ class PostgresStore(
     PostgresGroups,
     PostgresIdempotency,
     PostgresBlobs,
+    PostgresEndpoints,
 ):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 

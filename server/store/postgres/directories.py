@@ -1,4 +1,4 @@
-"""PostgreSQL: KeyPackages, hybrid keys and P2P endpoints."""
+"""PostgreSQL: KeyPackages and hybrid keys."""
 
 from __future__ import annotations
 
@@ -105,19 +105,3 @@ class PostgresDirectories(DirectoriesBase, PostgresEngine):
             "SELECT identity_key, public_key FROM hybrid_keys WHERE identity_key = ANY($1::bytea[])", distinct
         )
         return {bytes(r[0]): bytes(r[1]) for r in rows}
-
-    # ── P2P endpoints ─────────────────────────────────────────────────────────────────────────────────────────
-
-    async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
-        await self._execute1(
-            "INSERT INTO endpoints (identity_key, node_addr, updated_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT (identity_key) DO UPDATE"
-            " SET node_addr = excluded.node_addr, updated_at = excluded.updated_at",
-            bytes(identity_key),
-            bytes(node_addr),
-            self._clock(),
-        )
-
-    async def get_endpoint(self, identity_key: bytes) -> bytes | None:
-        row = await self._fetchrow("SELECT node_addr FROM endpoints WHERE identity_key = $1", bytes(identity_key))
-        return None if row is None else bytes(row[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .accounts import SqliteAccounts, SqliteSessions
 from .blobs import SqliteBlobs
 from .directories import SqliteDirectories
+from .endpoints import SqliteEndpoints
 from .groups import SqliteGroups
 from .idempotency import SqliteIdempotency
 from .inboxes import SqliteInboxes
@@ -20,6 +21,7 @@ class SqliteStore(
     SqliteGroups,
     SqliteIdempotency,
     SqliteBlobs,
+    SqliteEndpoints,
 ):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 

@@ -1,4 +1,4 @@
-"""SQLite: KeyPackages, hybrid keys and P2P endpoints."""
+"""SQLite: KeyPackages and hybrid keys."""
 
 from __future__ import annotations
 
@@ -117,27 +117,3 @@ class SqliteDirectories(DirectoriesBase, SqliteEngine):
             return found
 
         return await self._read(read)
-
-    # ── P2P endpoints ─────────────────────────────────────────────────────────────────────────────────────────
-
-    async def put_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
-        params = (bytes(identity_key), bytes(node_addr), self._clock())
-
-        def op(conn: sqlite3.Connection, ctx: OpContext) -> None:
-            conn.execute(
-                "INSERT INTO endpoints (identity_key, node_addr, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (identity_key) DO UPDATE"
-                " SET node_addr = excluded.node_addr, updated_at = excluded.updated_at",
-                params,
-            )
-
-        await self._write(op)
-
-    async def get_endpoint(self, identity_key: bytes) -> bytes | None:
-        row = await self._read(
-            lambda conn: conn.execute(
-                "SELECT node_addr FROM endpoints WHERE identity_key = ?",
-                (bytes(identity_key),),
-            ).fetchone()
-        )
-        return None if row is None else bytes(row[0])
