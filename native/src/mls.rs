@@ -1,7 +1,7 @@
 //! MLS (RFC 9420) over OpenMLS with an encrypted, persistent store.
 //!
 //! A [`Vault`] is one SQLCipher database (raw 32-byte key) that holds
-//! * the OpenMLS state (through `openmls_sqlite_storage`, JSON codec),
+//! * the OpenMLS state (through `openmls_sqlite_storage`; row format in `codec`),
 //! * the Ed25519 identity (the basic credential is the 32-byte public key),
 //! * the X-Wing seed of the client's hybrid envelope key,
 //! * the list of groups this vault takes part in,
@@ -9,18 +9,20 @@
 //! * the journal of processed messages and joined Welcomes (see `journal`).
 //!
 //! Every operation runs in one SQLite transaction: either all of its state changes
-//! (ratchets, epoch, proposals, journal) are stored, or none are.
+//! (ratchets, epoch, proposals, journal) are stored, or none are. Groups are loaded once and
+//! kept in memory (`cache`); every change is written through.
 //!
 //! Outgoing handshake messages are PrivateMessages; incoming ones may be PublicMessages too
 //! (other MLS libraries send commits and proposals in the clear). Application messages are
 //! always PrivateMessages (OpenMLS refuses others).
 
+use std::cell::RefMut;
 use std::rc::Rc;
 
 use openmls::prelude::{tls_codec::Deserialize as _, tls_codec::Serialize as _, *};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_libcrux_crypto::CryptoProvider;
-use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_sqlite_storage::SqliteStorageProvider;
 use openmls_traits::{crypto::OpenMlsCrypto, signatures::Signer, OpenMlsProvider};
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
@@ -28,9 +30,13 @@ use zeroize::Zeroizing;
 use crate::envelope::HybridKeyPair;
 use crate::error::{Error, Result};
 
+mod cache;
+mod codec;
 mod journal;
 mod pending;
 mod wire;
+use cache::GroupCache;
+use codec::VaultCodec;
 pub use wire::{message_info, MessageInfo};
 
 /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (the default).
@@ -45,25 +51,7 @@ pub const SUITE_XWING: u16 = 0x004D;
 /// groups. Only secrets of messages not yet received are at stake: consumed keys are deleted.
 pub const MAX_PAST_EPOCHS: usize = 8;
 
-/// Serde codec for the OpenMLS storage rows.
-#[derive(Default)]
-pub struct JsonCodec;
-
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> std::result::Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(
-        slice: &[u8],
-    ) -> std::result::Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
-}
-
-type Storage = SqliteStorageProvider<JsonCodec, Rc<Connection>>;
+type Storage = SqliteStorageProvider<VaultCodec, Rc<Connection>>;
 
 /// OpenMLS provider: libcrux crypto and randomness, SQLCipher storage.
 pub struct Provider {
@@ -235,6 +223,7 @@ pub struct Vault {
     provider: Provider,
     signer: SignatureKeyPair,
     hybrid: HybridKeyPair,
+    groups: GroupCache,
     conn: Rc<Connection>,
 }
 
@@ -315,7 +304,7 @@ impl Vault {
     /// Opens (or creates) the vault at `path`, encrypted with the raw 32-byte `key`.
     pub fn open(path: &str, key: &[u8]) -> Result<Self> {
         let mut conn = open_connection(path, key)?;
-        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+        SqliteStorageProvider::<VaultCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| Error::Storage(format!("migrations failed: {e}")))?;
         conn.execute_batch(
@@ -347,6 +336,7 @@ impl Vault {
             provider,
             signer,
             hybrid,
+            groups: GroupCache::default(),
             conn,
         })
     }
@@ -398,7 +388,8 @@ impl Vault {
         Ok((signer, hybrid))
     }
 
-    /// Runs `f` inside one transaction; rolls back on error.
+    /// Runs `f` inside one transaction; rolls back on error, and then drops the groups kept in
+    /// memory (`f` may have changed them).
     fn tx<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let out = f(self);
@@ -406,11 +397,13 @@ impl Vault {
             Ok(_) => {
                 if let Err(e) = self.conn.execute_batch("COMMIT") {
                     let _ = self.conn.execute_batch("ROLLBACK");
+                    self.groups.clear();
                     return Err(e.into());
                 }
             }
             Err(_) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.groups.clear();
             }
         }
         out
@@ -476,12 +469,25 @@ impl Vault {
             .build()
     }
 
-    fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup> {
+    /// The group, kept in memory between operations (see `cache`).
+    fn group(&self, group_id: &[u8]) -> Result<RefMut<'_, MlsGroup>> {
+        self.groups
+            .get(&self.conn, self.provider.storage(), group_id)
+    }
+
+    /// The group's stored state as a detached copy, if the group exists. The copy kept in memory
+    /// is dropped: changes made through the detached one go to storage only.
+    fn load_stored_group(&self, group_id: &[u8]) -> Result<Option<MlsGroup>> {
+        self.groups.forget(group_id);
         MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| Error::Storage(format!("loading group: {e}")))?
-            .ok_or_else(|| {
-                Error::GroupNotFound(format!("{} bytes id not in this vault", group_id.len()))
-            })
+            .map_err(|e| Error::Storage(format!("loading group: {e}")))
+    }
+
+    /// Like `load_stored_group`, for a group that must exist.
+    fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup> {
+        self.load_stored_group(group_id)?.ok_or_else(|| {
+            Error::GroupNotFound(format!("{} bytes id not in this vault", group_id.len()))
+        })
     }
 
     /// Creates a TLS-serialized KeyPackage; its private keys stay in the vault.
@@ -526,8 +532,8 @@ impl Vault {
 
     /// Loads a group for a local change: refused while one of this member's commits is pending
     /// (the node has not yet said whether it is the group's next epoch).
-    fn load_group_without_pending(&self, group_id: &[u8]) -> Result<MlsGroup> {
-        let group = self.load_group(group_id)?;
+    fn group_without_pending(&self, group_id: &[u8]) -> Result<RefMut<'_, MlsGroup>> {
+        let group = self.group(group_id)?;
         if group.pending_commit().is_some() {
             return Err(Error::State(
                 "a commit is pending: merge it once the node accepted it, or clear it".into(),
@@ -566,7 +572,7 @@ impl Vault {
             .map(|b| parse_key_package(self.provider.crypto(), b))
             .collect::<Result<Vec<_>>>()?;
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             if let Some(kp) = kps
                 .iter()
                 .find(|kp| kp.ciphersuite() != group.ciphersuite())
@@ -591,7 +597,7 @@ impl Vault {
         identity_keys: &[Vec<u8>],
     ) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             let mut indices = Vec::with_capacity(identity_keys.len());
             for key in identity_keys {
                 let before = indices.len();
@@ -626,7 +632,7 @@ impl Vault {
     /// pending.
     pub fn self_update(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             let bundle = group
                 .self_update(&v.provider, &v.signer, LeafNodeParameters::default())
                 .map_err(|e| mls_err(Error::State, "self update", e))?;
@@ -639,7 +645,7 @@ impl Vault {
     /// there if the proposals added members.
     pub fn commit_pending_proposals(&mut self, group_id: &[u8]) -> Result<CommitOutput> {
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             let (commit, welcome, _) = group
                 .commit_to_pending_proposals(&v.provider, &v.signer)
                 .map_err(|e| mls_err(Error::State, "commit proposals", e))?;
@@ -650,7 +656,7 @@ impl Vault {
     /// Applies this member's pending commit (once the node accepted it).
     pub fn merge_pending_commit(&mut self, group_id: &[u8]) -> Result<()> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.group(group_id)?;
             if group.pending_commit().is_none() {
                 return Err(Error::State("no commit is pending in this group".into()));
             }
@@ -665,7 +671,7 @@ impl Vault {
     /// pending: nothing to do.
     pub fn clear_pending_commit(&mut self, group_id: &[u8]) -> Result<()> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
+            let mut group = v.group(group_id)?;
             group
                 .clear_pending_commit(v.provider.storage())
                 .map_err(|e| Error::Storage(format!("clear pending commit: {e}")))?;
@@ -675,9 +681,9 @@ impl Vault {
 
     /// The pending commit's bytes and its Welcome, exactly as first returned.
     pub fn pending_commit(&self, group_id: &[u8]) -> Result<Option<CommitOutput>> {
-        let group = self.load_group(group_id)?;
+        let has_pending = self.group(group_id)?.pending_commit().is_some();
         let row = pending::load(&self.conn, group_id)?;
-        match (group.pending_commit().is_some(), row) {
+        match (has_pending, row) {
             (true, Some(out)) => Ok(Some(out)),
             (false, _) => Ok(None),
             (true, None) => Err(Error::Storage(
@@ -690,7 +696,7 @@ impl Vault {
     /// proposal for the other members (one of them must commit it).
     pub fn leave_group(&mut self, group_id: &[u8]) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             let msg = group
                 .leave_group(&v.provider, &v.signer)
                 .map_err(|e| mls_err(Error::State, "leave group", e))?;
@@ -698,7 +704,7 @@ impl Vault {
         })
     }
 
-    fn delete_group_in_tx(&self, group: &mut MlsGroup) -> Result<()> {
+    fn delete_group_in_tx(&self, mut group: MlsGroup) -> Result<()> {
         let group_id = group.group_id().as_slice().to_vec();
         group
             .delete(self.provider.storage())
@@ -713,8 +719,8 @@ impl Vault {
     /// Deletes all local state of a group.
     pub fn delete_group(&mut self, group_id: &[u8]) -> Result<()> {
         self.tx(|v| {
-            let mut group = v.load_group(group_id)?;
-            v.delete_group_in_tx(&mut group)
+            let group = v.load_group(group_id)?;
+            v.delete_group_in_tx(group)
         })
     }
 
@@ -740,10 +746,8 @@ impl Vault {
                 .unverified_group_info()
                 .group_id()
                 .clone();
-            if let Some(mut old) = MlsGroup::load(v.provider.storage(), &id)
-                .map_err(|e| Error::Storage(format!("loading group: {e}")))?
-            {
-                v.delete_group_in_tx(&mut old)?;
+            if let Some(old) = v.load_stored_group(id.as_slice())? {
+                v.delete_group_in_tx(old)?;
             }
             let group = builder
                 .build()
@@ -762,7 +766,7 @@ impl Vault {
     /// message would belong to an epoch the node may not choose).
     pub fn encrypt(&mut self, group_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         self.tx(|v| {
-            let mut group = v.load_group_without_pending(group_id)?;
+            let mut group = v.group_without_pending(group_id)?;
             let msg = group
                 .create_message(&v.provider, &v.signer, plaintext)
                 .map_err(|e| mls_err(Error::State, "encrypt", e))?;
@@ -798,7 +802,7 @@ impl Vault {
         protocol: ProtocolMessage,
         digest: journal::Digest32,
     ) -> Result<Processed> {
-        let mut group = self.load_group(&group_id)?;
+        let mut group = self.group(&group_id)?;
         if group.configuration() != &Self::join_config() {
             // Groups stored under an older configuration (handshakes only as PrivateMessage, fewer
             // past epochs kept) take the current one.
@@ -912,7 +916,7 @@ impl Vault {
 
     /// Identity keys of the group's members, in leaf order.
     pub fn members(&self, group_id: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let group = self.load_group(group_id)?;
+        let group = self.group(group_id)?;
         Ok(group.members().map(|m| m.signature_key).collect())
     }
 
@@ -924,7 +928,7 @@ impl Vault {
         context: &[u8],
         length: usize,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let group = self.load_group(group_id)?;
+        let group = self.group(group_id)?;
         // HKDF-Expand yields at most 255 hash lengths.
         let max = 255 * group.ciphersuite().hash_length();
         if length == 0 || length > max {
@@ -940,17 +944,17 @@ impl Vault {
 
     /// Current epoch of the group.
     pub fn epoch(&self, group_id: &[u8]) -> Result<u64> {
-        Ok(self.load_group(group_id)?.epoch().as_u64())
+        Ok(self.group(group_id)?.epoch().as_u64())
     }
 
     /// Ciphersuite id of the group.
     pub fn group_ciphersuite(&self, group_id: &[u8]) -> Result<u16> {
-        Ok(self.load_group(group_id)?.ciphersuite() as u16)
+        Ok(self.group(group_id)?.ciphersuite() as u16)
     }
 
     /// Whether this vault is still an active member of the group.
     pub fn is_active(&self, group_id: &[u8]) -> Result<bool> {
-        Ok(self.load_group(group_id)?.is_active())
+        Ok(self.group(group_id)?.is_active())
     }
 
     /// Ids of all groups stored in this vault.
