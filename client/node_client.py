@@ -401,6 +401,10 @@ class NodeClient:
         """The bytes stored under `blob_id` (NotFound once it expired)."""
         return bytes((await self._call("getBlob", blobId=blob_id, auth=self._auth())).data)
 
+    async def fetch_coffer(self) -> bytes:
+        """This session's coffer shard, sealed to our hybrid key (`client/chat/coffer.py` opens it)."""
+        return bytes((await self._call("fetchCoffer", auth=self._auth())).shard)
+
     async def publish_endpoint(self, identity_key: bytes, node_addr: bytes) -> None:
         await self._call("publishEndpoint", identityKey=identity_key, nodeAddr=node_addr, auth=self._auth())
 

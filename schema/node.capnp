@@ -123,6 +123,11 @@ interface NodeService {
   # that decrypts it travels inside MLS messages, never to the node.
   putBlob @26 (data :Data, auth :Auth) -> (blobId :Data);
   getBlob @27 (blobId :Data, auth :Auth) -> (data :Data);
+
+  # The caller's own coffer shard (secrets its operator provisioned with `qpc-server coffer load`): a CBOR map of
+  # names to typed values, sealed in the hybrid envelope to the caller's published hybrid key with HPKE info
+  # "quicnprotochat coffer v1" | identity key. No parameter names a key: only the session's own shard is served.
+  fetchCoffer @28 (auth :Auth) -> (shard :Data);
 }
 
 struct Auth {

@@ -1,9 +1,9 @@
 """The node's secrets at rest, at start and at rekey: everything is checked read-only first, then written.
 
-At start, every sealed secret (the TLS key in the data dir, the server secrets in the store) must open under the
-given root key, or the node refuses with one line and has changed nothing. Then a clear secret left by a node that
-ran without a root key is sealed, and its clear copy removed. Without a root key the node runs with its secrets in
-clear, as before (and says so), unless something is already sealed.
+At start, every sealed secret (the TLS key in the data dir, the server secrets and coffer shards in the store) must
+open under the given root key, or the node refuses with one line and has changed nothing. Then a clear secret left
+by a node that ran without a root key is sealed, and its clear copy removed. Without a root key the node runs with
+its secrets in clear, as before (and says so), unless something is already sealed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from quicnprotochat.native import OpaqueServer, RootKey
 from quicnprotochat.server.config import ConfigError, NodeConfig
@@ -36,6 +37,7 @@ from quicnprotochat.server.root_key import (
     new_passphrase,
     read_salt,
 )
+from quicnprotochat.server.sealed_coffer import check_coffer, check_coffer_rekey, rekey_coffer
 from quicnprotochat.server.sealed_secrets import (
     check_rekey,
     check_secrets,
@@ -43,12 +45,16 @@ from quicnprotochat.server.sealed_secrets import (
     rekey_secrets,
     seal_clear_secrets,
 )
-from quicnprotochat.server.store import SecretStore
+from quicnprotochat.server.store import CofferStore, SecretStore
 
 log = logging.getLogger("quicnprotochat.server")
 
 # While a passphrase rekey runs, the new key's salt waits here; it replaces SALT_FILE once every record moved.
 NEXT_SALT_FILE = SALT_FILE + ".next"
+
+
+class SealedStore(SecretStore, CofferStore, Protocol):
+    """The store's concerns that hold records sealed under the root key."""
 
 
 def root_key_source(config: NodeConfig, environ: Mapping[str, str] | None = None) -> RootKeySource | None:
@@ -76,11 +82,12 @@ class SecretsAtRest:
     opaque: OpaqueServer
 
 
-async def open_secrets(config: NodeConfig, root: RootKey | None, store: SecretStore) -> SecretsAtRest:
+async def open_secrets(config: NodeConfig, root: RootKey | None, store: SealedStore) -> SecretsAtRest:
     """Checks that every sealed secret opens (writing nothing), then seals what is still clear and creates what is
     missing."""
     load_identity(config.data_dir, root)  # raises before any write when the key cannot open it
     check = await check_secrets(store, root)
+    await check_coffer(store, root)
     if root is None:
         log.warning("no root key configured: the node's TLS key and OPAQUE setup are stored in clear")
     identity, created = load_or_create_identity(config.data_dir, root)
@@ -107,7 +114,7 @@ def new_root_key(config: NodeConfig, new_key_file: Path | None, environ: Mapping
         wipe(passphrase)
 
 
-async def rekey(config: NodeConfig, old: RootKey, new: RootKey, store: SecretStore) -> int:
+async def rekey(config: NodeConfig, old: RootKey, new: RootKey, store: SealedStore) -> int:
     """Moves every sealed record of this data dir and the store to `new`. Everything is checked to open under the
     old or the new key before the first record moves; each record is replaced atomically, and a rekey run again
     after an interruption resumes. Returns how many records moved."""
@@ -115,8 +122,10 @@ async def rekey(config: NodeConfig, old: RootKey, new: RootKey, store: SecretSto
     key_id = identity_root_key_id(config.data_dir)
     load_identity(config.data_dir, new if key_id == new.key_id else old)
     await check_rekey(store, old, new)
+    await check_coffer_rekey(store, old, new)
     moved = int(rekey_identity(config.data_dir, old, new))
     moved += await rekey_secrets(store, old, new)
+    moved += await rekey_coffer(store, old, new)
     next_salt = config.data_dir / NEXT_SALT_FILE
     if next_salt.exists():
         next_salt.replace(config.data_dir / SALT_FILE)

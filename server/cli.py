@@ -1,4 +1,5 @@
-"""`qpc-server`: run a node, print what identifies it, create its root key, or move it to a new one."""
+"""`qpc-server`: run a node, print what identifies it, create its root key, or move it to a new one; load the
+secrets its bots read (the coffer)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from quicnprotochat.common.connect import open_quic, open_tcp
 from quicnprotochat.native import RootKey
 from quicnprotochat.server import __version__
 from quicnprotochat.server.at_rest import new_root_key, node_root_key, rekey, root_key_source
+from quicnprotochat.server.coffer_admin import list_coffer, load_coffer
+from quicnprotochat.server.coffer_file import CofferFileError
 from quicnprotochat.server.config import LOOPS, ConfigError, NodeConfig, load_config, parse_listen
 from quicnprotochat.server.identity import (
     IdentityError,
@@ -90,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("info", help="print the node's fingerprint and where its data lives")
 
+    coffer = commands.add_parser("coffer", help="the secrets the node keeps for bots (one sealed shard per bot key)")
+    coffer_commands = coffer.add_subparsers(dest="coffer_command", required=True)
+    load = coffer_commands.add_parser(
+        "load", help="check a TOML definition file, then replace every bot's shard with it at once"
+    )
+    load.add_argument("file", type=Path, help="[clients] maps names to bot keys; a table per name holds its secrets")
+    load.add_argument("--store", help="the node's database (default: as configured)")
+    _root_key_options(load)
+    listing = coffer_commands.add_parser("list", help="the bots with a shard: names and keys, never a value")
+    listing.add_argument("--store", help="the node's database (default: as configured)")
+
     health = commands.add_parser(
         "health",
         help="call `health` on a running node of this data dir: exit 0 when it answers ok (its store reachable, "
@@ -113,9 +127,9 @@ def _root_key_options(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> NodeConfig:
     overrides = {"data_dir": args.data_dir}
-    if args.command in ("run", "init", "rekey"):
+    if args.command in ("run", "init", "rekey") or getattr(args, "coffer_command", None) == "load":
         overrides |= {"root_key_file": args.root_key_file, "root_key_passphrase": args.root_passphrase}
-    if args.command == "rekey":
+    if args.command in ("rekey", "coffer"):
         overrides |= {"store": args.store}
     if args.command == "run":
         overrides |= {
@@ -143,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             return _init(config)
         if args.command == "rekey":
             return asyncio.run(_rekey(config, args))
+        if args.command == "coffer":
+            return asyncio.run(_coffer(config, args))
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_on_loop(config.loop, serve(config))
         return 0
-    except (ConfigError, IdentityError, RootKeyError, SealedDataError) as error:
+    except (ConfigError, IdentityError, RootKeyError, SealedDataError, CofferFileError) as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -254,6 +270,24 @@ async def _rekey(config: NodeConfig, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     print(f"rekeyed: {moved} records moved to root key {new.key_id.hex()}; start the node with the new key")
+    return 0
+
+
+async def _coffer(config: NodeConfig, args: argparse.Namespace) -> int:
+    root = node_root_key(config) if args.coffer_command == "load" else None
+    store = await open_store(config.store_location, store_limits(config), clock=time.time)
+    try:
+        if args.coffer_command == "list":
+            for line in await list_coffer(store):
+                print(line)
+            return 0
+        try:
+            loaded = await load_coffer(config, root, store, args.file)
+        except CofferFileError as error:
+            raise CofferFileError(None, f"{args.file}: {error}") from None
+    finally:
+        await store.close()
+    print(f"coffer loaded: {loaded.clients} bots, {loaded.secrets} secrets (every earlier shard replaced)")
     return 0
 
 

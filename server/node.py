@@ -75,7 +75,7 @@ class Node:
                 await store.close()
                 raise
             identity, self.identity_created = secrets.identity, secrets.identity_created
-            state = await NodeState.open(self.config, identity, self._clock, store, secrets.opaque)
+            state = await NodeState.open(self.config, identity, self._clock, store, secrets.opaque, root)
             self.state = state
 
             self.metrics = NodeMetrics(state)

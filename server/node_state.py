@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quicnprotochat.common.schema import PROTOCOL_VERSION
-from quicnprotochat.native import OpaqueServer
+from quicnprotochat.native import OpaqueServer, RootKey
 from quicnprotochat.server import __version__
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.connection_budget import ConnectionLimits
@@ -21,6 +21,7 @@ from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.blobs import BlobLimits, BlobService
+from quicnprotochat.server.services.coffer import CofferService
 from quicnprotochat.server.services.directory import DirectoryService
 from quicnprotochat.server.services.endpoints import EndpointService
 from quicnprotochat.server.services.groups import GroupService, SubmitLimits
@@ -114,6 +115,7 @@ class NodeState:
     """Clients' repeated faults (malformed calls): one log line per kind and period."""
     blobs: BlobService
     endpoints: EndpointService
+    coffer: CofferService
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
@@ -123,7 +125,13 @@ class NodeState:
 
     @classmethod
     async def open(
-        cls, config: NodeConfig, identity: NodeIdentity, clock: Clock, store: Store, opaque: OpaqueServer
+        cls,
+        config: NodeConfig,
+        identity: NodeIdentity,
+        clock: Clock,
+        store: Store,
+        opaque: OpaqueServer,
+        root: RootKey | None = None,
     ) -> NodeState:
         counters = NodeCounters()
         sessions = SessionService(store, config.session_ttl_seconds, clock)
@@ -166,6 +174,7 @@ class NodeState:
                 BlobLimits(config.max_blob_bytes, config.max_blob_bytes_per_identity, config.blob_ttl_seconds),
                 clock,
             ),
+            coffer=CofferService(store, store, root),
         )
 
     def server_info(self) -> dict[str, Any]:

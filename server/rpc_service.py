@@ -207,6 +207,12 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         await self._caller(auth)
         return await self._node.blobs.get(bytes(blobId))
 
+    # -- coffer (operator-provisioned secrets) ----------------------------------------------------------------
+
+    async def fetchCoffer(self, auth: Any, _context: Any, **_: Any) -> bytes:
+        caller = await self._caller(auth)
+        return await self._node.coffer.fetch(caller)
+
     # -- inboxes -----------------------------------------------------------------------------------------------
 
     async def enqueue(

@@ -255,6 +255,7 @@ AUTHENTICATED_CALLS: dict[str, dict[str, Any]] = {
     "submitCommit": {"groupId": b"g", "epoch": 0, "message": b"m", "deliveries": [], "welcomes": [], "members": []},
     "putBlob": {"data": b"blob"},
     "getBlob": {"blobId": b"\x00" * 32},
+    "fetchCoffer": {},
 }
 
 

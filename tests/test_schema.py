@@ -83,6 +83,7 @@ def test_additions_only_append() -> None:
     assert methods["submitCommit"] == 25
     assert methods["putBlob"] == 26
     assert methods["getBlob"] == 27
+    assert methods["fetchCoffer"] == 28
     assert sorted(methods.values()) == list(range(len(methods)))
 
 

@@ -21,7 +21,8 @@ connection, the MLS lock, the event bus):
 - `group_ops`: DMs and groups: create, invite, remove, update keys, leave, delete, re-create;
 - `commits`: the commit protocol: every group change through the node's sequencer (`group_rules`: no I/O);
 - `sending` and `delivery`: encrypting application messages; sealing and enqueueing any frame;
-- `receiver`: the receive loops (I/O), carrying out what `receive_rules` (no I/O) decides.
+- `receiver`: the receive loops (I/O), carrying out what `receive_rules` (no I/O) decides;
+- `coffer`: the secrets the node's operator provisioned for this key (bots: `await chat.coffer()`).
 
 First use
 ---------
@@ -43,9 +44,11 @@ from typing import Any
 
 from quicnprotochat.client.node_client import NodeClient
 from quicnprotochat.client.state import ClientState, Conversation, Member, Message, StateDir, StateError
+from quicnprotochat.common.coffer_shard import CofferValue
 from quicnprotochat.native import Vault
 
 from .attachments import Attachments
+from .coffer import read_coffer
 from .commits import Committed, Committer
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
 from .connection import ConnectionWatch
@@ -207,6 +210,11 @@ class ChatClient:
     async def key_package_stock(self) -> int:
         """How many (non last-resort) KeyPackages this client believes the node still holds for it."""
         return await self._key_packages.count()
+
+    async def coffer(self) -> dict[str, CofferValue]:
+        """The secrets the node's operator provisioned for this client's key, each with its TOML type (str, int,
+        float, bool, datetime, date or time). ChatError when there is no shard for us (`not_found`)."""
+        return await read_coffer(self._context)
 
     async def username_of(self, identity_key: bytes) -> str | None:
         """The username of an identity key (resolveIdentity, cached); None if the node knows none."""

@@ -2,7 +2,7 @@
 concern's protocol and never writes SQL itself.
 
 Layout, per concern (accounts and sessions, directories, endpoint records, inboxes and channels, server secrets,
-groups, blobs):
+groups, blobs, coffer shards):
 - `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
   over small backend hooks);
 - `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
@@ -36,6 +36,7 @@ from .base import (
     StoreUnavailable,
 )
 from .blobs import BlobStore
+from .coffer import CofferShard, CofferStore
 from .directories import DirectoryStore, KeyPackage
 from .endpoints import EndpointStore
 from .fetch_wait import fetch_wait
@@ -53,6 +54,8 @@ __all__ = [
     "AlreadyExists",
     "BlobStore",
     "Clock",
+    "CofferShard",
+    "CofferStore",
     "DirectoryStore",
     "DiskFull",
     "EndpointStore",

@@ -8,6 +8,7 @@ from typing import Protocol
 from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
 from .blobs import BlobStore
+from .coffer import CofferStore
 from .directories import DirectoryStore
 from .endpoints import EndpointStore
 from .groups import GroupStore
@@ -51,6 +52,7 @@ class Store(
     IdempotencyStore,
     BlobStore,
     EndpointStore,
+    CofferStore,
     Protocol,
 ):
     """Async storage of one node, all concerns."""

@@ -201,6 +201,19 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX endpoints_by_expiry ON endpoints (expires_at)",
         ),
     ),
+    Migration(
+        9,
+        "coffer shards: each bot's operator-provisioned secrets, sealed under the root key",
+        (
+            """CREATE TABLE coffer_shards (
+                identity_key BLOB PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                secret_count INTEGER NOT NULL,
+                sealed BLOB NOT NULL,
+                loaded_at REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

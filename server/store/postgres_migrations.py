@@ -202,6 +202,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX endpoints_by_expiry ON endpoints (expires_at)",
         ),
     ),
+    Migration(
+        9,
+        "coffer shards: each bot's operator-provisioned secrets, sealed under the root key",
+        (
+            """CREATE TABLE coffer_shards (
+                identity_key BYTEA PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                secret_count INTEGER NOT NULL,
+                sealed BYTEA NOT NULL,
+                loaded_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

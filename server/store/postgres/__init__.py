@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .accounts import PostgresAccounts, PostgresSessions
 from .blobs import PostgresBlobs
+from .coffer import PostgresCoffer
 from .directories import PostgresDirectories
 from .endpoints import PostgresEndpoints
 from .engine import PostgresOptions, parse_url, redacted
@@ -24,6 +25,7 @@ class PostgresStore(
     PostgresIdempotency,
     PostgresBlobs,
     PostgresEndpoints,
+    PostgresCoffer,
 ):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 

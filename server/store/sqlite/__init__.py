@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .accounts import SqliteAccounts, SqliteSessions
 from .blobs import SqliteBlobs
+from .coffer import SqliteCoffer
 from .directories import SqliteDirectories
 from .endpoints import SqliteEndpoints
 from .groups import SqliteGroups
@@ -22,6 +23,7 @@ class SqliteStore(
     SqliteIdempotency,
     SqliteBlobs,
     SqliteEndpoints,
+    SqliteCoffer,
 ):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 
