@@ -23,7 +23,9 @@ from quicnprotochat.common.coffer_shard import CofferValue, coffer_info, decode_
 from quicnprotochat.common.errors import FailedPrecondition, NotFound, RpcError
 from quicnprotochat.native import NativeError
 from quicnprotochat.server.config import NodeConfig
+from quicnprotochat.server.identity import KEY_FILE
 from quicnprotochat.server.node import Node
+from quicnprotochat.server.sealed_secrets import SealedDataError
 from tests.conftest import ClientFactory, User, UserFactory, loopback_config, node_address
 from tests.pgcluster import PgServer
 from tests.test_at_rest import files_holding, make_key
@@ -299,3 +301,26 @@ async def test_rekey_moves_the_shards(
         assert await read_shard(User(alice.name, alice.password, alice.vault, client)) == {"port": 7}
     finally:
         await node.stop()
+
+
+async def test_the_node_refuses_to_start_on_shards_its_root_key_cannot_open(
+    tmp_path: Path, make_user: UserFactory
+) -> None:
+    """A node that ran without a root key takes a coffer loaded with one; started later with another key, it
+    refuses in one line and has changed nothing."""
+    config = loopback_config(tmp_path / "node")
+    node = await started(config)
+    try:
+        alice = await bot(make_user, node, "alice")
+    finally:
+        await node.stop()
+    loaded_with = make_key(tmp_path / "one.key")
+    await load(config, loaded_with, definition(alice=(alice.key, "port = 7\n")), tmp_path / "coffer.toml")
+    before = shard_rows(config)
+    other = loopback_config(tmp_path / "node", root_key_file=str(make_key(tmp_path / "two.key")))
+    with pytest.raises(SealedDataError, match=r"the coffer shard of 'alice' \(.{43}\) is sealed under another root"):
+        await started(other)
+    with pytest.raises(SealedDataError, match=r"the coffer shard of 'alice' .* is sealed: give the root key"):
+        await started(config)
+    assert shard_rows(config) == before
+    assert (config.data_dir / KEY_FILE).exists()  # still in clear: the refused start sealed nothing
