@@ -1,4 +1,5 @@
-"""Registering and logging in over OPAQUE, with the identity key proving possession at each finish.
+"""Registering and logging in over OPAQUE, with the identity key proving possession at each finish; and bots'
+login by key alone (`key_login_token`).
 
 `Signer` is what holds the identity key: the native `Vault` (whose private key never leaves Rust) fits it.
 The password-hardening step (Argon2id) runs on a worker thread so the event loop keeps serving other calls.
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from quicnprotochat.client.node_client import NodeClient
 from quicnprotochat.common.errors import Unauthenticated
-from quicnprotochat.common.transcripts import login_transcript, register_transcript
+from quicnprotochat.common.transcripts import key_login_transcript, login_transcript, register_transcript
 from quicnprotochat.common.usernames import normalize_username
 from quicnprotochat.native import OpaqueClientLogin, OpaqueClientRegistration, OpaqueError
 
@@ -75,3 +76,16 @@ async def login(node: NodeClient, signer: Signer, username: str, password: str) 
     await session.refresh()
     node.relogin = session.refresh
     return session
+
+
+async def key_login_token(node: NodeClient, signer: Signer, owner: str, name: str) -> bytes:
+    """A session token for a bot by its key alone: the node's nonce, signed with the node's fingerprint (so the
+    signature is good for this node only). The first time, this waits until `owner` approves the key from one
+    of their clients; `Forbidden` if they refuse or do not answer in time."""
+    nonce = await node.auth_challenge(signer.identity_key, owner, name)
+    if node.fingerprint is None:  # the connection dropped after the challenge: its nonce is still good
+        await node.connect()
+    fingerprint = node.fingerprint
+    assert fingerprint is not None  # connected: the node's pinned certificate fingerprint
+    signature = signer.sign(key_login_transcript(fingerprint, signer.identity_key, nonce))
+    return await node.auth_respond(signer.identity_key, nonce, signature)

@@ -14,6 +14,13 @@ from typing import Any, Literal, cast
 
 import capnp  # type: ignore[import-untyped]
 
+from quicnprotochat.client.bot_records import (
+    APPROVAL_STATES,
+    ApprovalState,
+    BotApprovalRequest,
+    BotApprovals,
+    BotKeyRecord,
+)
 from quicnprotochat.client.known_hosts import KnownHosts
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
@@ -62,6 +69,9 @@ class ServerLimits:
     max_inbox_share_per_sender: int = 0
     max_blob_bytes: int = 0
     blob_ttl_seconds: int = 0
+    bot_approval_timeout_s: float = 0.0
+    max_pending_bot_approvals_per_owner: int = 0
+    max_bot_challenges_per_key: int = 0
 
 
 @dataclass(frozen=True)
@@ -315,6 +325,9 @@ class NodeClient:
                 max_inbox_share_per_sender=int(limits.maxInboxSharePerSender),
                 max_blob_bytes=int(limits.maxBlobBytes),
                 blob_ttl_seconds=int(limits.blobTtlSeconds),
+                bot_approval_timeout_s=float(limits.botApprovalTimeoutSeconds),
+                max_pending_bot_approvals_per_owner=int(limits.maxPendingBotApprovalsPerOwner),
+                max_bot_challenges_per_key=int(limits.maxBotChallengesPerKey),
             ),
         )
 
@@ -550,3 +563,54 @@ class NodeClient:
             int(result.epoch),
             [int(seq) for seq in result.seqs],
         )
+
+    # -- bots: key login and the owner's approvals -------------------------------------------------------------
+
+    async def auth_challenge(self, identity_key: bytes, owner: str, name: str) -> int:
+        """The next nonce for this bot key. For a key the node has not seen, this waits until one of the owner's
+        clients approves it (`Forbidden` if refused or unanswered in time)."""
+        return int((await self._call("authChallenge", identityKey=identity_key, owner=owner, botName=name)).nonce)
+
+    async def auth_respond(self, identity_key: bytes, nonce: int, signature: bytes) -> bytes:
+        """A session token for the signature over `key_login_transcript(node fingerprint, key, nonce)`."""
+        result = await self._call("authRespond", identityKey=identity_key, nonce=nonce, signature=signature)
+        return bytes(result.sessionToken)
+
+    async def bot_approval_wait(self, since_digest: bytes = b"", timeout_ms: int = 10_000) -> BotApprovals:
+        """Your pending and recently decided bot approval requests, once they differ from `since_digest`."""
+        result = await self._call("botApprovalWait", sinceDigest=since_digest, timeoutMs=timeout_ms, auth=self._auth())
+        return BotApprovals(
+            bytes(result.digest),
+            [
+                BotApprovalRequest(
+                    bytes(item.requestId),
+                    bytes(item.identityKey),
+                    str(item.name),
+                    _approval_state(str(item.state)),
+                    float(item.expiresAt),
+                )
+                for item in result.requests
+            ],
+        )
+
+    async def bot_approval_answer(self, request_id: bytes, approve: bool) -> ApprovalState:
+        """Answer a request; returns the state it ended in (another client's answer, if that came first)."""
+        result = await self._call("botApprovalAnswer", requestId=request_id, approve=approve, auth=self._auth())
+        return _approval_state(str(result.state))
+
+    async def list_bots(self) -> list[BotKeyRecord]:
+        result = await self._call("listBots", auth=self._auth())
+        return [
+            BotKeyRecord(bytes(bot.identityKey), str(bot.name), float(bot.approvedAt), bool(bot.revoked))
+            for bot in result.bots
+        ]
+
+    async def revoke_bot(self, identity_key: bytes) -> None:
+        """Revoke one of your bot keys: its sessions end at once and it cannot log in again."""
+        await self._call("revokeBot", identityKey=identity_key, auth=self._auth())
+
+
+def _approval_state(state: str) -> ApprovalState:
+    if state not in APPROVAL_STATES:
+        raise Internal(f"the node answered an unknown approval state {state!r}")
+    return cast(ApprovalState, state)

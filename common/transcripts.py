@@ -57,3 +57,19 @@ def endpoint_record_transcript(
             *(_field(address.encode("ascii")) for address in addresses),
         )
     )
+
+
+KEY_LOGIN_CONTEXT = b"quicnprotochat bot key login v1: authRespond"
+
+
+def key_login_transcript(node_fingerprint: str, identity_key: bytes, nonce: int) -> bytes:
+    """What a bot signs to answer `authChallenge`: bound to the node (its certificate fingerprint, so a signature
+    made for one node is refused by another), the bot's key, and the nonce the node issued (used once)."""
+    return b"".join(
+        (
+            _field(KEY_LOGIN_CONTEXT),
+            _field(node_fingerprint.lower().encode("ascii")),
+            _field(identity_key),
+            struct.pack(">Q", nonce),
+        )
+    )

@@ -128,6 +128,23 @@ interface NodeService {
   # names to typed values, sealed in the hybrid envelope to the caller's published hybrid key with HPKE info
   # "quicnprotochat coffer v1" | identity key. No parameter names a key: only the session's own shard is served.
   fetchCoffer @28 (auth :Auth) -> (shard :Data);
+
+  # Key login for bots (no password). authChallenge returns the key's next nonce; for a key the node has not
+  # seen it first asks the owner's logged-in clients (botApprovalWait) and returns once one approves; a refusal,
+  # or no answer within limits.botApprovalTimeoutSeconds, is `forbidden:`. `botName` is what the owner is shown.
+  # authRespond takes an Ed25519 signature by the key over common/transcripts.py key_login_transcript (the node's
+  # fingerprint, the key, the nonce); each nonce answers once. Its token is used as opaqueLoginFinish's.
+  authChallenge @29 (identityKey :Data, owner :Text, botName :Text) -> (nonce :UInt64);
+  authRespond @30 (identityKey :Data, nonce :UInt64, signature :Data) -> (sessionToken :Data);
+
+  # The owner's side. botApprovalWait returns the caller's pending and recently decided approval requests as
+  # soon as they differ from what `sinceDigest` names (the digest a previous call returned; empty at first), or
+  # after timeoutMs (capped at maxWaitMs). The first botApprovalAnswer wins; every answer returns the state the
+  # request ended in. revokeBot ends the key's sessions at once; a revoked key cannot log in again.
+  botApprovalWait @31 (sinceDigest :Data, timeoutMs :UInt64, auth :Auth) -> (digest :Data, requests :List(BotApproval));
+  botApprovalAnswer @32 (requestId :Data, approve :Bool, auth :Auth) -> (state :BotApproval.State);
+  listBots @33 (auth :Auth) -> (bots :List(BotKey));
+  revokeBot @34 (identityKey :Data, auth :Auth) -> ();
 }
 
 struct Auth {
@@ -174,6 +191,9 @@ struct Limits {
   maxInboxSharePerSender @16 :UInt32;  # messages one sender may have queued in someone else's default inbox
   maxBlobBytes @17 :UInt64;       # the largest putBlob
   blobTtlSeconds @18 :UInt64;     # how long a blob is kept
+  botApprovalTimeoutSeconds @19 :Float64;    # an owner's time to answer a new bot key; then it is refused
+  maxPendingBotApprovalsPerOwner @20 :UInt32;
+  maxBotChallengesPerKey @21 :UInt32;        # unanswered authChallenge nonces of one key at once
 }
 
 # What submitCommit enqueues to one recipient.
@@ -211,4 +231,27 @@ struct NodeStatus {
   retriesSent @12 :UInt64;        # Retry packets sent since start
   retryTokensAccepted @13 :UInt64; # Initials that brought back a valid address-validation token
   retryTokensRefused @14 :UInt64; # Initials with a token that was forged, expired or made for another address
+}
+
+# A bot key waiting for (or recently given) its owner's decision.
+struct BotApproval {
+  requestId @0 :Data;
+  identityKey @1 :Data;       # the bot's Ed25519 key
+  name @2 :Text;              # the name the bot asked for
+  state @3 :State;
+  expiresAt @4 :Float64;      # unix seconds: unanswered by then, it is refused
+  enum State {
+    pending @0;
+    approved @1;
+    refused @2;
+    expired @3;
+  }
+}
+
+# One of the caller's bot keys.
+struct BotKey {
+  identityKey @0 :Data;
+  name @1 :Text;
+  approvedAt @2 :Float64;     # unix seconds
+  revoked @3 :Bool;
 }

@@ -137,6 +137,13 @@ class NodeConfig:
     resolve_endpoint_burst_per_identity: int = 300
     resolve_endpoint_rate_per_address: float = 5.0
     resolve_endpoint_burst_per_address: int = 1000
+    # ── Bots: key login (authChallenge/authRespond) ──
+    # How long an owner's clients have to answer a new bot key's approval request (unanswered: refused), pending
+    # requests one owner may have at once, and unanswered challenges one key may have at once (each may be answered
+    # for login_state_seconds). Failed answers count like failed OPAQUE logins, per (key, source address).
+    bot_approval_timeout_s: float = 120.0
+    max_pending_bot_approvals_per_owner: int = 16
+    max_bot_challenges_per_key: int = 64
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:

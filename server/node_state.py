@@ -21,6 +21,7 @@ from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.quic_retry import RetryStats
 from quicnprotochat.server.services.accounts import AccountService
 from quicnprotochat.server.services.blobs import BlobLimits, BlobService
+from quicnprotochat.server.services.bot_login import BotLoginLimits, BotLoginService
 from quicnprotochat.server.services.coffer import CofferService
 from quicnprotochat.server.services.directory import DirectoryService
 from quicnprotochat.server.services.endpoints import EndpointService
@@ -84,6 +85,16 @@ def rate_limits(config: NodeConfig) -> RateLimits:
     )
 
 
+def bot_login_limits(config: NodeConfig) -> BotLoginLimits:
+    return BotLoginLimits(
+        approval_timeout_s=config.bot_approval_timeout_s,
+        max_pending_per_owner=config.max_pending_bot_approvals_per_owner,
+        max_challenges_per_key=config.max_bot_challenges_per_key,
+        challenge_seconds=config.login_state_seconds,
+        max_wait_ms=config.max_wait_ms,
+    )
+
+
 def connection_limits(config: NodeConfig) -> ConnectionLimits:
     return ConnectionLimits(
         max_unsent_bytes=config.max_unsent_bytes_per_connection,
@@ -116,6 +127,7 @@ class NodeState:
     blobs: BlobService
     endpoints: EndpointService
     coffer: CofferService
+    bots: BotLoginService
     connections: Callable[[], int] = lambda: 0
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
@@ -175,6 +187,9 @@ class NodeState:
                 clock,
             ),
             coffer=CofferService(store, store, root),
+            bots=BotLoginService(
+                store, store, sessions, store.wakeups, identity.fingerprint, bot_login_limits(config), clock
+            ),
         )
 
     def server_info(self) -> dict[str, Any]:
@@ -204,6 +219,9 @@ class NodeState:
                 "maxInboxSharePerSender": config.max_inbox_share_per_sender,
                 "maxBlobBytes": config.max_blob_bytes,
                 "blobTtlSeconds": config.blob_ttl_seconds,
+                "botApprovalTimeoutSeconds": config.bot_approval_timeout_s,
+                "maxPendingBotApprovalsPerOwner": config.max_pending_bot_approvals_per_owner,
+                "maxBotChallengesPerKey": config.max_bot_challenges_per_key,
             },
         }
 
@@ -237,5 +255,6 @@ class NodeState:
         await self.store.purge_expired_login_states()
         await self.store.purge_expired_idempotency_keys()
         await self.endpoints.purge_expired()
+        await self.bots.sweep()
         if swept:
             log.info("dropped %d expired messages", swept)

@@ -386,3 +386,59 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
             [bytes(key) for key in members],
         )
         return {"outcome": result.outcome, "epoch": result.epoch, "seqs": list(result.seqs)}
+
+    # -- bots: key login and the owner's approvals ---------------------------------------------------------------
+
+    async def authChallenge(self, identityKey: bytes, owner: str, botName: str, _context: Any, **_: Any) -> int:
+        self._limit_address()
+        # The same per-address bucket as OPAQUE login; the call may then wait for the owner's answer.
+        self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
+        return await self._node.bots.challenge(bytes(identityKey), owner, botName)
+
+    async def authRespond(self, identityKey: bytes, nonce: int, signature: bytes, _context: Any, **_: Any) -> bytes:
+        self._limit_address()
+        self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
+        # As for OPAQUE: only failures count against the key, and only from this address.
+        failures = self._node.limiter.key_login_failures
+        key = (bytes(identityKey), self._peer.host)
+        failures.check_available(key, "failed logins for this key from this address")
+        try:
+            token = await self._node.bots.respond(bytes(identityKey), nonce, bytes(signature))
+        except Unauthenticated:
+            failures.take(key)
+            raise
+        self._budget.mark_authenticated()
+        return token
+
+    async def botApprovalWait(
+        self, sinceDigest: bytes, timeoutMs: int, auth: Any, _context: Any, **_: Any
+    ) -> tuple[bytes, list[dict[str, Any]]]:
+        caller = await self._caller(auth)
+        async with self._parked(caller.identity_key):
+            digest, view = await self._node.bots.wait_approvals(caller, bytes(sinceDigest), timeoutMs)
+        requests = [
+            {
+                "requestId": request.request_id,
+                "identityKey": request.identity_key,
+                "name": request.name,
+                "state": state.value,
+                "expiresAt": request.expires_at,
+            }
+            for request, state in view
+        ]
+        return digest, requests
+
+    async def botApprovalAnswer(self, requestId: bytes, approve: bool, auth: Any, _context: Any, **_: Any) -> str:
+        caller = await self._caller(auth)
+        return (await self._node.bots.answer(caller, bytes(requestId), bool(approve))).value
+
+    async def listBots(self, auth: Any, _context: Any, **_: Any) -> list[dict[str, Any]]:
+        caller = await self._caller(auth)
+        return [
+            {"identityKey": bot.identity_key, "name": bot.name, "approvedAt": bot.approved_at, "revoked": bot.revoked}
+            for bot in await self._node.bots.list_bots(caller)
+        ]
+
+    async def revokeBot(self, identityKey: bytes, auth: Any, _context: Any, **_: Any) -> None:
+        caller = await self._caller(auth)
+        await self._node.bots.revoke(caller, bytes(identityKey))

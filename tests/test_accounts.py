@@ -256,6 +256,10 @@ AUTHENTICATED_CALLS: dict[str, dict[str, Any]] = {
     "putBlob": {"data": b"blob"},
     "getBlob": {"blobId": b"\x00" * 32},
     "fetchCoffer": {},
+    "botApprovalWait": {"sinceDigest": b"", "timeoutMs": 0},
+    "botApprovalAnswer": {"requestId": b"\x00" * 16, "approve": True},
+    "listBots": {},
+    "revokeBot": {"identityKey": b"\x00" * 32},
 }
 
 
@@ -270,6 +274,8 @@ def test_every_authenticated_method_is_covered() -> None:
         "opaqueRegisterFinish",
         "opaqueLoginStart",
         "opaqueLoginFinish",
+        "authChallenge",
+        "authRespond",
     }
     assert set(AUTHENTICATED_CALLS) == set(node_service_methods()) - public
 

@@ -84,6 +84,12 @@ def test_additions_only_append() -> None:
     assert methods["putBlob"] == 26
     assert methods["getBlob"] == 27
     assert methods["fetchCoffer"] == 28
+    assert methods["authChallenge"] == 29
+    assert methods["authRespond"] == 30
+    assert methods["botApprovalWait"] == 31
+    assert methods["botApprovalAnswer"] == 32
+    assert methods["listBots"] == 33
+    assert methods["revokeBot"] == 34
     assert sorted(methods.values()) == list(range(len(methods)))
 
 

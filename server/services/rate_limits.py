@@ -125,6 +125,8 @@ class RateLimiter:
         self.address = buckets(limits.per_address, "rate_per_address")
         self.login_failures = buckets(limits.login_failures_per_username, "login_rate_per_username")
         self.login_address = buckets(limits.login_per_address, "login_rate_per_address")
+        # Key login (bots) takes the same limits as OPAQUE login: failed answers per (key, source address).
+        self.key_login_failures = buckets(limits.login_failures_per_username, "login_rate_per_username")
         self.sealed_connection = buckets(limits.sealed_per_connection, "sealed_rate_per_connection")
         self.register_address = buckets(limits.register_per_address, "register_rate_per_address")
         self.register_total = buckets(limits.register_total, "register_rate_total")

@@ -87,6 +87,13 @@ class SessionService:
             self._cache.popitem(last=False)
         return caller
 
+    async def revoke_identity(self, identity_key: bytes) -> None:
+        """Ends every session of an identity at once (on this node; on others sharing the database within
+        SESSION_CACHE_SECONDS)."""
+        await self._store.revoke_sessions(identity_key)
+        for digest in [digest for digest, entry in self._cache.items() if entry[0].identity_key == identity_key]:
+            del self._cache[digest]
+
     async def revoke(self, caller: Caller) -> None:
         self._cache.pop(caller.token_hash, None)
         await self._store.revoke_session(caller.token_hash)

@@ -2,7 +2,7 @@
 concern's protocol and never writes SQL itself.
 
 Layout, per concern (accounts and sessions, directories, endpoint records, inboxes and channels, server secrets,
-groups, blobs, coffer shards):
+groups, blobs, coffer shards, bot keys):
 - `<concern>.py`: the records, the protocol, and the code both backends share (`<Concern>Base`, template methods
   over small backend hooks);
 - `sqlite/<concern>.py` and `postgres/<concern>.py`: that concern's SQL, one class over the backend's engine
@@ -36,6 +36,7 @@ from .base import (
     StoreUnavailable,
 )
 from .blobs import BlobStore
+from .bot_keys import ApprovalState, BotApproval, BotKey, BotKeyStore
 from .coffer import CofferShard, CofferStore
 from .directories import DirectoryStore, KeyPackage
 from .endpoints import EndpointStore
@@ -52,7 +53,11 @@ __all__ = [
     "Account",
     "AccountStore",
     "AlreadyExists",
+    "ApprovalState",
     "BlobStore",
+    "BotApproval",
+    "BotKey",
+    "BotKeyStore",
     "Clock",
     "CofferShard",
     "CofferStore",

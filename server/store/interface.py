@@ -8,6 +8,7 @@ from typing import Protocol
 from .accounts import AccountStore, SessionStore
 from .base import StoreHealth, StoreLimits, StoreMetrics
 from .blobs import BlobStore
+from .bot_keys import BotKeyStore
 from .coffer import CofferStore
 from .directories import DirectoryStore
 from .endpoints import EndpointStore
@@ -53,6 +54,7 @@ class Store(
     BlobStore,
     EndpointStore,
     CofferStore,
+    BotKeyStore,
     Protocol,
 ):
     """Async storage of one node, all concerns."""

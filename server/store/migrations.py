@@ -214,6 +214,41 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        10,
+        "bot keys: key login by nonce challenge, approved by the owner",
+        (
+            """CREATE TABLE bot_keys (
+                identity_key BLOB PRIMARY KEY,
+                owner BLOB NOT NULL,
+                name TEXT NOT NULL,
+                approved_at REAL NOT NULL,
+                revoked INTEGER NOT NULL,
+                next_nonce INTEGER NOT NULL
+            )""",
+            "CREATE INDEX bot_keys_by_owner ON bot_keys (owner, approved_at)",
+            """CREATE TABLE bot_approvals (
+                request_id BLOB PRIMARY KEY,
+                identity_key BLOB NOT NULL,
+                owner BLOB NOT NULL,
+                name TEXT NOT NULL,
+                state TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                decided_at REAL
+            )""",
+            # One pending request per key: concurrent challenges of a new key share it.
+            "CREATE UNIQUE INDEX bot_approvals_one_pending ON bot_approvals (identity_key) WHERE state = 'pending'",
+            "CREATE INDEX bot_approvals_by_owner ON bot_approvals (owner, state, decided_at)",
+            """CREATE TABLE bot_challenges (
+                identity_key BLOB NOT NULL,
+                nonce INTEGER NOT NULL,
+                expires_at REAL NOT NULL,
+                PRIMARY KEY (identity_key, nonce)
+            )""",
+            "CREATE INDEX bot_challenges_by_expiry ON bot_challenges (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

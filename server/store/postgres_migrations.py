@@ -215,6 +215,41 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        10,
+        "bot keys: key login by nonce challenge, approved by the owner",
+        (
+            """CREATE TABLE bot_keys (
+                identity_key BYTEA PRIMARY KEY,
+                owner BYTEA NOT NULL,
+                name TEXT NOT NULL,
+                approved_at DOUBLE PRECISION NOT NULL,
+                revoked BOOLEAN NOT NULL,
+                next_nonce BIGINT NOT NULL
+            )""",
+            "CREATE INDEX bot_keys_by_owner ON bot_keys (owner, approved_at)",
+            """CREATE TABLE bot_approvals (
+                request_id BYTEA PRIMARY KEY,
+                identity_key BYTEA NOT NULL,
+                owner BYTEA NOT NULL,
+                name TEXT NOT NULL,
+                state TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                decided_at DOUBLE PRECISION
+            )""",
+            # One pending request per key: concurrent challenges of a new key (on any node) share it.
+            "CREATE UNIQUE INDEX bot_approvals_one_pending ON bot_approvals (identity_key) WHERE state = 'pending'",
+            "CREATE INDEX bot_approvals_by_owner ON bot_approvals (owner, state, decided_at)",
+            """CREATE TABLE bot_challenges (
+                identity_key BYTEA NOT NULL,
+                nonce BIGINT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (identity_key, nonce)
+            )""",
+            "CREATE INDEX bot_challenges_by_expiry ON bot_challenges (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

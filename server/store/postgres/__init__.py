@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .accounts import PostgresAccounts, PostgresSessions
 from .blobs import PostgresBlobs
+from .bot_keys import PostgresBotKeys
 from .coffer import PostgresCoffer
 from .directories import PostgresDirectories
 from .endpoints import PostgresEndpoints
@@ -26,6 +27,7 @@ class PostgresStore(
     PostgresBlobs,
     PostgresEndpoints,
     PostgresCoffer,
+    PostgresBotKeys,
 ):
     """`Store` on a PostgreSQL database that several nodes may share. Use `PostgresStore.open`."""
 

@@ -101,7 +101,7 @@ def redacted(url: str) -> str:
     return f"postgresql://{host}{port}{parts.path}"
 
 
-def _rowcount(status: str) -> int:
+def rowcount(status: str) -> int:
     # asyncpg returns the command tag, e.g. "DELETE 3" or "INSERT 0 1".
     return int(status.rsplit(" ", 1)[-1])
 
@@ -279,4 +279,11 @@ class PostgresEngine(StoreEngine):
         """One autocommit write statement; returns the affected row count."""
         status: str = await self._with_conn(lambda conn: conn.execute(query, *args), "write")
         self._writer.count_commit(1)
-        return _rowcount(status)
+        return rowcount(status)
+
+    async def _notify_in(self, conn: Any, inboxes: list[tuple[bytes, bytes]]) -> None:
+        """Tell the other nodes, from inside the caller's transaction (delivered only if it commits), that these
+        inboxes' waiters should look again; the caller wakes this node's own after the commit."""
+        if inboxes:
+            payloads = self._pg_wakeups.payloads(inboxes)
+            await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads)

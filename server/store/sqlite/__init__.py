@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .accounts import SqliteAccounts, SqliteSessions
 from .blobs import SqliteBlobs
+from .bot_keys import SqliteBotKeys
 from .coffer import SqliteCoffer
 from .directories import SqliteDirectories
 from .endpoints import SqliteEndpoints
@@ -24,6 +25,7 @@ class SqliteStore(
     SqliteBlobs,
     SqliteEndpoints,
     SqliteCoffer,
+    SqliteBotKeys,
 ):
     """`Store` on one SQLite file (WAL, synchronous=FULL, group commit). Use `SqliteStore.open`."""
 
