@@ -274,6 +274,8 @@ async def _rekey(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 async def _coffer(config: NodeConfig, args: argparse.Namespace) -> int:
+    if read_certificate(config.data_dir) is None:  # a mistyped --data-dir must not get a database of its own
+        raise IdentityError(f"no node in {config.data_dir} (`qpc-server init` or `run` makes one; see --data-dir)")
     root = node_root_key(config) if args.coffer_command == "load" else None
     store = await open_store(config.store_location, store_limits(config), clock=time.time)
     try:

@@ -32,10 +32,14 @@ from tests.test_at_rest import files_holding, make_key
 from tests.test_coffer_file import EVERY_TYPE, EXPECTED, KEY_A, PLANTED, same_typed
 
 
-async def coffer_cli(config: NodeConfig, *args: str, key: Path | None = None) -> tuple[int, str, str]:
+async def coffer_cli(
+    config: NodeConfig, *args: str, key: Path | None = None, data_dir: Path | None = None
+) -> tuple[int, str, str]:
     """`qpc-server coffer ...` as the operator runs it; (exit code, stdout, stderr)."""
-    command = [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", str(config.data_dir), "coffer", *args]
-    command += ["--store", config.store_location]
+    where = str(data_dir or config.data_dir)
+    command = [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", where, "coffer", *args]
+    if data_dir is None:
+        command += ["--store", config.store_location]
     if key is not None:
         command += ["--root-key-file", str(key)]
     process = await asyncio.create_subprocess_exec(
@@ -196,6 +200,7 @@ async def test_bad_files_change_nothing(
         "another root key": (good.replace("token", "other"), other_key, "sealed under another root key"),
         "no clients": (f'[alice]\ntoken = "{PLANTED}"\n', root_key, r"needs a \[clients\] table"),
         "duplicate key": (good.replace(key_line, key_line + key_line.replace("alice", "bob")), root_key, "same key"),
+        "no node there": (good.replace("token", "other"), root_key, "no node in .*typo"),
     }
 
     async def attempt(kind: str, text: str | bytes | None, key: Path | None) -> tuple[str, int, str, str]:
@@ -204,7 +209,8 @@ async def test_bad_files_change_nothing(
             path.write_text(text)
         elif text is not None:
             path.write_bytes(text)
-        code, out, err = await coffer_cli(config, "load", str(path), key=key)
+        elsewhere = tmp_path / "typo" if kind == "no node there" else None
+        code, out, err = await coffer_cli(config, "load", str(path), key=key, data_dir=elsewhere)
         return kind, code, out, err
 
     results = await asyncio.gather(*(attempt(kind, text, key) for kind, (text, key, _why) in bad.items()))
@@ -216,6 +222,7 @@ async def test_bad_files_change_nothing(
         assert re.search(bad[kind][2], lines[0]), (kind, lines[0])
         assert PLANTED not in out + err, kind
     assert shard_rows(config) == before
+    assert not (tmp_path / "typo").exists()
     assert await read_shard(alice) == {"token": PLANTED}
 
 
