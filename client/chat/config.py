@@ -46,6 +46,23 @@ class ChatConfig:
     connect_timeout: float = 10.0
     receipts: bool = True
     """Send delivery and read receipts to the senders of incoming messages (False: send none)."""
+    # ── Direct delivery (`direct`): off unless asked for, because publishing reveals this device's network
+    # addresses to every logged-in user who looks them up (see the README). ──
+    p2p: bool = False
+    """Run an iroh endpoint while the client runs (`start`), publish its signed address on the node, and send
+    application messages straight to peers that publish theirs; the node stays the fallback."""
+    p2p_relays: str = "off"
+    """"off" (direct addresses only), "default" (iroh's public relays), or comma-separated relay URLs."""
+    p2p_bind: tuple[str, ...] = ()
+    """Local "ip:port" addresses for the endpoint (at most one IPv4 and one IPv6); empty: every interface."""
+    p2p_timeout: float = 2.0
+    """How long one direct attempt may take (look-up, connection, the peer storing it) before the node is used."""
+    p2p_record_ttl: int = 600
+    """Lifetime of the published record, in seconds; it is published again every third of it."""
+    p2p_backoff_s: float = 30.0
+    """After a failed direct attempt, that peer's messages go through the node for this long."""
+    p2p_resolve_every_s: float = 60.0
+    """How long a peer's resolved record is used before it is looked up again (never past its expiry)."""
 
 
 def default_state_dir(username: str) -> Path:

@@ -22,7 +22,9 @@ connection, the MLS lock, the event bus):
 - `commits`: the commit protocol: every group change through the node's sequencer (`group_rules`: no I/O);
 - `sending` and `delivery`: encrypting application messages; sealing and enqueueing any frame;
 - `receiver`: the receive loops (I/O), carrying out what `receive_rules` (no I/O) decides;
-- `coffer`: the secrets the node's operator provisioned for this key (bots: `await chat.coffer()`).
+- `coffer`: the secrets the node's operator provisioned for this key (bots: `await chat.coffer()`);
+- `direct`: opt-in direct delivery of application messages over iroh (`p2p_endpoint`, `direct_wire`), the node
+  as fallback.
 
 First use
 ---------
@@ -56,6 +58,7 @@ from .contacts import Contacts
 from .context import ChatContext
 from .conversations import ConversationRef, Conversations, ConversationSummary
 from .delivery import Delivery
+from .direct import DirectDelivery
 from .directory import Directory, checked_username
 from .errors import ChatError, StateUnavailable
 from .event_bus import EventCallback, EventStream
@@ -104,10 +107,11 @@ class ChatClient:
         self._delivery = Delivery(context, self._directory)
         self._watch = ConnectionWatch(context)
         self._attachments = Attachments(context)
-        self._outbox = Outbox(context, self._watch)
         self._receiver = Receiver(
             context, self._conversations, self._directory, self._key_packages, self._watch, self._attachments
         )
+        self._direct = DirectDelivery(context, self._receiver.receive_direct)
+        self._outbox = Outbox(context, self._watch, self._direct)
         self._committer = Committer(context, self._conversations, self._directory, self._receiver.sync_default)
         self._groups = GroupOps(
             context,
@@ -173,6 +177,8 @@ class ChatClient:
         if bus.closed:
             return
         await self._receipts.drain(RECEIPT_DRAIN_SECONDS)
+        with contextlib.suppress(Exception):
+            await self._direct.stop()
         bus.closed = True
         tasks: list[asyncio.Future[Any]] = [*self._receiver.stop(), *bus.background]
         for task in tasks:
@@ -342,6 +348,8 @@ class ChatClient:
         earlier run left pending."""
         await self._resume_commits()
         await self._receiver.start()
+        if self.config.p2p:
+            await self.set_p2p(True)
         self._outbox.flush_soon()
 
     async def sync(self) -> int:
@@ -351,6 +359,25 @@ class ChatClient:
         processed = await self._receiver.sync()
         await self._outbox.flush()
         return processed
+
+    # ── direct delivery ─────────────────────────────────────────────────────────────────────────────────
+
+    async def set_p2p(self, on: bool) -> None:
+        """Direct delivery on (an iroh endpoint, its signed address published on the node) or off (the record
+        taken down, the endpoint closed). ChatError if it cannot start; messages then go through the node."""
+        if on:
+            await self._direct.start()
+        else:
+            await self._direct.stop()
+
+    @property
+    def p2p(self) -> bool:
+        """Whether direct delivery runs now."""
+        return self._direct.running
+
+    def p2p_addresses(self) -> list[str]:
+        """The direct addresses the published record gives (what peers who resolve it learn)."""
+        return self._direct.addresses()
 
     async def _resume_commits(self) -> None:
         """Once, before receiving: a commit left pending by a crash or a lost connection is submitted again with

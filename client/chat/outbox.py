@@ -1,5 +1,6 @@
 """`Outbox`: sends the outgoing copies the store holds (see `quicnprotochat.client.state.outbox`), oldest first,
-one at a time, so that every recipient gets a sender's messages in the order they were written.
+one at a time, so that every recipient gets a sender's messages in the order they were written (with direct
+delivery on, a copy that went straight to its peer may overtake an earlier one that went through the node).
 
 A copy the node takes is settled with its seq; one it refuses (inbox full, payload too large, unknown recipient)
 with the node's reason; either way it leaves the outbox, and the message's final state is reported with
@@ -19,14 +20,16 @@ from quicnprotochat.common.errors import RpcError
 
 from .connection import ConnectionWatch, is_unreachable
 from .context import ChatContext
+from .direct import DirectDelivery
 from .errors import ChatError
 from .events import ErrorEvent, MessageStateChanged
 
 
 class Outbox:
-    def __init__(self, context: ChatContext, watch: ConnectionWatch) -> None:
+    def __init__(self, context: ChatContext, watch: ConnectionWatch, direct: DirectDelivery | None = None) -> None:
         self._context = context
         self._watch = watch
+        self._direct = direct
         self._lock = asyncio.Lock()
         watch.on_restored(self.flush_soon)
 
@@ -53,6 +56,13 @@ class Outbox:
 
     async def _send(self, copy: PendingCopy) -> bool:
         context = self._context
+        direct = self._direct
+        # Direct first when it is on: `deliver` is True only once the peer stored the copy. Otherwise the same
+        # bytes go to the node with the same idempotency key; a peer that stored it but whose answer was lost
+        # keeps it once (messages are stored by envelope hash).
+        if direct is not None and await direct.deliver(copy.recipient_key, copy.channel_id, copy.envelope):
+            await self._settled(await context.store.settle_copy(copy.id, route="direct"))
+            return True
         try:
             seq = await context.node.enqueue(
                 copy.recipient_key, copy.envelope, copy.channel_id, idempotency_key=idempotency_key(copy)
@@ -68,7 +78,7 @@ class Outbox:
         except (OSError, TimeoutError) as error:
             self._watch.lost(error)
             return False
-        await self._settled(await context.store.settle_copy(copy.id, seq=seq))
+        await self._settled(await context.store.settle_copy(copy.id, seq=seq, route="node"))
         return True
 
     async def _settled(self, message: Message | None) -> None:

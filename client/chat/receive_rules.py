@@ -143,6 +143,22 @@ def before_processing(header: Header, group: GroupView) -> Defer | Ignore | None
     return None
 
 
+def direct_refusal(header: Header, group: GroupView) -> str | None:
+    """Why a message that came straight from a peer (direct delivery) must come through the node's inbox
+    instead, or None to process it now. Only application messages of the group's current epoch are taken
+    directly: anything else depends on the order the node gives (a commit before the messages of its epoch),
+    so the sender falls back to the node and the copy there arrives in that order."""
+    if header.content_type != "application":
+        return "only application messages travel directly"
+    if group.conversation is None or group.epoch is None:
+        return "a group this client has not joined"
+    if header.epoch != group.epoch:
+        return f"a message of epoch {header.epoch} while this client is at epoch {group.epoch}"
+    if group.own_commit_unconfirmed or group.broken or group.left or group.deleted:
+        return "the group is not taking messages now"
+    return None
+
+
 def after_process_failure(
     seq: int,
     error: NativeError,

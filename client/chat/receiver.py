@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quicnprotochat.client.node_client import Envelope
-from quicnprotochat.client.state import Conversation
+from quicnprotochat.client.state import Conversation, Route
 from quicnprotochat.common.errors import Disconnected
 from quicnprotochat.native import GroupNotFound, NativeError, envelope_info, mls_message_info
 
@@ -70,6 +70,10 @@ class _InboxState:
     rules: rules.InboxRules
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+
+
+class _NotDirect(Exception):
+    """An envelope that came directly and must come through the node instead (see `receive_direct`)."""
 
 
 class _Deferred(Exception):
@@ -250,9 +254,33 @@ class Receiver:
                 await asyncio.to_thread(context.vault.forget_processed, digests)
         return processed, deferred
 
+    # ── direct delivery ─────────────────────────────────────────────────────────────────────────────────
+
+    async def receive_direct(self, channel: bytes, data: bytes) -> bool:
+        """An envelope a peer sent straight to this client (`direct`): handled exactly as the same envelope from
+        the inbox would be, under the same message id (SHA-256 of the envelope), so that a copy arriving both
+        ways is stored once. True once its result is stored (or it was stored before); False when it must come
+        through the node: not an inbox this client reads, not an application message of a group's current
+        epoch (`receive_rules.direct_refusal`), or anything that goes wrong here."""
+        context = self._context
+        if channel not in await self._channels():
+            return False
+        digests: list[bytes] = []
+        try:
+            async with context.mls:
+                await self._handle(channel, Envelope(0, data), digests, route="direct")
+        except (_NotDirect, _Deferred):
+            return False  # nothing stored; the vault's journal answers the node's copy the same way
+        except Exception as error:  # noqa: BLE001 - a peer's envelope never takes the client down: use the node
+            context.emit(ErrorEvent(f"a directly delivered message is left to the node: {error!r}", error))
+            return False
+        if digests:
+            await asyncio.to_thread(context.vault.forget_processed, digests)
+        return True
+
     # ── one envelope ────────────────────────────────────────────────────────────────────────────────────
 
-    async def _handle(self, channel: bytes, envelope: Envelope, digests: list[bytes]) -> None:
+    async def _handle(self, channel: bytes, envelope: Envelope, digests: list[bytes], route: Route = "node") -> None:
         context = self._context
         message_id = hashlib.sha256(envelope.data).digest()
         if await context.store.get_message(message_id) is not None:
@@ -263,19 +291,29 @@ class Receiver:
             )
             frame = decode_frame(plaintext)
         except (NativeError, FrameError) as error:
+            if route == "direct":
+                raise _NotDirect(str(error)) from None
             await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
             return
         if isinstance(frame, WelcomeFrame):
+            if route == "direct":
+                raise _NotDirect("Welcomes come through the node")
             await self._on_welcome(frame)
             digests.append(hashlib.sha256(frame.welcome).digest())
             return
         try:
             info = mls_message_info(frame.message)
         except NativeError as error:
+            if route == "direct":
+                raise _NotDirect(str(error)) from None
             await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
             return
         header = rules.Header(info.group_id, info.epoch, info.content_type)
         group = await self._group_view(header.group_id)
+        if route == "direct":
+            refusal = rules.direct_refusal(header, group)
+            if refusal is not None:
+                raise _NotDirect(refusal)
         early = rules.before_processing(header, group)
         if early is not None:
             await self._apply(early, envelope, message_id)
@@ -288,7 +326,9 @@ class Receiver:
             digests.append(processed.digest)
             conversation = group.conversation or await self._conversations.of_group(processed.group_id)
             action = rules.after_processed(processed, conversation, left=group.left)
-        await self._apply(action, envelope, message_id, message_ref(frame.message))
+        if route == "direct" and not isinstance(action, rules.StoreMessage | rules.ApplyReceipt | rules.Ignore):
+            raise _NotDirect("left to the node")  # what was processed stays journaled for the node's copy
+        await self._apply(action, envelope, message_id, message_ref(frame.message), route)
 
     async def _group_view(self, group_id: bytes) -> rules.GroupView:
         context = self._context
@@ -312,7 +352,12 @@ class Receiver:
         )
 
     async def _apply(
-        self, action: rules.Action, envelope: Envelope, message_id: bytes, ref: bytes | None = None
+        self,
+        action: rules.Action,
+        envelope: Envelope,
+        message_id: bytes,
+        ref: bytes | None = None,
+        route: Route = "node",
     ) -> None:
         context = self._context
         if isinstance(action, rules.Defer):
@@ -329,8 +374,9 @@ class Receiver:
                 sender_identity_key=sender,
                 sender_username=await self._directory.username_of(sender) if sender is not None else None,
                 sent_at=action.content.sent_at,
-                server_seq=envelope.seq,
+                server_seq=envelope.seq if route == "node" else None,
                 ref=ref,
+                route=route,
             )
             if stored is not None:
                 context.emit(MessageReceived(action.conversation, stored))

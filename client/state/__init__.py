@@ -36,6 +36,7 @@ from quicnprotochat.client.state.keys import (
     wipe,
 )
 from quicnprotochat.client.state.outbox import MESSAGE_STATES, MessageState, OutgoingCopy, PendingCopy
+from quicnprotochat.client.state.routes import Route
 from quicnprotochat.client.state.sealed import CachedSession, SealedFile, TokenCache
 from quicnprotochat.client.state.statedir import PLAINTEXT_WARNING, ClientState, StateDir
 
@@ -60,6 +61,7 @@ __all__ = [
     "MessageState",
     "OutgoingCopy",
     "PendingCopy",
+    "Route",
     "SchemaTooNew",
     "SealedFile",
     "StateDir",

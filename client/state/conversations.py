@@ -37,7 +37,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from quicnprotochat.common.migrations import Migration, check_sequence, migrate_sqlite
 
 from . import _sqlcipher as sql
-from . import outbox, receipts
+from . import outbox, receipts, routes
 from .errors import (
     ConversationExists,
     ConversationNotFound,
@@ -51,6 +51,7 @@ from .files import PRIVATE_FILE_MODE, fsync_dir, scrub_and_unlink, scrub_fd, tem
 from .keys import sqlcipher_key_literal
 from .outbox import MessageState
 from .receipts import ReceiptKind
+from .routes import Route
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -120,6 +121,9 @@ class Message:
     """Incoming: the sender's reference of the message (what receipts name)."""
     receipt: ReceiptKind | None = None
     """Outgoing: the furthest receipt a recipient sent back: delivered, then read."""
+    route: Route | None = None
+    """How it travelled: direct (client to client), node (through the inbox), or mixed (outgoing, some copies
+    each way); None for notes and messages not sent yet."""
 
 
 # ── schema ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -172,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "outbox", outbox.STATEMENTS),
     Migration(3, "receipts", receipts.STATEMENTS),
+    Migration(4, "routes", routes.STATEMENTS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 check_sequence(MIGRATIONS)
@@ -303,7 +308,7 @@ def encrypt_in_place(path: Path, key: bytes | bytearray, *, old_key: bytes | byt
 _CONVERSATION_COLUMNS = "id, kind, name, group_id, channel_id, peer_identity_key, created_at, last_activity"
 _MESSAGE_COLUMNS = (
     "id, conversation_id, message_id, sender_identity_key, sender_username, body, sent_at, received_at,"
-    " outgoing, server_seq, state, failure, ref, receipt"
+    " outgoing, server_seq, state, failure, ref, receipt, route"
 )
 # Queries are assembled from these constants only; every value is a bound parameter. The column lists are
 # the tables' column order, which `RETURNING *` also gives (later migrations only append columns).
@@ -315,7 +320,7 @@ _INSERT_CONVERSATION = (
 )
 _INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, message_id, sender_identity_key, sender_username, body, sent_at,"
-    " received_at, outgoing, server_seq, state, ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_at, outgoing, server_seq, state, ref, route) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (message_id) DO NOTHING RETURNING *"
 )
 
@@ -357,6 +362,7 @@ def _message(row: sql.Row) -> Message:
         failure=_opt_str(row[11]),
         ref=_opt_bytes(row[12]),
         receipt=None if row[13] is None else cast(ReceiptKind, str(row[13])),
+        route=None if row[14] is None else cast(Route, str(row[14])),
     )
 
 
@@ -501,6 +507,7 @@ class _Database:
         state: MessageState | None = None,
         copies: Sequence[outbox.OutgoingCopy] = (),
         ref: bytes | None = None,
+        route: Route | None = None,
     ) -> Message | None:
         if not message_id:
             raise ValueError("a message needs a non-empty message id")
@@ -522,6 +529,7 @@ class _Database:
                     server_seq,
                     state,
                     ref,
+                    route,
                 ),
             )
             if row is not None and copies:
@@ -558,10 +566,10 @@ class _Database:
     def incoming_refs(self, conversation_id: int, after_id: int, up_to_id: int) -> list[tuple[bytes, bytes]]:
         return receipts.incoming_refs(self.conn, conversation_id, after_id, up_to_id)
 
-    def settle_copy(self, copy_id: int, seq: int | None, refusal: str | None) -> Message | None:
+    def settle_copy(self, copy_id: int, seq: int | None, refusal: str | None, route: Route | None) -> Message | None:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            message_row = outbox.settle_copy(self.conn, copy_id, seq=seq, refusal=refusal)
+            message_row = outbox.settle_copy(self.conn, copy_id, seq=seq, refusal=refusal, route=route)
             row = None if message_row is None else self._one(_SELECT_MESSAGES + " WHERE id = ?", (message_row,))
             self.conn.execute("COMMIT")
         except BaseException:
@@ -798,6 +806,7 @@ class ConversationStore:
         state: MessageState | None = None,
         copies: Sequence[outbox.OutgoingCopy] = (),
         ref: bytes | None = None,
+        route: Route | None = None,
     ) -> Message | None:
         """Store a message; None if `message_id` is already stored (a redelivery), which changes nothing.
 
@@ -822,6 +831,7 @@ class ConversationStore:
             state,
             copies,
             ref,
+            route,
         )
 
     async def get_message(self, message_id: bytes) -> Message | None:
@@ -839,10 +849,17 @@ class ConversationStore:
         """The outbox: copies of outgoing messages the node has not taken yet, oldest first."""
         return await self._run(self._database().pending_copies)
 
-    async def settle_copy(self, copy_id: int, *, seq: int | None = None, refusal: str | None = None) -> Message | None:
-        """A copy was taken by the node (`seq`) or refused (`refusal`); returns its message if its state is now
-        final (sent or failed)."""
-        return await self._run(self._database().settle_copy, copy_id, seq, refusal)
+    async def settle_copy(
+        self,
+        copy_id: int,
+        *,
+        seq: int | None = None,
+        refusal: str | None = None,
+        route: Route | None = None,
+    ) -> Message | None:
+        """A copy was taken by the node (`seq`, route "node"), by the recipient itself (route "direct") or refused
+        (`refusal`); returns its message if its state is now final (sent or failed)."""
+        return await self._run(self._database().settle_copy, copy_id, seq, refusal, route)
 
     async def history(self, conversation_id: int, limit: int = 50, before: int | None = None) -> list[Message]:
         """The last `limit` messages with `id < before` (all if None), oldest first."""

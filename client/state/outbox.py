@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import _sqlcipher as sql
+from .routes import Route, record_copy_route
 
 MessageState = Literal["pending", "sent", "failed"]
 MESSAGE_STATES: tuple[MessageState, ...] = ("pending", "sent", "failed")
@@ -73,13 +74,18 @@ def pending_copies(conn: sql.Connection) -> list[PendingCopy]:
     return [PendingCopy(int(r[0]), int(r[1]), bytes(r[2]), str(r[3]), bytes(r[4]), bytes(r[5])) for r in rows]
 
 
-def settle_copy(conn: sql.Connection, copy_id: int, *, seq: int | None, refusal: str | None) -> int | None:
-    """Remove a copy the node took (`seq`) or refused (`refusal`); returns the message's row id when this was
-    its last copy (its state is then final), else None. Runs inside the caller's transaction."""
+def settle_copy(
+    conn: sql.Connection, copy_id: int, *, seq: int | None, refusal: str | None, route: Route | None = None
+) -> int | None:
+    """Remove a copy the node took (`seq`), the recipient took directly, or the node refused (`refusal`);
+    returns the message's row id when this was its last copy (its state is then final), else None. Runs inside
+    the caller's transaction."""
     row = conn.execute("DELETE FROM outbox WHERE id = ? RETURNING message_row", (copy_id,)).fetchone()
     if row is None:
         return None
     message_row = int(row[0])
+    if route is not None:
+        record_copy_route(conn, message_row, route)
     if seq is not None:
         conn.execute("UPDATE messages SET server_seq = coalesce(server_seq, ?) WHERE id = ?", (seq, message_row))
     if refusal is not None:

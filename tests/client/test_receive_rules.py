@@ -121,3 +121,23 @@ def test_failing_envelope_is_tried_a_bounded_number_of_times(max_tries: int) -> 
     assert verdicts == [True] * (max_tries - 1) + [False]
     inbox.done(4)
     assert inbox.retry(4) is (max_tries > 1)
+
+
+def test_only_application_messages_of_the_current_epoch_are_taken_directly() -> None:
+    group = rules.GroupView(conversation(), epoch=3)
+    take = rules.Header(b"g" * 16, 3, "application")
+    assert rules.direct_refusal(take, group) is None
+    for header in (rules.Header(b"g" * 16, 3, "commit"), rules.Header(b"g" * 16, 3, "proposal")):
+        refusal = rules.direct_refusal(header, group)
+        assert refusal is not None and "only application" in refusal
+    # Ahead of this client (a commit it has not processed yet is in its inbox) or behind: through the node.
+    for epoch in (2, 4):
+        refusal = rules.direct_refusal(rules.Header(b"g" * 16, epoch, "application"), group)
+        assert refusal is not None and "epoch" in refusal
+    assert rules.direct_refusal(take, rules.GroupView(None, None)) is not None
+    for waiting in (
+        rules.GroupView(conversation(), 3, own_commit_unconfirmed=True),
+        rules.GroupView(conversation(), 3, broken=True),
+        rules.GroupView(conversation(), 3, left=True),
+    ):
+        assert rules.direct_refusal(take, waiting) is not None

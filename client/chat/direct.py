@@ -1,0 +1,262 @@
+"""Direct delivery (opt-in, `ChatConfig.p2p`): application messages go straight to a peer's iroh endpoint when
+the peer publishes one, with the node as the fallback.
+
+- Publishing: while on, the client runs an iroh endpoint and publishes a record signed by its identity key
+  (`common.endpoint_record`: iroh endpoint id, direct addresses, relay, expiry) with `publishEndpoint`, and
+  publishes it again well before it expires. Off (or closing) takes the record down.
+- Sending (`deliver`, used by the outbox for each copy of an application message): resolve the peer's record
+  (cached, `direct_wire.PeerPaths`), check its signature and expiry, dial the iroh endpoint it names (the
+  handshake proves that key), send the sealed envelope the node would have queued, and wait for the peer's
+  answer, which comes only once the peer has stored it. Anything else within `p2p_timeout` (no record, a bad
+  record, no connection, a wrong key, no answer, "not taken") returns False and the outbox enqueues the same
+  bytes on the node with the same idempotency key. If the peer did store it but its answer was lost, the copy
+  through the node is the same envelope: the peer stores messages by its hash and keeps it once.
+- Receiving: each stream carries one envelope, handed to the receiver (`Receiver.receive_direct`), which stores
+  it exactly as an inbox message and says whether it took it. Connections and reads are bounded.
+
+Commits, proposals and Welcomes never come here: they go through the node's sequencer (`commits`), and the
+receiver refuses anything but an application message on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import iroh
+
+from quicnprotochat.common import endpoint_record
+from quicnprotochat.common.endpoint_record import EndpointRecord, RecordError
+from quicnprotochat.common.errors import RpcError
+from quicnprotochat.native import verify_ed25519
+
+from . import direct_wire as wire
+from .context import ChatContext
+from .errors import ChatError
+from .events import ErrorEvent
+from .p2p_endpoint import P2PEndpoint, PeerMismatch
+
+DirectReceiver = Callable[[bytes, bytes], Awaitable[bool]]
+"""(channel, envelope) -> stored: the receiver's handling of one direct envelope."""
+
+MAX_INCOMING_CONNECTIONS = 32
+MAX_OUTGOING_CONNECTIONS = 64
+HANDSHAKE_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+"""A peer that opened a stream has this long to send its request."""
+PUBLISH_RETRY_S = 5.0
+TAKE_DOWN_TIMEOUT_S = 2.0
+DEFAULT_MAX_ENVELOPE = 1024 * 1024
+
+
+class DirectDelivery:
+    def __init__(self, context: ChatContext, receive: DirectReceiver, clock: Callable[[], float] = time.time) -> None:
+        self._context = context
+        self._receive = receive
+        self._clock = clock
+        config = context.config
+        self._paths = wire.PeerPaths(resolve_every_s=config.p2p_resolve_every_s, backoff_s=config.p2p_backoff_s)
+        self._endpoint: P2PEndpoint | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._serving: set[asyncio.Task[None]] = set()
+        self._connections: dict[bytes, iroh.Connection] = {}
+        self._max_envelope = DEFAULT_MAX_ENVELOPE
+        self._lock = asyncio.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._endpoint is not None
+
+    def endpoint_id(self) -> bytes | None:
+        return None if self._endpoint is None else self._endpoint.endpoint_id
+
+    def addresses(self) -> list[str]:
+        return [] if self._endpoint is None else self._endpoint.addresses()
+
+    # ── on and off ──────────────────────────────────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        """Bind the endpoint, publish its signed record, and serve peers; ChatError if the node refuses it."""
+        async with self._lock:
+            if self._endpoint is not None:
+                return
+            config = self._context.config
+            endpoint = await P2PEndpoint.bind(config.p2p_relays, config.p2p_bind)
+            try:
+                with contextlib.suppress(Exception):
+                    info = await self._context.node.server_info()
+                    self._max_envelope = info.limits.max_payload_bytes
+                await self._context.guard(self._publish(endpoint))
+            except BaseException:
+                await endpoint.close()
+                raise
+            self._endpoint = endpoint
+            self._tasks = [
+                asyncio.create_task(self._refresh_forever(endpoint), name="p2p publish"),
+                asyncio.create_task(self._accept_forever(endpoint), name="p2p accept"),
+            ]
+
+    async def stop(self) -> None:
+        """Take the record down (best effort: it expires anyway), stop serving, close the endpoint."""
+        async with self._lock:
+            endpoint, self._endpoint = self._endpoint, None
+            if endpoint is None:
+                return
+            tasks = [*self._tasks, *self._serving]
+            self._tasks = []
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            context = self._context
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(context.node.publish_endpoint(context.identity_key, b""), TAKE_DOWN_TIMEOUT_S)
+            for connection in self._connections.values():
+                connection.close(0, b"closing")
+            self._connections.clear()
+            await endpoint.close()
+
+    async def _publish(self, endpoint: P2PEndpoint) -> float:
+        """Publish a fresh record; returns its expiry."""
+        context = self._context
+        expires_at = int(self._clock()) + context.config.p2p_record_ttl
+        record = endpoint_record.sign_record(
+            context.vault.sign,
+            context.identity_key,
+            endpoint.endpoint_id,
+            endpoint.addresses(),
+            endpoint.relay_url(),
+            expires_at,
+        )
+        await context.node.publish_endpoint(context.identity_key, endpoint_record.encode(record))
+        return expires_at
+
+    async def _refresh_forever(self, endpoint: P2PEndpoint) -> None:
+        # Published again at a third of the lifetime: two refreshes may fail before the record lapses.
+        every = max(1.0, self._context.config.p2p_record_ttl / 3)
+        failures = 0
+        while True:
+            await asyncio.sleep(every if failures == 0 else PUBLISH_RETRY_S)
+            try:
+                await self._publish(endpoint)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (RpcError, OSError, TimeoutError, RecordError) as error:
+                failures += 1
+                if failures == 1:
+                    self._context.emit(ErrorEvent(f"direct delivery: could not publish the endpoint: {error}", error))
+
+    # ── sending ─────────────────────────────────────────────────────────────────────────────────────────
+
+    async def deliver(self, peer: bytes, channel: bytes, envelope: bytes) -> bool:
+        """Deliver `envelope` to `peer` directly; True only once the peer said it stored it. Never raises for
+        a failed attempt (False: use the node)."""
+        endpoint = self._endpoint
+        if endpoint is None or not self._paths.should_try(peer, self._clock()):
+            return False
+        record: EndpointRecord | None = None
+        try:
+            async with asyncio.timeout(self._context.config.p2p_timeout):
+                record = await self._record_of(peer)
+                if record is None:
+                    return False
+                answer = await self._send(endpoint, record, wire.encode_request(channel, envelope))
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, iroh.IrohError, PeerMismatch, RpcError, OSError, RecordError):
+            if record is not None:
+                self._forget_connection(record.endpoint_id)
+            self._paths.failed(peer, self._clock())
+            return False
+        self._paths.succeeded(peer)
+        return answer == wire.STORED
+
+    async def _record_of(self, peer: bytes) -> EndpointRecord | None:
+        now = self._clock()
+        fresh, data = self._paths.cached_record(peer, now)
+        if not fresh:
+            data = await self._context.node.resolve_endpoint(peer)
+            expires_at = 0.0
+            if data is not None:
+                try:
+                    expires_at = float(endpoint_record.decode(data).expires_at)
+                except RecordError:
+                    expires_at = 0.0
+            self._paths.resolved(peer, data, expires_at, now)
+        if data is None:
+            return None
+        # Checked every time, whatever the node says: a record that is not the peer's own is never dialed.
+        return endpoint_record.decode_checked(data, identity_key=peer, now=now, verify=verify_ed25519)
+
+    async def _send(self, endpoint: P2PEndpoint, record: EndpointRecord, request: bytes) -> bytes:
+        connection = self._connections.get(record.endpoint_id)
+        if connection is not None and connection.close_reason() is not None:
+            self._forget_connection(record.endpoint_id)
+            connection = None
+        if connection is None:
+            connection = await endpoint.connect(record)
+            if len(self._connections) >= MAX_OUTGOING_CONNECTIONS:
+                self._forget_connection(next(iter(self._connections)))
+            self._connections[record.endpoint_id] = connection
+        stream = await connection.open_bi()
+        send = stream.send()
+        await send.write_all(request)
+        await send.finish()
+        return await stream.recv().read_to_end(1)
+
+    def _forget_connection(self, endpoint_id: bytes) -> None:
+        connection = self._connections.pop(endpoint_id, None)
+        if connection is not None:
+            connection.close(0, b"done")
+
+    # ── receiving ───────────────────────────────────────────────────────────────────────────────────────
+
+    async def _accept_forever(self, endpoint: P2PEndpoint) -> None:
+        while True:
+            incoming = await endpoint.accept()
+            if incoming is None:
+                return
+            if len(self._serving) >= MAX_INCOMING_CONNECTIONS:
+                await incoming.refuse()
+                continue
+            task = asyncio.create_task(self._serve(incoming), name="p2p peer")
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, incoming: iroh.Incoming) -> None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                connection = await (await incoming.accept()).connect()
+        except (TimeoutError, iroh.IrohError):
+            return
+        try:
+            if connection.alpn() != wire.ALPN:
+                return
+            # One stream at a time per connection: a sender's outbox sends one copy at a time anyway.
+            connection.set_max_concurrent_bi_streams(1)
+            while True:
+                stream = await connection.accept_bi()
+                await self._serve_stream(stream)
+        except iroh.IrohError:
+            return  # the peer closed the connection (or it idled out)
+        finally:
+            connection.close(0, b"bye")
+
+    async def _serve_stream(self, stream: iroh.BiStream) -> None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                request = await stream.recv().read_to_end(self._max_envelope + wire.REQUEST_OVERHEAD)
+            channel, envelope = wire.decode_request(request)
+        except (TimeoutError, wire.WireError, iroh.IrohError):
+            with contextlib.suppress(iroh.IrohError):
+                await stream.send().reset(1)
+            return
+        try:
+            stored = await self._receive(channel, envelope)
+        except ChatError:
+            stored = False
+        send = stream.send()
+        await send.write_all(wire.STORED if stored else wire.VIA_NODE)
+        await send.finish()

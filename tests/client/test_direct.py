@@ -1,0 +1,255 @@
+"""Direct delivery over iroh with the node as fallback: real nodes on loopback, real iroh endpoints (relays off,
+loopback only), real clients, and real processes where one must die. Every message must arrive, stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicnprotochat.client.chat import ChatClient, JoinedConversation
+from quicnprotochat.client.state import Conversation, Message
+from quicnprotochat.common import endpoint_record
+from quicnprotochat.server.node import Node
+from tests.client.conftest import ChatFactory, EventLog
+from tests.conftest import node_address
+
+P2P: dict[str, Any] = {"p2p": True, "p2p_bind": ("127.0.0.1:0",), "p2p_timeout": 1.5}
+EAGER: dict[str, Any] = {**P2P, "p2p_backoff_s": 0.0, "p2p_resolve_every_s": 0.0}
+"""A sender that looks the record up again before every message and never waits after a failure."""
+PEER = Path(__file__).with_name("p2p_peer.py")
+
+
+async def dm_pair(node: Node, open_chat: ChatFactory, **options: Any) -> tuple[ChatClient, ChatClient, EventLog]:
+    """alice and bob with a DM between them (bob joined it); `options` go to both configs."""
+    alice, _ = await open_chat(node, "alice", **options)
+    bob, bob_log = await open_chat(node, "bob", **options)
+    await alice.dm("bob")
+    await bob_log.wait_for(JoinedConversation)
+    return alice, bob, bob_log
+
+
+async def inbox_last_seq(node: Node, recipient: bytes, channel: bytes) -> int:
+    """The last seq the node ever gave in this inbox (0: nothing ever went through the node)."""
+    assert node.state is not None
+    return (await node.state.store.inbox_stats(recipient, channel)).last_seq
+
+
+def channel_of(conversation: Conversation) -> bytes:
+    assert conversation.channel_id is not None
+    return conversation.channel_id
+
+
+async def stored(chat: ChatClient, body: str) -> list[Message]:
+    found: list[Message] = []
+    for summary in await chat.conversations():
+        found += [m for m in await chat.history(summary.conversation, 1000) if m.body == body]
+    return found
+
+
+async def test_two_online_clients_deliver_directly(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
+    assert alice.p2p and bob.p2p
+    sent = await alice.send("bob", "straight to you")
+    assert sent.state == "sent" and sent.route == "direct" and sent.server_seq is None
+    received = await bob_log.message("straight to you")
+    assert received.message.route == "direct"
+    conversation = await alice.conversation("bob")
+    assert await inbox_last_seq(node, bob.identity_key, channel_of(conversation)) == 0  # the node never had it
+    assert len(await stored(bob, "straight to you")) == 1
+    # And the other way round, several in a row.
+    for i in range(5):
+        await bob.send("alice", f"back {i}")
+    assert [m.route for m in await stored(alice, "back 4")] == ["direct"]
+
+
+async def test_p2p_off_takes_the_record_down_and_uses_the_node(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **EAGER)
+    assert await alice.node.resolve_endpoint(bob.identity_key) is not None
+    await bob.set_p2p(False)
+    assert not bob.p2p
+    assert await alice.node.resolve_endpoint(bob.identity_key) is None
+    sent = await alice.send("bob", "via the node")
+    assert sent.state == "sent" and sent.route == "node" and sent.server_seq is not None
+    assert (await bob_log.message("via the node")).message.route == "node"
+    assert len(await stored(bob, "via the node")) == 1
+    await bob.set_p2p(True)
+    assert (await alice.send("bob", "direct again")).route == "direct"
+    assert (await bob_log.message("direct again")).message.route == "direct"
+
+
+async def test_forged_and_wrong_key_records_are_never_used(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **EAGER)
+    mallory, mallory_log = await open_chat(node, "mallory", **P2P)
+    assert node.state is not None
+    conversation = await alice.conversation("bob")
+    expires = int(time.time()) + 300
+    mallory_addresses = mallory.p2p_addresses()
+    # A record for bob signed by mallory (the node refuses to store it; a compromised node could hand it out
+    # anyway: written straight into its store).
+    forged = endpoint_record.sign_record(
+        mallory.vault.sign, bob.identity_key, os.urandom(32), mallory_addresses, None, expires
+    )
+    # bob's own signature over an iroh key that is not the one at the address (mallory's endpoint answers there):
+    # the handshake cannot complete, and the client refuses the peer.
+    wrong_key = endpoint_record.sign_record(
+        bob.vault.sign, bob.identity_key, os.urandom(32), mallory_addresses, None, expires
+    )
+    for n, record in enumerate((forged, wrong_key)):
+        await node.state.store.put_endpoint(bob.identity_key, endpoint_record.encode(record), float(expires))
+        body = f"not to mallory {n}"
+        sent = await alice.send("bob", body)
+        assert sent.state == "sent" and sent.route == "node", record
+        assert (await bob_log.message(body)).message.route == "node"
+        assert len(await stored(bob, body)) == 1
+    assert await inbox_last_seq(node, bob.identity_key, channel_of(conversation)) == 2
+    assert mallory_log.bodies() == []
+
+
+class PeerProcess:
+    """A client process with direct delivery on (`p2p_peer.py`); its JSON lines are collected."""
+
+    def __init__(self, node: Node, name: str, state_dir: Path, *flags: str) -> None:
+        self.args = [str(PEER), node_address(node, "quic"), node.fingerprint, name, str(state_dir), *flags]
+        self.lines: list[dict[str, Any]] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        self._reader = asyncio.create_task(self._read())
+        await self.wait_for(lambda line: "ready" in line)
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for raw in self.process.stdout:
+            self.lines.append(json.loads(raw))
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if predicate(line):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; lines so far: {self.lines}")
+            await asyncio.sleep(0.02)
+
+    async def exited(self, timeout: float = 20) -> int:
+        assert self.process is not None and self._reader is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await self._reader
+        return code
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.exited()
+
+    def bodies(self) -> list[str]:
+        return [line["body"] for line in self.lines if "body" in line]
+
+
+async def bob_process_with_a_dm(
+    node: Node, open_chat: ChatFactory, tmp_path: Path, *flags: str
+) -> tuple[ChatClient, PeerProcess]:
+    bob = PeerProcess(node, "bob", tmp_path / "state-bob", *flags)
+    await bob.start()
+    alice, _ = await open_chat(node, "alice", **P2P)
+    await alice.dm("bob")
+    await bob.wait_for(lambda line: "joined" in line)
+    return alice, bob
+
+
+async def bob_history(open_chat: ChatFactory, node: Node, body: str) -> list[Message]:
+    """bob's stored copies of `body`, read from his state once his process is gone."""
+    bob, _ = await open_chat(node, "bob", start=False, state_password=None)
+    return await stored(bob, body)
+
+
+async def test_an_offline_peer_with_a_stale_record_gets_it_through_the_node_once(
+    node: Node, open_chat: ChatFactory, tmp_path: Path
+) -> None:
+    alice, bob = await bob_process_with_a_dm(node, open_chat, tmp_path)
+    await bob.kill()  # its record stays on the node until it expires: stale
+    bob_key = (await alice.resolve_user("bob"))[1]
+    assert await alice.node.resolve_endpoint(bob_key) is not None
+    sent = await alice.send("bob", "while you were away")
+    assert sent.state == "sent" and sent.route == "node"
+    again = PeerProcess(node, "bob", tmp_path / "state-bob")
+    await again.start()
+    line = await again.wait_for(lambda line: line.get("body") == "while you were away")
+    assert line["route"] == "node"
+    await again.kill()
+    assert [m.route for m in await bob_history(open_chat, node, "while you were away")] == ["node"]
+
+
+@pytest.mark.parametrize("flag", ["--die-before-storing", "--die-before-answering"])
+async def test_a_receiver_killed_before_answering_gets_it_once_through_the_node(
+    node: Node, open_chat: ChatFactory, tmp_path: Path, flag: str
+) -> None:
+    alice, bob = await bob_process_with_a_dm(node, open_chat, tmp_path, flag)
+    sent = await alice.send("bob", "exactly once")
+    assert await bob.exited() != 0  # it died inside the direct receive path
+    # The direct attempt got no answer: the same envelope went to the node.
+    assert sent.state == "sent" and sent.route == "node"
+    again = PeerProcess(node, "bob", tmp_path / "state-bob")
+    await again.start()
+    if flag == "--die-before-storing":
+        await again.wait_for(lambda line: line.get("body") == "exactly once")
+    else:
+        # Stored (and shown) before the kill: the node's copy is the same envelope, recognised and acked.
+        assert bob.bodies() == ["exactly once"]
+        conversation = await alice.conversation("bob")
+        bob_key = (await alice.resolve_user("bob"))[1]
+        assert node.state is not None
+        deadline = time.monotonic() + 20
+        while (await node.state.store.inbox_stats(bob_key, channel_of(conversation))).depth:
+            assert time.monotonic() < deadline, "bob never acked the node's copy"
+            await asyncio.sleep(0.05)
+    await again.kill()
+    assert again.bodies().count("exactly once") + bob.bodies().count("exactly once") == 1
+    assert len(await bob_history(open_chat, node, "exactly once")) == 1
+
+
+async def test_group_commits_never_go_direct(node: Node, open_chat: ChatFactory) -> None:
+    alice, _ = await open_chat(node, "alice", **P2P)
+    bob, bob_log = await open_chat(node, "bob", **P2P)
+    carol, carol_log = await open_chat(node, "carol", **P2P)
+    group = await alice.create_group("team")
+    await alice.invite(group, "bob")
+    await alice.invite(group, "carol")
+    await bob_log.wait_for(JoinedConversation)
+    await carol_log.wait_for(JoinedConversation)
+    sent = await alice.send("team", "hello team")
+    assert sent.route == "direct"
+    await bob_log.message("hello team")
+    before = await inbox_last_seq(node, bob.identity_key, b"")
+    for round_ in range(3):
+        # A commit, and a message at once in the epoch it starts: the commit goes through the node's sequencer
+        # (one more seq in bob's default inbox each time); a message bob cannot take yet (his epoch is behind)
+        # follows it through the node, in order, and nothing breaks.
+        await alice.update_keys("team")
+        await alice.send("team", f"after commit {round_}")
+        await bob_log.message(f"after commit {round_}")
+        await carol_log.message(f"after commit {round_}")
+    # bob's default inbox got exactly the three commits and the messages that took the node: no commit went
+    # direct (it would be missing here), and nothing came twice.
+    via_node = 0
+    for i in range(3):
+        for chat in (bob, carol):
+            copies = await stored(chat, f"after commit {i}")
+            assert len(copies) == 1
+            if chat is bob:
+                via_node += copies[0].route == "node"
+    assert await inbox_last_seq(node, bob.identity_key, b"") - before == 3 + via_node
