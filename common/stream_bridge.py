@@ -15,6 +15,10 @@ The owner may also hold delivery back (`set_budget`: while `hold()` is true, rec
 reads no further calls) and learns how many bytes pycapnp wrote (`on_write`): that is how a connection's calls
 in flight and unsent answers are bounded (server/connection_budget.py).
 
+The node also watches what arrives (`set_inbound`: an `InboundMeter` sees every received byte and how many
+wait here undelivered, and may stop delivery while it has the connection closed): that is how bytes of incoming
+messages in progress are bounded over the whole node (server/incoming_messages.py).
+
 Subclasses say how bytes go out: `QuicStreamTransport` (one QUIC stream) and `TlsStreamTransport` (a TLS
 connection, through `TlsStreamProtocol`).
 """
@@ -24,11 +28,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 
 class StreamBufferOverflow(ConnectionError):
     """The peer sent more than we buffer for a stream whose reader is not keeping up."""
+
+
+class InboundMeter(Protocol):
+    """What the owner of a stream learns of its incoming bytes (server side: a node-wide budget)."""
+
+    @property
+    def open(self) -> bool:
+        """False once the meter had the connection closed: nothing more is delivered."""
+
+    def received(self, data: bytes) -> None:
+        """`data` arrived, in stream order (before it is buffered or delivered)."""
+
+    def buffered(self, count: int) -> None:
+        """`count` received bytes wait in the bridge, not yet delivered."""
+
+    def closed(self) -> None:
+        """The stream ended."""
 
 
 class StreamBridge(asyncio.Transport):
@@ -49,6 +70,7 @@ class StreamBridge(asyncio.Transport):
         self._lost = False
         self._hold: Callable[[], bool] | None = None
         self._on_write: Callable[[int], None] | None = None
+        self._inbound: InboundMeter | None = None
         self.last_received = time.monotonic()
         """When bytes last arrived (time.monotonic): what an idle timeout measures."""
 
@@ -82,11 +104,20 @@ class StreamBridge(asyncio.Transport):
         self._hold = hold
         self._on_write = on_write
 
+    def set_inbound(self, meter: InboundMeter) -> None:
+        self._inbound = meter
+
     def release(self) -> None:
         """The hold may be over: deliver what waits."""
         if self._received and not self._lost:
             self._deliver()
-            self._buffered_changed(len(self._received))
+            self._after_buffer_change()
+
+    def _after_buffer_change(self) -> None:
+        buffered = len(self._received)
+        if self._inbound is not None:
+            self._inbound.buffered(buffered)
+        self._buffered_changed(buffered)
 
     # -- from the owner of the byte stream -----------------------------------------------------------------------
 
@@ -96,11 +127,16 @@ class StreamBridge(asyncio.Transport):
             return
         if data:
             self.last_received = time.monotonic()
+            inbound = self._inbound
+            if inbound is not None:
+                inbound.received(data)
+                if not inbound.open:
+                    return  # being closed: the meter said why
             self._received += data
             if len(self._received) > self._max_buffered:
                 raise StreamBufferOverflow(f"more than {self._max_buffered} bytes buffered on a stream")
             self._deliver()
-            self._buffered_changed(len(self._received))
+            self._after_buffer_change()
         if end_stream:
             self.connection_lost(None)
 
@@ -111,6 +147,8 @@ class StreamBridge(asyncio.Transport):
         self._lost = True
         self._closing = True
         self._received.clear()
+        if self._inbound is not None:
+            self._inbound.closed()
         if self._protocol is not None:
             self._protocol.connection_lost(exc)
         if self._on_closed is not None:
@@ -120,7 +158,14 @@ class StreamBridge(asyncio.Transport):
         protocol = self._protocol
         received = self._received
         hold = self._hold
-        while self._reading and received and protocol is not None and not (hold is not None and hold()):
+        inbound = self._inbound
+        while (
+            self._reading
+            and received
+            and protocol is not None
+            and not (hold is not None and hold())
+            and (inbound is None or inbound.open)
+        ):
             buffer = memoryview(protocol.get_buffer(len(received)))
             count = min(len(buffer), len(received))
             buffer[:count] = received[:count]
@@ -140,7 +185,7 @@ class StreamBridge(asyncio.Transport):
         self._reading = True
         if self._received:
             self._deliver()
-            self._buffered_changed(len(self._received))
+            self._after_buffer_change()
 
     # -- asyncio.WriteTransport ----------------------------------------------------------------------------------
 

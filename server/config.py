@@ -126,6 +126,12 @@ class NodeConfig:
     max_connections: int = 10_000
     max_connections_per_address: int = 256
     max_unauthenticated_connections: int = 512
+    # Bytes of incoming messages not yet complete (and received bytes the node has not read yet), over all
+    # connections: past it the connections that have held bytes the longest are closed. At least the largest
+    # message (max_message_bytes), so that one of those always fits.
+    max_incoming_bytes_in_progress: int = 128 * 1024 * 1024
+    # Bootstrap messages one connection may send (a client needs one); past it the connection is closed.
+    max_bootstraps_per_connection: int = 16
     # ── Attachments (putBlob/getBlob): the largest blob, what one identity may keep at once, and how long a blob
     # is kept. ──
     max_blob_bytes: int = 16 * 1024 * 1024
@@ -160,6 +166,10 @@ class NodeConfig:
                 raise ConfigError(f"{field.name} must be positive, got {value}")
         if self.tcp_idle_timeout_s * 1000 <= self.max_wait_ms:
             raise ConfigError("tcp_idle_timeout_s must be longer than max_wait_ms")
+        if self.max_incoming_bytes_in_progress < self.max_message_bytes:
+            raise ConfigError(
+                f"max_incoming_bytes_in_progress must be at least the largest message ({self.max_message_bytes})"
+            )
         if self.max_parked_per_connection >= self.max_calls_per_connection:
             raise ConfigError("max_parked_per_connection must be below max_calls_per_connection")
         if self.loop not in LOOPS:

@@ -25,6 +25,8 @@ class ConnectionLimits:
     max_connections: int = 10_000
     max_connections_per_address: int = 256
     max_unauthenticated: int = 512
+    max_incoming_bytes_in_progress: int = 128 * 1024 * 1024
+    max_bootstraps: int = 16
 
 
 def _nothing_unsent() -> int:

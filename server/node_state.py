@@ -103,6 +103,8 @@ def connection_limits(config: NodeConfig) -> ConnectionLimits:
         max_connections=config.max_connections,
         max_connections_per_address=config.max_connections_per_address,
         max_unauthenticated=config.max_unauthenticated_connections,
+        max_incoming_bytes_in_progress=config.max_incoming_bytes_in_progress,
+        max_bootstraps=config.max_bootstraps_per_connection,
     )
 
 

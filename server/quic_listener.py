@@ -107,7 +107,7 @@ class NodeQuicConnection(QuicConnectionProtocol):
                 on_closed=self._rpc_stream_closed,
                 extra={"peername": self._peer},
             )
-            self._budget = self._sessions.bind(self._stream)
+            self._budget = self._sessions.bind(self._stream, self._violation)
             stream, _protocol = attach_capnp_stream(self._stream)
             self._sessions.start(
                 stream, self._peer or Peer("quic", "unknown", 0), self._budget, self._rpc_stream_closed

@@ -12,6 +12,7 @@ import capnp  # type: ignore[import-untyped]
 from quicnprotochat.common.capnp_bridge import reader_limit_words
 from quicnprotochat.common.stream_bridge import StreamBridge
 from quicnprotochat.server.connection_budget import ConnectionBudget, ConnectionLimits
+from quicnprotochat.server.incoming_messages import IncomingMessages
 from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.node_counters import NodeCounters, decrement
 from quicnprotochat.server.peer import Peer
@@ -34,9 +35,11 @@ class RpcSessions:
         counters: NodeCounters,
     ) -> None:
         self._bootstrap_for = bootstrap_for
+        self._max_message_bytes = max_message_bytes
         self._reader_limit = reader_limit_words(max_message_bytes)
         self._limits = limits
         self.counters = counters
+        self.incoming = IncomingMessages(limits.max_incoming_bytes_in_progress, counters)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -58,11 +61,17 @@ class RpcSessions:
             _refusals.info(refused, "refusing a connection from %s: %s reached", peer, refused)
         return refused
 
-    def bind(self, bridge: StreamBridge) -> ConnectionBudget:
-        """A new connection's budget, wired to its bridge: reading holds while the budget is spent."""
+    def bind(self, bridge: StreamBridge, close: Callable[[str], None]) -> ConnectionBudget:
+        """A new connection's budget, wired to its bridge: reading holds while the budget is spent; its incoming
+        bytes count in the node's `incoming`, which ends the connection with `close(reason)` past a limit."""
         budget = ConnectionBudget(self._limits)
         budget.attach(bridge.unsent_bytes, bridge.release)
         bridge.set_budget(budget.hold_reading, budget.written)
+        bridge.set_inbound(
+            self.incoming.connection(
+                max_message_bytes=self._max_message_bytes, max_bootstraps=self._limits.max_bootstraps, close=close
+            )
+        )
         return budget
 
     def start(self, stream: Any, peer: Peer, budget: ConnectionBudget, on_end: Callable[[], None]) -> None:

@@ -82,7 +82,7 @@ class TcpListener:
             bridge.abort()
             return
         self._bridges.add(bridge)
-        budget = self._sessions.bind(bridge)
+        budget = self._sessions.bind(bridge, lambda _reason: bridge.abort())
         self._budgets[bridge] = budget
         bridge.on_drained = budget.poke
         stream, _protocol = attach_capnp_stream(bridge)

@@ -4,6 +4,9 @@ raw client, and the normal client that must keep working during every attack."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,21 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def closed_by_peer(sock: socket.socket | ssl.SSLSocket, within: float) -> bool:
+    """Whether the node closes the connection within `within` seconds (answers it sent before are skipped)."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+    return False
 
 
 @dataclass
@@ -78,6 +96,40 @@ def as_node(node: ProcessNode | Node) -> Node:
     return cast(Node, node)
 
 
+class Witness:
+    """A normal client that must keep working during an attack, and must lose nothing the node acknowledged.
+
+    `still_serves()` checks that health answers and that an enqueue from `sender` to `recipient` is accepted,
+    remembering each accepted message; `nothing_lost()` checks that every accepted message is still queued for
+    `recipient`, in order (read with peek, so other checks may follow). Tests whose attacker enqueues as well
+    check the attacker's accepted messages themselves.
+    """
+
+    def __init__(self, sender: User, recipient: User) -> None:
+        self.sender = sender
+        self.recipient = recipient
+        self.accepted: list[bytes] = []
+
+    async def still_serves(self) -> None:
+        payload = b"still here %d" % len(self.accepted)
+        async with asyncio.timeout(15):
+            assert await self.sender.client.health() == "ok"
+            seq = await self.sender.client.enqueue(self.recipient.key, payload)
+        assert seq >= 1
+        self.accepted.append(payload)
+
+    async def nothing_lost(self) -> None:
+        async with asyncio.timeout(15):
+            queued = [envelope.data for envelope in await self.recipient.client.peek(self.recipient.key)]
+        witnessed = [data for data in queued if data.startswith(b"still here ")]
+        assert witnessed == self.accepted, f"acknowledged {len(self.accepted)}, still queued {len(witnessed)}"
+
+    async def through(self) -> None:
+        """The end of an attack: the client still works, and nothing it was acknowledged is gone."""
+        await self.still_serves()
+        await self.nothing_lost()
+
+
 async def assert_still_serves(node: ProcessNode | Node, user: User, recipient: User) -> None:
     """A normal client's calls still answer during an attack: health, and an enqueue that lands."""
     async with asyncio.timeout(15):
@@ -86,4 +138,14 @@ async def assert_still_serves(node: ProcessNode | Node, user: User, recipient: U
         assert seq >= 1
 
 
-__all__ = ["MIB", "ProcessNode", "StartProcessNode", "UserFactory", "as_node", "assert_still_serves", "rss_bytes"]
+__all__ = [
+    "MIB",
+    "ProcessNode",
+    "StartProcessNode",
+    "UserFactory",
+    "Witness",
+    "as_node",
+    "assert_still_serves",
+    "closed_by_peer",
+    "rss_bytes",
+]

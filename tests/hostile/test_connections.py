@@ -17,26 +17,11 @@ from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
 
-from .conftest import StartProcessNode, as_node, assert_still_serves
+from .conftest import StartProcessNode, as_node, assert_still_serves, closed_by_peer
 
 # An idle, bootstrapped TLS connection cost about 320 KB before asyncio's per-connection TLS read buffer was cut
 # from 256 KiB to 32 KiB; what remains is OpenSSL's state, pycapnp's and kj's per-connection objects.
 IDLE_CONNECTION_BUDGET = 160 * 1024
-
-
-def _closed_by_peer(sock: socket.socket | ssl.SSLSocket, within: float) -> bool:
-    """Whether the node closes the connection within `within` seconds (answers it sent before are skipped)."""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
-    return False
 
 
 async def test_tcp_without_tls_and_half_handshakes_are_closed(tmp_path: Path, make_user: UserFactory) -> None:
@@ -51,7 +36,7 @@ async def test_tcp_without_tls_and_half_handshakes_are_closed(tmp_path: Path, ma
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, no more
         alice = await make_user(node, "alice")
         await asyncio.sleep(1.0)
-        closed = await asyncio.to_thread(lambda: [_closed_by_peer(s, 2.0) for s in silent + half])
+        closed = await asyncio.to_thread(lambda: [closed_by_peer(s, 2.0) for s in silent + half])
         assert all(closed), closed.count(False)
         await assert_still_serves(node, alice, alice)
         for sock in silent + half:
@@ -76,7 +61,7 @@ async def test_idle_tls_connections_and_half_frames_are_closed(tmp_path: Path, m
 
         opened = await asyncio.to_thread(open_idle)
         alice = await make_user(node, "alice", transport="tcp")
-        closed = await asyncio.to_thread(lambda: [_closed_by_peer(raw.sock, 3.0) for raw in opened])
+        closed = await asyncio.to_thread(lambda: [closed_by_peer(raw.sock, 3.0) for raw in opened])
         assert all(closed), closed.count(False)
         assert node.counters.refused["tcp_idle_timeout_s"] >= 10
         # A client that keeps calling is not idle.
