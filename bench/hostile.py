@@ -5,9 +5,9 @@ gives the node's RSS (before, peak, after) and the normal client's p99, plus wha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +37,19 @@ def _reasons(answers: list[str | None]) -> dict[str, int]:
         code = "ok" if reason is None else reason.removeprefix("message = ").split(":", 1)[0]
         counts[code] = counts.get(code, 0) + 1
     return counts
+
+
+def _closed_by_node(sock: socket.socket) -> bool:
+    """Whether the node has closed this connection (what it sent before is read and dropped)."""
+    sock.settimeout(0.01)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
 
 
 # -- the attacks: blocking, each in its own thread, until `stop` is set ----------------------------------------
@@ -84,11 +97,8 @@ def idle_tls(address: tuple[str, int], who: dict[str, Any], stop: threading.Even
 def tcp_without_tls(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     sockets = [socket.create_connection(address) for _ in range(300)]
     stop.wait()
-    closed = 0
+    closed = sum(_closed_by_node(sock) for sock in sockets)
     for sock in sockets:
-        sock.settimeout(0.01)
-        with contextlib.suppress(TimeoutError, OSError):
-            closed += sock.recv(1) == b""
         sock.close()
     return {"tcp_connections": len(sockets), "closed_by_node": closed}
 
@@ -124,16 +134,42 @@ def malformed(address: tuple[str, int], who: dict[str, Any], stop: threading.Eve
 
 
 def bootstrap_flood(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
-    sent = 0
+    """Bootstrap messages as fast as they go, 20,000 per connection (a new connection when the node closes one)."""
+    sent = connections = closed_by_node = 0
     while not stop.is_set():
         raw = RawRpc(*address)
-        for question in range(1, 20_001):
-            message = rpc.Message.new_message()
-            message.init("bootstrap").questionId = question
-            raw.send(bytes(message.to_bytes()))
-            sent += 1
+        connections += 1
+        try:
+            for question in range(1, 20_001):
+                message = rpc.Message.new_message()
+                message.init("bootstrap").questionId = question
+                raw.send(bytes(message.to_bytes()))
+                sent += 1
+        except (OSError, ConnectionError):
+            closed_by_node += 1
         raw.close()
-    return {"bootstrap_messages": sent}
+    return {"bootstrap_messages": sent, "connections": connections, "closed_by_node": closed_by_node}
+
+
+def half_frames(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+    """20 connections, each announcing a 16 MiB message and sending 15 MiB of it, held open."""
+    half = struct.pack("<II", 0, 2 * MIB) + bytes(15 * MIB - 8)
+    opened: list[RawRpc] = []
+    refused = 0
+    for _ in range(20):
+        if stop.is_set():
+            break
+        try:
+            raw = RawRpc(*address)
+            opened.append(raw)
+            raw.send(half)
+        except (OSError, ConnectionError):
+            refused += 1
+    stop.wait()
+    closed = sum(_closed_by_node(raw.sock) for raw in opened)
+    for raw in opened:
+        raw.close()
+    return {"connections": len(opened), "closed_by_node": closed + refused}
 
 
 ATTACKS: dict[str, Attack] = {
@@ -143,6 +179,7 @@ ATTACKS: dict[str, Attack] = {
     "login_lockout": login_lockout,
     "malformed": malformed,
     "bootstrap_flood": bootstrap_flood,
+    "half_frames": half_frames,
 }
 
 

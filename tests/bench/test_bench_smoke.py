@@ -153,9 +153,12 @@ def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
         "login_lockout",
         "malformed",
         "bootstrap_flood",
+        "half_frames",
     }
     for figures in results["attacks"].values():
         assert figures["node_rss_peak_mb"] >= figures["node_rss_before_mb"] > 0
         assert figures["normal_client_failures"] == 0 and figures["normal_client_calls"] > 0
     assert results["attacks"]["malformed"]["bad_utf8_login_starts"].keys() == {"invalid_argument"}
+    flood = results["attacks"]["bootstrap_flood"]
+    assert flood["closed_by_node"] == flood["connections"] >= 1  # past max_bootstraps_per_connection
     assert results["normal_user_logs_in_after"] is True
