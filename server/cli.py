@@ -20,7 +20,7 @@ from quicnprotochat.common.connect import open_quic, open_tcp
 from quicnprotochat.native import RootKey
 from quicnprotochat.server import __version__
 from quicnprotochat.server.at_rest import new_root_key, node_root_key, rekey, root_key_source
-from quicnprotochat.server.coffer_admin import list_coffer, load_coffer
+from quicnprotochat.server.coffer_admin import counts, list_coffer, load_coffer, read_definition
 from quicnprotochat.server.coffer_file import CofferFileError
 from quicnprotochat.server.config import LOOPS, ConfigError, NodeConfig, load_config, parse_listen
 from quicnprotochat.server.identity import (
@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", type=Path, help="[clients] maps names to bot keys; a table per name holds its secrets")
     load.add_argument("--store", help="the node's database (default: as configured)")
     _root_key_options(load)
+    check = coffer_commands.add_parser("check", help="check a definition file only (no node, no key needed)")
+    check.add_argument("file", type=Path)
     listing = coffer_commands.add_parser("list", help="the bots with a shard: names and keys, never a value")
     listing.add_argument("--store", help="the node's database (default: as configured)")
 
@@ -129,7 +131,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
     overrides = {"data_dir": args.data_dir}
     if args.command in ("run", "init", "rekey") or getattr(args, "coffer_command", None) == "load":
         overrides |= {"root_key_file": args.root_key_file, "root_key_passphrase": args.root_passphrase}
-    if args.command in ("rekey", "coffer"):
+    if args.command == "rekey" or getattr(args, "coffer_command", None) in ("load", "list"):
         overrides |= {"store": args.store}
     if args.command == "run":
         overrides |= {
@@ -274,6 +276,17 @@ async def _rekey(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 async def _coffer(config: NodeConfig, args: argparse.Namespace) -> int:
+    try:
+        if args.coffer_command == "check":
+            checked = counts(read_definition(args.file))
+            print(f"{args.file}: {checked.clients} bots, {checked.secrets} secrets; nothing loaded")
+            return 0
+        return await _coffer_on_node(config, args)
+    except CofferFileError as error:
+        raise CofferFileError(None, f"{args.file}: {error}") from None
+
+
+async def _coffer_on_node(config: NodeConfig, args: argparse.Namespace) -> int:
     if read_certificate(config.data_dir) is None:  # a mistyped --data-dir must not get a database of its own
         raise IdentityError(f"no node in {config.data_dir} (`qpc-server init` or `run` makes one; see --data-dir)")
     root = node_root_key(config) if args.coffer_command == "load" else None
@@ -283,10 +296,7 @@ async def _coffer(config: NodeConfig, args: argparse.Namespace) -> int:
             for line in await list_coffer(store):
                 print(line)
             return 0
-        try:
-            loaded = await load_coffer(config, root, store, args.file)
-        except CofferFileError as error:
-            raise CofferFileError(None, f"{args.file}: {error}") from None
+        loaded = await load_coffer(config, root, store, args.file)
     finally:
         await store.close()
     print(f"coffer loaded: {loaded.clients} bots, {loaded.secrets} secrets (every earlier shard replaced)")

@@ -1,4 +1,4 @@
-"""`qpc-server coffer load FILE` and `qpc-server coffer list`: the operator's side of the coffer.
+"""`qpc-server coffer load FILE`, `check FILE` and `list`: the operator's side of the coffer.
 
 A load reads and checks the whole file first (`coffer_file`), then checks that the root key given is this node's
 (the node's sealed identity and its sealed records must open under it), and only then replaces every shard in one
@@ -14,7 +14,7 @@ from pathlib import Path
 from quicnprotochat.common.bot_keys import bot_key_text
 from quicnprotochat.native import RootKey
 from quicnprotochat.server.at_rest import SealedStore
-from quicnprotochat.server.coffer_file import CofferFileError, parse_coffer_file
+from quicnprotochat.server.coffer_file import CofferDefinition, CofferFileError, parse_coffer_file
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import load_identity
 from quicnprotochat.server.sealed_coffer import check_coffer, seal_definition
@@ -45,8 +45,17 @@ def read_definition_file(path: Path) -> str:
         raise CofferFileError(line, "not UTF-8 text") from None
 
 
+def read_definition(path: Path) -> CofferDefinition:
+    """The checked definition in `path` (`coffer check` stops here)."""
+    return parse_coffer_file(read_definition_file(path))
+
+
+def counts(definition: CofferDefinition) -> Loaded:
+    return Loaded(len(definition.clients), sum(len(client.secrets) for client in definition.clients))
+
+
 async def load_coffer(config: NodeConfig, root: RootKey | None, store: SealedStore, path: Path) -> Loaded:
-    definition = parse_coffer_file(read_definition_file(path))
+    definition = read_definition(path)
     if root is None:
         raise SealedDataError(
             "coffer secrets are sealed under the node's root key: give it (--root-key-file or --root-passphrase)"
@@ -57,7 +66,7 @@ async def load_coffer(config: NodeConfig, root: RootKey | None, store: SealedSto
     await check_coffer(store, root)
     shards = seal_definition(root, definition)
     await store.replace_coffer(shards)
-    return Loaded(len(shards), sum(shard.secret_count for shard in shards))
+    return counts(definition)
 
 
 async def list_coffer(store: SealedStore) -> list[str]:

@@ -22,6 +22,7 @@ from quicnprotochat.common.bot_keys import bot_key_text
 from quicnprotochat.common.coffer_shard import CofferValue, coffer_info, decode_shard
 from quicnprotochat.common.errors import FailedPrecondition, NotFound, RpcError
 from quicnprotochat.native import NativeError
+from quicnprotochat.server.cli import main
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import KEY_FILE
 from quicnprotochat.server.node import Node
@@ -331,3 +332,19 @@ async def test_the_node_refuses_to_start_on_shards_its_root_key_cannot_open(
         await started(config)
     assert shard_rows(config) == before
     assert (config.data_dir / KEY_FILE).exists()  # still in clear: the refused start sealed nothing
+
+
+def test_check_reads_a_file_and_touches_no_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(EVERY_TYPE)
+    bad.write_text(EVERY_TYPE + f'list = ["{PLANTED}"]\n')
+    nowhere = ["--data-dir", str(tmp_path / "no-node")]
+    assert main([*nowhere, "coffer", "check", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: 2 bots, 21 secrets; nothing loaded\n"
+    assert main([*nowhere, "coffer", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"qpc-server: {bad}: line 29: billing.list is an array; a coffer holds only strings, integers, "
+        "floats, booleans, and dates, times or date-times\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.toml", "good.toml"]
