@@ -53,12 +53,10 @@ def open_shard(root: RootKey, shard: CofferShard) -> bytearray:
 async def check_coffer(store: CofferStore, root: RootKey | None) -> int:
     """Every shard opens under `root` (read-only, each forgotten at once); returns how many there are."""
     shards = await store.coffer_shards()
-    if shards and root is None:
-        raise SealedDataError(
-            f"{_where(shards[0])} is sealed: give the root key (--root-key-file or --root-passphrase)"
-        )
     for shard in shards:
-        assert root is not None
+        if root is None:
+            where = _where(shard)
+            raise SealedDataError(f"{where} is sealed: give the root key (--root-key-file or --root-passphrase)")
         wipe(open_shard(root, shard))
     return len(shards)
 
