@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -19,6 +19,7 @@ from quicnprotochat.server.node import Node
 from tests.conftest import User, UserFactory
 
 MIB = 1 << 20
+T = TypeVar("T")
 
 
 def rss_bytes(pid: int) -> int:
@@ -99,15 +100,16 @@ def as_node(node: ProcessNode | Node) -> Node:
 class Witness:
     """A normal client that must keep working during an attack, and must lose nothing the node acknowledged.
 
-    `still_serves()` checks that health answers and that an enqueue from `sender` to `recipient` is accepted,
-    remembering each accepted message; `nothing_lost()` checks that every accepted message is still queued for
-    `recipient`, in order (read with peek, so other checks may follow). Tests whose attacker enqueues as well
-    check the attacker's accepted messages themselves.
+    `still_serves()` checks that health answers and that an enqueue from `sender` to `recipient` (the sender
+    itself unless given) is accepted, remembering each accepted message; `during(attack)` runs those checks
+    over and over while the attack runs; `nothing_lost()` checks that every accepted message is still queued,
+    in order (read with peek, so other checks may follow). Tests whose attacker enqueues as well check the
+    attacker's accepted messages themselves.
     """
 
-    def __init__(self, sender: User, recipient: User) -> None:
+    def __init__(self, sender: User, recipient: User | None = None) -> None:
         self.sender = sender
-        self.recipient = recipient
+        self.recipient = recipient or sender
         self.accepted: list[bytes] = []
 
     async def still_serves(self) -> None:
@@ -117,6 +119,18 @@ class Witness:
             seq = await self.sender.client.enqueue(self.recipient.key, payload)
         assert seq >= 1
         self.accepted.append(payload)
+
+    async def during(self, attack: Awaitable[T]) -> T:
+        """Awaits `attack`, checking `still_serves()` over and over until it is done; returns its result."""
+        task = asyncio.ensure_future(attack)
+        try:
+            while not task.done():
+                await self.still_serves()
+                await asyncio.wait([task], timeout=0.05)
+        except BaseException:
+            task.cancel()
+            raise
+        return await task
 
     async def nothing_lost(self) -> None:
         async with asyncio.timeout(15):
@@ -130,14 +144,6 @@ class Witness:
         await self.nothing_lost()
 
 
-async def assert_still_serves(node: ProcessNode | Node, user: User, recipient: User) -> None:
-    """A normal client's calls still answer during an attack: health, and an enqueue that lands."""
-    async with asyncio.timeout(15):
-        assert await user.client.health() == "ok"
-        seq = await user.client.enqueue(recipient.key, b"still here")
-        assert seq >= 1
-
-
 __all__ = [
     "MIB",
     "ProcessNode",
@@ -145,7 +151,6 @@ __all__ = [
     "UserFactory",
     "Witness",
     "as_node",
-    "assert_still_serves",
     "closed_by_peer",
     "rss_bytes",
 ]

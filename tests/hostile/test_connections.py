@@ -17,7 +17,7 @@ from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
 
-from .conftest import StartProcessNode, as_node, assert_still_serves, closed_by_peer
+from .conftest import StartProcessNode, Witness, as_node, closed_by_peer
 
 # An idle, bootstrapped TLS connection cost about 320 KB before asyncio's per-connection TLS read buffer was cut
 # from 256 KiB to 32 KiB; what remains is OpenSSL's state, pycapnp's and kj's per-connection objects.
@@ -34,11 +34,11 @@ async def test_tcp_without_tls_and_half_handshakes_are_closed(tmp_path: Path, ma
         half = [socket.create_connection(address) for _ in range(20)]
         for sock in half:
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, no more
-        alice = await make_user(node, "alice")
-        await asyncio.sleep(1.0)
-        closed = await asyncio.to_thread(lambda: [closed_by_peer(s, 2.0) for s in silent + half])
+        witness = Witness(await make_user(node, "alice"))
+        await witness.during(asyncio.sleep(1.0))
+        closed = await witness.during(asyncio.to_thread(lambda: [closed_by_peer(s, 2.0) for s in silent + half]))
         assert all(closed), closed.count(False)
-        await assert_still_serves(node, alice, alice)
+        await witness.through()
         for sock in silent + half:
             sock.close()
     finally:
@@ -60,12 +60,12 @@ async def test_idle_tls_connections_and_half_frames_are_closed(tmp_path: Path, m
             return opened
 
         opened = await asyncio.to_thread(open_idle)
-        alice = await make_user(node, "alice", transport="tcp")
-        closed = await asyncio.to_thread(lambda: [closed_by_peer(raw.sock, 3.0) for raw in opened])
+        witness = Witness(await make_user(node, "alice", transport="tcp"))
+        # A client that keeps calling is not idle.
+        closed = await witness.during(asyncio.to_thread(lambda: [closed_by_peer(raw.sock, 3.0) for raw in opened]))
         assert all(closed), closed.count(False)
         assert node.counters.refused["tcp_idle_timeout_s"] >= 10
-        # A client that keeps calling is not idle.
-        await assert_still_serves(node, alice, alice)
+        await witness.through()
         for raw in opened:
             raw.close()
     finally:
@@ -78,7 +78,7 @@ async def test_connection_caps_per_address_and_unauthenticated(tmp_path: Path, m
     try:
         assert node.tcp_address is not None
         address = node.tcp_address
-        alice = await make_user(node, "alice", transport="tcp")  # logged in: not counted as unauthenticated
+        witness = Witness(await make_user(node, "alice", transport="tcp"))  # logged in: not unauthenticated
         assert node.counters.unauthenticated_connections == 0
 
         def health(raw: RawRpc) -> str | None:
@@ -92,14 +92,14 @@ async def test_connection_caps_per_address_and_unauthenticated(tmp_path: Path, m
             return opened, [health(raw) for raw in opened]
 
         # 127.0.0.1: alice's connection and two more make three; the fourth is closed at once.
-        local, answers = await asyncio.to_thread(open_many, 3)
+        local, answers = await witness.during(asyncio.to_thread(open_many, 3))
         assert answers == ["ok", "ok", None]
         assert node.counters.refused["max_connections_per_address"] == 1
         # 127.0.0.2: two more not logged in make four; the fifth is closed at once.
-        other, answers = await asyncio.to_thread(open_many, 3, "127.0.0.2")
+        other, answers = await witness.during(asyncio.to_thread(open_many, 3, "127.0.0.2"))
         assert answers == ["ok", "ok", None]
         assert node.counters.refused["max_unauthenticated_connections"] == 1
-        await assert_still_serves(node, alice, alice)
+        await witness.through()
         for raw in local + other:
             raw.close()
         await asyncio.sleep(0.3)
@@ -112,10 +112,11 @@ async def test_connection_caps_per_address_and_unauthenticated(tmp_path: Path, m
         await node.stop()
 
 
-async def test_a_quic_handshake_that_never_finishes_is_dropped(tmp_path: Path) -> None:
+async def test_a_quic_handshake_that_never_finishes_is_dropped(tmp_path: Path, make_user: UserFactory) -> None:
     node = Node(loopback_config(tmp_path / "n", handshake_timeout_s=0.3))
     await node.start()
     try:
+        witness = Witness(await make_user(node, "alice"))
         assert node.quic_address is not None
         configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
         client = QuicConnection(configuration=configuration)
@@ -123,15 +124,16 @@ async def test_a_quic_handshake_that_never_finishes_is_dropped(tmp_path: Path) -
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             for datagram, _address in client.datagrams_to_send(now=time.time()):
                 udp.sendto(datagram, node.quic_address)  # the client's first flight, then silence
-            await asyncio.sleep(1.0)
+            await witness.during(asyncio.sleep(1.0))
         assert node.counters.refused["handshake_timeout_s"] == 1
+        await witness.through()
     finally:
         await node.stop()
 
 
 async def test_memory_per_idle_tls_connection(process_node: StartProcessNode, make_user: UserFactory) -> None:
     node = await process_node(max_connections_per_address=1000, max_unauthenticated_connections=1000)
-    alice = await make_user(as_node(node), "alice")
+    witness = Witness(await make_user(as_node(node), "alice"))
 
     def open_idle(count: int) -> list[RawRpc]:
         opened = [RawRpc(*node.tcp_address) for _ in range(count)]
@@ -147,6 +149,6 @@ async def test_memory_per_idle_tls_connection(process_node: StartProcessNode, ma
     per_connection = (node.rss() - before) / 300
     print(f"memory per idle TLS connection: {per_connection / 1024:.0f} KiB")
     assert per_connection < IDLE_CONNECTION_BUDGET
-    await assert_still_serves(node, alice, alice)
+    await witness.through()  # the 320 connections still open
     for raw in warm + opened:
         raw.close()

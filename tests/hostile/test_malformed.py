@@ -28,7 +28,7 @@ from quicnprotochat.bench.rawrpc import (
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory
 
-from .conftest import MIB, Witness, assert_still_serves, closed_by_peer
+from .conftest import MIB, Witness, closed_by_peer
 
 BAD_TEXTS = {
     "invalid UTF-8": b"ali\xffce\x00",
@@ -73,13 +73,14 @@ def struct_question(frame: bytes) -> int:
 
 async def test_bad_text_in_every_username_method_is_invalid_argument(node: Node, make_user: UserFactory) -> None:
     alice = await make_user(node, "alice")
+    witness = Witness(alice)
     token = alice.client.access_token
     assert token is not None
     calls: list[tuple[str | int, Any]] = []
     for bad in BAD_TEXTS.values():
         calls += [(method, build(bad)) for method, build in OPAQUE_METHODS.items()]
         calls.append(("resolveUser", wire.ResolveUser.new_message(username=bad, auth=auth(token))))
-    reasons = await asyncio.to_thread(_ask_all, node, calls)
+    reasons = await witness.during(asyncio.to_thread(_ask_all, node, calls))
     assert len(reasons) == 15
     for (method, _params), reason in zip(calls, reasons, strict=True):
         assert reason is not None and "invalid_argument: username " in reason, (method, reason)
@@ -87,47 +88,46 @@ async def test_bad_text_in_every_username_method_is_invalid_argument(node: Node,
         "is not valid UTF-8 text",
         "is not NUL-terminated text",
     }
-    await assert_still_serves(node, alice, alice)
+    await witness.through()
 
 
-async def test_authentication_comes_before_parameters(node: Node) -> None:
+async def test_authentication_comes_before_parameters(node: Node, make_user: UserFactory) -> None:
+    witness = Witness(await make_user(node, "alice"))
     bad = BAD_TEXTS["invalid UTF-8"]
-    reasons = await asyncio.to_thread(
-        _ask_all,
-        node,
-        [
-            ("resolveUser", wire.ResolveUser.new_message(username=bad)),
-            ("resolveUser", wire.ResolveUser.new_message(username=bad, auth=auth(os.urandom(32)))),
-        ],
-    )
+    calls: list[tuple[str | int, Any]] = [
+        ("resolveUser", wire.ResolveUser.new_message(username=bad)),
+        ("resolveUser", wire.ResolveUser.new_message(username=bad, auth=auth(os.urandom(32)))),
+    ]
+    reasons = await witness.during(asyncio.to_thread(_ask_all, node, calls))
     assert all(r is not None and "unauthenticated:" in r for r in reasons), reasons
+    await witness.through()
 
 
 async def test_pointers_of_the_wrong_kind_are_invalid_argument(node: Node, make_user: UserFactory) -> None:
     alice = await make_user(node, "alice")
+    witness = Witness(alice)
     token = alice.client.access_token
     assert token is not None
     read = {"channelId": b"", "version": 1, "limit": 0}
-    reasons = await asyncio.to_thread(
-        _ask_all,
-        node,
-        [
-            ("opaqueLoginStart", wire.UsernameRequestWrongKind.new_message(username={"value": 7}, request=b"r")),
-            ("resolveUser", wire.ResolveUserWrongKind.new_message(username=[b"a", b"b"], auth=auth(token))),
-            ("peek", wire.ReadInboxWrongKind.new_message(recipientKey={"value": 1}, auth=auth(token), **read)),
-            ("peek", wire.ReadInboxAuthAsList.new_message(recipientKey=alice.key, auth=[1, 2, 3], **read)),
-        ],
-    )
+    calls: list[tuple[str | int, Any]] = [
+        ("opaqueLoginStart", wire.UsernameRequestWrongKind.new_message(username={"value": 7}, request=b"r")),
+        ("resolveUser", wire.ResolveUserWrongKind.new_message(username=[b"a", b"b"], auth=auth(token))),
+        ("peek", wire.ReadInboxWrongKind.new_message(recipientKey={"value": 1}, auth=auth(token), **read)),
+        ("peek", wire.ReadInboxAuthAsList.new_message(recipientKey=alice.key, auth=[1, 2, 3], **read)),
+    ]
+    reasons = await witness.during(asyncio.to_thread(_ask_all, node, calls))
     assert [r.split("invalid_argument: ", 1)[1] if r else r for r in reasons] == [
         "username has the wrong type (malformed pointer)",
         "username has the wrong type (malformed pointer)",
         "recipientKey has the wrong type (malformed pointer)",
         "auth has the wrong type (malformed pointer)",
     ], reasons
+    await witness.through()
 
 
 async def test_pointers_out_of_bounds_are_invalid_argument(node: Node, make_user: UserFactory) -> None:
     alice = await make_user(node, "alice")
+    witness = Witness(alice)
     token = alice.client.access_token
     assert token is not None and node.tcp_address is not None
     marker = b"m" * 37
@@ -137,26 +137,27 @@ async def test_pointers_out_of_bounds_are_invalid_argument(node: Node, make_user
         params = wire.ReadInbox.new_message(recipientKey=marker, channelId=b"", version=1, auth=auth(token), limit=0)
         _question, frame = builder.call_frame("peek", params)
         frames.append(patch_word(frame, find_byte_list_pointer(frame, len(marker)), word))
-    reasons = await asyncio.to_thread(_send_frames, node, frames)
+    reasons = await witness.during(asyncio.to_thread(_send_frames, node, frames))
     assert all(r is not None and "invalid_argument: recipientKey points outside the message" in r for r in reasons), (
         reasons
     )
-    await assert_still_serves(node, alice, alice)
+    await witness.through()
 
 
 async def test_amplified_lists_hit_the_traversal_limit(node: Node, make_user: UserFactory) -> None:
     """1,000 list pointers to one 1 MiB blob: a 1 MiB message that would cost 1 GiB to read."""
     alice = await make_user(node, "alice")
+    witness = Witness(alice)
     token = alice.client.access_token
     assert token is not None and node.tcp_address is not None
     frame = amplified_keys(Frames(), token, MIB, 1000)
     assert len(frame) < 2 * MIB
-    reasons = await asyncio.to_thread(_send_frames, node, [frame])
+    reasons = await witness.during(asyncio.to_thread(_send_frames, node, [frame]))
     assert (
         reasons[0] is not None
         and "invalid_argument: identityKeys makes the call exceed the message traversal" in (reasons[0])
     ), reasons
-    await assert_still_serves(node, alice, alice)
+    await witness.through()
 
 
 async def test_unknown_methods_are_unimplemented(node: Node) -> None:
@@ -177,14 +178,18 @@ async def test_unknown_methods_are_unimplemented(node: Node) -> None:
     assert "internal:" not in reason
 
 
-async def test_repeated_client_faults_are_one_log_line(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+async def test_repeated_client_faults_are_one_log_line(
+    node: Node, make_user: UserFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    witness = Witness(await make_user(node, "alice"))
     caplog.set_level(logging.INFO)
     params = OPAQUE_METHODS["opaqueLoginStart"](BAD_TEXTS["invalid UTF-8"])
-    reasons = await asyncio.to_thread(_ask_all, node, [("opaqueLoginStart", params)] * 200)
+    reasons = await witness.during(asyncio.to_thread(_ask_all, node, [("opaqueLoginStart", params)] * 200))
     assert all(r and "invalid_argument:" in r for r in reasons)
     lines = [r for r in caplog.records if "malformed opaqueLoginStart call" in r.getMessage()]
     assert len(lines) == 1
     assert not any(r.exc_info for r in caplog.records)  # no tracebacks for the client's faults
+    await witness.through()
 
 
 async def test_bootstrap_floods_close_the_connection(
@@ -212,10 +217,7 @@ async def test_bootstrap_floods_close_the_connection(
             raw.close()
         return closed
 
-    flooding = asyncio.ensure_future(asyncio.to_thread(flood, 10))
-    while not flooding.done():
-        await witness.still_serves()
-    assert await flooding == [True] * 10
+    assert await witness.during(asyncio.to_thread(flood, 10)) == [True] * 10
     assert node.counters.refused["max_bootstraps_per_connection"] == 10
     await witness.through()
     noisy = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]

@@ -15,7 +15,7 @@ from quicnprotochat.common.errors import ResourceExhausted
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
 
-from .conftest import MIB, StartProcessNode, as_node, assert_still_serves
+from .conftest import MIB, StartProcessNode, Witness, as_node
 
 # What the node may grow by while one client sends peeks of a 1 MiB message and never reads: its answer budget
 # (max_unsent_bytes_per_connection, 4 MiB), one answer past it, kernel and TLS buffers and the calls parked in
@@ -43,15 +43,15 @@ def _flood_peeks(address: tuple[str, int], token: bytes, key: bytes, calls: int,
 async def test_peeks_never_read_keep_the_node_bounded(process_node: StartProcessNode, make_user: UserFactory) -> None:
     node = await process_node()
     alice = await make_user(as_node(node), "alice", transport="tcp")
-    bob = await make_user(as_node(node), "bob")
+    witness = Witness(await make_user(as_node(node), "bob"), alice)
     await alice.client.enqueue(alice.key, os.urandom(MIB))
     assert alice.client.access_token is not None
     await asyncio.sleep(0.5)
     before = node.rss()
-    raw, sent = await asyncio.to_thread(_flood_peeks, node.tcp_address, alice.client.access_token, alice.key, 1000, 8)
+    flood = asyncio.to_thread(_flood_peeks, node.tcp_address, alice.client.access_token, alice.key, 1000, 8)
+    raw, sent = await witness.during(flood)
     try:
-        await asyncio.sleep(1.0)
-        await assert_still_serves(node, bob, alice)
+        await witness.during(asyncio.sleep(1.0))
         grown = node.rss() - before
         print(f"peek flood: {sent} calls sent, node grew by {grown / MIB:.1f} MiB")
         assert grown < PEEK_FLOOD_BUDGET, f"the node grew by {grown / MIB:.0f} MiB after {sent} unread peeks"
@@ -59,10 +59,10 @@ async def test_peeks_never_read_keep_the_node_bounded(process_node: StartProcess
     finally:
         raw.close()
     await asyncio.sleep(1.0)
-    await assert_still_serves(node, bob, alice)
+    await witness.through()
     assert node.rss() - before < PEEK_FLOOD_BUDGET
     # Nothing acknowledged was lost: alice's message is still there for a normal read.
-    assert [len(e.data) for e in await alice.client.peek(alice.key)] == [MIB, 10, 10]
+    assert len((await alice.client.peek(alice.key))[0].data) == MIB
 
 
 async def test_calls_past_the_per_connection_cap_wait_and_are_served(tmp_path: Path, make_user: UserFactory) -> None:
@@ -72,18 +72,20 @@ async def test_calls_past_the_per_connection_cap_wait_and_are_served(tmp_path: P
     await node.start()
     try:
         alice = await make_user(node, "alice")
+        witness = Witness(alice)
         bob = await make_user(node, "bob")
         waits = [asyncio.ensure_future(bob.client.fetch_wait(bob.key, timeout_ms=3000)) for _ in range(3)]
-        await asyncio.sleep(0.3)
+        await witness.during(asyncio.sleep(0.3))
         # Three parked + this one = 4 running: health still answers, a fifth call would wait.
         assert await bob.client.health() == "ok"
         blocked = [asyncio.ensure_future(bob.client.health()) for _ in range(2)]
-        await asyncio.sleep(0.3)
+        await witness.during(asyncio.sleep(0.3))
         await alice.client.enqueue(bob.key, b"wake one")
         done = await asyncio.gather(*blocked)
         assert done == ["ok", "ok"]
         results = await asyncio.gather(*waits)
         assert sorted(len(r) for r in results) == [0, 0, 1]
+        await witness.through()
     finally:
         await node.stop()
 
@@ -92,6 +94,7 @@ async def test_parked_waits_are_capped_per_connection(node: Node, make_user: Use
     config = node.config
     bob = await make_user(node, "bob")
     alice = await make_user(node, "alice")
+    witness = Witness(alice)
     limits = (await bob.client.server_info()).limits  # clients can stay inside the caps
     assert (limits.max_parked_per_connection, limits.max_parked_per_identity, limits.max_calls_per_connection) == (
         config.max_parked_per_connection,
@@ -102,12 +105,13 @@ async def test_parked_waits_are_capped_per_connection(node: Node, make_user: Use
         asyncio.ensure_future(bob.client.fetch_wait(bob.key, timeout_ms=5000))
         for _ in range(config.max_parked_per_connection)
     ]
-    await asyncio.sleep(0.3)
+    await witness.during(asyncio.sleep(0.3))
     assert node.counters.parked_waits == config.max_parked_per_connection
     with pytest.raises(ResourceExhausted, match="parked on this connection"):
         await bob.client.peek_wait(bob.key, timeout_ms=5000)
     assert node.counters.refused["max_parked_per_connection"] == 1
     # Other clients are not held up, and the parked ones still get what arrives.
+    await witness.through()
     await alice.client.enqueue(bob.key, b"for a parked wait")
     done, pending = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
     assert [len(task.result()) for task in done] == [1]
@@ -126,15 +130,17 @@ async def test_parked_waits_per_identity_span_connections(tmp_path: Path, make_u
     node = Node(loopback_config(tmp_path / "n", max_parked_per_connection=3, max_parked_per_identity=5))
     await node.start()
     try:
+        witness = Witness(await make_user(node, "alice"))
         bob = await make_user(node, "bob")
         bob2 = await make_user(node, "bob", register=False, login=False)
         bob2.client.access_token = bob.client.access_token
         waits = [asyncio.ensure_future(bob.client.fetch_wait(bob.key, timeout_ms=3000)) for _ in range(3)]
         waits += [asyncio.ensure_future(bob2.client.fetch_wait(bob.key, timeout_ms=3000)) for _ in range(2)]
-        await asyncio.sleep(0.3)
+        await witness.during(asyncio.sleep(0.3))
         with pytest.raises(ResourceExhausted, match="parked for this identity"):
             await bob2.client.fetch_wait(bob.key, timeout_ms=3000)
         assert node.counters.refused["max_parked_per_identity"] == 1
+        await witness.through()
         for task in waits:
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
