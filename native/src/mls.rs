@@ -1,7 +1,8 @@
 //! MLS (RFC 9420) over OpenMLS with an encrypted, persistent store.
 //!
 //! A [`Vault`] is one SQLCipher database (raw 32-byte key) that holds
-//! * the OpenMLS state (through `openmls_sqlite_storage`; row format in `codec`),
+//! * the OpenMLS state (`storage`: OpenMLS's SQLite provider, row format in `codec`, the message
+//!   secrets split by `split_secrets`),
 //! * the Ed25519 identity (the basic credential is the 32-byte public key),
 //! * the X-Wing seed of the client's hybrid envelope key,
 //! * the list of groups this vault takes part in,
@@ -34,9 +35,12 @@ mod cache;
 mod codec;
 mod journal;
 mod pending;
+mod split_secrets;
+mod storage;
 mod wire;
 use cache::GroupCache;
 use codec::VaultCodec;
+use storage::VaultStorage;
 pub use wire::{message_info, MessageInfo};
 
 /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (the default).
@@ -51,7 +55,7 @@ pub const SUITE_XWING: u16 = 0x004D;
 /// groups. Only secrets of messages not yet received are at stake: consumed keys are deleted.
 pub const MAX_PAST_EPOCHS: usize = 8;
 
-type Storage = SqliteStorageProvider<VaultCodec, Rc<Connection>>;
+type Storage = VaultStorage;
 
 /// OpenMLS provider: libcrux crypto and randomness, SQLCipher storage.
 pub struct Provider {
@@ -315,12 +319,13 @@ impl Vault {
         )?;
         conn.execute_batch(journal::SCHEMA)?;
         conn.execute_batch(pending::SCHEMA)?;
+        conn.execute_batch(storage::SCHEMA)?;
         let conn = Rc::new(conn);
         let crypto = CryptoProvider::new()
             .map_err(|_| Error::Crypto("crypto provider initialisation failed".into()))?;
         let provider = Provider {
             crypto,
-            storage: SqliteStorageProvider::new(conn.clone()),
+            storage: VaultStorage::new(conn.clone()),
         };
 
         conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -2,10 +2,10 @@
 //!
 //! Most rows are JSON: the format vaults were created with, and the one the lookup keys (group
 //! ids, key package references, public keys) must keep, since rows are found by their bytes. The
-//! two large entities are written in postcard, a compact binary serde format: the message secrets
-//! (rewritten for every message sent or received; with past epochs kept they hold every past
-//! epoch's member list) and the ratchet tree (rewritten by every commit). JSON spells each byte of
-//! a key as a decimal number; postcard as one byte.
+//! ratchet tree, the large entity rewritten by every commit, is written in postcard, a compact
+//! binary serde format: JSON spells each byte of a key as a decimal number, postcard as one byte.
+//! (The message secrets, rewritten for every message, have their own rows: `storage`; vaults of
+//! the previous version wrote them through this codec in postcard too, and they still read.)
 //!
 //! A binary row starts with a tag byte no JSON text starts with, so reading needs no knowledge of
 //! the type: rows written as JSON before (older vaults) still read, and are rewritten in binary
@@ -17,7 +17,7 @@ use openmls_sqlite_storage::Codec;
 const BINARY_TAG: u8 = 0;
 
 /// Entities written in postcard, by the last segment of their type's name.
-const BINARY_ENTITIES: [&str; 2] = ["MessageSecretsStore", "TreeSync"];
+const BINARY_ENTITIES: [&str; 1] = ["TreeSync"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -63,14 +63,14 @@ mod tests {
     use super::*;
 
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    struct MessageSecretsStore {
+    struct TreeSync {
         keys: Vec<Vec<u8>>,
         epoch: u64,
     }
 
     #[test]
     fn binary_for_the_large_entities_json_for_the_rest() {
-        let store = MessageSecretsStore {
+        let store = TreeSync {
             keys: vec![vec![7; 32]; 3],
             epoch: 9,
         };
@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(bytes[0], BINARY_TAG);
         assert!(bytes.len() < 110);
         assert_eq!(
-            VaultCodec::from_slice::<MessageSecretsStore>(&bytes).unwrap(),
+            VaultCodec::from_slice::<TreeSync>(&bytes).unwrap(),
             store
         );
         // Keys and other entities stay JSON, byte for byte as before.
@@ -87,7 +87,7 @@ mod tests {
         // A row written as JSON by an older vault still reads.
         let json = serde_json::to_vec(&store).unwrap();
         assert_eq!(
-            VaultCodec::from_slice::<MessageSecretsStore>(&json).unwrap(),
+            VaultCodec::from_slice::<TreeSync>(&json).unwrap(),
             store
         );
     }

@@ -548,3 +548,39 @@ fn journal_entries_nobody_forgot_expire() {
     assert!(journal::processed(&b.conn, &new_digest).unwrap().is_some());
     assert!(b.process(&old).is_err());
 }
+
+#[test]
+fn past_epochs_member_lists_are_stored_once_and_dropped_with_their_epoch() {
+    let dir = Dir::new();
+    let (mut a, mut b, mut c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let rows = |v: &Vault, sql: &str| -> i64 { v.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let members_rows = "SELECT count(*) FROM qpc_epoch_members";
+    let late = a.encrypt(&gid, b"from epoch 1").unwrap();
+    for _ in 0..MAX_PAST_EPOCHS + 2 {
+        let commit = a.self_update(&gid).unwrap();
+        a.merge_pending_commit(&gid).unwrap();
+        b.process(&commit).unwrap();
+        c.process(&commit).unwrap();
+    }
+    // One member list per kept past epoch; older ones went with their epoch.
+    assert_eq!(rows(&b, members_rows), MAX_PAST_EPOCHS as i64);
+    // The secrets rewritten for each message hold no member list (no member's key).
+    let blob = |sql: &str| -> Vec<u8> { b.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let body = blob("SELECT body FROM qpc_message_secrets");
+    let list = blob("SELECT members FROM qpc_epoch_members LIMIT 1");
+    let key = a.identity_key();
+    let holds_key = |bytes: &[u8]| bytes.windows(key.len()).any(|w| w == key.as_slice());
+    assert!(holds_key(&list) && !holds_key(&body));
+    // Nothing left in OpenMLS's own table for the message secrets.
+    let openmls_rows =
+        "SELECT count(*) FROM openmls_group_data WHERE data_type = 'message_secrets'";
+    assert_eq!(rows(&b, openmls_rows), 0);
+    assert!(b.process(&late).is_err());
+    let msg = a.encrypt(&gid, b"now").unwrap();
+    drop(b);
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    assert_eq!(text(&mut b, &msg), b"now");
+    b.delete_group(&gid).unwrap();
+    assert_eq!(rows(&b, members_rows), 0);
+    assert_eq!(rows(&b, "SELECT count(*) FROM qpc_message_secrets"), 0);
+}

@@ -1,7 +1,9 @@
-"""The vault keeps its groups in memory between calls: what it keeps must never drift from what it stored.
+"""The vault keeps its groups in memory between calls and stores each past epoch's member list once: what it
+keeps must never drift from what it stored.
 
 A kept group is dropped when its transaction fails (here: the disk fills up under a message being received, for
-real, on a tmpfs) and when another handle on the same file changed it.
+real, on a tmpfs) and when another handle on the same file changed it. Message secrets of past epochs, stored in
+parts, come back whole after a restart.
 """
 
 from __future__ import annotations
@@ -72,3 +74,30 @@ def test_two_handles_on_one_vault_file_see_each_others_changes(tmp_path: Path) -
     assert bob.process(alice.encrypt(group_id, b"in epoch 2")).plaintext == b"in epoch 2"
     for vault in (alice, second, bob):
         vault.close()
+
+
+def test_late_messages_of_past_epochs_decrypt_across_a_restart(tmp_path: Path) -> None:
+    bob_path, bob_key = str(tmp_path / "bob.vault"), os.urandom(32)
+    alice = native.Vault.open(str(tmp_path / "alice.vault"), os.urandom(32))
+    bob = native.Vault.open(bob_path, bob_key)
+    group_id = alice.create_group()
+    _, welcome = alice.add_members(group_id, [bob.create_key_package()])
+    alice.merge_pending_commit(group_id)
+    bob.join_group(welcome)
+    late = []
+    for epoch in range(1, 9):
+        late.append((epoch, alice.encrypt(group_id, b"sent at epoch %d" % epoch)))
+        commit = alice.self_update(group_id)
+        alice.merge_pending_commit(group_id)
+        bob.process(commit)
+    # Half of them before a restart (each changes its epoch's stored secrets), half after.
+    for epoch, message in late[:4]:
+        assert bob.process(message).plaintext == b"sent at epoch %d" % epoch
+    bob.close()
+    bob = native.Vault.open(bob_path, bob_key)
+    for epoch, message in late[4:]:
+        assert bob.process(message).plaintext == b"sent at epoch %d" % epoch
+    assert bob.process(alice.encrypt(group_id, b"now")).plaintext == b"now"
+    bob.close()
+    bob = native.Vault.open(bob_path, bob_key)
+    assert bob.process(alice.encrypt(group_id, b"and again")).plaintext == b"and again"
