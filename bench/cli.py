@@ -7,6 +7,7 @@ the node's CPU and RSS, and compares with ceilings taken in the same run. See do
     qpc-bench idle --connections 5000 --duration 10
     qpc-bench mixed --producers 16
     qpc-bench groups --groups 4 --members 4 --commit-share 0.2
+    qpc-bench p2p --count 200                  # two chat clients: direct (iroh) against through the node
     qpc-bench enqueue --target 127.0.0.1:7700 --server-fingerprint HEX [--node-pid PID]
 
 Several nodes on one PostgreSQL database (the scale-out deployment):
@@ -52,6 +53,7 @@ from quicnprotochat.bench.node_runner import (
     start_pg_cluster,
     target_node,
 )
+from quicnprotochat.bench.p2p import run_p2p
 from quicnprotochat.bench.pgcluster import redact
 from quicnprotochat.bench.report import print_report
 from quicnprotochat.bench.scenarios import CONSUMERS, RUNNERS, SCENARIOS, Context, Measured, Spec
@@ -421,7 +423,8 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
                 save_extras=save_extras,
                 database_pid=store.server_pid,
             )
-            runner = run_groups if spec.scenario == "groups" else RUNNERS[spec.scenario]
+            special = {"groups": run_groups, "p2p": run_p2p}
+            runner = special.get(spec.scenario) or RUNNERS[spec.scenario]
             report["results"] = await runner(ctx)
             if len(nodes) > 1:
                 report["results"]["nodes_by_role"] = ctx.roles_report()

@@ -85,6 +85,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "exporter secret among their members (and the node's member set)"
             + "".join(f"; {problem}" for problem in agreement["problems"]),
         )
+    for path, figures in results.get("p2p", {}).items():
+        table.add_row(f"{path}: latency", _latency(figures["latency_ms"]))
+        table.add_row(
+            f"{path}: throughput",
+            f"{figures['messages_per_s']:,} messages/s ({figures['messages']} back to back); the receiver saw "
+            + ", ".join(f"{count} {route}" for route, count in figures["routes_seen_by_receiver"].items()),
+        )
     if "delivery_latency_ms" in results:
         what = "wake-up latency (enqueue call -> receipt)" if report["scenario"] == "longpoll" else "delivery latency"
         table.add_row(what, _latency(results["delivery_latency_ms"]))

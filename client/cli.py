@@ -93,6 +93,25 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="send no delivery or read receipts (env QPC_RECEIPTS=0)",
     )
     parser.add_argument(
+        "--p2p",
+        action="store_true",
+        default=default(os.environ.get("QPC_P2P", "0") in ("1", "on", "yes")),
+        help="direct delivery (repl, recv --follow): publishes this device's network addresses to logged-in users"
+        " (env QPC_P2P=1)",
+    )
+    parser.add_argument(
+        "--p2p-relays",
+        default=default(os.environ.get("QPC_P2P_RELAYS", "off")),
+        help="off (default), default (iroh's public relays), or comma-separated relay URLs (env QPC_P2P_RELAYS)",
+    )
+    parser.add_argument(
+        "--p2p-bind",
+        action="append",
+        default=default(None),
+        metavar="IP:PORT",
+        help="local address of the direct-delivery endpoint (once per family; default: every interface)",
+    )
+    parser.add_argument(
         "--password",
         default=default(None),
         help="account password (prefer env QPC_PASSWORD or the prompt: arguments are visible to other users)",
@@ -200,6 +219,9 @@ def _config(args: argparse.Namespace, *, register: bool = False, fresh_login: bo
         server_fingerprint=args.server_fingerprint,
         register=register,
         receipts=not args.no_receipts,
+        p2p=args.p2p,
+        p2p_relays=args.p2p_relays,
+        p2p_bind=tuple(args.p2p_bind or ()),
         # A password given on the command line or in the environment is checked, cached session or not: a
         # wrong one must not go unnoticed until the session expires.
         fresh_login=fresh_login or isinstance(password, str),

@@ -38,14 +38,31 @@ def sender(message: Message) -> str:
 
 
 def state_note(message: Message) -> str:
-    """How far an outgoing message got, as shown after it: " (pending)", " (sent)", " (failed: why)"."""
+    """How far an outgoing message got, as shown after it: " (pending)", " (sent)", " (failed: why)"; and
+    whether it travelled directly between the clients rather than through the node: " (sent, direct)",
+    " (direct)" after an incoming one."""
+    route = ROUTE_NOTES.get(message.route or "", "")
     if message.state is None:
-        return ""
+        return f" ({route.removeprefix(', ')})" if route else ""
     if message.state == "failed":
         return f" (failed: {message.failure or 'refused by the node'})"
     if message.state == "sent" and message.receipt is not None:
-        return f" ({message.receipt})"
-    return f" ({message.state})"
+        return f" ({message.receipt}{route})"
+    return f" ({message.state}{route})"
+
+
+ROUTE_NOTES = {"direct": ", direct", "mixed": ", partly direct"}
+
+
+def route_text(message: Message | None) -> str:
+    """How a conversation's last message travelled, in words."""
+    if message is None:
+        return "no messages yet"
+    if message.route is None:
+        return "not recorded"
+    return {"direct": "direct", "node": "through the node", "mixed": "partly direct, partly through the node"}[
+        message.route
+    ]
 
 
 def format_message(conversation: str, message: Message) -> str:
@@ -109,6 +126,7 @@ def message_record(conversation: str, message: Message) -> dict[str, object]:
         "state": message.state,
         "failure": message.failure,
         "receipt": message.receipt,
+        "route": message.route,
     }
 
 

@@ -349,7 +349,10 @@ class ChatClient:
         await self._resume_commits()
         await self._receiver.start()
         if self.config.p2p:
-            await self.set_p2p(True)
+            try:
+                await self.set_p2p(True)
+            except ChatError as error:  # the client works without it: through the node
+                self._context.emit(ErrorEvent(f"direct delivery is off: {error}", error))
         self._outbox.flush_soon()
 
     async def sync(self) -> int:

@@ -43,7 +43,7 @@ from quicnprotochat.client.chat import (
     key_fingerprint,
 )
 from quicnprotochat.client.chat.safety import safety_lines
-from quicnprotochat.client.render import clock, describe, sender, state_note
+from quicnprotochat.client.render import clock, describe, route_text, sender, state_note
 from quicnprotochat.client.state import Conversation, Message
 
 STYLE = Style.from_dict(
@@ -78,6 +78,8 @@ Commands:
   /trust @user         accept user's changed identity key (after comparing safety numbers)
   /history [n]         the last n messages (default 20) of the current conversation
   /whoami              your username, key fingerprint, node, state encryption
+  /p2p [on|off]        direct delivery: on publishes this device's network addresses to logged-in users;
+                       without an argument, whether it is on and how this conversation's last message went
   /help                this text
   /quit                leave (also Ctrl-D)
 Anything else is sent to the current conversation."""
@@ -148,6 +150,7 @@ class Repl:
             "/trust": self.cmd_trust,
             "/history": self.cmd_history,
             "/whoami": self.cmd_whoami,
+            "/p2p": self.cmd_p2p,
             "/help": self.cmd_help,
             "/quit": self.cmd_quit,
             "/exit": self.cmd_quit,
@@ -326,7 +329,13 @@ class Repl:
                 parts.append(("unread", f"  {summary.unread} unread"))
             if not summary.active:
                 parts.append(("error", "  (you left)"))
+            if conversation.kind != "notes":
+                parts.append(("time", f"  last: {route_text(await self._last_message(conversation))}"))
             self.out.line(*parts)
+
+    async def _last_message(self, conversation: Conversation) -> Message | None:
+        last = await self.chat.history(conversation, 1)
+        return last[-1] if last else None
 
     async def cmd_members(self, _args: list[str]) -> None:
         conversation = self._need_current()
@@ -388,6 +397,22 @@ class Repl:
         self.out.info(f"fingerprint: {chat.fingerprint}")
         self.out.info(f"node:        {chat.node.address} ({chat.node.transport}, key {chat.node.fingerprint or '?'})")
         self.out.info(f"local state: {chat.state.dir.root} - {state}")
+        self.out.info(f"direct:      {'on (/p2p shows what is published)' if chat.p2p else 'off'}")
+
+    async def cmd_p2p(self, args: list[str]) -> None:
+        if len(args) > 1 or (args and args[0].lower() not in ("on", "off")):
+            raise ChatError("usage: /p2p [on|off]")
+        chat = self.chat
+        if args:
+            await chat.set_p2p(args[0].lower() == "on")
+        if chat.p2p:
+            addresses = ", ".join(chat.p2p_addresses()) or "none (relay only)"
+            self.out.info(f"direct delivery: on - published to logged-in users: {addresses}")
+        else:
+            self.out.info("direct delivery: off - everything goes through the node; nothing published")
+        if self.current is not None and self.current.kind != "notes":
+            last = route_text(await self._last_message(self.current))
+            self.out.info(f"last message in {self.current.name}: {last}")
 
     async def cmd_help(self, _args: list[str]) -> None:
         for line in HELP.splitlines():

@@ -162,3 +162,14 @@ def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
     flood = results["attacks"]["bootstrap_flood"]
     assert flood["closed_by_node"] == flood["connections"] >= 1  # past max_bootstraps_per_connection
     assert results["normal_user_logs_in_after"] is True
+
+
+def test_p2p_direct_against_the_node(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "p2p", "--in-process", "--count", "5")
+    results = report["results"]
+    for path in ("direct", "node"):
+        figures = results["p2p"][path]
+        assert figures["routes_seen_by_receiver"] == {path: 5}, figures  # every latency sample went that way
+        assert set(figures["latency_ms"]) == LATENCY_KEYS and figures["messages_per_s"] > 0
+    assert set(results["direct_vs_node"]) == {"p50_latency_ratio", "throughput_ratio"}
+    assert results["errors"] == {}

@@ -19,6 +19,7 @@ from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common import endpoint_record
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, EventLog
+from tests.client.terminal import QPC, Tmux, client_env, env_for
 from tests.conftest import node_address
 
 P2P: dict[str, Any] = {"p2p": True, "p2p_bind": ("127.0.0.1:0",), "p2p_timeout": 1.5}
@@ -253,3 +254,31 @@ async def test_group_commits_never_go_direct(node: Node, open_chat: ChatFactory)
             if chat is bob:
                 via_node += copies[0].route == "node"
     assert await inbox_last_seq(node, bob.identity_key, b"") - before == 3 + via_node
+
+
+async def test_two_repls_show_which_way_each_message_went(node: Node, tmp_path: Path, tmux: Tmux) -> None:
+    base = client_env(
+        tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, TERM="xterm"
+    )
+    p2p = ["--p2p", "--p2p-bind", "127.0.0.1:0"]
+    await tmux.start("alice", [*QPC, "repl", "--register", *p2p], env_for(base, "alice"))
+    await tmux.start("bob", [*QPC, "repl", "--register", *p2p], env_for(base, "bob"))
+    await tmux.wait_for("alice", "logged in as alice")
+    await tmux.wait_for("bob", "logged in as bob")
+    await tmux.line("alice", "/dm @bob")
+    await tmux.wait_for("alice", "now in @bob")
+    await tmux.wait_for("bob", "now in @alice")
+    await tmux.line("alice", "hello over iroh")
+    await tmux.wait_for("alice", "me: hello over iroh (sent, direct)")
+    await tmux.wait_for("bob", "alice: hello over iroh (direct)")
+    await tmux.line("alice", "/p2p")
+    await tmux.wait_for("alice", "direct delivery: on - published to logged-in users: 127.0.0.1:")
+    await tmux.wait_for("alice", "last message in @bob: direct")
+    await tmux.line("bob", "/p2p off")
+    await tmux.wait_for("bob", "direct delivery: off")
+    await tmux.line("bob", "back through the node")
+    await tmux.wait_for("bob", "me: back through the node (sent)")
+    await tmux.wait_for("alice", "bob: back through the node")
+    await tmux.line("alice", "/list")
+    screen = await tmux.wait_for("alice", "last: through the node")
+    assert "Traceback" not in screen
