@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.client.known_hosts import FingerprintMismatch, KnownHosts
-from quicnprotochat.client.node_client import Envelope, NodeClient, NodeStatus, ServerInfo, ServerLimits
+from quicnprotochat.client.node_client import Envelope, NodeClient, NodeStatus, RateLimit, ServerInfo, ServerLimits
 
 if TYPE_CHECKING:
     from quicnprotochat.client.chat import ChatClient, ChatConfig, ChatError
@@ -29,6 +29,7 @@ __all__ = [
     "KnownHosts",
     "NodeClient",
     "NodeStatus",
+    "RateLimit",
     "ServerInfo",
     "ServerLimits",
 ]

@@ -48,6 +48,17 @@ class Envelope:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket of the node: `burst` calls at once, refilled at `per_second` (zeros: the node does not say)."""
+
+    per_second: float = 0.0
+    burst: int = 0
+
+
+NO_RATE = RateLimit()
+
+
+@dataclass(frozen=True)
 class ServerLimits:
     max_payload_bytes: int
     max_inbox_depth: int
@@ -72,6 +83,32 @@ class ServerLimits:
     bot_approval_timeout_s: float = 0.0
     max_pending_bot_approvals_per_owner: int = 0
     max_bot_challenges_per_key: int = 0
+    max_unsent_bytes_per_connection: int = 0
+    max_message_bytes: int = 0
+    max_incoming_bytes_in_progress: int = 0
+    max_bootstraps_per_connection: int = 0
+    max_connections: int = 0
+    max_connections_per_address: int = 0
+    max_unauthenticated_connections: int = 0
+    handshake_timeout_s: float = 0.0
+    tcp_idle_timeout_s: float = 0.0
+    quic_idle_timeout_s: float = 0.0
+    calls_per_identity: RateLimit = NO_RATE
+    calls_per_address: RateLimit = NO_RATE
+    failed_logins_per_username: RateLimit = NO_RATE
+    logins_per_address: RateLimit = NO_RATE
+    sealed_enqueues_per_connection: RateLimit = NO_RATE
+    registrations_per_address: RateLimit = NO_RATE
+    registrations_total: RateLimit = NO_RATE
+    key_package_fetches_per_pair: RateLimit = NO_RATE
+    resolves_per_identity: RateLimit = NO_RATE
+    resolves_per_address: RateLimit = NO_RATE
+    resolve_endpoints_per_identity: RateLimit = NO_RATE
+    resolve_endpoints_per_address: RateLimit = NO_RATE
+
+
+def _rate(bucket: Any) -> RateLimit:
+    return RateLimit(per_second=float(bucket.perSecond), burst=int(bucket.burst))
 
 
 @dataclass(frozen=True)
@@ -328,6 +365,28 @@ class NodeClient:
                 bot_approval_timeout_s=float(limits.botApprovalTimeoutSeconds),
                 max_pending_bot_approvals_per_owner=int(limits.maxPendingBotApprovalsPerOwner),
                 max_bot_challenges_per_key=int(limits.maxBotChallengesPerKey),
+                max_unsent_bytes_per_connection=int(limits.maxUnsentBytesPerConnection),
+                max_message_bytes=int(limits.maxMessageBytes),
+                max_incoming_bytes_in_progress=int(limits.maxIncomingBytesInProgress),
+                max_bootstraps_per_connection=int(limits.maxBootstrapsPerConnection),
+                max_connections=int(limits.maxConnections),
+                max_connections_per_address=int(limits.maxConnectionsPerAddress),
+                max_unauthenticated_connections=int(limits.maxUnauthenticatedConnections),
+                handshake_timeout_s=float(limits.handshakeTimeoutSeconds),
+                tcp_idle_timeout_s=float(limits.tcpIdleTimeoutSeconds),
+                quic_idle_timeout_s=float(limits.quicIdleTimeoutSeconds),
+                calls_per_identity=_rate(limits.callsPerIdentity),
+                calls_per_address=_rate(limits.callsPerAddress),
+                failed_logins_per_username=_rate(limits.failedLoginsPerUsername),
+                logins_per_address=_rate(limits.loginsPerAddress),
+                sealed_enqueues_per_connection=_rate(limits.sealedEnqueuesPerConnection),
+                registrations_per_address=_rate(limits.registrationsPerAddress),
+                registrations_total=_rate(limits.registrationsTotal),
+                key_package_fetches_per_pair=_rate(limits.keyPackageFetchesPerPair),
+                resolves_per_identity=_rate(limits.resolvesPerIdentity),
+                resolves_per_address=_rate(limits.resolvesPerAddress),
+                resolve_endpoints_per_identity=_rate(limits.resolveEndpointsPerIdentity),
+                resolve_endpoints_per_address=_rate(limits.resolveEndpointsPerAddress),
             ),
         )
 

@@ -194,6 +194,38 @@ struct Limits {
   botApprovalTimeoutSeconds @19 :Float64;    # an owner's time to answer a new bot key; then it is refused
   maxPendingBotApprovalsPerOwner @20 :UInt32;
   maxBotChallengesPerKey @21 :UInt32;        # unanswered authChallenge nonces of one key at once
+  # Connections and what each may hold (hostile clients): answer bytes held unread, the largest message, bytes of
+  # incoming messages in progress over the whole node, Bootstrap messages per connection, connection caps (in
+  # all, per source address, not yet authenticated) and timeouts (handshake, idle TLS, idle QUIC).
+  maxUnsentBytesPerConnection @22 :UInt64;
+  maxMessageBytes @23 :UInt64;
+  maxIncomingBytesInProgress @24 :UInt64;
+  maxBootstrapsPerConnection @25 :UInt32;
+  maxConnections @26 :UInt32;
+  maxConnectionsPerAddress @27 :UInt32;
+  maxUnauthenticatedConnections @28 :UInt32;
+  handshakeTimeoutSeconds @29 :Float64;
+  tcpIdleTimeoutSeconds @30 :Float64;
+  quicIdleTimeoutSeconds @31 :Float64;
+  # Token buckets the node keeps (past one a call gets `resource_exhausted:` with a retry-after).
+  callsPerIdentity @32 :RateLimit;           # every authenticated call
+  callsPerAddress @33 :RateLimit;            # every call, per source address
+  failedLoginsPerUsername @34 :RateLimit;    # failed OPAQUE login finishes per (username, source address)
+  loginsPerAddress @35 :RateLimit;           # OPAQUE login calls per source address
+  sealedEnqueuesPerConnection @36 :RateLimit;
+  registrationsPerAddress @37 :RateLimit;    # registration calls, start and finish each count
+  registrationsTotal @38 :RateLimit;
+  keyPackageFetchesPerPair @39 :RateLimit;   # per (caller, target identity)
+  resolvesPerIdentity @40 :RateLimit;        # resolveUser
+  resolvesPerAddress @41 :RateLimit;
+  resolveEndpointsPerIdentity @42 :RateLimit;
+  resolveEndpointsPerAddress @43 :RateLimit;
+}
+
+# A token bucket: `burst` at once, refilled at `perSecond`.
+struct RateLimit {
+  perSecond @0 :Float64;
+  burst @1 :UInt32;
 }
 
 # What submitCommit enqueues to one recipient.

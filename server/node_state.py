@@ -224,6 +224,7 @@ class NodeState:
                 "botApprovalTimeoutSeconds": config.bot_approval_timeout_s,
                 "maxPendingBotApprovalsPerOwner": config.max_pending_bot_approvals_per_owner,
                 "maxBotChallengesPerKey": config.max_bot_challenges_per_key,
+                **_connection_limits(config),
             },
         }
 
@@ -260,3 +261,39 @@ class NodeState:
         await self.bots.sweep()
         if swept:
             log.info("dropped %d expired messages", swept)
+
+
+def _rate(per_second: float, burst: int) -> dict[str, float | int]:
+    return {"perSecond": per_second, "burst": burst}
+
+
+def _connection_limits(config: NodeConfig) -> dict[str, Any]:
+    """serverInfo's connection caps, timeouts and token buckets (schema Limits @22 on)."""
+    return {
+        "maxUnsentBytesPerConnection": config.max_unsent_bytes_per_connection,
+        "maxMessageBytes": config.max_message_bytes,
+        "maxIncomingBytesInProgress": config.max_incoming_bytes_in_progress,
+        "maxBootstrapsPerConnection": config.max_bootstraps_per_connection,
+        "maxConnections": config.max_connections,
+        "maxConnectionsPerAddress": config.max_connections_per_address,
+        "maxUnauthenticatedConnections": config.max_unauthenticated_connections,
+        "handshakeTimeoutSeconds": config.handshake_timeout_s,
+        "tcpIdleTimeoutSeconds": config.tcp_idle_timeout_s,
+        "quicIdleTimeoutSeconds": config.quic_idle_timeout_s,
+        "callsPerIdentity": _rate(config.rate_per_identity, config.burst_per_identity),
+        "callsPerAddress": _rate(config.rate_per_address, config.burst_per_address),
+        "failedLoginsPerUsername": _rate(config.login_rate_per_username, config.login_burst_per_username),
+        "loginsPerAddress": _rate(config.login_rate_per_address, config.login_burst_per_address),
+        "sealedEnqueuesPerConnection": _rate(config.sealed_rate_per_connection, config.sealed_burst_per_connection),
+        "registrationsPerAddress": _rate(config.register_rate_per_address, config.register_burst_per_address),
+        "registrationsTotal": _rate(config.register_rate_total, config.register_burst_total),
+        "keyPackageFetchesPerPair": _rate(config.key_package_rate_per_pair, config.key_package_burst_per_pair),
+        "resolvesPerIdentity": _rate(config.resolve_rate_per_identity, config.resolve_burst_per_identity),
+        "resolvesPerAddress": _rate(config.resolve_rate_per_address, config.resolve_burst_per_address),
+        "resolveEndpointsPerIdentity": _rate(
+            config.resolve_endpoint_rate_per_identity, config.resolve_endpoint_burst_per_identity
+        ),
+        "resolveEndpointsPerAddress": _rate(
+            config.resolve_endpoint_rate_per_address, config.resolve_endpoint_burst_per_address
+        ),
+    }

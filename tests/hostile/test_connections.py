@@ -13,6 +13,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from quicnprotochat.bench.rawrpc import RawRpc, wire
+from quicnprotochat.client import RateLimit
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
@@ -152,3 +153,82 @@ async def test_memory_per_idle_tls_connection(process_node: StartProcessNode, ma
     await witness.through()  # the 320 connections still open
     for raw in warm + opened:
         raw.close()
+
+
+async def test_server_info_gives_the_connection_caps_timeouts_and_rates(tmp_path: Path, make_user: UserFactory) -> None:
+    """A client can stay inside every limit the node enforces on connections, and pace itself by its buckets."""
+    settings = {
+        "max_unsent_bytes_per_connection": 3 * 1024 * 1024,
+        "max_incoming_bytes_in_progress": 100 * 1024 * 1024,
+        "max_bootstraps_per_connection": 5,
+        "max_connections": 900,
+        "max_connections_per_address": 90,
+        "max_unauthenticated_connections": 80,
+        "handshake_timeout_s": 7.5,
+        "tcp_idle_timeout_s": 45.0,
+        "quic_idle_timeout_s": 50.0,
+        "rate_per_identity": 123.0,
+        "burst_per_identity": 456,
+        "login_rate_per_username": 0.5,
+        "register_burst_total": 333,
+        "key_package_rate_per_pair": 0.25,
+        "resolve_endpoint_burst_per_address": 77,
+    }
+    node = Node(loopback_config(tmp_path / "n", **settings))
+    await node.start()
+    try:
+        config = node.config
+        limits = (await (await make_user(node, "alice", register=False, login=False)).client.server_info()).limits
+        assert (
+            limits.max_unsent_bytes_per_connection,
+            limits.max_message_bytes,
+            limits.max_incoming_bytes_in_progress,
+            limits.max_bootstraps_per_connection,
+            limits.max_connections,
+            limits.max_connections_per_address,
+            limits.max_unauthenticated_connections,
+            limits.handshake_timeout_s,
+            limits.tcp_idle_timeout_s,
+            limits.quic_idle_timeout_s,
+        ) == (
+            3 * 1024 * 1024,
+            config.max_message_bytes,
+            100 * 1024 * 1024,
+            5,
+            900,
+            90,
+            80,
+            7.5,
+            45.0,
+            50.0,
+        )
+        buckets = {
+            "calls_per_identity": ("rate_per_identity", "burst_per_identity"),
+            "calls_per_address": ("rate_per_address", "burst_per_address"),
+            "failed_logins_per_username": ("login_rate_per_username", "login_burst_per_username"),
+            "logins_per_address": ("login_rate_per_address", "login_burst_per_address"),
+            "sealed_enqueues_per_connection": ("sealed_rate_per_connection", "sealed_burst_per_connection"),
+            "registrations_per_address": ("register_rate_per_address", "register_burst_per_address"),
+            "registrations_total": ("register_rate_total", "register_burst_total"),
+            "key_package_fetches_per_pair": ("key_package_rate_per_pair", "key_package_burst_per_pair"),
+            "resolves_per_identity": ("resolve_rate_per_identity", "resolve_burst_per_identity"),
+            "resolves_per_address": ("resolve_rate_per_address", "resolve_burst_per_address"),
+            "resolve_endpoints_per_identity": (
+                "resolve_endpoint_rate_per_identity",
+                "resolve_endpoint_burst_per_identity",
+            ),
+            "resolve_endpoints_per_address": (
+                "resolve_endpoint_rate_per_address",
+                "resolve_endpoint_burst_per_address",
+            ),
+        }
+        for name, (rate, burst) in buckets.items():
+            expected = RateLimit(per_second=getattr(config, rate), burst=getattr(config, burst))
+            assert getattr(limits, name) == expected, name
+        assert (limits.calls_per_identity, limits.registrations_total.burst) == (RateLimit(123.0, 456), 333)
+        assert (limits.key_package_fetches_per_pair.per_second, limits.resolve_endpoints_per_address.burst) == (
+            0.25,
+            77,
+        )
+    finally:
+        await node.stop()
