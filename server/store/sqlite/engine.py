@@ -10,7 +10,6 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -18,6 +17,7 @@ from ..base import Clock, StoreError, StoreHealth, StoreLimits, StoreMetrics
 from ..disk_reserve import DiskReserve
 from ..engine import StoreEngine
 from ..migrations import migrate
+from ..sqlite_reader import ReadThread
 from ..sqlite_writer import WAL_TRUNCATE_BYTES, GroupCommitWriter, OpContext
 from ..wakeups import InProcessWakeups
 
@@ -81,8 +81,7 @@ class SqliteEngine(StoreEngine):
             wal_path=path.with_name(path.name + "-wal"),
             reserve=DiskReserve(path.with_name(path.name + ".reserve"), limits.disk_reserve_bytes),
         )
-        self._read_conn = read_conn
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpc-store-read")
+        self._reader = ReadThread(read_conn, self._loop)
 
     @classmethod
     async def open(
@@ -138,8 +137,7 @@ class SqliteEngine(StoreEngine):
 
     async def _shut_down(self) -> None:
         await self._writer.close()
-        await asyncio.to_thread(self._reader.shutdown, True)
-        self._read_conn.close()
+        await self._reader.close()
 
     async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T], *, frees_space: bool = False) -> T:
         """`frees_space`: a deletion, which may still run on a full disk (see GroupCommitWriter)."""
@@ -147,18 +145,6 @@ class SqliteEngine(StoreEngine):
         return await self._writer.submit(fn, frees_space=frees_space)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` runs in a read transaction (one snapshot for reads made of several statements)."""
         self._check_open()
-        conn = self._read_conn
-
-        def run() -> T:
-            try:
-                # One snapshot for reads made of several statements.
-                conn.execute("BEGIN")
-                try:
-                    return fn(conn)
-                finally:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError("storage read failed") from exc
-
-        return await self._loop.run_in_executor(self._reader, run)
+        return await self._reader.read(fn)
