@@ -205,20 +205,15 @@ class GroupCommitWriter:
         self._in_hand, self._committing = batch, False
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                ctx = OpContext()
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op.fn(conn, ctx)
-                except Exception as exc:  # noqa: BLE001 - whatever an operation raises is that operation's failure
-                    # If SQLite already aborted the whole transaction this raises and the batch fails below.
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, None, self._public_error(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, result, None))
-                    touched.update(ctx.touched)
+            ran = self._run_ops(batch)
+            if ran is None:
+                # An operation failed, perhaps halfway through its writes: start over with each operation in a
+                # savepoint, so that the refused one rolls back alone.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                ran = self._run_ops_isolated(batch)
+            outcomes, touched = ran
             self._committing = True
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; every caller must hear of it
@@ -241,6 +236,42 @@ class GroupCommitWriter:
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
         self._call_on_loop(self._deliver, outcomes, touched)
+
+    def _run_ops(self, batch: list[_Op[Any]]) -> tuple[list[Outcome], set[Inbox]] | None:
+        """Every operation of the batch, without savepoints (two statements fewer per operation); None as soon as
+        one raises."""
+        conn = self._conn
+        outcomes: list[Outcome] = []
+        touched: set[Inbox] = set()
+        for op in batch:
+            ctx = OpContext()
+            try:
+                result = op.fn(conn, ctx)
+            except Exception:  # noqa: BLE001 - run again in a savepoint, where the failure is reported
+                return None
+            outcomes.append((op, result, None))
+            touched.update(ctx.touched)
+        return outcomes, touched
+
+    def _run_ops_isolated(self, batch: list[_Op[Any]]) -> tuple[list[Outcome], set[Inbox]]:
+        conn = self._conn
+        outcomes: list[Outcome] = []
+        touched: set[Inbox] = set()
+        for op in batch:
+            ctx = OpContext()
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn, ctx)
+            except Exception as exc:  # noqa: BLE001 - whatever an operation raises is that operation's failure
+                # If SQLite already aborted the whole transaction this raises and the batch fails.
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((op, None, self._public_error(exc)))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((op, result, None))
+                touched.update(ctx.touched)
+        return outcomes, touched
 
     def _drain_on_full_disk(self, batch: list[_Op[Any]], exc: Exception) -> None:
         """The disk is full and the batch holds deletions: they run again alone, with the reserve given up for

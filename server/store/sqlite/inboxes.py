@@ -176,8 +176,15 @@ def enqueue_one(
             (*inbox, sender, now),
         ).fetchone()[0]
         check_share(limits, held, index)
-    depth, used = _inbox_usage(conn, inbox)
-    if not has_room(limits, depth, used, size):
+    seq, depth, used = _take_seq(conn, inbox, size)
+    if not has_room(limits, depth - 1, used - size, size):
+        # Give the seq back (nothing else ran in between: one writer) and look again, without this message.
+        conn.execute(
+            "UPDATE inboxes SET last_seq = last_seq - 1, depth = depth - 1, bytes = bytes - ?"
+            " WHERE recipient = ? AND channel_id = ?",
+            (size, *inbox),
+        )
+        depth, used = depth - 1, used - size
         # Expired messages are dead weight: make room from them before refusing. If the enqueue is refused
         # anyway, its savepoint rolls this back too.
         rows = conn.execute(
@@ -188,19 +195,25 @@ def enqueue_one(
             _shrink(conn, inbox, len(rows), sum(r[0] for r in rows))
             depth, used = _inbox_usage(conn, inbox)
         check_room(limits, depth, used, size, index)
-    seq: int = conn.execute(
-        "INSERT INTO inboxes (recipient, channel_id, last_seq, depth, bytes) VALUES (?, ?, 1, 1, ?)"
-        " ON CONFLICT (recipient, channel_id) DO UPDATE"
-        " SET last_seq = last_seq + 1, depth = depth + 1, bytes = bytes + excluded.bytes"
-        " RETURNING last_seq",
-        (*inbox, size),
-    ).fetchone()[0]
+        seq = _take_seq(conn, inbox, size)[0]
     conn.execute(
         "INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (*inbox, seq, size, expires_at, payload, sender if shared_inbox(inbox, sender) else None),
     )
     return seq
+
+
+def _take_seq(conn: sqlite3.Connection, inbox: Inbox, size: int) -> tuple[int, int, int]:
+    """Count one more message of `size` bytes in the inbox: its seq, and the inbox's depth and bytes with it."""
+    row = conn.execute(
+        "INSERT INTO inboxes (recipient, channel_id, last_seq, depth, bytes) VALUES (?, ?, 1, 1, ?)"
+        " ON CONFLICT (recipient, channel_id) DO UPDATE"
+        " SET last_seq = last_seq + 1, depth = depth + 1, bytes = bytes + excluded.bytes"
+        " RETURNING last_seq, depth, bytes",
+        (*inbox, size),
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def _shrink(conn: sqlite3.Connection, inbox: Inbox, count: int, size: int) -> None:
