@@ -31,6 +31,7 @@ from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import BatchSizes, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
 from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, release, terminate
+from .store_thread import settle
 
 T = TypeVar("T")
 
@@ -283,12 +284,7 @@ class GroupCommitWriter:
         self._counters.batch_sizes.observe(len(batch) - len(deferred))
         self._counters.deferred = deferred
         for op, result, error in outcomes:
-            if op.future.done():
-                continue
-            if error is None:
-                op.future.set_result(result)
-            else:
-                op.future.set_exception(error)
+            settle(op.future, result, error)
         if touched:
             self._on_committed(touched)
         await release(self._pool, conn)

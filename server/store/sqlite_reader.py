@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .base import StoreClosed, StoreError
+from .base import StoreError
+from .store_thread import StoreThread, settle
 
 T = TypeVar("T")
 
@@ -34,37 +33,20 @@ class _Read(Generic[T]):
     future: asyncio.Future[T]
 
 
-_STOP = object()
-
 _Outcome = tuple["_Read[Any]", Any, BaseException | None]
 
 
-class ReadThread:
+class ReadThread(StoreThread):
     """Owns `conn` from construction until `close()` returns; `conn` is closed by then."""
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
         self._conn = conn
-        self._loop = loop
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._closing = False
-        self._stopped: asyncio.Future[None] = loop.create_future()
-        # Daemon: an interpreter exiting without close() must not hang on a reader.
-        self._thread = threading.Thread(target=self._run, name="qpc-store-read", daemon=True)
-        self._thread.start()
+        super().__init__(loop, "qpc-store-read")
 
     async def read(self, fn: ReadFn[T]) -> T:
-        if self._closing:
-            raise StoreClosed()
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Read(fn, future))
+        self._put(_Read(fn, future))
         return await future
-
-    async def close(self) -> None:
-        """Answer every read already queued, then close the connection."""
-        if not self._closing:
-            self._closing = True
-            self._queue.put(_STOP)
-        await asyncio.shield(self._stopped)
 
     # ── reader thread ─────────────────────────────────────────────────────────────────────────────────────────
 
@@ -72,20 +54,7 @@ class ReadThread:
         try:
             stopping = False
             while not stopping:
-                batch: list[_Read[Any]] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(item, _Read)
-                    batch.append(item)
-                    if len(batch) >= MAX_BATCH:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                batch, stopping = self._take(MAX_BATCH)
                 if batch:
                     self._call_on_loop(self._deliver, self._run_batch(batch))
         finally:
@@ -121,26 +90,12 @@ class ReadThread:
                     conn.execute("COMMIT")
         return outcomes
 
-    def _call_on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        # RuntimeError: the loop is already closed, so nobody is left to receive the answers.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(fn, *args)
-
     # ── back on the event loop ────────────────────────────────────────────────────────────────────────────────
 
     @staticmethod
     def _deliver(outcomes: list[_Outcome]) -> None:
         for read, result, exc in outcomes:
-            if read.future.done():
-                continue
-            if exc is None:
-                read.future.set_result(result)
-            else:
-                read.future.set_exception(exc)
-
-    def _set_stopped(self) -> None:
-        if not self._stopped.done():
-            self._stopped.set_result(None)
+            settle(read.future, result, exc)
 
 
 def _read_error(exc: sqlite3.Error) -> StoreError:

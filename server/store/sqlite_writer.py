@@ -9,11 +9,8 @@ only then resolves the callers' futures: a result is never seen before it is dur
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import BatchSizes, DiskFull, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
 from .disk_reserve import DiskReserve
+from .store_thread import StoreThread, settle
 
 T = TypeVar("T")
 
@@ -62,12 +60,10 @@ class _Op(Generic[T]):
     """A deletion (fetch, ack, sweep): when the disk is full it may use the reserve; nothing else may."""
 
 
-_STOP = object()
-
 Outcome = tuple["_Op[Any]", Any, BaseException | None]
 
 
-class GroupCommitWriter:
+class GroupCommitWriter(StoreThread):
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -84,10 +80,7 @@ class GroupCommitWriter:
         self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         self._reusable_bytes = 0
         self._measure_free_pages()
-        self._loop = loop
         self._on_committed = on_committed
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._closing = False
         self._write_ops = 0
         self._commits = 0
         self._largest_batch = 0
@@ -99,11 +92,9 @@ class GroupCommitWriter:
         self._backoff = 0.0
         # Used by the writer thread only.
         self._faults = LogThrottle(log, period_s=LOG_PERIOD_S)
-        self._stopped: asyncio.Future[None] = loop.create_future()
-        # Daemon: an interpreter exiting without close() must not hang on us. An uncommitted transaction is
-        # rolled back by SQLite, and nobody was told its results, so nothing acknowledged is lost.
-        self._thread = threading.Thread(target=self._run, name="qpc-store-writer", daemon=True)
-        self._thread.start()
+        # If the interpreter exits without close(), the uncommitted transaction is rolled back by SQLite, and
+        # nobody was told its results, so nothing acknowledged is lost.
+        super().__init__(loop, "qpc-store-writer")
 
     def metrics(self) -> StoreMetrics:
         sizes, total = self._batch_sizes.snapshot()
@@ -126,19 +117,10 @@ class GroupCommitWriter:
         return self._restarts
 
     async def submit(self, fn: WriteFn[T], *, frees_space: bool = False) -> T:
-        # Checked and enqueued on the loop thread, as close() is, so nothing can slip in behind the stop marker.
-        if self._closing:
-            raise StoreClosed()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, future, frees_space))
+        self._put(_Op(fn, future, frees_space))
         # Cancelling the caller does not withdraw the operation: it may already be committed.
         return await future
-
-    async def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._queue.put(_STOP)
-        await asyncio.shield(self._stopped)
 
     # ── writer thread ─────────────────────────────────────────────────────────────────────────────────────────
 
@@ -166,24 +148,13 @@ class GroupCommitWriter:
         while True:
             if self._backoff:
                 time.sleep(self._backoff)
-            batch: list[_Op[Any]] = []
             if self._queue.empty():
                 self._upkeep()
-            item = self._queue.get()
-            while True:
-                if item is _STOP:
-                    if batch:
-                        self._run_batch(batch)
-                    return
-                assert isinstance(item, _Op)
-                batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._run_batch(batch)
+            batch, stopping = self._take(MAX_BATCH)
+            if batch:
+                self._run_batch(batch)
+            if stopping:
+                return
 
     def _answer_in_hand(self, exc: BaseException) -> None:
         batch, self._in_hand = self._in_hand, []
@@ -333,38 +304,17 @@ class GroupCommitWriter:
         return error
 
     def _fail_pending(self) -> None:
-        pending: list[Outcome] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Op):
-                pending.append((item, None, StoreClosed()))
+        pending: list[Outcome] = [(op, None, StoreClosed()) for op in self._drain()]
         if pending:
             self._call_on_loop(self._deliver, pending, set())
-
-    def _call_on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        # RuntimeError: the loop is already closed, so nobody is left to receive the results.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(fn, *args)
 
     # ── back on the event loop ────────────────────────────────────────────────────────────────────────────────
 
     def _deliver(self, outcomes: list[Outcome], touched: set[Inbox]) -> None:
         for op, result, exc in outcomes:
-            if op.future.done():
-                continue
-            if exc is None:
-                op.future.set_result(result)
-            else:
-                op.future.set_exception(exc)
+            settle(op.future, result, exc)
         if touched:
             self._on_committed(touched)
-
-    def _set_stopped(self) -> None:
-        if not self._stopped.done():
-            self._stopped.set_result(None)
 
 
 def _sqlite_code(exc: BaseException) -> int:
