@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per conversation and line")
     repl = commands.add_parser("repl", parents=[common], help="the interactive client")
     repl.add_argument("--register", action="store_true", help="register the account on first use")
+    bot = commands.add_parser("bot", help="bots that log in by key (no password)")
+    bot_commands = bot.add_subparsers(dest="bot_command", required=True, metavar="BOT_COMMAND")
+    bot_new = bot_commands.add_parser(
+        "new", parents=[common], help="a new bot key file (the owner approves the key on its first login)"
+    )
+    bot_new.add_argument("name", help="the bot's name, shown to its owner")
+    bot_new.add_argument("--owner", required=True, help="the username the bot belongs to")
+    bot_new.add_argument("-o", "--key-file", type=Path, help="where to write it (default NAME.bot); never overwritten")
     return parser
 
 
@@ -434,6 +442,28 @@ async def cmd_repl(args: argparse.Namespace) -> int:
         await chat.close()
 
 
+async def cmd_bot(args: argparse.Namespace) -> int:
+    from quicnprotochat.client.bot_keyfile import BotKeyFileError, create_bot_key_file
+
+    path = args.key_file or Path(f"{args.name}.bot")
+    try:
+        bot = await create_bot_key_file(
+            path,
+            args.name,
+            args.owner,
+            args.server,
+            server_fingerprint=args.server_fingerprint,
+            transport=args.transport,
+            state_dir=args.state_dir,
+        )
+    except BotKeyFileError as error:
+        raise UsageError(str(error)) from None
+    print(f"bot {bot.name} of {bot.owner}: key {bot.key_text}")
+    print(f"key file {bot.path} (mode 0600; whoever reads it can act as the bot), state in {bot.state_dir}")
+    print(f"on its first login, {bot.owner} approves this key from a logged-in qpc repl")
+    return 0
+
+
 COMMANDS = {
     "register": cmd_register,
     "login": cmd_login,
@@ -444,6 +474,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "trust": cmd_trust,
     "repl": cmd_repl,
+    "bot": cmd_bot,
 }
 
 

@@ -165,6 +165,7 @@ class NodeState:
             disk=disk,
             idempotent=store,
             idempotency_window_s=config.idempotency_window_s,
+            bot_keys=store,
         )
         return cls(
             config=config,

@@ -159,3 +159,21 @@ async def make_user(tmp_path: Path, connect: ClientFactory) -> AsyncIterator[Use
     yield factory
     for vault in vaults:
         vault.close()
+
+
+BotFactory = Callable[[], Vault]
+
+
+@pytest.fixture
+def make_bot(tmp_path: Path) -> Iterator[BotFactory]:
+    """Vaults holding fresh identity keys, for bots that log in by key (tests/bots/botlib.py)."""
+    vaults: list[Vault] = []
+
+    def factory() -> Vault:
+        vault = Vault.open(str(tmp_path / f"bot-{len(vaults)}.sqlite"), os.urandom(32))
+        vaults.append(vault)
+        return vault
+
+    yield factory
+    for vault in vaults:
+        vault.close()

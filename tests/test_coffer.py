@@ -27,7 +27,8 @@ from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.identity import KEY_FILE
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.sealed_secrets import SealedDataError
-from tests.conftest import ClientFactory, User, UserFactory, loopback_config, node_address
+from tests.bots.botlib import approved_key_login
+from tests.conftest import BotFactory, ClientFactory, User, UserFactory, loopback_config, node_address
 from tests.pgcluster import PgServer
 from tests.test_at_rest import files_holding, make_key
 from tests.test_coffer_file import EVERY_TYPE, EXPECTED, KEY_A, PLANTED, same_typed
@@ -100,6 +101,18 @@ async def bot(make_user: UserFactory, node: Node, name: str, *, hybrid: bool = T
     return user
 
 
+async def key_bot(
+    owner: User, connect: ClientFactory, make_bot: BotFactory, node: Node, name: str, *, hybrid: bool = True
+) -> User:
+    """A bot logged in by its key alone (approved by `owner`) that published its hybrid key, as clients do."""
+    vault = make_bot()
+    client = await connect(node)
+    client.access_token = await approved_key_login(owner.client, owner.name, client, vault, name)
+    if hybrid:
+        await client.upload_hybrid_key(vault.identity_key, vault.hybrid_public_key())
+    return User(name, "", vault, client)
+
+
 async def read_shard(user: User) -> dict[str, CofferValue]:
     sealed = await user.client.fetch_coffer()
     return decode_shard(user.vault.open_envelope(sealed, coffer_info(user.key)))
@@ -133,13 +146,21 @@ async def test_every_toml_type_round_trips_to_a_bot(tmp_path: Path, sealed_node:
 
 
 async def test_a_bot_reads_its_own_shard_and_nothing_else(
-    tmp_path: Path, root_key: Path, make_user: UserFactory, backend: tuple[str, PgServer | None]
+    tmp_path: Path,
+    root_key: Path,
+    make_user: UserFactory,
+    connect: ClientFactory,
+    make_bot: BotFactory,
+    backend: tuple[str, PgServer | None],
 ) -> None:
     node = await started(loopback_config(tmp_path / "node", root_key_file=str(root_key), store=backend[0]))
     try:
-        alice, bob = await bot(make_user, node, "alice"), await bot(make_user, node, "bob")
-        carol = await bot(make_user, node, "carol")  # no shard
-        dave = await bot(make_user, node, "dave", hybrid=False)  # a shard, but no hybrid key to seal it to
+        # The bots log in by key alone, approved by their owner's account.
+        owner = await make_user(node, "owner")
+        alice = await key_bot(owner, connect, make_bot, node, "alice")
+        bob = await key_bot(owner, connect, make_bot, node, "bob")
+        carol = await key_bot(owner, connect, make_bot, node, "carol")  # no shard
+        dave = await key_bot(owner, connect, make_bot, node, "dave", hybrid=False)  # no hybrid key to seal it to
         text = definition(
             alice=(alice.key, 'token = "alice token"\nport = 1\n'),
             bob=(bob.key, 'token = "bob token"\nadmin = true\n'),

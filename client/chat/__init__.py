@@ -32,6 +32,8 @@ from quicnprotochat.client.chat.errors import (
     UserNotFound,
 )
 from quicnprotochat.client.chat.events import (
+    BotApprovalDecided,
+    BotApprovalRequested,
     ConnectionLost,
     ConnectionRestored,
     ErrorEvent,
@@ -50,6 +52,8 @@ from quicnprotochat.client.chat.events import (
 
 __all__ = [
     "NOTES_NAME",
+    "BotApprovalDecided",
+    "BotApprovalRequested",
     "ChatClient",
     "ChatConfig",
     "ChatError",

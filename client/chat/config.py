@@ -63,6 +63,9 @@ class ChatConfig:
     """After a failed direct attempt, that peer's messages go through the node for this long."""
     p2p_resolve_every_s: float = 60.0
     """How long a peer's resolved record is used before it is looked up again (never past its expiry)."""
+    bot_owner: str | None = None
+    """Log in by key alone, as a bot of this account (no password; `username` is the bot's name). The first
+    login waits until the owner approves the key from one of their clients. See `ChatClient.open_bot`."""
 
 
 def default_state_dir(username: str) -> Path:

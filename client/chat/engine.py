@@ -40,16 +40,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quicnprotochat.client.bot_keyfile import BotKeyFileError, load_bot_key_file
+from quicnprotochat.client.bot_records import ApprovalState, BotKeyRecord
 from quicnprotochat.client.node_client import NodeClient
 from quicnprotochat.client.state import ClientState, Conversation, Member, Message, StateDir, StateError
 from quicnprotochat.common.coffer_shard import CofferValue
 from quicnprotochat.native import Vault
 
 from .attachments import Attachments
+from .bot_approvals import BotApprovals
 from .coffer import read_coffer
 from .commits import Committed, Committer
 from .config import NOTES_NAME, ChatConfig, PasswordSource, default_state_dir, key_fingerprint
@@ -127,6 +131,7 @@ class ChatClient:
         self._receiver.on_still_member = self._groups.ask_to_leave_again
         self._resumed = False
         self._sender = Sender(context, self._conversations, self._directory, self._outbox, self._attachments)
+        self._bot_approvals = BotApprovals(context, self._watch)
 
     # ── opening and closing ─────────────────────────────────────────────────────────────────────────────
 
@@ -170,6 +175,25 @@ class ChatClient:
             await state.close()
             raise
         return chat
+
+    @classmethod
+    async def open_bot(cls, key_file: Path, **settings: Any) -> ChatClient:
+        """Open a bot by its key file alone (`qpc bot new` writes one): no password. The first run waits until
+        the bot's owner approves its key from one of their clients; `settings` override ChatConfig fields."""
+        try:
+            bot = await asyncio.to_thread(load_bot_key_file, key_file)
+        except BotKeyFileError as error:
+            raise StateUnavailable(str(error)) from None
+        config = ChatConfig(
+            server=bot.server,
+            username=bot.name,
+            state_dir=bot.state_dir,
+            state_password=bot.state_key,
+            transport=bot.transport,
+            server_fingerprint=bot.server_fingerprint,
+            bot_owner=bot.owner,
+        )
+        return await cls.open(dataclasses.replace(config, **settings))
 
     async def close(self) -> None:
         """Stop the receive loops and close the connection, the vault and the state (wiping its keys)."""
@@ -341,6 +365,20 @@ class ChatClient:
         """Send what is pending now; True when nothing is left pending."""
         return await self._outbox.flush()
 
+    # ── your bots (key login) ───────────────────────────────────────────────────────────────────────────
+
+    async def answer_bot(self, request_id: bytes, approve: bool) -> ApprovalState:
+        """Answer a `BotApprovalRequested`; returns how it ended (another client's answer, if that came first)."""
+        return await self._bot_approvals.answer(request_id, approve)
+
+    async def bots(self) -> list[BotKeyRecord]:
+        """Your approved bot keys (revoked ones too, marked)."""
+        return await self._bot_approvals.bots()
+
+    async def revoke_bot(self, identity_key: bytes) -> None:
+        """Revoke one of your bot keys: its sessions end at once and it cannot log in again."""
+        await self._bot_approvals.revoke(identity_key)
+
     # ── receiving ───────────────────────────────────────────────────────────────────────────────────────
 
     async def start(self) -> None:
@@ -354,6 +392,8 @@ class ChatClient:
             except ChatError as error:  # the client works without it: through the node
                 self._context.emit(ErrorEvent(f"direct delivery is off: {error}", error))
         self._outbox.flush_soon()
+        if self.config.bot_owner is None:
+            self._bot_approvals.start()
 
     async def sync(self) -> int:
         """Process everything queued now in every inbox (DM channels joined meanwhile included), without

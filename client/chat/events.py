@@ -128,6 +128,28 @@ class ConnectionRestored:
     """The node answers again (after a `ConnectionLost`)."""
 
 
+@dataclass(frozen=True)
+class BotApprovalRequested:
+    """A bot key the node has not seen asks to act as your bot `name`: answer with `ChatClient.answer_bot`
+    before `expires_at` (unix seconds), or it is refused. Every client of yours logged in now is asked."""
+
+    request_id: bytes
+    identity_key: bytes
+    name: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class BotApprovalDecided:
+    """A request this client was asked is decided (here or on another of your clients, or it expired): withdraw
+    its prompt. `state` is "approved", "refused" or "expired"."""
+
+    request_id: bytes
+    identity_key: bytes
+    name: str
+    state: str
+
+
 Event = (
     MessageReceived
     | MemberJoined
@@ -142,4 +164,6 @@ Event = (
     | FileReceived
     | ConnectionLost
     | ConnectionRestored
+    | BotApprovalRequested
+    | BotApprovalDecided
 )

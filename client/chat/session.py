@@ -7,7 +7,7 @@ import time
 
 from quicnprotochat.client import accounts
 from quicnprotochat.client.state import CachedSession
-from quicnprotochat.common.errors import AlreadyExists, Unauthenticated
+from quicnprotochat.common.errors import AlreadyExists, Forbidden, NotFound, Unauthenticated
 
 from .context import ChatContext
 from .errors import LoginFailed, PasswordRequired
@@ -45,6 +45,7 @@ class Session:
         cached = await asyncio.to_thread(context.state.tokens.load)
         if (
             not context.config.fresh_login
+            and context.config.bot_owner is None  # a key login costs no password and no Argon2: done at every start
             and cached is not None
             and cached.is_valid()
             and cached.username == username
@@ -53,7 +54,8 @@ class Session:
             node.access_token = cached.token
         else:
             taken = False
-            if context.config.register and await store.get_setting(_SETTING_REGISTERED) is None:
+            bot = context.config.bot_owner is not None
+            if context.config.register and not bot and await store.get_setting(_SETTING_REGISTERED) is None:
                 password = await self._get_password()
                 try:
                     await accounts.register(node, context.vault, username, password)
@@ -73,6 +75,10 @@ class Session:
 
     async def _login(self) -> None:
         context = self._context
+        owner = context.config.bot_owner
+        if owner is not None:  # a bot: no account, no password, no token cache
+            context.node.access_token = await self._key_login(owner)
+            return
         password = await self._get_password()
         try:
             token = await accounts.login_token(context.node, context.vault, context.username, password)
@@ -90,6 +96,13 @@ class Session:
             node_address=context.node.address,
         )
         await asyncio.to_thread(context.state.tokens.save, session)
+
+    async def _key_login(self, owner: str) -> bytes:
+        context = self._context
+        try:
+            return await accounts.key_login_token(context.node, context.vault, owner, context.username)
+        except (Forbidden, NotFound, Unauthenticated) as error:
+            raise LoginFailed(f"key login as bot {context.username} of {owner} failed: {error.reason}") from None
 
     async def _relogin(self) -> None:
         await asyncio.to_thread(self._context.state.tokens.clear)

@@ -14,7 +14,7 @@ from quicnprotochat.server.disk_space import DiskSpace
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
-from quicnprotochat.server.store import AccountStore, Clock, InboxMessage, InboxStore, fetch_wait
+from quicnprotochat.server.store import AccountStore, BotKeyStore, Clock, InboxMessage, InboxStore, fetch_wait
 from quicnprotochat.server.store.fetch_wait import AnswerSlot
 from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES, IdempotencyKey, IdempotencyStore
 
@@ -55,9 +55,11 @@ class InboxService:
         disk: DiskSpace | None = None,
         idempotent: IdempotencyStore | None = None,
         idempotency_window_s: float = 3600.0,
+        bot_keys: BotKeyStore | None = None,
     ) -> None:
         self._store = store
         self._accounts = accounts
+        self._bot_keys = bot_keys
         self._disk = disk
         self._idempotent = idempotent
         self._idempotency_window = idempotency_window_s
@@ -75,9 +77,16 @@ class InboxService:
     async def _require_account(self, identity_key: bytes, name: str) -> None:
         if self._known_identities.get(identity_key) is not None:
             return
-        if await self._accounts.resolve_identity(identity_key) is None:
+        if await self._accounts.resolve_identity(identity_key) is None and not await self._is_bot(identity_key):
             raise NotFound(f"{name} belongs to no account on this node")
         self._known_identities.put(identity_key, True)
+
+    async def _is_bot(self, identity_key: bytes) -> bool:
+        """An approved, unrevoked bot key: bots receive messages like accounts."""
+        if self._bot_keys is None:
+            return False
+        record = await self._bot_keys.get_bot_key(identity_key)
+        return record is not None and not record.revoked
 
     async def _channel_members(self, channel: bytes) -> tuple[bytes, bytes]:
         cached = self._channels.get(channel)

@@ -4,10 +4,8 @@ nonce rules, revocation, limits."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,11 +23,11 @@ from quicnprotochat.common.transcripts import key_login_transcript
 from quicnprotochat.native import Vault
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
-from tests.conftest import ClientFactory, User, UserFactory
+from tests.bots.botlib import approved_key_login, wait_for_pending
+from tests.conftest import BotFactory, ClientFactory, User, UserFactory
 
 pytestmark = pytest.mark.timeout(60)
 
-BotFactory = Callable[[], Vault]
 NodeFactory = Callable[..., Awaitable[Node]]
 
 
@@ -49,37 +47,8 @@ async def node_with(node_config: NodeConfig) -> AsyncIterator[NodeFactory]:
         await node.stop()
 
 
-@pytest.fixture
-def make_bot(tmp_path: Path) -> Iterator[BotFactory]:
-    vaults: list[Vault] = []
-
-    def factory() -> Vault:
-        vault = Vault.open(str(tmp_path / f"bot-{len(vaults)}.sqlite"), os.urandom(32))
-        vaults.append(vault)
-        return vault
-
-    yield factory
-    for vault in vaults:
-        vault.close()
-
-
-async def wait_for_pending(owner: NodeClient, count: int = 1) -> list[bytes]:
-    """The request ids once the owner's view shows `count` pending requests."""
-    digest = b""
-    for _ in range(50):
-        view = await owner.bot_approval_wait(digest, timeout_ms=2000)
-        digest = view.digest
-        pending = [request.request_id for request in view.requests if request.state == "pending"]
-        if len(pending) >= count:
-            return pending
-    raise AssertionError("no pending approval request showed up")
-
-
 async def approved_token(owner: User, client: NodeClient, bot: Vault, name: str = "helper") -> bytes:
-    login = asyncio.ensure_future(key_login_token(client, bot, owner.name, name))
-    (request_id,) = await wait_for_pending(owner.client)
-    assert await owner.client.bot_approval_answer(request_id, True) == "approved"
-    return await login
+    return await approved_key_login(owner.client, owner.name, client, bot, name)
 
 
 async def test_owner_approves_then_the_bot_logs_in_by_key_alone(

@@ -1,0 +1,145 @@
+"""A bot made with `qpc bot new` and run from examples/key_bot.py logs in with its key file alone, once its
+owner approves it through ChatClient; refused, it stops with the node's reason."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import stat
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from quicnprotochat.client.bot_keyfile import BotKeyFileError, load_bot_key_file
+from quicnprotochat.client.chat import (
+    BotApprovalDecided,
+    BotApprovalRequested,
+    ChatClient,
+    LoginFailed,
+    MessageReceived,
+    StateUnavailable,
+)
+from quicnprotochat.common.bot_keys import bot_key_text
+from quicnprotochat.server.node import Node
+from tests.client.conftest import ChatFactory
+from tests.conftest import node_address
+
+pytestmark = pytest.mark.timeout(90)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "key_bot.py"
+
+
+def load_key_bot() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("key_bot", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["key_bot"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def qpc_bot_new(node: Node, key_file: Path, name: str = "helper", owner: str = "alice") -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quicnprotochat.client.cli",
+        "--server",
+        node_address(node, "quic"),
+        "--server-fingerprint",
+        node.fingerprint,
+        "bot",
+        "new",
+        name,
+        "--owner",
+        owner,
+        "-o",
+        str(key_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_a_bot_runs_from_its_key_file_once_its_owner_approves(
+    node: Node, open_chat: ChatFactory, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "helper.bot"
+    printed = await qpc_bot_new(node, key_file)
+    bot_file = load_bot_key_file(key_file)
+    assert f"bot helper of alice: key {bot_key_text(bot_file.identity_key)}" in printed
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    alice, alice_log = await open_chat(node, "alice")
+
+    key_bot = load_key_bot()
+    args: argparse.Namespace = key_bot.parse_args(["--key-file", str(key_file)])
+    stop = asyncio.Event()
+    bot = asyncio.create_task(key_bot.run(args, stop))
+    asked = await alice_log.wait_for(BotApprovalRequested)
+    assert (asked.identity_key, asked.name) == (bot_file.identity_key, "helper")
+    assert await alice.answer_bot(asked.request_id, True) == "approved"
+    decided = await alice_log.wait_for(BotApprovalDecided)
+    assert (decided.request_id, decided.state) == (asked.request_id, "approved")
+
+    up = await alice_log.message("helper is up", timeout=30)
+    await alice.send(up.conversation, "ping")
+    echo = await alice_log.wait_for(MessageReceived, lambda e: e.message.body == "ping" and not e.message.outgoing)
+    assert echo.conversation.id == up.conversation.id
+    (listed,) = await alice.bots()
+    assert (listed.identity_key, listed.name, listed.revoked) == (bot_file.identity_key, "helper", False)
+    stop.set()
+    assert await asyncio.wait_for(bot, 10) == 0
+
+    # Known now: the next start needs nobody; revoked, it cannot start any more.
+    again = await ChatClient.open_bot(key_file)
+    await again.close()
+    await alice.revoke_bot(bot_file.identity_key)
+    with pytest.raises(LoginFailed, match="revoked by its owner"):
+        await ChatClient.open_bot(key_file)
+
+
+async def test_a_refused_bot_stops_with_the_reason(
+    node: Node, open_chat: ChatFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "helper.bot"
+    await qpc_bot_new(node, key_file)
+    alice, alice_log = await open_chat(node, "alice")
+    key_bot = load_key_bot()
+    args = key_bot.parse_args(["--key-file", str(key_file)])
+    bot = asyncio.create_task(key_bot.run(args))
+    asked = await alice_log.wait_for(BotApprovalRequested)
+    assert await alice.answer_bot(asked.request_id, False) == "refused"
+    with pytest.raises(LoginFailed, match="key login as bot helper of alice failed: alice refused this bot key"):
+        await asyncio.wait_for(bot, 10)
+    assert await alice.bots() == []
+
+
+async def test_a_key_file_others_can_read_or_a_second_one_is_refused(node: Node, tmp_path: Path) -> None:
+    key_file = tmp_path / "helper.bot"
+    await qpc_bot_new(node, key_file)
+    os.chmod(key_file, 0o644)
+    with pytest.raises(StateUnavailable, match="may be read by others"):
+        await ChatClient.open_bot(key_file)
+    with pytest.raises(BotKeyFileError, match=r"chmod 600"):
+        load_bot_key_file(key_file)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quicnprotochat.client.cli",
+        "bot",
+        "new",
+        "helper",
+        "--owner",
+        "alice",
+        "-o",
+        str(key_file),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 2
+    assert "exists: a key file is never overwritten" in err.decode()
