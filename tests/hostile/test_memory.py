@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import HandshakeCompleted, StreamDataReceived
 
-from quicnprotochat.bench.rawrpc import RawRpc, auth, wire
+from quicnprotochat.bench.rawrpc import Frames, RawRpc, auth, wire
 from quicnprotochat.common.errors import ResourceExhausted
+from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
 
@@ -21,6 +28,9 @@ from .conftest import MIB, StartProcessNode, Witness, as_node
 # (max_unsent_bytes_per_connection, 4 MiB), one answer past it, kernel and TLS buffers and the calls parked in
 # kj's read buffer. Before the bound, 400 such calls grew the node by about 400 MB.
 PEEK_FLOOD_BUDGET = 48 * MIB
+# Peeks of a 1 MiB message sent by the QUIC client that then goes silent: without the bound the node would hold
+# every answer (about 200 MiB) until its idle timeout.
+QUIC_SILENT_CALLS = 200
 
 
 def _flood_peeks(address: tuple[str, int], token: bytes, key: bytes, calls: int, seconds: float) -> tuple[RawRpc, int]:
@@ -63,6 +73,72 @@ async def test_peeks_never_read_keep_the_node_bounded(process_node: StartProcess
     assert node.rss() - before < PEEK_FLOOD_BUDGET
     # Nothing acknowledged was lost: alice's message is still there for a normal read.
     assert len((await alice.client.peek(alice.key))[0].data) == MIB
+
+
+class _SilentQuicClient:
+    """A QUIC client (aioquic's sans-I/O connection on a plain UDP socket) that sends its calls, reads the first
+    answers, and then goes silent: no acknowledgements, no flow-control credit, nothing read."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+        self.quic = QuicConnection(configuration=configuration)
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.02)
+        self.received = 0
+        self.connected = False
+        self.quic.connect(address, now=time.time())
+
+    def pump(self, until: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not until():
+            assert time.monotonic() < deadline, "the node did not answer in time"
+            for datagram, to in self.quic.datagrams_to_send(now=time.time()):
+                self.sock.sendto(datagram, to)
+            try:
+                self.quic.receive_datagram(self.sock.recv(65536), self.address, now=time.time())
+            except TimeoutError:
+                self.quic.handle_timer(now=time.time())
+            while (event := self.quic.next_event()) is not None:
+                if isinstance(event, HandshakeCompleted):
+                    self.connected = True
+                elif isinstance(event, StreamDataReceived):
+                    self.received += len(event.data)
+
+    def call_then_go_silent(self, frames: bytes, answer_bytes: int) -> None:
+        self.pump(lambda: self.connected, 10)
+        self.quic.send_stream_data(self.quic.get_next_available_stream_id(), frames)
+        self.pump(lambda: self.received >= answer_bytes, 10)
+        # From here on nothing is sent or read: the node's answers wait for acknowledgements that never come.
+
+
+async def test_a_quic_client_that_stops_acknowledging_keeps_the_node_bounded(
+    process_node: StartProcessNode, make_user: UserFactory
+) -> None:
+    """The QUIC side of the unread-peeks row: answers the client never acknowledges stay in the node's stream
+    buffer, where max_unsent_bytes_per_connection counts them, so the node stops reading further calls."""
+    node = await process_node()
+    alice = await make_user(as_node(node), "alice", transport="tcp")
+    witness = Witness(await make_user(as_node(node), "bob"), alice)
+    await alice.client.enqueue(alice.key, os.urandom(MIB))
+    token = alice.client.access_token
+    assert token is not None
+    params = wire.ReadInbox.new_message(recipientKey=alice.key, channelId=b"", version=1, auth=auth(token), limit=0)
+    builder = Frames()
+    calls = b"".join(builder.call_frame("peek", params)[1] for _ in range(QUIC_SILENT_CALLS))
+    client = _SilentQuicClient(node.quic_address)
+    await asyncio.sleep(0.5)
+    before = node.rss()
+    try:
+        await witness.during(asyncio.to_thread(client.call_then_go_silent, Frames.bootstrap_frame() + calls, MIB))
+        await witness.during(asyncio.sleep(2.0))
+        grown = node.rss() - before
+        print(f"silent QUIC client: {QUIC_SILENT_CALLS} peeks of 1 MiB sent, node grew by {grown / MIB:.1f} MiB")
+        assert grown < PEEK_FLOOD_BUDGET, f"the node grew by {grown / MIB:.0f} MiB"
+        await witness.through()
+        assert len((await alice.client.peek(alice.key))[0].data) == MIB  # nothing acknowledged was lost
+    finally:
+        client.sock.close()
 
 
 async def test_calls_past_the_per_connection_cap_wait_and_are_served(tmp_path: Path, make_user: UserFactory) -> None:
