@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import iroh
 import pytest
 
-from quicnprotochat.client.chat import ChatClient, JoinedConversation
+from quicnprotochat.client.chat import ChatClient, JoinedConversation, direct_wire
 from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common import endpoint_record
 from quicnprotochat.server.node import Node
@@ -282,3 +283,56 @@ async def test_two_repls_show_which_way_each_message_went(node: Node, tmp_path: 
     await tmux.line("alice", "/list")
     screen = await tmux.wait_for("alice", "last: through the node")
     assert "Traceback" not in screen
+
+
+async def test_the_record_is_published_again_while_the_client_runs(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, _ = await dm_pair(node, open_chat, **P2P, p2p_record_ttl=3)  # published again every second
+    first = await alice.node.resolve_endpoint(bob.identity_key)
+    assert first is not None
+    await asyncio.sleep(3.5)  # past the first record's expiry
+    later = await alice.node.resolve_endpoint(bob.identity_key)
+    assert later is not None
+    assert endpoint_record.decode(later).expires_at > endpoint_record.decode(first).expires_at
+    assert endpoint_record.decode(later).endpoint_id == endpoint_record.decode(first).endpoint_id
+
+
+async def raw_request(record: endpoint_record.EndpointRecord, request: bytes) -> bytes | str:
+    """One stream to the endpoint a record names, from a bare iroh endpoint: the answer, or how it failed."""
+    builder = iroh.EndpointBuilder()  # type: ignore[no-untyped-call]
+    builder.apply_minimal()
+    builder.relay_mode(iroh.RelayMode.disabled())
+    builder.bind_addr("127.0.0.1:0")
+    endpoint = await builder.bind()
+    try:
+        peer = iroh.EndpointAddr(iroh.EndpointId.from_bytes(record.endpoint_id), None, list(record.addresses))
+        connection = await asyncio.wait_for(endpoint.connect(peer, direct_wire.ALPN), 5)
+        stream = await connection.open_bi()
+        send = stream.send()
+        try:
+            await send.write_all(request)
+            await send.finish()
+            return await asyncio.wait_for(stream.recv().read_to_end(16), 15)
+        except iroh.IrohError as error:
+            return f"failed: {error.message()}"
+    finally:
+        await endpoint.close()
+
+
+async def test_what_a_stranger_sends_directly_is_refused_and_nothing_breaks(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
+    data = await alice.node.resolve_endpoint(bob.identity_key)
+    assert data is not None
+    record = endpoint_record.decode(data)
+    channel = channel_of(await alice.conversation("bob"))
+    # Garbage in a valid frame, on bob's channel and on one he does not read: "not taken, use the node".
+    assert await raw_request(record, direct_wire.encode_request(channel, b"\x01" + os.urandom(1200))) == b"\x01"
+    assert await raw_request(record, direct_wire.encode_request(os.urandom(16), b"sealed")) == b"\x01"
+    # Not a request at all, and one larger than the node's largest payload: the stream is reset.
+    assert str(await raw_request(record, b"\x09junk")).startswith("failed")
+    oversized = direct_wire.encode_request(channel, b"x" * (node.config.max_payload_bytes + 1))
+    assert str(await raw_request(record, oversized)).startswith("failed")
+    # bob still takes alice's messages directly, and stored none of the above.
+    sent = await alice.send("bob", "still fine")
+    assert sent.route == "direct"
+    await bob_log.message("still fine")
+    assert bob_log.bodies() == ["still fine"]
