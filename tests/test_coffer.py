@@ -16,8 +16,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from quicnprotochat.client import KnownHosts, accounts
-from quicnprotochat.client.chat import ChatClient, ChatConfig
+from quicnprotochat.client import accounts
 from quicnprotochat.common.bot_keys import bot_key_text
 from quicnprotochat.common.coffer_shard import CofferValue, coffer_info, decode_shard
 from quicnprotochat.common.errors import FailedPrecondition, NotFound, RpcError
@@ -28,10 +27,10 @@ from quicnprotochat.server.identity import KEY_FILE
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.sealed_secrets import SealedDataError
 from tests.bots.botlib import approved_key_login
-from tests.conftest import BotFactory, ClientFactory, User, UserFactory, loopback_config, node_address
+from tests.conftest import BotFactory, ClientFactory, User, UserFactory, loopback_config
 from tests.pgcluster import PgServer
 from tests.test_at_rest import files_holding, make_key
-from tests.test_coffer_file import EVERY_TYPE, EXPECTED, KEY_A, PLANTED, same_typed
+from tests.test_coffer_file import EVERY_TYPE, PLANTED
 
 
 async def coffer_cli(
@@ -123,26 +122,6 @@ def definition(**bots: tuple[bytes, str]) -> str:
     clients = "".join(f'"{name}" = "{bot_key_text(key)}"\n' for name, (key, _lines) in bots.items())
     tables = "".join(f'\n["{name}"]\n{lines}' for name, (_key, lines) in bots.items() if lines)
     return f"[clients]\n{clients}{tables}"
-
-
-async def test_every_toml_type_round_trips_to_a_bot(tmp_path: Path, sealed_node: Node, root_key: Path) -> None:
-    config = ChatConfig(
-        server=node_address(sealed_node, "quic"),
-        username="billing",
-        password="password of billing",
-        state_dir=tmp_path / "state",
-        state_password="state pw",
-        known_hosts=KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None),
-        register=True,
-    )
-    chat = await ChatClient.open(config)  # publishes its hybrid key
-    try:
-        text = EVERY_TYPE.replace(KEY_A, bot_key_text(chat.identity_key))
-        out = await load(sealed_node.config, root_key, text, tmp_path / "coffer.toml")
-        assert out.strip() == "coffer loaded: 2 bots, 21 secrets (every earlier shard replaced)"
-        same_typed(await chat.coffer(), EXPECTED)
-    finally:
-        await chat.close()
 
 
 async def test_a_bot_reads_its_own_shard_and_nothing_else(
