@@ -93,6 +93,12 @@ def test_additions_only_append() -> None:
     assert sorted(methods.values()) == list(range(len(methods)))
 
 
+def test_fetch_coffer_names_no_key() -> None:
+    # A bot's shard is chosen by its session alone: no parameter could name another key's shard.
+    method = node_schema().NodeService.schema.methods["fetchCoffer"]
+    assert (_field_names(method.param_type), _field_names(method.result_type)) == (["auth"], ["shard"])
+
+
 def test_interface_id_is_the_specified_one() -> None:
     # Cap'n Proto RPC calls carry the interface id; it derives from the file id the specification fixed.
     schema = node_schema()
