@@ -214,8 +214,18 @@ class DirectDelivery:
     # ── receiving ───────────────────────────────────────────────────────────────────────────────────────
 
     async def _accept_forever(self, endpoint: P2PEndpoint) -> None:
+        failures = 0
         while True:
-            incoming = await endpoint.accept()
+            try:
+                incoming = await endpoint.accept()
+            except iroh.IrohError as error:
+                # Keep serving: one bad attempt must not end direct delivery for everyone else.
+                failures += 1
+                if failures == 1:
+                    self._context.emit(ErrorEvent(f"direct delivery: accepting a peer failed: {error.message()}"))
+                await asyncio.sleep(min(0.1 * failures, 2.0))
+                continue
+            failures = 0
             if incoming is None:
                 return
             if len(self._serving) >= MAX_INCOMING_CONNECTIONS:

@@ -52,13 +52,14 @@ class P2PEndpoint:
 
     @classmethod
     async def bind(cls, relays: str, bind: Sequence[str]) -> P2PEndpoint:
+        mode = relay_mode(relays)
         builder = iroh.EndpointBuilder()  # type: ignore[no-untyped-call]  # the bindings omit "-> None"
-        builder.apply_minimal()
-        builder.relay_mode(relay_mode(relays))
-        for address in bind:
-            builder.bind_addr(address)
-        builder.alpns([ALPN])
         try:
+            builder.apply_minimal()
+            builder.relay_mode(mode)
+            for address in bind:
+                builder.bind_addr(address)
+            builder.alpns([ALPN])
             return cls(await builder.bind())
         except iroh.IrohError as error:
             raise ChatError(f"cannot start the direct-delivery endpoint: {error.message()}") from None

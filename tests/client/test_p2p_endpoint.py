@@ -29,3 +29,8 @@ async def test_an_endpoint_on_loopback_publishes_only_loopback_addresses() -> No
         await endpoint.close()
     with pytest.raises(ChatError, match="p2p relays"):
         await P2PEndpoint.bind("nonsense", ["127.0.0.1:0"])
+
+
+async def test_a_bad_bind_address_is_a_clear_error() -> None:
+    with pytest.raises(ChatError, match="cannot start the direct-delivery endpoint"):
+        await P2PEndpoint.bind("off", ["not an address"])
