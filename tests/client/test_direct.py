@@ -16,6 +16,7 @@ import iroh
 import pytest
 
 from quicnprotochat.client.chat import ChatClient, JoinedConversation, direct_wire
+from quicnprotochat.client.chat.direct import MAX_INCOMING_CONNECTIONS
 from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common import endpoint_record
 from quicnprotochat.server.node import Node
@@ -336,3 +337,32 @@ async def test_what_a_stranger_sends_directly_is_refused_and_nothing_breaks(node
     assert sent.route == "direct"
     await bob_log.message("still fine")
     assert bob_log.bodies() == ["still fine"]
+
+
+async def test_a_peer_holds_a_bounded_number_of_incoming_connections(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **EAGER)
+    data = await alice.node.resolve_endpoint(bob.identity_key)
+    assert data is not None
+    record = endpoint_record.decode(data)
+    peer = iroh.EndpointAddr(iroh.EndpointId.from_bytes(record.endpoint_id), None, list(record.addresses))
+    builder = iroh.EndpointBuilder()  # type: ignore[no-untyped-call]
+    builder.apply_minimal()
+    builder.relay_mode(iroh.RelayMode.disabled())
+    builder.bind_addr("127.0.0.1:0")
+    stranger = await builder.bind()
+    try:
+        held = [
+            await asyncio.wait_for(stranger.connect(peer, direct_wire.ALPN), 5) for _ in range(MAX_INCOMING_CONNECTIONS)
+        ]
+        with pytest.raises((iroh.IrohError, TimeoutError)):
+            await asyncio.wait_for(stranger.connect(peer, direct_wire.ALPN), 3)
+        # While a stranger holds every slot, alice's message still arrives, through the node.
+        assert (await alice.send("bob", "slots taken")).route == "node"
+        await bob_log.message("slots taken")
+        for connection in held:
+            connection.close(0, b"bye")
+    finally:
+        await stranger.close()
+    await asyncio.sleep(0.5)  # bob notices the closed connections
+    assert (await alice.send("bob", "slots free")).route == "direct"
+    await bob_log.message("slots free")
