@@ -15,6 +15,9 @@ from tests.conftest import UserFactory, loopback_config
 
 from .conftest import Witness
 
+# mallory's share of someone else's default inbox in the two-node test.
+SHARE = 8
+
 
 async def test_batch_enqueue_is_bounded_by_recipients_times_bytes(tmp_path: Path, make_user: UserFactory) -> None:
     node = Node(loopback_config(tmp_path / "n", max_batch_bytes=256 * 1024))
@@ -120,3 +123,36 @@ async def test_one_sender_cannot_fill_someone_elses_inbox(tmp_path: Path, make_u
         await witness.through()
     finally:
         await node.stop()
+
+
+async def test_a_senders_share_holds_exactly_across_nodes_on_postgresql(
+    pg_url: str, tmp_path: Path, make_user: UserFactory
+) -> None:
+    """Two nodes on one PostgreSQL database, mallory sending to alice through both at once: the share is counted
+    inside the transaction that stores, under the inbox's lock, so racing group commits cannot pass it together."""
+    settings = {"store": pg_url, "max_inbox_share_per_sender": SHARE}
+    nodes = [Node(loopback_config(tmp_path / name, **settings)) for name in ("a", "b")]
+    for node in nodes:
+        await node.start()
+    try:
+        alice = await make_user(nodes[0], "alice")
+        witness = Witness(await make_user(nodes[1], "bob"))
+        mallory = await make_user(nodes[0], "mallory")
+        mallory_on_b = (await make_user(nodes[1], "mallory", register=False, login=False)).client
+        mallory_on_b.access_token = mallory.client.access_token  # one session, valid on both nodes
+        for round_ in range(3):
+            sends = [
+                client.enqueue(alice.key, b"spam %d" % n)
+                for n in range(2 * SHARE)
+                for client in (mallory.client, mallory_on_b)
+            ]
+            results = await witness.during(asyncio.gather(*sends, return_exceptions=True))
+            accepted = [r for r in results if isinstance(r, int)]
+            refused = [r for r in results if isinstance(r, ResourceExhausted)]
+            assert (len(accepted), len(refused)) == (SHARE, 3 * SHARE), (round_, results)
+            queued = await alice.client.fetch(alice.key)
+            assert sorted(e.seq for e in queued) == sorted(accepted)  # what was acknowledged is all there
+        await witness.through()
+    finally:
+        for node in nodes:
+            await node.stop()
