@@ -12,6 +12,7 @@ import contextlib
 import os
 import shlex
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from quicnprotochat.client.chat import (
+    BotApprovalDecided,
+    BotApprovalRequested,
     ChatClient,
     ChatError,
     ConnectionLost,
@@ -45,6 +48,7 @@ from quicnprotochat.client.chat import (
 from quicnprotochat.client.chat.safety import safety_lines
 from quicnprotochat.client.render import clock, describe, route_text, sender, state_note
 from quicnprotochat.client.state import Conversation, Message
+from quicnprotochat.common.bot_keys import BotKeyError, bot_key_text, parse_bot_key
 
 STYLE = Style.from_dict(
     {
@@ -78,11 +82,16 @@ Commands:
   /trust @user         accept user's changed identity key (after comparing safety numbers)
   /history [n]         the last n messages (default 20) of the current conversation
   /whoami              your username, key fingerprint, node, state encryption
+  /bots                your bots (keys that log in without a password) and whether they are revoked
+  /revoke NAME|KEY     revoke one of your bots: its sessions end now, its key never logs in again
   /p2p [on|off]        direct delivery: on publishes this device's network addresses to logged-in users;
                        without an argument, whether it is on and how this conversation's last message went
   /help                this text
   /quit                leave (also Ctrl-D)
-Anything else is sent to the current conversation."""
+Anything else is sent to the current conversation. When a new bot key asks to act as your bot, the prompt asks
+you: y approves, n or Enter refuses (another of your devices may answer first: the question then goes away)."""
+
+ANSWERS = {"y": True, "yes": True, "n": False, "no": False, "": False}
 
 
 def colors_wanted() -> bool:
@@ -133,6 +142,10 @@ class Repl:
         """Outgoing messages shown as pending: shown again when they are sent or fail."""
         self.redraw: Callable[[], None] = lambda: None
         """Set by the prompt loop: redraws the prompt (its text names the current conversation)."""
+        self.interactive = False
+        """The prompt is on screen (a terminal): a question is asked there, not printed."""
+        self.asking: list[BotApprovalRequested] = []
+        """Bot keys waiting for this user's answer, oldest first: the prompt asks about the first."""
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/dm": self.cmd_dm,
             "/group": self.cmd_group,
@@ -150,6 +163,8 @@ class Repl:
             "/trust": self.cmd_trust,
             "/history": self.cmd_history,
             "/whoami": self.cmd_whoami,
+            "/bots": self.cmd_bots,
+            "/revoke": self.cmd_revoke,
             "/p2p": self.cmd_p2p,
             "/help": self.cmd_help,
             "/quit": self.cmd_quit,
@@ -157,11 +172,47 @@ class Repl:
         }
 
     def prompt(self) -> str:
+        if self.asking:
+            return _question(self.asking[0]) + " "
         return f"[{self.current.name}] > " if self.current else f"{self.chat.username} > "
+
+    # ── bot approvals ─────────────────────────────────────────────────────────────────────────────────────
+
+    def on_bot_event(self, event: BotApprovalRequested | BotApprovalDecided) -> None:
+        if isinstance(event, BotApprovalRequested):
+            self.asking.append(event)
+            if not self.interactive or len(self.asking) > 1:
+                # On a terminal the prompt asks about the first; a later one (or a pipe) gets a line.
+                self.out.event(_question(event))
+        else:
+            waiting = [asked for asked in self.asking if asked.request_id == event.request_id]
+            if not waiting:
+                return  # answered here: the answer printed its outcome
+            self.asking.remove(waiting[0])
+            self.out.event(f"* bot {event.name} ({bot_key_text(event.identity_key)}) {_decided(event.state)}")
+        self.redraw()
+
+    async def answer(self, approve: bool) -> None:
+        asked = self.asking.pop(0)
+        self.redraw()
+        try:
+            state = await self.chat.answer_bot(asked.request_id, approve)
+        except ChatError:
+            self.asking.insert(0, asked)  # not answered: ask again
+            self.redraw()
+            raise
+        key = bot_key_text(asked.identity_key)
+        if state == ("approved" if approve else "refused"):
+            self.out.event(f"* {'approved' if approve else 'refused'} bot {asked.name} ({key})")
+        else:
+            self.out.event(f"* bot {asked.name} ({key}) {_decided(state)}")
 
     # ── incoming ──────────────────────────────────────────────────────────────────────────────────────────
 
     async def on_event(self, event: Event) -> None:
+        if isinstance(event, BotApprovalRequested | BotApprovalDecided):
+            self.on_bot_event(event)
+            return
         if isinstance(event, MessageReceived):
             self.out.message(event.conversation.name, event.message)
             # On screen is read, whichever conversation it belongs to: unread counts what was not shown.
@@ -202,6 +253,9 @@ class Repl:
 
     async def handle(self, line: str) -> None:
         line = line.strip()
+        if self.asking and line.lower() in ANSWERS:
+            await self.answer(ANSWERS[line.lower()])
+            return
         if not line:
             return
         if not line.startswith("/") or line.startswith("//"):
@@ -414,12 +468,53 @@ class Repl:
             last = route_text(await self._last_message(self.current))
             self.out.info(f"last message in {self.current.name}: {last}")
 
+    async def cmd_bots(self, _args: list[str]) -> None:
+        bots = await self.chat.bots()
+        if not bots:
+            self.out.info("no bots yet: `qpc bot new NAME --owner YOU` makes one; you approve it on its first login")
+            return
+        for bot in bots:
+            approved = time.strftime("%Y-%m-%d %H:%M", time.localtime(bot.approved_at))
+            parts: list[tuple[str, str]] = [
+                ("", f"  {bot.name:<16} {bot_key_text(bot.identity_key)}  approved {approved}")
+            ]
+            if bot.revoked:
+                parts.append(("error", "  revoked"))
+            self.out.line(*parts)
+
+    async def cmd_revoke(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ChatError("usage: /revoke NAME or /revoke KEY (as /bots shows them)")
+        live = [bot for bot in await self.chat.bots() if not bot.revoked]
+        try:
+            key = parse_bot_key(args[0])
+            matches = [bot for bot in live if bot.identity_key == key]
+        except BotKeyError:
+            matches = [bot for bot in live if bot.name == args[0]]
+        if not matches:
+            raise ChatError(f"no bot of yours named or keyed {args[0]} (see /bots)")
+        if len(matches) > 1:
+            raise ChatError(f"{len(matches)} of your bots are named {args[0]}: /revoke KEY (see /bots)")
+        await self.chat.revoke_bot(matches[0].identity_key)
+        self.out.event(f"* revoked bot {matches[0].name} ({bot_key_text(matches[0].identity_key)}): logged out now")
+
     async def cmd_help(self, _args: list[str]) -> None:
         for line in HELP.splitlines():
             self.out.info(line)
 
     async def cmd_quit(self, _args: list[str]) -> None:
         self.running = False
+
+
+def _question(asked: BotApprovalRequested) -> str:
+    return f"bot {bot_key_text(asked.identity_key)} wants to act as your bot {asked.name}: approve? [y/N]"
+
+
+def _decided(state: str) -> str:
+    return {
+        "approved": "was approved on another of your devices",
+        "refused": "was refused on another of your devices",
+    }.get(state, "was not answered in time: refused")
 
 
 QUIT_HINT = "(to leave: Ctrl-D or /quit)"
@@ -454,7 +549,7 @@ async def run_repl(chat: ChatClient, *, color: bool | None = None) -> int:
     output = Output(colors_wanted() if color is None else color)
     repl = Repl(chat, output)
     chat.add_listener(repl.on_event)
-    interactive = sys.stdin.isatty()
+    interactive = repl.interactive = sys.stdin.isatty()
     with patch_stdout(raw=True) if interactive else contextlib.nullcontext():
         if chat.state_warning:
             output.error(f"warning: {chat.state_warning}")

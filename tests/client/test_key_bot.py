@@ -143,3 +143,26 @@ async def test_a_key_file_others_can_read_or_a_second_one_is_refused(node: Node,
     _, err = await process.communicate()
     assert process.returncode == 2
     assert "exists: a key file is never overwritten" in err.decode()
+
+
+async def test_a_repl_without_a_terminal_prints_the_question_and_reads_the_answer(
+    node: Node, open_chat: ChatFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quicnprotochat.client.repl.app import Output, Repl
+
+    key_file = tmp_path / "helper.bot"
+    await qpc_bot_new(node, key_file)
+    alice, alice_log = await open_chat(node, "alice")
+    repl = Repl(alice, Output(color=False))  # as on a pipe: no prompt on screen
+    alice.add_listener(repl.on_event)
+    login = asyncio.create_task(ChatClient.open_bot(key_file))
+    await alice_log.wait_for(BotApprovalRequested)
+    key = bot_key_text(load_bot_key_file(key_file).identity_key)
+    assert f"bot {key} wants to act as your bot helper: approve? [y/N]" in capsys.readouterr().out
+    await repl.handle("hello")  # not an answer: handled as usual, the question stays
+    assert repl.asking
+    await repl.handle("yes")
+    assert f"* approved bot helper ({key})" in capsys.readouterr().out
+    await (await asyncio.wait_for(login, 15)).close()
+    await repl.handle("/bots")
+    assert f"helper           {key}  approved " in capsys.readouterr().out
