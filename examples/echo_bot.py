@@ -12,6 +12,12 @@ Run it::
 Settings come from the arguments, else from the environment variables QPC_SERVER, QPC_USERNAME, QPC_PASSWORD,
 QPC_STATE_PASSWORD (no state password: the bot's state is kept in clear, and it says so) and
 QPC_SERVER_FINGERPRINT. It stops on SIGINT or SIGTERM, or after `--max-replies` answers.
+
+Or without any password, as a bot of your account that logs in with its key file alone (see README, "Bots"); on
+its first start you approve it from a logged-in `qpc repl`, and it tells you when it is up::
+
+    qpc --server 127.0.0.1:7700 bot new helper --owner alice      # writes helper.bot (mode 0600) and helper.state/
+    python examples/echo_bot.py --key-file helper.bot
 """
 
 from __future__ import annotations
@@ -47,25 +53,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-password", default=os.environ.get("QPC_STATE_PASSWORD"))
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--max-replies", type=int, default=0, help="stop after this many replies (0: never)")
+    parser.add_argument("--key-file", type=Path, help="log in as a bot by this key file (`qpc bot new`), no password")
     return parser.parse_args(argv)
+
+
+async def open_chat(args: argparse.Namespace) -> ChatClient | None:
+    """Logged in by key file (a bot of an account), or by username and password (its own account)."""
+    if args.key_file is not None:
+        print(f"logging in with {args.key_file} (the first time, the owner must approve the key)", flush=True)
+        return await ChatClient.open_bot(args.key_file)
+    if not args.password:
+        print("echo bot: set QPC_PASSWORD (or --password), or give --key-file", file=sys.stderr)
+        return None
+    return await ChatClient.open(
+        ChatConfig(
+            server=args.server,
+            username=args.username,
+            password=args.password,
+            state_dir=args.state_dir or default_state_dir(args.username),
+            state_password=args.state_password or None,
+            transport=args.transport,
+            server_fingerprint=args.server_fingerprint,
+            register=True,  # first run: create the account (later runs just log in)
+        )
+    )
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
     """The bot's main coroutine: returns when `stop` is set, after `--max-replies` replies, or on a signal."""
-    if not args.password:
-        print("echo bot: set QPC_PASSWORD (or --password)", file=sys.stderr)
+    chat = await open_chat(args)
+    if chat is None:
         return 2
-    config = ChatConfig(
-        server=args.server,
-        username=args.username,
-        password=args.password,
-        state_dir=args.state_dir or default_state_dir(args.username),
-        state_password=args.state_password or None,
-        transport=args.transport,
-        server_fingerprint=args.server_fingerprint,
-        register=True,  # first run: create the account (later runs just log in)
-    )
-    chat = await ChatClient.open(config)
     if chat.state_warning:
         print(f"echo bot: warning: {chat.state_warning}", file=sys.stderr)
     stop = stop or asyncio.Event()
@@ -78,6 +96,8 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
     try:
         events = chat.events()  # subscribe before receiving starts, so that nothing is missed
         await chat.start()
+        if chat.config.bot_owner is not None:  # a bot: tell its owner
+            await chat.send(await chat.dm(chat.config.bot_owner), f"{chat.username} is up")
         print(f"echo bot {chat.username} is listening on {chat.node.address}", flush=True)
         stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():

@@ -1,16 +1,14 @@
-"""A bot made with `qpc bot new` and run from examples/key_bot.py logs in with its key file alone, once its
+"""A bot made with `qpc bot new` and run from examples/echo_bot.py --key-file logs in with its key file alone, once its
 owner approves it through ChatClient; refused, it stops with the node's reason."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import stat
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -26,20 +24,10 @@ from quicnprotochat.client.chat import (
 from quicnprotochat.common.bot_keys import bot_key_text
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory
+from tests.client.test_echo_bot import load_echo_bot
 from tests.conftest import node_address
 
 pytestmark = pytest.mark.timeout(90)
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "key_bot.py"
-
-
-def load_key_bot() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("key_bot", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["key_bot"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def qpc_bot_new(node: Node, key_file: Path, name: str = "helper", owner: str = "alice") -> str:
@@ -76,10 +64,10 @@ async def test_a_bot_runs_from_its_key_file_once_its_owner_approves(
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     alice, alice_log = await open_chat(node, "alice")
 
-    key_bot = load_key_bot()
-    args: argparse.Namespace = key_bot.parse_args(["--key-file", str(key_file)])
+    echo_bot = load_echo_bot()
+    args: argparse.Namespace = echo_bot.parse_args(["--key-file", str(key_file)])
     stop = asyncio.Event()
-    bot = asyncio.create_task(key_bot.run(args, stop))
+    bot = asyncio.create_task(echo_bot.run(args, stop))
     asked = await alice_log.wait_for(BotApprovalRequested)
     assert (asked.identity_key, asked.name) == (bot_file.identity_key, "helper")
     assert await alice.answer_bot(asked.request_id, True) == "approved"
@@ -109,9 +97,9 @@ async def test_a_refused_bot_stops_with_the_reason(
     key_file = tmp_path / "helper.bot"
     await qpc_bot_new(node, key_file)
     alice, alice_log = await open_chat(node, "alice")
-    key_bot = load_key_bot()
-    args = key_bot.parse_args(["--key-file", str(key_file)])
-    bot = asyncio.create_task(key_bot.run(args))
+    echo_bot = load_echo_bot()
+    args = echo_bot.parse_args(["--key-file", str(key_file)])
+    bot = asyncio.create_task(echo_bot.run(args))
     asked = await alice_log.wait_for(BotApprovalRequested)
     assert await alice.answer_bot(asked.request_id, False) == "refused"
     with pytest.raises(LoginFailed, match="key login as bot helper of alice failed: alice refused this bot key"):
