@@ -173,7 +173,7 @@ class NodeState:
             store=store,
             sessions=sessions,
             accounts=AccountService(
-                store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock
+                store, opaque, sessions, login_state_seconds=config.login_state_seconds, clock=clock, bot_keys=store
             ),
             directory=DirectoryService(store, clock=clock),
             endpoints=EndpointService(store, max_endpoint_bytes=config.max_endpoint_bytes, clock=clock),

@@ -13,7 +13,7 @@ from quicnprotochat.native import NativeError, OpaqueServer, verify_ed25519
 from quicnprotochat.server import store
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.sessions import SessionService
-from quicnprotochat.server.store import AccountStore, Clock
+from quicnprotochat.server.store import AccountStore, BotKeyStore, Clock
 
 log = logging.getLogger("quicnprotochat.server.accounts")
 
@@ -40,8 +40,10 @@ class AccountService:
         *,
         login_state_seconds: float,
         clock: Clock,
+        bot_keys: BotKeyStore | None = None,
     ) -> None:
         self._store = store
+        self._bot_keys = bot_keys
         self._opaque = opaque
         self._sessions = sessions
         self._login_state_seconds = login_state_seconds
@@ -66,6 +68,9 @@ class AccountService:
             password_file = OpaqueServer.registration_finish(upload)
         except NativeError:
             raise InvalidArgument("upload is not an OPAQUE registration upload") from None
+        if self._bot_keys is not None and await self._bot_keys.get_bot_key(identity_key) is not None:
+            # One kind of login per key: a bot's key never gets a password (nor a username in the directory).
+            raise AlreadyExists("this identity key is a bot's key: it logs in by key, not with a password")
         try:
             await self._store.create_account(username, password_file, identity_key)
         except store.AlreadyExists as error:

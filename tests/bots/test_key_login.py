@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from quicnprotochat.client import NodeClient
+from quicnprotochat.client import NodeClient, accounts
 from quicnprotochat.client.accounts import key_login_token
 from quicnprotochat.common.errors import (
+    AlreadyExists,
     Forbidden,
     InvalidArgument,
     NotFound,
@@ -222,6 +223,9 @@ async def test_only_the_owner_sees_answers_and_revokes(
     login = asyncio.ensure_future(key_login_token(client, bot, "alice", "helper"))
     (request_id,) = await wait_for_pending(alice.client)
     assert (await mallory.client.bot_approval_wait(b"", timeout_ms=0)).requests == []
+    # While alice is asked, the same key cannot ask mallory too.
+    with pytest.raises(Forbidden, match="waiting for another account's approval"):
+        await (await connect(node)).auth_challenge(bot.identity_key, "mallory", "helper")
     with pytest.raises(NotFound):
         await mallory.client.bot_approval_answer(request_id, True)
     await alice.client.bot_approval_answer(request_id, True)
@@ -251,6 +255,18 @@ async def test_bad_challenges_are_refused_with_reasons(
         await client.auth_challenge(alice.key, "alice", "helper")
     with pytest.raises(Unauthenticated):
         await client.auth_respond(bot.identity_key, 2**64 - 1, b"\x00" * 64)
+
+
+async def test_a_bot_key_cannot_become_an_account(
+    node: Node, make_user: UserFactory, connect: ClientFactory, make_bot: BotFactory
+) -> None:
+    alice = await make_user(node, "alice")
+    bot = make_bot()
+    client = await connect(node)
+    await approved_token(alice, client, bot)
+    with pytest.raises(AlreadyExists, match="bot's key"):
+        await accounts.register(client, bot, "helper", "a password")
+    assert await alice.client.resolve_user("helper") is None
 
 
 async def test_failed_answers_are_rate_limited_per_key_and_address(
