@@ -287,6 +287,11 @@ class RootKey:
         DecryptError for a damaged one, MalformedError/UnsupportedError for something else."""
     def reseal(self, new: RootKey, purpose: str, context: bytes, record: bytes) -> bytes:
         """Open under this key, seal under `new`; the plaintext never reaches Python."""
+    def open_to_envelope(
+        self, purpose: str, context: bytes, record: bytes, recipient_public_key: bytes, info: bytes
+    ) -> bytes:
+        """Open a record and seal its plaintext to an X-Wing public key (`seal_envelope`); the plaintext never
+        reaches Python. Errors as `open`, and InvalidKeyError for a malformed recipient key."""
     def seal_opaque_server(self, server: OpaqueServer, context: bytes) -> bytes: ...
     def open_opaque_server(self, context: bytes, record: bytes) -> OpaqueServer: ...
 

@@ -7,7 +7,11 @@ refuses to load a coffer, and refuses to start on a store that holds shards.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from quicnprotochat.common.bot_keys import bot_key_text
+from quicnprotochat.common.coffer_shard import coffer_info
 from quicnprotochat.native import InvalidKeyError, NativeError, RootKey
 from quicnprotochat.server.coffer_file import CofferDefinition
 from quicnprotochat.server.identity import wipe
@@ -39,11 +43,25 @@ def _where(shard: CofferShard) -> str:
 
 def open_shard(root: RootKey, shard: CofferShard) -> bytearray:
     """The shard's CBOR; the caller wipes it. SealedDataError when it does not open under `root`."""
+    with _opening(shard):
+        return root.open(PURPOSE, context(shard.identity_key), shard.sealed)
+
+
+def shard_envelope(root: RootKey, shard: CofferShard, hybrid_key: bytes) -> bytes:
+    """The shard sealed in the hybrid envelope to its bot's `hybrid_key`, opened and sealed again inside the native
+    module: the clear shard never reaches Python."""
+    key = shard.identity_key
+    with _opening(shard):
+        return root.open_to_envelope(PURPOSE, context(key), shard.sealed, hybrid_key, coffer_info(key))
+
+
+@contextmanager
+def _opening(shard: CofferShard) -> Iterator[None]:
     where = _where(shard)
     if sealed_key_id(shard.sealed, where) is None:
         raise SealedDataError(f"{where} is not a sealed record")
     try:
-        return root.open(PURPOSE, context(shard.identity_key), shard.sealed)
+        yield
     except InvalidKeyError:
         raise SealedDataError(f"{where} is sealed under another root key") from None
     except NativeError:

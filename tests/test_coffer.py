@@ -348,3 +348,22 @@ def test_check_reads_a_file_and_touches_no_node(tmp_path: Path, capsys: pytest.C
         "floats, booleans, and dates, times or date-times\n"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.toml", "good.toml"]
+
+
+async def test_a_tampered_shard_is_refused_and_logged(
+    tmp_path: Path, sealed_node: Node, root_key: Path, make_user: UserFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = await bot(make_user, sealed_node, "alice"), await bot(make_user, sealed_node, "bob")
+    text = definition(alice=(alice.key, f'token = "{PLANTED}"\n'), bob=(bob.key, 'token = "bob"\n'))
+    await load(sealed_node.config, root_key, text, tmp_path / "coffer.toml")
+    with closing(sqlite3.connect(sealed_node.config.store_location, isolation_level=None)) as conn:
+        # Bob's record in Alice's row: it is bound to Bob's key, so it does not open as hers.
+        conn.execute(
+            "UPDATE coffer_shards SET sealed = (SELECT sealed FROM coffer_shards WHERE name = 'bob')"
+            " WHERE name = 'alice'"
+        )
+    with pytest.raises(FailedPrecondition, match="the node cannot open your coffer shard"):
+        await alice.client.fetch_coffer()
+    assert "the coffer shard of 'alice'" in caplog.text
+    assert "damaged or tampered with" in caplog.text
+    assert await read_shard(bob) == {"token": "bob"}

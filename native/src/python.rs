@@ -803,6 +803,24 @@ impl RootKey {
         Ok(bytes(py, &self.0.reseal(&new.0, purpose, context, record)?))
     }
 
+    /// Opens a record and seals its plaintext in the hybrid envelope to `recipient_public_key` (a coffer shard on
+    /// its way to its bot): the plaintext never reaches Python and is zeroized here.
+    fn open_to_envelope<'py>(
+        &self,
+        py: Python<'py>,
+        purpose: &str,
+        context: &[u8],
+        record: &[u8],
+        recipient_public_key: &[u8],
+        info: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let plaintext = self.0.open(purpose, context, record)?;
+        Ok(bytes(
+            py,
+            &envelope::seal_envelope(recipient_public_key, &plaintext, info)?,
+        ))
+    }
+
     /// Seals an OPAQUE server setup without its bytes passing through Python.
     fn seal_opaque_server<'py>(
         &self,

@@ -1,19 +1,18 @@
 """The coffer: a bot reads the secrets its operator provisioned for it (`qpc-server coffer load`).
 
 A caller gets the shard of its own session's identity key, and nothing else: no parameter names a key. The shard
-(CBOR) is opened from its sealed record, sealed again in our hybrid envelope to the caller's published hybrid key,
-and the clear copy wiped. The node's logs and errors name the bot's key at most, never a secret or its name.
+(CBOR) is opened from its sealed record and sealed again in our hybrid envelope to the caller's published hybrid
+key inside the native module, so that the clear shard never reaches Python. The node's logs and errors name the
+bot's key at most, never a secret or its name.
 """
 
 from __future__ import annotations
 
 import logging
 
-from quicnprotochat.common.coffer_shard import coffer_info
 from quicnprotochat.common.errors import FailedPrecondition, NotFound
-from quicnprotochat.native import RootKey, seal_envelope
-from quicnprotochat.server.identity import wipe
-from quicnprotochat.server.sealed_coffer import open_shard
+from quicnprotochat.native import RootKey
+from quicnprotochat.server.sealed_coffer import shard_envelope
 from quicnprotochat.server.sealed_secrets import SealedDataError
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import Caller
@@ -41,11 +40,7 @@ class CofferService:
         if self._root is None:
             raise FailedPrecondition("this node runs without its root key and cannot open coffer shards")
         try:
-            clear = open_shard(self._root, shard)
+            return shard_envelope(self._root, shard, hybrid_key)
         except SealedDataError as error:
             log.error("cannot serve a coffer shard: %s", error)
             raise FailedPrecondition("the node cannot open your coffer shard (its log says why)") from None
-        try:
-            return bytes(seal_envelope(hybrid_key, bytes(clear), coffer_info(key)))
-        finally:
-            wipe(clear)
