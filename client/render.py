@@ -10,6 +10,8 @@ import datetime
 import json
 
 from quicnprotochat.client.chat import (
+    BotApprovalDecided,
+    BotApprovalRequested,
     ConnectionLost,
     ConnectionRestored,
     ErrorEvent,
@@ -26,6 +28,7 @@ from quicnprotochat.client.chat import (
     RemovedFromConversation,
 )
 from quicnprotochat.client.state import Message
+from quicnprotochat.common.bot_keys import bot_key_text
 
 
 def clock(message: Message) -> str:
@@ -69,8 +72,28 @@ def format_message(conversation: str, message: Message) -> str:
     return f"{clock(message)} [{conversation}] {sender(message)}: {message.body}{state_note(message)}"
 
 
+def bot_question(asked: BotApprovalRequested) -> str:
+    return f"bot {bot_key_text(asked.identity_key)} wants to act as your bot {asked.name}: approve? [y/N]"
+
+
+def bot_decided(event: BotApprovalDecided, *, here: bool = False) -> str:
+    """How a bot approval request ended (`here`: answered by this client)."""
+    bot = f"bot {event.name} ({bot_key_text(event.identity_key)})"
+    if here and event.state in ("approved", "refused"):
+        return f"* {event.state} {bot}"
+    ended = {
+        "approved": "was approved on another of your devices",
+        "refused": "was refused on another of your devices",
+    }.get(event.state, "was not answered in time: refused")
+    return f"* {bot} {ended}"
+
+
 def describe(event: Event) -> str:
     """One line for an event."""
+    if isinstance(event, BotApprovalRequested):
+        return f"* {bot_question(event)} (answer in qpc repl)"
+    if isinstance(event, BotApprovalDecided):
+        return bot_decided(event)
     if isinstance(event, MessageReceived | MessageStateChanged):
         return format_message(event.conversation.name, event.message)
     if isinstance(event, FileReceived):

@@ -46,7 +46,7 @@ from quicnprotochat.client.chat import (
     key_fingerprint,
 )
 from quicnprotochat.client.chat.safety import safety_lines
-from quicnprotochat.client.render import clock, describe, route_text, sender, state_note
+from quicnprotochat.client.render import bot_decided, bot_question, clock, describe, route_text, sender, state_note
 from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common.bot_keys import BotKeyError, bot_key_text, parse_bot_key
 
@@ -173,7 +173,7 @@ class Repl:
 
     def prompt(self) -> str:
         if self.asking:
-            return _question(self.asking[0]) + " "
+            return bot_question(self.asking[0]) + " "
         return f"[{self.current.name}] > " if self.current else f"{self.chat.username} > "
 
     # ── bot approvals ─────────────────────────────────────────────────────────────────────────────────────
@@ -183,13 +183,13 @@ class Repl:
             self.asking.append(event)
             if not self.interactive or len(self.asking) > 1:
                 # On a terminal the prompt asks about the first; a later one (or a pipe) gets a line.
-                self.out.event(_question(event))
+                self.out.event(bot_question(event))
         else:
             waiting = [asked for asked in self.asking if asked.request_id == event.request_id]
             if not waiting:
                 return  # answered here: the answer printed its outcome
             self.asking.remove(waiting[0])
-            self.out.event(f"* bot {event.name} ({bot_key_text(event.identity_key)}) {_decided(event.state)}")
+            self.out.event(bot_decided(event))
         self.redraw()
 
     async def answer(self, approve: bool) -> None:
@@ -201,11 +201,9 @@ class Repl:
             self.asking.insert(0, asked)  # not answered: ask again
             self.redraw()
             raise
-        key = bot_key_text(asked.identity_key)
-        if state == ("approved" if approve else "refused"):
-            self.out.event(f"* {'approved' if approve else 'refused'} bot {asked.name} ({key})")
-        else:
-            self.out.event(f"* bot {asked.name} ({key}) {_decided(state)}")
+        decided = BotApprovalDecided(asked.request_id, asked.identity_key, asked.name, state)
+        # Our answer, unless another client's came first.
+        self.out.event(bot_decided(decided, here=state == ("approved" if approve else "refused")))
 
     # ── incoming ──────────────────────────────────────────────────────────────────────────────────────────
 
@@ -504,17 +502,6 @@ class Repl:
 
     async def cmd_quit(self, _args: list[str]) -> None:
         self.running = False
-
-
-def _question(asked: BotApprovalRequested) -> str:
-    return f"bot {bot_key_text(asked.identity_key)} wants to act as your bot {asked.name}: approve? [y/N]"
-
-
-def _decided(state: str) -> str:
-    return {
-        "approved": "was approved on another of your devices",
-        "refused": "was refused on another of your devices",
-    }.get(state, "was not answered in time: refused")
 
 
 QUIT_HINT = "(to leave: Ctrl-D or /quit)"

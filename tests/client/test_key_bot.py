@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from quicnprotochat.client.chat import (
 from quicnprotochat.common.bot_keys import bot_key_text
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory
+from tests.client.terminal import QPC, client_env, env_for, qpc
 from tests.client.test_echo_bot import load_echo_bot
 from tests.conftest import node_address
 
@@ -154,3 +156,28 @@ async def test_a_repl_without_a_terminal_prints_the_question_and_reads_the_answe
     await (await asyncio.wait_for(login, 15)).close()
     await repl.handle("/bots")
     assert f"helper           {key}  approved " in capsys.readouterr().out
+
+
+async def test_qpc_recv_follow_tells_of_a_bot_waiting_for_approval(node: Node, tmp_path: Path) -> None:
+    base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
+    alice = dict(env_for(base, "alice", state_password=None), QPC_STATE_PASSWORD="")
+    assert (await qpc("register", env=alice)).returncode == 0
+    follower = await asyncio.create_subprocess_exec(
+        *QPC, "recv", "--follow", env=alice, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        key_file = tmp_path / "helper.bot"
+        await qpc_bot_new(node, key_file)
+        key = bot_key_text(load_bot_key_file(key_file).identity_key)
+        login = asyncio.create_task(ChatClient.open_bot(key_file))
+        assert follower.stderr is not None
+        line = await asyncio.wait_for(follower.stderr.readline(), 30)
+        while b"wants to act" not in line and line:
+            line = await asyncio.wait_for(follower.stderr.readline(), 30)
+        expected = f"* bot {key} wants to act as your bot helper: approve? [y/N] (answer in qpc repl)"
+        assert line.decode().strip() == expected
+        login.cancel()
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(follower.wait(), 20)
+    assert follower.returncode == 0
