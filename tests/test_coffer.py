@@ -367,3 +367,18 @@ async def test_a_tampered_shard_is_refused_and_logged(
     assert "the coffer shard of 'alice'" in caplog.text
     assert "damaged or tampered with" in caplog.text
     assert await read_shard(bob) == {"token": "bob"}
+
+
+async def test_every_node_of_a_database_serves_a_load(
+    tmp_path: Path, root_key: Path, make_user: UserFactory, pg_url: str
+) -> None:
+    """Nodes sharing a PostgreSQL database share their root key: a load through one node's data dir is served by
+    the others at once."""
+    nodes = [await started(loopback_config(tmp_path / n, root_key_file=str(root_key), store=pg_url)) for n in "ab"]
+    try:
+        alice = await bot(make_user, nodes[1], "alice")
+        await load(nodes[0].config, root_key, definition(alice=(alice.key, "port = 9\n")), tmp_path / "coffer.toml")
+        assert await read_shard(alice) == {"port": 9}
+    finally:
+        for node in nodes:
+            await node.stop()
