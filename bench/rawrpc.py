@@ -18,6 +18,7 @@ from typing import Any
 
 import capnp  # type: ignore[import-untyped]
 
+from quicnprotochat.common.capnp_frames import framed_length
 from quicnprotochat.common.schema import ALPN, node_schema
 
 _CAPNP_DIR = os.path.dirname(capnp.__file__)
@@ -44,19 +45,6 @@ def auth(token: bytes) -> dict[str, Any]:
 def text(value: str) -> bytes:
     """A Text field's bytes, for wire structs that declare it as Data: UTF-8 and the NUL terminator."""
     return value.encode() + b"\x00"
-
-
-def _framed_length(header: bytes) -> int | None:
-    """Bytes of the whole framed message whose start is `header`, once enough of it is there."""
-    if len(header) < 4:
-        return None
-    count = struct.unpack_from("<I", header)[0] + 1
-    table = 4 + 4 * count
-    table += table % 8
-    if len(header) < table:
-        return None
-    sizes = struct.unpack_from(f"<{count}I", header, 4)
-    return int(table + 8 * sum(sizes))
 
 
 class Frames:
@@ -115,7 +103,7 @@ class RawRpc(Frames):
 
     def read_message(self) -> Any:
         while True:
-            length = _framed_length(bytes(self._received[:4096]))
+            length = framed_length(bytes(self._received[:4096]))
             if length is not None and len(self._received) >= length:
                 data = bytes(self._received[:length])
                 del self._received[:length]

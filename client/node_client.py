@@ -320,7 +320,9 @@ class NodeClient:
             if error.type == "DISCONNECTED":
                 self._forget(connection)
                 raise Disconnected(f"{method}: the connection to {self.address} was lost") from None
-            if error.type == "UNIMPLEMENTED":  # a method this node does not know (an older node)
+            if error.type == "UNIMPLEMENTED":
+                # A method this node does not know. Nodes since issue 13 answer it with an `unimplemented:` reason
+                # too; nodes before it, and other Cap'n Proto servers, only with kj's type and text.
                 raise Unimplemented(f"{method} is not implemented by this node") from None
             raise error_from_reason(error.description) from None
 

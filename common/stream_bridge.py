@@ -71,6 +71,7 @@ class StreamBridge(asyncio.Transport):
         self._hold: Callable[[], bool] | None = None
         self._on_write: Callable[[int], None] | None = None
         self._inbound: InboundMeter | None = None
+        self._outbound: Callable[[bytes], bytes] | None = None
         self.last_received = time.monotonic()
         """When bytes last arrived (time.monotonic): what an idle timeout measures."""
 
@@ -106,6 +107,10 @@ class StreamBridge(asyncio.Transport):
 
     def set_inbound(self, meter: InboundMeter) -> None:
         self._inbound = meter
+
+    def set_outbound(self, rewrite: Callable[[bytes], bytes]) -> None:
+        """`rewrite(data)`: what to send for the bytes pycapnp writes (it may hold some back for a later call)."""
+        self._outbound = rewrite
 
     def release(self) -> None:
         """The hold may be over: deliver what waits."""
@@ -192,7 +197,11 @@ class StreamBridge(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing:
             return
-        self._send(data if isinstance(data, bytes) else bytes(data))
+        out = data if isinstance(data, bytes) else bytes(data)
+        if self._outbound is not None:
+            out = self._outbound(out)
+        if out:
+            self._send(out)
         if self._on_write is not None:
             self._on_write(len(data))
 

@@ -32,6 +32,7 @@ MESSAGE_LIMIT = "max_message_bytes"
 BOOTSTRAP_LIMIT = "max_bootstraps_per_connection"
 
 Close = Callable[[str], None]
+CallRead = Callable[[int, int, int], None]
 
 
 class IncomingMessages:
@@ -43,9 +44,12 @@ class IncomingMessages:
         self._counters = counters
         self._holders: dict[ConnectionInbound, None] = {}  # connections holding bytes, longest first
 
-    def connection(self, *, max_message_bytes: int, max_bootstraps: int, close: Close) -> ConnectionInbound:
-        """The meter of a new connection; `close(reason)` ends that connection (called on a later loop turn)."""
-        return ConnectionInbound(self, FrameScanner(max_message_bytes), max_bootstraps, close)
+    def connection(
+        self, *, max_message_bytes: int, max_bootstraps: int, close: Close, call_read: CallRead | None = None
+    ) -> ConnectionInbound:
+        """The meter of a new connection; `close(reason)` ends that connection (called on a later loop turn);
+        `call_read(question, interface, method)` learns of each incoming Call."""
+        return ConnectionInbound(self, FrameScanner(max_message_bytes), max_bootstraps, close, call_read)
 
     @property
     def holders(self) -> int:
@@ -77,8 +81,16 @@ class IncomingMessages:
 class ConnectionInbound:
     """One connection's incoming bytes (a `stream_bridge.InboundMeter`)."""
 
-    def __init__(self, node: IncomingMessages, scanner: FrameScanner, max_bootstraps: int, close: Close) -> None:
+    def __init__(
+        self,
+        node: IncomingMessages,
+        scanner: FrameScanner,
+        max_bootstraps: int,
+        close: Close,
+        call_read: CallRead | None = None,
+    ) -> None:
         self._node = node
+        self._call_read = call_read
         self._scanner = scanner
         self._max_bootstraps = max_bootstraps
         self._close = close
@@ -97,6 +109,11 @@ class ConnectionInbound:
         except FrameRefused as refused:
             self.refuse(MESSAGE_LIMIT, str(refused))
             return
+        if scanner.calls:
+            if self._call_read is not None:
+                for call in scanner.calls:
+                    self._call_read(*call)
+            scanner.calls.clear()
         if scanner.kinds:
             # A message laid out so that its kind cannot be read cheaply counts as a Bootstrap: kj reads it anyway.
             self.bootstraps += sum(1 for kind in scanner.kinds if kind in (BOOTSTRAP, UNKNOWN_KIND))

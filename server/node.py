@@ -11,6 +11,7 @@ import signal
 import time
 
 from quicnprotochat.common import kj_loop
+from quicnprotochat.common.schema import node_schema
 from quicnprotochat.server.at_rest import node_root_key, open_secrets
 from quicnprotochat.server.config import NodeConfig, parse_listen
 from quicnprotochat.server.connection_budget import ConnectionBudget
@@ -85,7 +86,11 @@ class Node:
                 return service_class(state, peer, budget)
 
             self._sessions = RpcSessions(
-                bootstrap, self.config.max_message_bytes, connection_limits(self.config), state.counters
+                bootstrap,
+                self.config.max_message_bytes,
+                connection_limits(self.config),
+                state.counters,
+                served=node_schema().NodeService,
             )
             sessions = self._sessions
             state.connections = lambda: sessions.active

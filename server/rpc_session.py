@@ -16,6 +16,7 @@ from quicnprotochat.server.incoming_messages import IncomingMessages
 from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.node_counters import NodeCounters, decrement
 from quicnprotochat.server.peer import Peer
+from quicnprotochat.server.unknown_methods import UnknownMethodAnswers
 
 log = logging.getLogger("quicnprotochat.server.session")
 # A flood of refused connections logs one line per limit and minute.
@@ -33,8 +34,12 @@ class RpcSessions:
         max_message_bytes: int,
         limits: ConnectionLimits,
         counters: NodeCounters,
+        served: Any = None,
     ) -> None:
+        """`served`: the schema interface the bootstrap capability implements; calls to methods it lacks get the
+        node's `unimplemented:` answer (server/unknown_methods.py)."""
         self._bootstrap_for = bootstrap_for
+        self._served = served
         self._max_message_bytes = max_message_bytes
         self._reader_limit = reader_limit_words(max_message_bytes)
         self._limits = limits
@@ -67,9 +72,19 @@ class RpcSessions:
         budget = ConnectionBudget(self._limits)
         budget.attach(bridge.unsent_bytes, bridge.release)
         bridge.set_budget(budget.hold_reading, budget.written)
+        call_read = None
+        if self._served is not None:
+            schema = self._served.schema
+            name = schema.node.displayName.rsplit(":", 1)[-1]
+            answers = UnknownMethodAnswers(schema.node.id, name, len(schema.methods))
+            bridge.set_outbound(answers.outgoing)
+            call_read = answers.call_read
         bridge.set_inbound(
             self.incoming.connection(
-                max_message_bytes=self._max_message_bytes, max_bootstraps=self._limits.max_bootstraps, close=close
+                max_message_bytes=self._max_message_bytes,
+                max_bootstraps=self._limits.max_bootstraps,
+                close=close,
+                call_read=call_read,
             )
         )
         return budget

@@ -1,5 +1,6 @@
-"""The framing scanner (common/capnp_frames.py) and the node-wide account of incoming bytes built on it
-(server/incoming_messages.py), on real RPC messages cut at every byte."""
+"""The framing scanner (common/capnp_frames.py), the node-wide account of incoming bytes built on it
+(server/incoming_messages.py) and the rewrite of kj's answers to unknown methods (server/unknown_methods.py),
+on real RPC messages cut at every byte."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from quicnprotochat.bench.rawrpc import Frames, rpc, wire
 from quicnprotochat.common.capnp_frames import BOOTSTRAP, UNKNOWN_KIND, FrameRefused, FrameScanner
 from quicnprotochat.server.incoming_messages import ConnectionInbound, IncomingMessages
 from quicnprotochat.server.node_counters import NodeCounters
+from quicnprotochat.server.unknown_methods import UnknownMethodAnswers
 
 CALL, FINISH = 2, 4
 
@@ -92,3 +94,32 @@ async def test_bootstraps_past_the_cap_close_the_connection() -> None:
     assert not connection.open
     assert closed == ["max_bootstraps_per_connection: more than 2 Bootstrap messages"]
     assert counters.refused == {"max_bootstraps_per_connection": 1}
+
+
+def _exception_return(answer: int, reason: str) -> bytes:
+    message = rpc.Message.new_message()
+    returned = message.init("return")
+    returned.answerId = answer
+    returned.init("exception").reason = reason
+    return bytes(message.to_bytes())
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_kj_answers_to_unknown_methods_get_the_nodes_reason(step: int) -> None:
+    answers = UnknownMethodAnswers(interface_id=0xABC, interface_name="NodeService", methods=5)
+    big = rpc.Message.new_message()
+    big.init("return").answerId = 1
+    getattr(big, "return").init("results").content = wire.ReadInbox.new_message(recipientKey=bytes(10_000))
+    stream = [_exception_return(3, "Method not implemented."), bytes(big.to_bytes()), _exception_return(4, "x")]
+    answers.call_read(4, 0xABC, 9)  # question 4 called method 9 of 5; question 3 is not waiting
+    answers.call_read(5, 0xABC, 2)  # a method the node has: nothing to do
+    data = b"".join(stream)
+    out = b"".join(answers.outgoing(data[i : i + step]) for i in range(0, len(data), step))
+    assert out.startswith(stream[0] + stream[1])  # unchanged, byte for byte
+    with rpc.Message.from_bytes(out[len(stream[0]) + len(stream[1]) :]) as message:
+        returned = getattr(message, "return")
+        assert returned.answerId == 4
+        assert (
+            returned.exception.reason
+            == "unimplemented: method 9 is not part of NodeService (this node has methods 0-4)"
+        )

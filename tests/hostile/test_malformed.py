@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from quicnprotochat.bench.rawrpc import (
+    Answer,
     Frames,
     RawRpc,
     amplified_keys,
@@ -25,6 +26,7 @@ from quicnprotochat.bench.rawrpc import (
     rpc,
     wire,
 )
+from quicnprotochat.common.schema import node_schema
 from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory
 
@@ -160,22 +162,38 @@ async def test_amplified_lists_hit_the_traversal_limit(node: Node, make_user: Us
     await witness.through()
 
 
-async def test_unknown_methods_are_unimplemented(node: Node) -> None:
-    """An ordinal past the schema is answered by Cap'n Proto itself, with the exception type `unimplemented`
-    (NodeClient raises Unimplemented for it); never `internal:`."""
+async def test_unknown_methods_are_unimplemented(node: Node, make_user: UserFactory) -> None:
+    """An ordinal past the schema, or an interface the node does not serve, is answered below the node's dispatch
+    by Cap'n Proto; the answer still carries the node's own `unimplemented:` reason, and the connection goes on."""
+    witness = Witness(await make_user(node, "alice"))
+    methods = len(node_schema().NodeService.schema.methods)
+    assert node.tcp_address is not None
+    address = node.tcp_address
 
-    def ask() -> tuple[str | None, str]:
-        assert node.tcp_address is not None
-        raw = RawRpc(*node.tcp_address)
+    def ask() -> list[Answer]:
+        raw = RawRpc(*address)
         try:
-            answer = raw.ask(200, wire.Empty.new_message())
-            return answer.reason, answer.kind
+            answers = [raw.ask(200, wire.Empty.new_message()), raw.ask(methods, wire.Empty.new_message())]
+            question, frame = raw.call_frame("health", wire.Empty.new_message())
+            with rpc.Message.from_bytes(frame) as message:
+                other = message.as_builder()
+            other.call.interfaceId = 0x1234
+            raw.send(bytes(other.to_bytes()))
+            answers.append(raw.answer(question))
+            answers.append(raw.ask("health", wire.Empty.new_message()))
+            return answers
         finally:
             raw.close()
 
-    reason, kind = await asyncio.to_thread(ask)
-    assert kind == "unimplemented" and reason is not None and "not implemented" in reason.lower()
-    assert "internal:" not in reason
+    unknown, next_one, other_interface, health = await witness.during(asyncio.to_thread(ask))
+    assert unknown.reason == (
+        f"unimplemented: method 200 is not part of NodeService (this node has methods 0-{methods - 1})"
+    ), unknown.reason
+    assert unknown.kind == "unimplemented"
+    assert next_one.reason is not None and next_one.reason.startswith(f"unimplemented: method {methods} ")
+    assert other_interface.reason == "unimplemented: interface 0x1234 is not served by this node"
+    assert health.reason is None
+    await witness.through()
 
 
 async def test_repeated_client_faults_are_one_log_line(
