@@ -8,6 +8,7 @@ the node's CPU and RSS, and compares with ceilings taken in the same run. See do
     qpc-bench mixed --producers 16
     qpc-bench groups --groups 4 --members 4 --commit-share 0.2
     qpc-bench p2p --count 200                  # two chat clients: direct (iroh) against through the node
+    qpc-bench keylogin --count 500             # bots logging in by key: first login with approval, latency, rate
     qpc-bench enqueue --target 127.0.0.1:7700 --server-fingerprint HEX [--node-pid PID]
 
 Several nodes on one PostgreSQL database (the scale-out deployment):
@@ -42,6 +43,7 @@ from rich.console import Console
 from quicnprotochat.bench import baselines
 from quicnprotochat.bench.bots import AccountsFile, Bot, Connector, check_tokens, register_bots
 from quicnprotochat.bench.groups import run_groups
+from quicnprotochat.bench.key_login import run_key_login
 from quicnprotochat.bench.live import Live
 from quicnprotochat.bench.metrics import MIN_PAYLOAD_BYTES
 from quicnprotochat.bench.node_runner import (
@@ -423,7 +425,7 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
                 save_extras=save_extras,
                 database_pid=store.server_pid,
             )
-            special = {"groups": run_groups, "p2p": run_p2p}
+            special = {"groups": run_groups, "p2p": run_p2p, "keylogin": run_key_login}
             runner = special.get(spec.scenario) or RUNNERS[spec.scenario]
             report["results"] = await runner(ctx)
             if len(nodes) > 1:

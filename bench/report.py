@@ -92,6 +92,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{figures['messages_per_s']:,} messages/s ({figures['messages']} back to back); the receiver saw "
             + ", ".join(f"{count} {route}" for route, count in figures["routes_seen_by_receiver"].items()),
         )
+    if "logins_per_s" in results:
+        table.add_row("first key login (with approval)", f"{results['first_login_with_approval_ms']} ms")
+        table.add_row("key login latency", _latency(results["login_latency_ms"]))
+        table.add_row(
+            "key logins/s",
+            f"{results['logins_per_s']:,} ({results['logins']} logins, {results['in_flight']} in flight)",
+        )
     if "delivery_latency_ms" in results:
         what = "wake-up latency (enqueue call -> receipt)" if report["scenario"] == "longpoll" else "delivery latency"
         table.add_row(what, _latency(results["delivery_latency_ms"]))

@@ -40,7 +40,7 @@ from quicnprotochat.bench.node_runner import NodeUnderTest
 from quicnprotochat.client import NodeClient
 from quicnprotochat.client.accounts import login_token, register
 
-SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups", "hostile", "p2p")
+SCENARIOS = ("enqueue", "fanout", "longpoll", "idle", "mixed", "groups", "hostile", "p2p", "keylogin")
 CONSUMERS = ("peekack", "fetchwait")
 
 

@@ -173,3 +173,12 @@ def test_p2p_direct_against_the_node(tmp_path: Path) -> None:
         assert set(figures["latency_ms"]) == LATENCY_KEYS and figures["messages_per_s"] > 0
     assert set(results["direct_vs_node"]) == {"p50_latency_ratio", "throughput_ratio"}
     assert results["errors"] == {}
+
+
+def test_key_login(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "keylogin", "--in-process", "--count", "20", "--concurrency", "8")
+    results = report["results"]
+    assert results["first_login_with_approval_ms"] > 0
+    assert set(results["login_latency_ms"]) == LATENCY_KEYS and results["login_latency_ms"]["count"] == 20
+    assert results["logins"] == 20 and results["in_flight"] == 8 and results["logins_per_s"] > 0
+    assert results["errors"] == {}
