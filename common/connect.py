@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import capnp  # type: ignore[import-untyped]
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from quicnprotochat.common.capnp_bridge import attach_capnp_stream, reader_limit_words
 from quicnprotochat.common.fingerprint import spki_fingerprint, spki_fingerprint_der
+from quicnprotochat.common.quic_acks import BundledAcksProtocol
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN, node_schema
 from quicnprotochat.common.stream_bridge import TlsStreamProtocol
@@ -33,7 +33,7 @@ QUIC_IDLE_TIMEOUT_S = 30.0
 Verifier = Callable[[str], None]
 
 
-class _ClientQuicConnection(QuicConnectionProtocol):
+class _ClientQuicConnection(BundledAcksProtocol):
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler)
         self.stream: QuicStreamTransport | None = None
@@ -169,7 +169,7 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
         stream_transport = QuicStreamTransport(
             quic,
             quic.get_next_available_stream_id(),
-            protocol._transmit_soon,
+            protocol.answer_queued,
             max_buffered=MAX_RESPONSE_BYTES,
             extra={"peername": address},
         )

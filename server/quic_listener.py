@@ -8,12 +8,12 @@ import logging
 import ssl
 from typing import Any
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from quicnprotochat.common.capnp_bridge import attach_capnp_stream
+from quicnprotochat.common.quic_acks import BundledAcksProtocol
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.connection_budget import ConnectionBudget
@@ -34,7 +34,7 @@ def _is_client_bidi(stream_id: int) -> bool:
     return stream_id % 4 == 0
 
 
-class NodeQuicConnection(QuicConnectionProtocol):
+class NodeQuicConnection(BundledAcksProtocol):
     def __init__(
         self,
         quic: QuicConnection,
@@ -102,7 +102,7 @@ class NodeQuicConnection(QuicConnectionProtocol):
             self._stream = QuicStreamTransport(
                 self._quic,
                 event.stream_id,
-                self._transmit_soon,
+                self.answer_queued,
                 max_buffered=self._max_buffered,
                 on_closed=self._rpc_stream_closed,
                 extra={"peername": self._peer},
