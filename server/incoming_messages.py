@@ -73,6 +73,7 @@ class IncomingMessages:
             del self._holders[meter]
         meter.held = held
         self.total += held - before
+        self._counters.incoming_bytes_in_progress = self.total
 
     def _count(self, limit: str) -> None:
         self._counters.refuse(limit)

@@ -131,6 +131,11 @@ class _StateCollector(Collector):
             "Open connections on which no call has authenticated yet",
             counters.unauthenticated_connections,
         )
+        yield _gauge(
+            "qpc_incoming_bytes_in_progress",
+            "Bytes of incoming messages not yet complete, and received bytes not yet read, over all connections",
+            counters.incoming_bytes_in_progress,
+        )
         refused = CounterMetricFamily(
             "qpc_refused", "Calls refused or connections closed by a limit, by its setting name", labels=["limit"]
         )

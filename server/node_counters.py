@@ -19,6 +19,8 @@ class NodeCounters:
     connections_by_address: Counter[str] = field(default_factory=Counter)
     unauthenticated_connections: int = 0
     """Open connections on which no call has authenticated yet."""
+    incoming_bytes_in_progress: int = 0
+    """Bytes of incoming messages not yet complete (and received bytes not yet read), over all connections."""
     parked_waits: int = 0
     parked_by_identity: Counter[bytes] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
@@ -33,6 +35,7 @@ class NodeCounters:
             "connections": dict(self.connections),
             "connection_addresses": len(self.connections_by_address),
             "unauthenticated_connections": self.unauthenticated_connections,
+            "incoming_bytes_in_progress": self.incoming_bytes_in_progress,
             "parked_waits": self.parked_waits,
             "parked_identities": len(self.parked_by_identity),
             "refused": dict(self.refused),

@@ -80,6 +80,7 @@ async def test_the_longest_holder_is_closed_not_the_newest() -> None:
     assert incoming.total == 9008
     middle.closed()
     assert incoming.total == 5000 and incoming.holders == 1
+    assert counters.incoming_bytes_in_progress == 5000  # what /metrics shows
 
 
 async def test_bootstraps_past_the_cap_close_the_connection() -> None:

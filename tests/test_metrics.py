@@ -88,6 +88,7 @@ async def test_metrics_scraped_during_a_load_run(metrics_node: Node, make_user: 
     assert final[("qpc_store_up", ())] == 1 and final[("qpc_store_writer_up", ())] == 1
     assert final[("qpc_store_failed_batches_total", ())] == 0
     assert final[("qpc_free_disk_bytes", ())] > 0
+    assert final[("qpc_incoming_bytes_in_progress", ())] == 0  # every message complete and read
 
 
 async def test_metrics_port_serves_only_metrics(metrics_node: Node) -> None:

@@ -9,6 +9,7 @@ import functools
 import ssl
 import struct
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio.client import connect
@@ -18,7 +19,8 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
 from quicnprotochat.bench.rawrpc import RawRpc
 from quicnprotochat.common.schema import ALPN
-from tests.conftest import UserFactory
+from quicnprotochat.server.node import Node
+from tests.conftest import UserFactory, loopback_config
 
 from .conftest import MIB, ProcessNode, StartProcessNode, Witness, as_node, closed_by_peer
 
@@ -118,3 +120,24 @@ async def test_half_sent_messages_over_quic_are_bounded(process_node: StartProce
     async with contextlib.AsyncExitStack() as connections:
         grown = await _watch(node, witness, attack(connections))
     assert grown < GROWTH_BUDGET, f"the node grew by {grown / MIB:.0f} MiB"
+
+
+async def test_bytes_in_progress_are_counted_and_freed(tmp_path: Path, make_user: UserFactory) -> None:
+    """What the node counts (and /metrics shows as qpc_incoming_bytes_in_progress) follows a stalled message."""
+    node = Node(loopback_config(tmp_path / "n"))
+    await node.start()
+    try:
+        witness = Witness(await make_user(node, "alice"))
+        assert node.tcp_address is not None
+        raw = await asyncio.to_thread(RawRpc, *node.tcp_address)
+        await asyncio.to_thread(raw.send, struct.pack("<II", 0, 1 << 20) + bytes(MIB - 8))  # 1 MiB of 8 MiB
+        async with asyncio.timeout(10):
+            while node.counters.incoming_bytes_in_progress < MIB:
+                await witness.still_serves()
+        raw.close()
+        async with asyncio.timeout(10):
+            while node.counters.incoming_bytes_in_progress:
+                await witness.still_serves()
+        await witness.through()
+    finally:
+        await node.stop()
