@@ -6,6 +6,7 @@ the recipient reads an inbox; a channel's inboxes are used only by the channel's
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from quicnprotochat.common.errors import Forbidden, InvalidArgument, NotFound, U
 from quicnprotochat.server.disk_space import DiskSpace
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
-from quicnprotochat.server.services.sessions import Caller
+from quicnprotochat.server.services.sessions import SESSION_CACHE_SECONDS, Caller
 from quicnprotochat.server.store import AccountStore, BotKeyStore, Clock, InboxMessage, InboxStore, fetch_wait
 from quicnprotochat.server.store.fetch_wait import AnswerSlot
 from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES, IdempotencyKey, IdempotencyStore
@@ -75,11 +76,16 @@ class InboxService:
     # -- checks ------------------------------------------------------------------------------------------------
 
     async def _require_account(self, identity_key: bytes, name: str) -> None:
-        if self._known_identities.get(identity_key) is not None:
+        known = self._known_identities.get(identity_key)
+        if known is True or (isinstance(known, float) and time.monotonic() < known):
             return
-        if await self._accounts.resolve_identity(identity_key) is None and not await self._is_bot(identity_key):
+        if await self._accounts.resolve_identity(identity_key) is not None:
+            self._known_identities.put(identity_key, True)  # accounts are never removed
+        elif await self._is_bot(identity_key):
+            # A bot can be revoked: trusted for a short while only, as sessions are.
+            self._known_identities.put(identity_key, time.monotonic() + SESSION_CACHE_SECONDS)
+        else:
             raise NotFound(f"{name} belongs to no account on this node")
-        self._known_identities.put(identity_key, True)
 
     async def _is_bot(self, identity_key: bytes) -> bool:
         """An approved, unrevoked bot key: bots receive messages like accounts."""

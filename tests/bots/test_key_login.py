@@ -24,6 +24,7 @@ from quicnprotochat.common.transcripts import key_login_transcript
 from quicnprotochat.native import Vault
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
+from quicnprotochat.server.services.sessions import SESSION_CACHE_SECONDS
 from tests.bots.botlib import approved_key_login, wait_for_pending
 from tests.conftest import BotFactory, ClientFactory, User, UserFactory
 
@@ -202,6 +203,7 @@ async def test_revoked_key_loses_its_session_and_cannot_log_in_again(
     client = await connect(node)
     client.access_token = await approved_token(alice, client, bot)
     assert await client.resolve_user("alice") == alice.key
+    assert await alice.client.enqueue(bot.identity_key, b"hello bot") == 1  # bots receive like accounts
     await alice.client.revoke_bot(bot.identity_key)
     with pytest.raises(Unauthenticated, match="revoked"):
         await client.resolve_user("alice")
@@ -209,6 +211,10 @@ async def test_revoked_key_loses_its_session_and_cannot_log_in_again(
         await key_login_token(client, bot, "alice", "helper")
     (listed,) = await alice.client.list_bots()
     assert listed.revoked
+    # Nobody can write to it any more either (other nodes' caches: within the session cache time).
+    await asyncio.sleep(SESSION_CACHE_SECONDS + 0.1)
+    with pytest.raises(NotFound, match="belongs to no account"):
+        await alice.client.enqueue(bot.identity_key, b"still there?")
     with pytest.raises(NotFound):
         await alice.client.revoke_bot(bot.identity_key)
 
