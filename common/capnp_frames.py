@@ -26,6 +26,9 @@ _WORD = 8
 # Root pointer, the Message struct (its tag word and its one pointer), and a Call laid out right after it (its
 # data: question id and method id, then interface id): what is read of each message's first segment.
 _HEAD_BYTES = 5 * _WORD
+_ONE_SEGMENT = struct.Struct("<II")
+_FIRST_WORDS = struct.Struct("<5Q")
+_FAST_HEAD = _WORD + _HEAD_BYTES
 
 
 class FrameRefused(ValueError):
@@ -60,6 +63,21 @@ class FrameScanner:
                 if not self._remaining:
                     self.in_progress = 0
                 continue
+            if not self._head and end - position >= _FAST_HEAD:
+                count_less_one, segment_words = _ONE_SEGMENT.unpack_from(view, position)
+                if count_less_one == 0 and segment_words * _WORD >= _HEAD_BYTES:
+                    # The common case, read in place: one segment, its first words all here.
+                    total = _WORD + segment_words * _WORD
+                    if total > self._max_message_bytes:
+                        raise FrameRefused(f"a message of {total} bytes (at most {self._max_message_bytes})")
+                    self._classify(_FIRST_WORDS.unpack_from(view, position + _WORD))
+                    if total <= end - position:
+                        position += total
+                    else:
+                        self.in_progress = end - position
+                        self._remaining = total - self.in_progress
+                        position = end
+                    continue
             taken = min(self._head_needed() - len(self._head), end - position)
             self._head += view[position : position + taken]
             self.in_progress += taken
@@ -88,16 +106,30 @@ class FrameScanner:
                 raise FrameRefused(f"a message of {self._total} bytes (at most {self._max_message_bytes})")
         if not self._table or len(head) < self._head_needed():
             return
-        first_words = head[self._table :]
-        kind = _kind(first_words)
-        self.kinds.append(kind)
-        if kind == CALL and (call := _call(first_words)) is not None:
-            self.calls.append(call)
+        words = (len(head) - self._table) // _WORD
+        self._classify(struct.unpack_from(f"<{words}Q", head, self._table))
         self._remaining = self._total - len(head)
         self._head = bytearray()
         self._table = self._total = 0
         if not self._remaining:
             self.in_progress = 0
+
+    def _classify(self, words: tuple[int, ...]) -> None:
+        """Notes the kind of the message whose first segment starts with `words` (up to five), and its Call.
+
+        The kind is the Message union's tag when the root pointer is a struct pointer to the very next word; a
+        Call is read when its struct follows the Message's one pointer directly (word 3)."""
+        if len(words) < 2 or words[0] & 0xFFFF_FFFF or not (words[0] >> 32) & 0xFFFF:
+            self.kinds.append(UNKNOWN_KIND)
+            return
+        kind = words[1] & 0xFFFF
+        self.kinds.append(kind)
+        if kind != CALL or len(words) < 5 or (words[0] >> 32) & 0xFFFF != 1:
+            return
+        pointer = words[2]
+        if pointer & 0xFFFF_FFFF or (pointer >> 32) & 0xFFFF < 2:
+            return
+        self.calls.append((words[3] & 0xFFFF_FFFF, words[4], (words[3] >> 32) & 0xFFFF))
 
 
 def table_size(head: bytes | bytearray) -> int:
@@ -118,29 +150,3 @@ def framed_length(head: bytes | bytearray) -> int | None:
     if len(head) < table:
         return None
     return table + _WORD * sum(int(size) for size in struct.unpack_from(f"<{count}I", head, 4))
-
-
-def _kind(first_words: bytes | bytearray) -> int:
-    """The RPC message's union tag, when its root pointer is a struct pointer to the very next word."""
-    if len(first_words) < 2 * _WORD:
-        return UNKNOWN_KIND
-    root = int.from_bytes(first_words[:_WORD], "little")
-    kind, offset, data_words = root & 3, (root >> 2) & 0x3FFF_FFFF, (root >> 32) & 0xFFFF
-    if kind != 0 or offset != 0 or data_words == 0:
-        return UNKNOWN_KIND
-    return int.from_bytes(first_words[_WORD : _WORD + 2], "little")
-
-
-def _call(first_words: bytes | bytearray) -> tuple[int, int, int] | None:
-    """A Call's (question id, interface id, method id), when its struct follows the Message's pointer directly."""
-    root = int.from_bytes(first_words[:_WORD], "little")
-    if len(first_words) < _HEAD_BYTES or (root >> 32) & 0xFFFF != 1:
-        return None  # the Message's pointer is not at word 2
-    pointer = int.from_bytes(first_words[2 * _WORD : 3 * _WORD], "little")
-    kind, offset, data_words = pointer & 3, (pointer >> 2) & 0x3FFF_FFFF, (pointer >> 32) & 0xFFFF
-    if kind != 0 or offset != 0 or data_words < 2:
-        return None
-    question = int.from_bytes(first_words[3 * _WORD : 3 * _WORD + 4], "little")
-    method = int.from_bytes(first_words[3 * _WORD + 4 : 3 * _WORD + 6], "little")
-    interface = int.from_bytes(first_words[4 * _WORD : 5 * _WORD], "little")
-    return question, interface, method

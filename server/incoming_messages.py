@@ -115,10 +115,11 @@ class ConnectionInbound:
                 for call in scanner.calls:
                     self._call_read(*call)
             scanner.calls.clear()
-        if scanner.kinds:
+        kinds = scanner.kinds
+        if kinds:
             # A message laid out so that its kind cannot be read cheaply counts as a Bootstrap: kj reads it anyway.
-            self.bootstraps += sum(1 for kind in scanner.kinds if kind in (BOOTSTRAP, UNKNOWN_KIND))
-            scanner.kinds.clear()
+            self.bootstraps += kinds.count(BOOTSTRAP) + kinds.count(UNKNOWN_KIND)
+            kinds.clear()
             if self.bootstraps > self._max_bootstraps:
                 self.refuse(BOOTSTRAP_LIMIT, f"more than {self._max_bootstraps} Bootstrap messages")
                 return
@@ -136,7 +137,9 @@ class ConnectionInbound:
 
     def _recount(self) -> None:
         # What is still buffered is the newest part of the stream, so it overlaps the message in progress.
-        self._node._hold(self, max(self._buffered, self._scanner.in_progress))
+        held = max(self._buffered, self._scanner.in_progress)
+        if held != self.held:
+            self._node._hold(self, held)
 
     def refuse(self, limit: str, reason: str) -> None:
         """Stop delivering, forget what this connection held and close it (on the next loop turn)."""

@@ -12,6 +12,7 @@ only until its size is known) unless a question is waiting and the frame is smal
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 import capnp  # type: ignore[import-untyped]
@@ -22,6 +23,8 @@ _CAPNP_DIR = os.path.dirname(capnp.__file__)
 _rpc: Any = None
 # kj's exception answers are a few hundred bytes; larger frames are never held back.
 _LARGEST_ANSWER = 4096
+_TABLE_OF_ONE_SEGMENT = struct.Struct("<II")
+_TABLE_OF_ONE = _TABLE_OF_ONE_SEGMENT.size
 
 
 def _rpc_schema() -> Any:
@@ -58,6 +61,13 @@ class UnknownMethodAnswers:
         if self._passing >= len(data):  # the body of a frame already let through: most bytes, no copy
             self._passing -= len(data)
             return data
+        if not self._passing and not self._head and len(data) >= _TABLE_OF_ONE:
+            # The common case: a one-segment frame's table starts this write, and it is not one to hold.
+            count_less_one, words = _TABLE_OF_ONE_SEGMENT.unpack_from(data)
+            length = _TABLE_OF_ONE + words * 8
+            if count_less_one == 0 and length >= len(data) and (not self._waiting or length > _LARGEST_ANSWER):
+                self._passing = length - len(data)
+                return data
         out = bytearray()
         view = memoryview(data)
         position, end = 0, len(view)
