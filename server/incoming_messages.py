@@ -24,7 +24,6 @@ from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.node_counters import NodeCounters
 
 log = logging.getLogger("quicnprotochat.server.incoming")
-_closing = LogThrottle(log)
 
 # Setting names, also the keys of `NodeCounters.refused`.
 IN_PROGRESS_LIMIT = "max_incoming_bytes_in_progress"
@@ -42,6 +41,7 @@ class IncomingMessages:
         self.limit = limit
         self.total = 0
         self._counters = counters
+        self._closing = LogThrottle(log)  # one line per limit and minute, per node
         self._holders: dict[ConnectionInbound, None] = {}  # connections holding bytes, longest first
 
     def connection(
@@ -75,8 +75,9 @@ class IncomingMessages:
         self.total += held - before
         self._counters.incoming_bytes_in_progress = self.total
 
-    def _count(self, limit: str) -> None:
+    def _count(self, limit: str, reason: str) -> None:
         self._counters.refuse(limit)
+        self._closing.info(limit, "closing a connection: %s (%s)", reason, limit)
 
 
 class ConnectionInbound:
@@ -147,6 +148,5 @@ class ConnectionInbound:
             return
         self.open = False
         self._node._set(self, 0)
-        self._node._count(limit)
-        _closing.info(limit, "closing a connection: %s (%s)", reason, limit)
+        self._node._count(limit, reason)
         asyncio.get_running_loop().call_soon(self._close, f"{limit}: {reason}")
