@@ -68,6 +68,8 @@ async def open_client(ctx: Context, name: str) -> ChatClient:
         receipts=False,
         p2p=True,
         p2p_bind=("127.0.0.1:0",),
+        # Generous: a direct copy that times out on a loaded machine would be counted as a node delivery.
+        p2p_timeout=10.0,
     )
     return await ChatClient.open(config)
 

@@ -105,6 +105,13 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="off (default), default (iroh's public relays), or comma-separated relay URLs (env QPC_P2P_RELAYS)",
     )
     parser.add_argument(
+        "--p2p-timeout",
+        type=float,
+        default=default(os.environ.get("QPC_P2P_TIMEOUT", "2")),
+        metavar="SECONDS",
+        help="how long a direct attempt may take before the node is used (env QPC_P2P_TIMEOUT; default 2)",
+    )
+    parser.add_argument(
         "--p2p-bind",
         action="append",
         default=default(None),
@@ -229,6 +236,7 @@ def _config(args: argparse.Namespace, *, register: bool = False, fresh_login: bo
         receipts=not args.no_receipts,
         p2p=args.p2p,
         p2p_relays=args.p2p_relays,
+        p2p_timeout=args.p2p_timeout,
         p2p_bind=tuple(args.p2p_bind or ()),
         # A password given on the command line or in the environment is checked, cached session or not: a
         # wrong one must not go unnoticed until the session expires.

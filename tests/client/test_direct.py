@@ -24,9 +24,12 @@ from tests.client.conftest import ChatFactory, EventLog
 from tests.client.terminal import QPC, Tmux, client_env, env_for
 from tests.conftest import node_address
 
-P2P: dict[str, Any] = {"p2p": True, "p2p_bind": ("127.0.0.1:0",), "p2p_timeout": 1.5}
+P2P: dict[str, Any] = {"p2p": True, "p2p_bind": ("127.0.0.1:0",), "p2p_timeout": 10.0}
+"""Direct delivery on loopback; a timeout that a loaded test machine never reaches on a path that works."""
 EAGER: dict[str, Any] = {**P2P, "p2p_backoff_s": 0.0, "p2p_resolve_every_s": 0.0}
 """A sender that looks the record up again before every message and never waits after a failure."""
+FAIL_FAST = 1.5
+"""The direct timeout where a test expects the direct path to fail by timing out (nothing answers)."""
 PEER = Path(__file__).with_name("p2p_peer.py")
 
 
@@ -89,7 +92,8 @@ async def test_p2p_off_takes_the_record_down_and_uses_the_node(node: Node, open_
 
 
 async def test_forged_and_wrong_key_records_are_never_used(node: Node, open_chat: ChatFactory) -> None:
-    alice, bob, bob_log = await dm_pair(node, open_chat, **EAGER)
+    # The wrong-key record names an endpoint nobody holds: only the timeout ends that attempt.
+    alice, bob, bob_log = await dm_pair(node, open_chat, **{**EAGER, "p2p_timeout": FAIL_FAST})
     mallory, mallory_log = await open_chat(node, "mallory", **P2P)
     assert node.state is not None
     conversation = await alice.conversation("bob")
@@ -168,7 +172,8 @@ async def bob_process_with_a_dm(
 ) -> tuple[ChatClient, PeerProcess]:
     bob = PeerProcess(node, "bob", tmp_path / "state-bob", *flags)
     await bob.start()
-    alice, _ = await open_chat(node, "alice", **P2P)
+    # bob is killed in these tests: a dead process answers nothing, so the timeout ends alice's attempt.
+    alice, _ = await open_chat(node, "alice", **{**P2P, "p2p_timeout": FAIL_FAST})
     await alice.dm("bob")
     await bob.wait_for(lambda line: "joined" in line)
     return alice, bob
@@ -262,7 +267,7 @@ async def test_two_repls_show_which_way_each_message_went(node: Node, tmp_path: 
     base = client_env(
         tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, TERM="xterm"
     )
-    p2p = ["--p2p", "--p2p-bind", "127.0.0.1:0"]
+    p2p = ["--p2p", "--p2p-bind", "127.0.0.1:0", "--p2p-timeout", "10"]
     await tmux.start("alice", [*QPC, "repl", "--register", *p2p], env_for(base, "alice"))
     await tmux.start("bob", [*QPC, "repl", "--register", *p2p], env_for(base, "bob"))
     await tmux.wait_for("alice", "logged in as alice")
