@@ -18,6 +18,7 @@ from quicnprotochat.client.chat import (
     BotApprovalDecided,
     BotApprovalRequested,
     ChatClient,
+    ChatError,
     LoginFailed,
     MessageReceived,
     StateUnavailable,
@@ -156,6 +157,10 @@ async def test_a_repl_without_a_terminal_prints_the_question_and_reads_the_answe
     await (await asyncio.wait_for(login, 15)).close()
     await repl.handle("/bots")
     assert f"helper           {key}  approved " in capsys.readouterr().out
+    await repl.handle(f"/revoke {key}")  # by key as well as by name
+    assert f"* revoked bot helper ({key}): logged out now" in capsys.readouterr().out
+    with pytest.raises(ChatError, match="no bot of yours named or keyed helper"):  # the REPL prints it
+        await repl.handle("/revoke helper")
 
 
 async def test_qpc_recv_follow_tells_of_a_bot_waiting_for_approval(node: Node, tmp_path: Path) -> None:
