@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import capnp  # type: ignore[import-untyped]
 from aioquic.asyncio.client import connect as quic_connect
@@ -46,6 +46,7 @@ from quicnprotochat.server.identity import NodeIdentity, load_or_create_identity
 from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.node_state import connection_limits, store_limits
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
+from quicnprotochat.server.quic_resets import StatelessResets
 from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.store import open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
@@ -88,8 +89,8 @@ class _QuicEchoProtocol(QuicConnectionProtocol):
 
 class _TcpEchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not isinstance-checked: uvloop's transports do not derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -144,7 +145,12 @@ async def start_echo_servers(data_dir: Path) -> EchoServers:
             lambda _peer, _budget: EchoImpl(), MAX_MESSAGE_BYTES, connection_limits(defaults), NodeCounters()
         )
         servers._closers.append(sessions.close)
-        quic = QuicListener(sessions, quic_server_configuration(identity, 60.0), 4 * MAX_MESSAGE_BYTES)
+        quic = QuicListener(
+            sessions,
+            quic_server_configuration(identity, 60.0),
+            4 * MAX_MESSAGE_BYTES,
+            resets=StatelessResets.of(identity),
+        )
         servers.ports["capnp-quic"] = (await quic.start("127.0.0.1", 0))[1]
         servers._closers.append(quic.close)
         tcp = TcpListener(

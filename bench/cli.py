@@ -354,8 +354,6 @@ async def run(args: argparse.Namespace, console: Console | None = None) -> dict[
     spec = spec_from(args)
     console = console or Console(stderr=True)
     Measured.profile_path = args.profile_node
-    if args.loop == "uvloop" and args.transport == "tcp":
-        raise SystemExit("qpc-bench: pycapnp over TCP crashes under uvloop (docs/BENCHMARKS.md); use asyncio")
     check_nodes(args)
     if args.baselines is None:
         args.baselines = spec.scenario == "enqueue" and node_count(args) == 1

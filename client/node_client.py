@@ -159,6 +159,7 @@ class NodeStatus:
     retries_sent: int = 0
     retry_tokens_accepted: int = 0
     retry_tokens_refused: int = 0
+    process_id: int = 0  # the node process (one of its workers) that served this connection
 
     @property
     def healthy(self) -> bool:
@@ -410,6 +411,7 @@ class NodeClient:
             retries_sent=int(status.retriesSent),
             retry_tokens_accepted=int(status.retryTokensAccepted),
             retry_tokens_refused=int(status.retryTokensRefused),
+            process_id=int(status.processId),
         )
 
     # -- OPAQUE (the raw protocol messages; the account helpers build on these) --------------------------------

@@ -22,6 +22,7 @@ from quicnprotochat.common.fingerprint import spki_fingerprint, spki_fingerprint
 from quicnprotochat.common.quic_acks import BundledAcksProtocol
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN, node_schema
+from quicnprotochat.common.stateless_reset import is_reset
 from quicnprotochat.common.stream_bridge import TlsStreamProtocol
 
 # The largest response the client reads: a full fetch can carry many payloads.
@@ -39,6 +40,11 @@ class _ClientQuicConnection(BundledAcksProtocol):
         self.stream: QuicStreamTransport | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self.refused: asyncio.Future[None] = self._loop.create_future()
+        # Our own handshake signal rather than aioquic's wait_connected(): that one misses a handshake completed
+        # before its first step runs (it only notes completion while someone waits), and then waits forever. On
+        # loopback under uvloop the node's whole answer can arrive before a freshly created task's first step.
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
+        self.handshake.add_done_callback(lambda done: None if done.cancelled() else done.exception())
 
     def start_keepalive(self, interval: float) -> None:
         def ping() -> None:
@@ -53,6 +59,24 @@ class _ClientQuicConnection(BundledAcksProtocol):
             self._keepalive.cancel()
             self._keepalive = None
 
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if isinstance(data, bytes) and is_reset(data, self._reset_tokens()):
+            # The node no longer knows this connection (its worker restarted, or our address changed and another
+            # worker got the packet): it is over now, not after the idle timeout.
+            self._lost("the node reset the connection (stateless reset)", ConnectionResetError)
+            return
+        super().datagram_received(data, addr)
+
+    def _reset_tokens(self) -> list[bytes]:
+        quic = self._quic
+        return [cid.stateless_reset_token for cid in (quic._peer_cid, *quic._peer_cid_available)]
+
+    def _lost(self, reason: str, error: type[ConnectionError]) -> None:
+        if self.stream is not None:
+            self.stop_keepalive()
+            self.stream.connection_lost(error(reason))
+            self._quic.close(reason_phrase=reason)
+
     def error_received(self, exc: Exception) -> None:
         # On our connected UDP socket, an ICMP "port unreachable" arrives as ConnectionRefusedError: nothing
         # listens there (any more). Fail the handshake or the pending calls now instead of waiting for a timeout.
@@ -60,12 +84,14 @@ class _ClientQuicConnection(BundledAcksProtocol):
             return
         if not self.refused.done():
             self.refused.set_result(None)
-        if self.stream is not None:
-            self.stop_keepalive()
-            self.stream.connection_lost(ConnectionError("the node is unreachable (port closed)"))
-            self._quic.close(reason_phrase="node unreachable")
+        self._lost("the node is unreachable (port closed)", ConnectionError)
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if not self.handshake.done():
+            if isinstance(event, events.HandshakeCompleted):
+                self.handshake.set_result(None)
+            elif isinstance(event, events.ConnectionTerminated):
+                self.handshake.set_exception(ConnectionError(event.reason_phrase or "QUIC connection closed"))
         stream = self.stream
         if stream is None:
             return
@@ -108,13 +134,6 @@ class RpcConnection:
         await self._close()
 
 
-def _retrieve_later(waiter: asyncio.Future[None] | None) -> None:
-    """aioquic fails its (shielded) handshake waiter when a connection we gave up on terminates; nobody awaits it
-    any more, so its exception is retrieved here instead of being reported as never retrieved."""
-    if waiter is not None:
-        waiter.add_done_callback(lambda done: None if done.cancelled() else done.exception())
-
-
 def _client_rpc(stream: Any) -> tuple[Any, Any]:
     client = capnp.TwoPartyClient(stream, traversal_limit_in_words=reader_limit_words(MAX_RESPONSE_BYTES))
     return client, client.bootstrap().cast_as(node_schema().NodeService)
@@ -145,7 +164,6 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
         protocol.stop_keepalive()
         if client is not None:
             client.close()
-        _retrieve_later(protocol._connected_waiter)
         # close() sends CONNECTION_CLOSE at once; waiting for the node to acknowledge it (about three probe
         # timeouts) would only slow the caller down.
         protocol.close()
@@ -153,7 +171,7 @@ async def open_quic(host: str, port: int, verify: Verifier, *, connect_timeout: 
 
     try:
         protocol.connect(address)
-        handshake = asyncio.ensure_future(protocol.wait_connected())
+        handshake = protocol.handshake
         done, _ = await asyncio.wait(
             {handshake, protocol.refused}, timeout=connect_timeout, return_when="FIRST_COMPLETED"
         )

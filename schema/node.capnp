@@ -263,6 +263,7 @@ struct NodeStatus {
   retriesSent @12 :UInt64;        # Retry packets sent since start
   retryTokensAccepted @13 :UInt64; # Initials that brought back a valid address-validation token
   retryTokensRefused @14 :UInt64; # Initials with a token that was forged, expired or made for another address
+  processId @15 :UInt32;          # the node process serving this connection: one of the workers (--workers N)
 }
 
 # A bot key waiting for (or recently given) its owner's decision.

@@ -9,9 +9,7 @@ import hmac
 import logging
 import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import capnp  # type: ignore[import-untyped]
 
@@ -23,6 +21,7 @@ from quicnprotochat.server.at_rest import new_root_key, node_root_key, rekey, ro
 from quicnprotochat.server.coffer_admin import counts, list_coffer, load_coffer, read_definition
 from quicnprotochat.server.coffer_file import CofferFileError
 from quicnprotochat.server.config import LOOPS, ConfigError, NodeConfig, load_config, parse_listen
+from quicnprotochat.server.event_loops import run_on_loop
 from quicnprotochat.server.identity import (
     IdentityError,
     ensure_data_dir,
@@ -45,6 +44,7 @@ from quicnprotochat.server.root_key import (
 )
 from quicnprotochat.server.sealed_secrets import SealedDataError
 from quicnprotochat.server.store import open_store
+from quicnprotochat.server.workers import supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quic-listen", help="host:port for QUIC (udp); empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--tcp-listen", help="host:port for TLS over TCP; empty to disable (default 127.0.0.1:7700)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--loop", choices=list(LOOPS), help="event loop: asyncio (default) or uvloop")
+    run.add_argument("--loop", choices=list(LOOPS), help="event loop: uvloop (default) or asyncio")
     run.add_argument("--store", help="database: a path, sqlite:///path or postgresql://... (default: in the data dir)")
+    run.add_argument(
+        "--workers", type=int, help="node processes serving the same ports, one per core (PostgreSQL store; default 1)"
+    )
     run.add_argument(
         "--metrics-listen", help="loopback host:port for Prometheus /metrics (default: none, e.g. 127.0.0.1:9464)"
     )
@@ -143,6 +146,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
             "allow_sealed_sender": args.allow_sealed_sender,
             "quic_retry": args.quic_retry,
             "metrics_listen": args.metrics_listen,
+            "workers": args.workers,
         }
     return load_config(config_file=args.config, overrides=overrides)
 
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "coffer":
             return asyncio.run(_coffer(config, args))
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if config.workers > 1:
+            return supervise(config)
         run_on_loop(config.loop, serve(config))
         return 0
     except (ConfigError, IdentityError, RootKeyError, SealedDataError, CofferFileError) as error:
@@ -170,19 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 1
-
-
-def run_on_loop(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """Runs the node's main coroutine on the configured event loop."""
-    if loop == "uvloop":
-        try:
-            import uvloop  # optional: only a node configured for it needs it
-        except ImportError:
-            main.close()
-            raise ConfigError("loop = uvloop needs the uvloop package (pip install uvloop)") from None
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
 
 
 async def _health(config: NodeConfig, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 ENV_PREFIX = "QPC_SERVER_"
 LOOPS = ("asyncio", "uvloop")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def default_data_dir() -> Path:
@@ -26,8 +27,9 @@ class NodeConfig:
     quic_listen: str = "127.0.0.1:7700"
     tcp_listen: str = "127.0.0.1:7700"
     log_level: str = "info"
-    # The node's asyncio event loop: "asyncio" (the standard one) or "uvloop" (needs the uvloop package).
-    loop: str = "asyncio"
+    # The node's asyncio event loop: "uvloop" (the default; faster, see docs/BENCHMARKS.md) or "asyncio" (the
+    # standard library's).
+    loop: str = "uvloop"
     allow_sealed_sender: bool = False
     # Must stay above max_wait_ms: a parked fetchWait must not look like an idle connection.
     quic_idle_timeout_s: float = 60.0
@@ -150,6 +152,9 @@ class NodeConfig:
     bot_approval_timeout_s: float = 120.0
     max_pending_bot_approvals_per_owner: int = 16
     max_bot_challenges_per_key: int = 64
+    # ── Every core: node processes serving the same ports (SO_REUSEPORT), each a node of the one PostgreSQL
+    # database; a supervisor restarts a worker that dies. Worker i serves metrics on metrics_listen's port + i. ──
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.quic_listen and not self.tcp_listen:
@@ -176,6 +181,11 @@ class NodeConfig:
             raise ConfigError(f"loop must be {' or '.join(LOOPS)}, got {self.loop!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.workers > 1 and not self.store_location.startswith(POSTGRES_SCHEMES):
+            raise ConfigError(
+                "workers > 1 needs the PostgreSQL store (store = postgresql://...): a SQLite store is written by one "
+                "process's writer thread, and its wake-ups reach only that process's waiters"
+            )
         if self.metrics_listen:
             host, _ = parse_listen(self.metrics_listen, "metrics_listen")
             if not _is_loopback(host):

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.schema import node_schema
+from quicnprotochat.native import RootKey
 from quicnprotochat.server.at_rest import node_root_key, open_secrets
 from quicnprotochat.server.config import NodeConfig, parse_listen
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import ensure_data_dir
+from quicnprotochat.server.listen_sockets import ListenSockets
 from quicnprotochat.server.metrics import NodeMetrics, instrument
 from quicnprotochat.server.metrics_http import MetricsEndpoint
 from quicnprotochat.server.node_counters import NodeCounters
 from quicnprotochat.server.node_state import NodeState, connection_limits, store_limits
 from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.quic_listener import QuicListener, quic_server_configuration
+from quicnprotochat.server.quic_resets import StatelessResets
 from quicnprotochat.server.quic_retry import RotatingRetryTokens
 from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
@@ -33,10 +38,24 @@ from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 log = logging.getLogger("quicnprotochat.server")
 
 
+RootKeyLoader = Callable[[], RootKey | None]
+
+
 class Node:
-    def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: Clock | None = None,
+        *,
+        sockets: ListenSockets | None = None,
+        root_key: RootKeyLoader | None = None,
+    ) -> None:
+        """`sockets`: listen on these (bound already: a worker's share of the port) instead of binding the
+        configured addresses. `root_key`: the root key loaded already (a supervisor asks for a passphrase once)."""
         self.config = config
         self._clock: Clock = clock or time.time
+        self._sockets = sockets or ListenSockets()
+        self._root_key = root_key or functools.partial(node_root_key, config)
         self.state: NodeState | None = None
         self.quic_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
@@ -67,7 +86,7 @@ class Node:
         await kj_loop.acquire()
         self._kj_acquired = True
         try:
-            root = node_root_key(self.config)
+            root = self._root_key()
             ensure_data_dir(self.config.data_dir)
             store = await open_store(self.config.store_location, store_limits(self.config), clock=self._clock)
             try:
@@ -104,8 +123,11 @@ class Node:
                     max_buffered,
                     retry,
                     handshake_timeout=self.config.handshake_timeout_s,
+                    resets=StatelessResets.of(identity),
                 )
-                self.quic_address = await self._quic.start(*parse_listen(self.config.quic_listen))
+                self.quic_address = await self._quic.start(
+                    *parse_listen(self.config.quic_listen), sock=self._sockets.quic
+                )
                 quic = self._quic
                 state.quic_connections = lambda: quic.connections
                 state.retry = None if retry is None else retry.stats
@@ -118,7 +140,7 @@ class Node:
                     handshake_timeout=self.config.handshake_timeout_s,
                     idle_timeout=self.config.tcp_idle_timeout_s,
                 )
-                self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen))
+                self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen), sock=self._sockets.tcp)
             if self.config.metrics_listen:
                 metrics = self.metrics
 
@@ -168,16 +190,19 @@ class Node:
             await kj_loop.release()
 
 
-async def serve(config: NodeConfig) -> None:
-    """Runs a node until SIGINT or SIGTERM, then stops it cleanly."""
+async def serve(config: NodeConfig, node: Node | None = None, ready: Callable[[], None] | None = None) -> None:
+    """Runs a node (a new one of `config`, or `node`) until SIGINT or SIGTERM, then stops it cleanly; `ready` is
+    called once it listens."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    node = Node(config)
+    node = node or Node(config)
     await node.start()
     try:
         announce(node)
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("shutting down")
     finally:

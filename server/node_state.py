@@ -4,6 +4,7 @@ how the configuration becomes store and rate limits."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -249,6 +250,7 @@ class NodeState:
             "retriesSent": self.retry.retries_sent if self.retry else 0,
             "retryTokensAccepted": self.retry.tokens_accepted if self.retry else 0,
             "retryTokensRefused": self.retry.tokens_refused if self.retry else 0,
+            "processId": os.getpid(),
         }
 
     async def sweep(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -19,6 +20,7 @@ from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import Peer, peer_from_address
+from quicnprotochat.server.quic_resets import StatelessResets
 from quicnprotochat.server.quic_retry import RotatingRetryTokens, serve_quic
 from quicnprotochat.server.rpc_session import RpcSessions
 
@@ -44,8 +46,11 @@ class NodeQuicConnection(BundledAcksProtocol):
         connections: set[NodeQuicConnection],
         max_buffered: int,
         handshake_timeout: float,
+        resets: StatelessResets,
     ) -> None:
         super().__init__(quic, stream_handler)
+        self._resets = resets
+        resets.issue_tokens(quic)
         self._sessions = sessions
         self._connections = connections
         self._max_buffered = max_buffered
@@ -77,7 +82,10 @@ class NodeQuicConnection(BundledAcksProtocol):
             self._handshake_timer = None
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.HandshakeCompleted):
+        if isinstance(event, events.ConnectionIdIssued):
+            # Handled before the ids go out: NEW_CONNECTION_ID frames are written at the next transmit.
+            self._resets.issue_tokens(self._quic)
+        elif isinstance(event, events.HandshakeCompleted):
             self._stop_handshake_timer()
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
@@ -148,8 +156,10 @@ class QuicListener:
         retry: RotatingRetryTokens | None = None,
         *,
         handshake_timeout: float = 10.0,
+        resets: StatelessResets,
     ) -> None:
         self._retry = retry
+        self._resets = resets
         self._sessions = sessions
         self._handshake_timeout = handshake_timeout
         self._configuration = configuration
@@ -161,7 +171,8 @@ class QuicListener:
     def connections(self) -> int:
         return len(self._connections)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Binds host:port, or serves `sock`, a UDP socket bound already (a worker's share of a port)."""
         loop = asyncio.get_running_loop()
         create_protocol = functools.partial(
             NodeQuicConnection,
@@ -169,10 +180,11 @@ class QuicListener:
             connections=self._connections,
             max_buffered=self._max_buffered,
             handshake_timeout=self._handshake_timeout,
+            resets=self._resets,
         )
         transport, _protocol = await loop.create_datagram_endpoint(
-            lambda: serve_quic(self._configuration, create_protocol, self._retry),
-            local_addr=(host, port),
+            lambda: serve_quic(self._configuration, create_protocol, self._retry, self._resets),
+            **({"sock": sock} if sock is not None else {"local_addr": (host, port)}),
         )
         self._transport = transport
         address = transport.get_extra_info("sockname")

@@ -28,6 +28,8 @@ from aioquic.tls import pull_opaque, push_opaque
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from quicnprotochat.server.quic_resets import ResettingQuicServer, StatelessResets
+
 NONCE_BYTES = 12
 _PERIOD = struct.Struct("!Q")  # the key's period number, clear and authenticated: which key to try
 
@@ -117,8 +119,8 @@ class RotatingRetryTokens(QuicRetryTokenHandler):
         return original_destination_connection_id
 
 
-class RetryingQuicServer(QuicServer):
-    """aioquic's server with retry on, its token handler replaced by rotating keys."""
+class RetryingQuicServer(ResettingQuicServer):
+    """aioquic's server (with stateless resets) with retry on, its token handler replaced by rotating keys."""
 
     def __init__(self, *, tokens: RotatingRetryTokens, **options: Any) -> None:
         super().__init__(retry=True, **options)
@@ -126,9 +128,12 @@ class RetryingQuicServer(QuicServer):
 
 
 def serve_quic(
-    configuration: QuicConfiguration, create_protocol: Callable[..., Any], retry: RotatingRetryTokens | None
+    configuration: QuicConfiguration,
+    create_protocol: Callable[..., Any],
+    retry: RotatingRetryTokens | None,
+    resets: StatelessResets,
 ) -> QuicServer:
     """The datagram protocol of a QUIC listener: with `retry`, every new connection goes through a Retry."""
     if retry is None:
-        return QuicServer(configuration=configuration, create_protocol=create_protocol)
-    return RetryingQuicServer(tokens=retry, configuration=configuration, create_protocol=create_protocol)
+        return ResettingQuicServer(resets=resets, configuration=configuration, create_protocol=create_protocol)
+    return RetryingQuicServer(tokens=retry, resets=resets, configuration=configuration, create_protocol=create_protocol)

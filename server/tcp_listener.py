@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from asyncio import sslproto
@@ -59,15 +60,15 @@ class TcpListener:
         self._server: asyncio.Server | None = None
         self._bridges: set[TlsStreamTransport] = set()
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listens on host:port, or on `sock`, a TCP socket bound already (a worker's share of a port)."""
         loop = asyncio.get_running_loop()
         sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
         self._server = await loop.create_server(
             lambda: TlsStreamProtocol(
                 self._on_connection, max_buffered=self._max_buffered, write_buffer_high=self._write_buffer_high
             ),
-            host,
-            port,
+            **({"sock": sock} if sock is not None else {"host": host, "port": port}),
             ssl=self._context,
             # Also what a connection that never starts TLS, or stops halfway through the handshake, gets.
             ssl_handshake_timeout=self._handshake_timeout,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.client.accounts import Session
@@ -18,6 +24,49 @@ from quicnprotochat.server.node import Node
 from tests.pgcluster import PgServer, server_for_tests
 
 ClientFactory = Callable[..., Awaitable[NodeClient]]
+
+# The suite runs on uvloop, the node's default loop: async tests through the hook below, and whatever a synchronous
+# test runs with asyncio.run() through the policy. A test that needs the standard loop names it:
+# `@pytest.mark.asyncio(loop_factories=["asyncio"])` (or both, `["uvloop", "asyncio"]`).
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.SelectorEventLoop,  # not asyncio.new_event_loop: that asks the policy, which gives uvloop
+}
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and "loop_factories" in marker.kwargs:
+        return LOOP_FACTORIES  # the test picks among them
+    return {"uvloop": LOOP_FACTORIES["uvloop"]}
+
+
+class TestTimedOut(SystemExit):
+    """A test ran past its timeout. A SystemExit because event loops let only SystemExit and KeyboardInterrupt out
+    of the callback a signal interrupts: uvloop would log and swallow pytest-timeout's own exception, and the test
+    would hang past its timeout instead of failing."""
+
+    __test__ = False  # not a test class, despite its name
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own timer thread
+
+    def expired(_signum: int, _frame: object) -> None:
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        raise TestTimedOut(f"Timeout: the test ran past {settings.timeout:g} s")
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout's cancel hook calls
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
 
 
 @pytest.fixture(scope="session")

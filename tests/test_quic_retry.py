@@ -239,6 +239,8 @@ def period_of(token: bytes) -> int:
     return int(struct.unpack("!Q", token[:8])[0])
 
 
+# The standard loop: the test speaks raw QUIC through loop.sock_sendto, which uvloop does not implement.
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_the_node_accepts_the_previous_periods_token_and_refuses_older_ones(tmp_path: Path) -> None:
     """End to end, on real time: a node whose retry key turns over every second."""
     period = 1.0
