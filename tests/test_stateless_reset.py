@@ -86,10 +86,14 @@ async def test_a_client_of_a_killed_and_restarted_node_is_reset_and_reconnects(t
     client = NodeClient(f"127.0.0.1:{port}", transport="quic", known_hosts=known)
     try:
         assert await client.health() == "ok"
+        # Acknowledgements settle first: a packet sent while nothing listens would come back as an ICMP error,
+        # which ends the connection by another path (see common/connect.py).
+        await asyncio.sleep(0.5)
         first.kill()  # no CONNECTION_CLOSE: the client's connection lives on, unknown to the next process
         first.wait()
         second, _ = await asyncio.to_thread(start_node, tmp_path / "node", f"127.0.0.1:{port}")
         processes.append(second)
+        assert client.connected  # the client sent nothing meanwhile: it has not noticed
         started = time.monotonic()
         with pytest.raises(Disconnected):
             async with asyncio.timeout(20):
