@@ -10,6 +10,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -69,13 +70,12 @@ class Tmux:
         self.started = False
 
     async def run(self, *args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            "tmux", "-S", self.socket, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"tmux {args[0]} failed: {err.decode().strip()}")
-        return out.decode()
+        # subprocess in a thread, not the loop's subprocesses: a tmux server started through uvloop's does not
+        # outlive the tmux command that started it (the next command finds "no server running").
+        result = await asyncio.to_thread(subprocess.run, ["tmux", "-S", self.socket, *args], capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"tmux {args[0]} failed: {result.stderr.decode().strip()}")
+        return result.stdout.decode()
 
     async def start(self, name: str, command: list[str], env: dict[str, str], width: int = 160) -> None:
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
