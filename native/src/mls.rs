@@ -35,11 +35,13 @@ mod cache;
 mod codec;
 mod journal;
 mod pending;
+mod signer;
 mod split_secrets;
 mod storage;
 mod wire;
 use cache::GroupCache;
 use codec::VaultCodec;
+use signer::IdentitySigner;
 use storage::VaultStorage;
 pub use wire::{message_info, MessageInfo};
 
@@ -226,6 +228,8 @@ pub struct Vault {
     // Field order matters for drop: the provider (holding an Rc of the connection) goes first.
     provider: Provider,
     signer: SignatureKeyPair,
+    /// `signer`'s key, ready to sign (OpenMLS signs with this one).
+    signing: IdentitySigner,
     hybrid: HybridKeyPair,
     groups: GroupCache,
     conn: Rc<Connection>,
@@ -339,6 +343,7 @@ impl Vault {
         let (signer, hybrid) = loaded?;
         Ok(Vault {
             provider,
+            signing: IdentitySigner::new(&signer)?,
             signer,
             hybrid,
             groups: GroupCache::default(),
@@ -396,18 +401,22 @@ impl Vault {
     /// Runs `f` inside one transaction; rolls back on error, and then drops the groups kept in
     /// memory (`f` may have changed them).
     fn tx<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Cached statements: parsing them anew was a visible part of a message's cost.
+        fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+            conn.prepare_cached(sql)?.execute([])
+        }
+        run(&self.conn, "BEGIN IMMEDIATE")?;
         let out = f(self);
         match &out {
             Ok(_) => {
-                if let Err(e) = self.conn.execute_batch("COMMIT") {
-                    let _ = self.conn.execute_batch("ROLLBACK");
+                if let Err(e) = run(&self.conn, "COMMIT") {
+                    let _ = run(&self.conn, "ROLLBACK");
                     self.groups.clear();
                     return Err(e.into());
                 }
             }
             Err(_) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = run(&self.conn, "ROLLBACK");
                 self.groups.clear();
             }
         }
@@ -421,7 +430,7 @@ impl Vault {
 
     /// Ed25519 signature by the identity key.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        self.signer
+        self.signing
             .sign(message)
             .map_err(|_| Error::Crypto("signing failed".into()))
     }
@@ -505,7 +514,7 @@ impl Vault {
                 builder = builder.mark_as_last_resort();
             }
             let bundle = builder
-                .build(cs, &v.provider, &v.signer, cred)
+                .build(cs, &v.provider, &v.signing, cred)
                 .map_err(|e| mls_err(Error::Crypto, "key package", e))?;
             bundle
                 .key_package()
@@ -526,7 +535,7 @@ impl Vault {
                 .max_past_epochs(MAX_PAST_EPOCHS)
                 .wire_format_policy(MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY)
                 .build();
-            let group = MlsGroup::new(&v.provider, &v.signer, &config, cred)
+            let group = MlsGroup::new(&v.provider, &v.signing, &config, cred)
                 .map_err(|e| mls_err(Error::Crypto, "create group", e))?;
             let id = group.group_id().as_slice().to_vec();
             v.conn
@@ -589,7 +598,7 @@ impl Vault {
                 )));
             }
             let (commit, welcome, _) = group
-                .add_members(&v.provider, &v.signer, &kps)
+                .add_members(&v.provider, &v.signing, &kps)
                 .map_err(|e| mls_err(Error::State, "add members", e))?;
             v.keep_pending(group_id, &commit, Some(&welcome))
         })
@@ -627,7 +636,7 @@ impl Vault {
                 ));
             }
             let (commit, _, _) = group
-                .remove_members(&v.provider, &v.signer, &indices)
+                .remove_members(&v.provider, &v.signing, &indices)
                 .map_err(|e| mls_err(Error::State, "remove members", e))?;
             Ok(v.keep_pending(group_id, &commit, None)?.commit)
         })
@@ -639,7 +648,7 @@ impl Vault {
         self.tx(|v| {
             let mut group = v.group_without_pending(group_id)?;
             let bundle = group
-                .self_update(&v.provider, &v.signer, LeafNodeParameters::default())
+                .self_update(&v.provider, &v.signing, LeafNodeParameters::default())
                 .map_err(|e| mls_err(Error::State, "self update", e))?;
             Ok(v.keep_pending(group_id, bundle.commit(), None)?.commit)
         })
@@ -652,7 +661,7 @@ impl Vault {
         self.tx(|v| {
             let mut group = v.group_without_pending(group_id)?;
             let (commit, welcome, _) = group
-                .commit_to_pending_proposals(&v.provider, &v.signer)
+                .commit_to_pending_proposals(&v.provider, &v.signing)
                 .map_err(|e| mls_err(Error::State, "commit proposals", e))?;
             v.keep_pending(group_id, &commit, welcome.as_ref())
         })
@@ -703,7 +712,7 @@ impl Vault {
         self.tx(|v| {
             let mut group = v.group_without_pending(group_id)?;
             let msg = group
-                .leave_group(&v.provider, &v.signer)
+                .leave_group(&v.provider, &v.signing)
                 .map_err(|e| mls_err(Error::State, "leave group", e))?;
             ser(&msg)
         })
@@ -773,7 +782,7 @@ impl Vault {
         self.tx(|v| {
             let mut group = v.group_without_pending(group_id)?;
             let msg = group
-                .create_message(&v.provider, &v.signer, plaintext)
+                .create_message(&v.provider, &v.signing, plaintext)
                 .map_err(|e| mls_err(Error::State, "encrypt", e))?;
             ser(&msg)
         })

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import quicnprotochat.native as native
+from quicnprotochat.bench.mls_rs_peer import KEY_PACKAGE_MESSAGE_HEADER, MlsRsPeer, build_peer
 from quicnprotochat.client import NodeClient, accounts
 from quicnprotochat.client.node_client import Delivery
 from quicnprotochat.server.node import Node
 from tests.conftest import ClientFactory, loopback_config
-from tests.interop.peer import KEY_PACKAGE_MESSAGE_HEADER, MlsRsPeer, build_peer
 
 # The first build of the peer compiles mls-rs: minutes on a busy machine.
 pytestmark = pytest.mark.timeout(1500)

@@ -77,18 +77,12 @@ mod tests {
         let bytes = VaultCodec::to_vec(&&store).unwrap();
         assert_eq!(bytes[0], BINARY_TAG);
         assert!(bytes.len() < 110);
-        assert_eq!(
-            VaultCodec::from_slice::<TreeSync>(&bytes).unwrap(),
-            store
-        );
+        assert_eq!(VaultCodec::from_slice::<TreeSync>(&bytes).unwrap(), store);
         // Keys and other entities stay JSON, byte for byte as before.
         let key = vec![1u8, 2, 3];
         assert_eq!(VaultCodec::to_vec(&key).unwrap(), b"[1,2,3]");
         // A row written as JSON by an older vault still reads.
         let json = serde_json::to_vec(&store).unwrap();
-        assert_eq!(
-            VaultCodec::from_slice::<TreeSync>(&json).unwrap(),
-            store
-        );
+        assert_eq!(VaultCodec::from_slice::<TreeSync>(&json).unwrap(), store);
     }
 }

@@ -75,53 +75,50 @@ fn kind_from(name: &str) -> Result<MessageKind> {
 
 /// Drops entries older than `MAX_AGE_SECS` (called on every new entry: the index makes it cheap).
 fn drop_expired(conn: &Connection) -> Result<()> {
-    conn.execute(
-        "DELETE FROM qpc_journal WHERE created_at < strftime('%s','now') - ?1",
-        params![MAX_AGE_SECS],
-    )?;
+    conn.prepare_cached("DELETE FROM qpc_journal WHERE created_at < strftime('%s','now') - ?1")?
+        .execute(params![MAX_AGE_SECS])?;
     Ok(())
 }
 
 pub fn record_processed(conn: &Connection, p: &Processed) -> Result<()> {
     drop_expired(conn)?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO qpc_journal
              (digest, kind, group_id, epoch, sender, plaintext, added, removed, self_removed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            p.digest.as_slice(),
-            p.kind.as_str(),
-            p.group_id,
-            p.epoch,
-            p.sender,
-            p.plaintext.as_ref().map(|t| t.as_slice()),
-            encode_keys(&p.added),
-            encode_keys(&p.removed),
-            p.self_removed,
-        ],
-    )?;
+    )?
+    .execute(params![
+        p.digest.as_slice(),
+        p.kind.as_str(),
+        p.group_id,
+        p.epoch,
+        p.sender,
+        p.plaintext.as_ref().map(|t| t.as_slice()),
+        encode_keys(&p.added),
+        encode_keys(&p.removed),
+        p.self_removed,
+    ])?;
     Ok(())
 }
 
 pub fn processed(conn: &Connection, digest: &Digest32) -> Result<Option<Processed>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT kind, group_id, epoch, sender, plaintext, added, removed, self_removed
              FROM qpc_journal WHERE digest = ?1",
-            params![digest.as_slice()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, u64>(2)?,
-                    r.get::<_, Option<Vec<u8>>>(3)?,
-                    r.get::<_, Option<Vec<u8>>>(4)?.map(Zeroizing::new),
-                    r.get::<_, Vec<u8>>(5)?,
-                    r.get::<_, Vec<u8>>(6)?,
-                    r.get::<_, bool>(7)?,
-                ))
-            },
-        )
+        )?
+        .query_row(params![digest.as_slice()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?.map(Zeroizing::new),
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
+                r.get::<_, bool>(7)?,
+            ))
+        })
         .optional()?;
     let Some((kind, group_id, epoch, sender, plaintext, added, removed, self_removed)) = row else {
         return Ok(None);

@@ -14,6 +14,9 @@
 //! merge {group_id} / clear {group_id}: apply or drop the pending commit | sign {message} ->
 //! signature (pure Ed25519 by the identity key: how the peer proves its identity to the node).
 //!
+//! bench {members, iterations} -> figures: CPU microseconds per operation of mls-rs in a group
+//! of that size, every member in this process (see `bench`; for bench/native_bench.py).
+//!
 //! Commits are applied at once unless the request says `"pending": true` (then the node decides:
 //! merge on accepted, clear on stale).
 
@@ -31,6 +34,8 @@ use mls_rs::{
 };
 use mls_rs_crypto_rustcrypto::RustCryptoProvider;
 use serde_json::{json, Map, Value};
+
+mod bench;
 
 type Answer = Result<Value, String>;
 
@@ -245,19 +250,32 @@ impl<C: MlsConfig + Clone, P: CipherSuiteProvider> Peer<C, P> {
                     .map_err(err)?;
                 Ok(json!({"secret": hex(&secret)}))
             }
+            "bench" => {
+                let count = |name: &str| -> Result<usize, String> {
+                    let n = field(req, name)?
+                        .as_u64()
+                        .ok_or(format!("{name} is not a number"))?;
+                    usize::try_from(n).map_err(err)
+                };
+                bench::run(count("members")?, count("iterations")?)
+            }
             other => Err(format!("unknown op {other}")),
         }
     }
 }
 
-fn main() {
-    // Suite 0x0001, BasicCredential holding the raw 32-byte Ed25519 key (as quicnprotochat does).
-    let suite = CipherSuite::CURVE25519_AES128;
-    let crypto = RustCryptoProvider::default();
-    let suite_provider = crypto
-        .cipher_suite_provider(suite)
-        .expect("suite 0x0001 supported");
-    let (secret, public) = suite_provider
+/// Suite 0x0001, BasicCredential holding the raw 32-byte Ed25519 key (as quicnprotochat does).
+const SUITE: CipherSuite = CipherSuite::CURVE25519_AES128;
+
+fn suite_provider() -> impl CipherSuiteProvider {
+    RustCryptoProvider::default()
+        .cipher_suite_provider(SUITE)
+        .expect("suite 0x0001 supported")
+}
+
+/// A client with a new Ed25519 identity: the client, its secret key and its public key.
+fn new_client() -> (Client<impl MlsConfig + Clone>, SignatureSecretKey, Vec<u8>) {
+    let (secret, public) = suite_provider()
         .signature_key_generate()
         .expect("key generation");
     let identity_key = public.as_bytes().to_vec();
@@ -265,15 +283,21 @@ fn main() {
     let rules = DefaultMlsRules::new()
         .with_commit_options(CommitOptions::new().with_ratchet_tree_extension(true));
     let client = Client::builder()
-        .crypto_provider(crypto)
+        .crypto_provider(RustCryptoProvider::default())
         .identity_provider(BasicIdentityProvider::new())
         .mls_rules(rules)
         .signing_identity(
             SigningIdentity::new(credential, public),
             secret.clone(),
-            suite,
+            SUITE,
         )
         .build();
+    (client, secret, identity_key)
+}
+
+fn main() {
+    let (client, secret, identity_key) = new_client();
+    let suite_provider = suite_provider();
     let mut peer = Peer {
         client,
         suite: suite_provider,

@@ -1,5 +1,6 @@
-"""A group member on mls-rs (another RFC 9420 implementation), run as a child process: the test program in
-mls_rs_peer/ speaks JSON lines on stdin/stdout."""
+"""A group member on mls-rs (another RFC 9420 implementation), run as a child process: the program in
+tests/interop/mls_rs_peer/ speaks JSON lines on stdin/stdout. The interoperability tests use it as a member;
+bench/native_bench.py asks it to measure mls-rs beside the vault."""
 
 from __future__ import annotations
 
@@ -9,25 +10,26 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PEER_PACKAGE = Path(__file__).parent / "mls_rs_peer"
+REPOSITORY = Path(__file__).resolve().parents[1]
+PEER_PACKAGE = REPOSITORY / "tests" / "interop" / "mls_rs_peer"
 # Beside the native module's build, so that CI's cache and `cargo clean` treat both alike.
-TARGET_DIR = Path(__file__).parents[2] / "native" / "target" / "interop"
-BINARY = TARGET_DIR / "release" / "mls-rs-peer"
+TARGET_DIR = REPOSITORY / "native" / "target" / "interop"
 
 # MLSMessage header of a KeyPackage (version mls10, wire format mls_key_package): how KeyPackages travel between
 # MLS libraries. Ours are raw; this wraps one for mls-rs.
 KEY_PACKAGE_MESSAGE_HEADER = b"\x00\x01\x00\x05"
 
 
-def build_peer() -> Path:
-    """Builds the peer (release; a few minutes the first time, seconds once its dependencies are compiled)."""
+def build_peer(profile: str = "release") -> Path:
+    """Builds the peer (a few minutes the first time, seconds once its dependencies are compiled). Profile
+    "release" builds fast, for the tests; "bench-peer" optimises as the native module is, for measuring mls-rs."""
     subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(PEER_PACKAGE / "Cargo.toml")],
+        ["cargo", "build", "--profile", profile, "--quiet", "--manifest-path", str(PEER_PACKAGE / "Cargo.toml")],
         check=True,
         env={**os.environ, "CARGO_TARGET_DIR": str(TARGET_DIR)},
         timeout=1200,
     )
-    return BINARY
+    return TARGET_DIR / profile / "mls-rs-peer"
 
 
 class PeerError(Exception):
@@ -119,6 +121,12 @@ class MlsRsPeer:
             "secret"
         ]
         return secret
+
+    def bench(self, members: int, iterations: int) -> dict[str, float]:
+        """mls-rs's CPU microseconds per operation in a group of `members`, all of them in the peer's process (the
+        keys: encrypt, decrypt, commit, process_commit, encrypt_after_commits, decrypt_after_commits, add)."""
+        figures: dict[str, float] = self.call("bench", members=members, iterations=iterations)["figures"]
+        return figures
 
     def close(self) -> None:
         assert self._process.stdin is not None
