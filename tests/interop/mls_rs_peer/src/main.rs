@@ -274,7 +274,7 @@ fn suite_provider() -> impl CipherSuiteProvider {
 }
 
 /// A client with a new Ed25519 identity: the client, its secret key and its public key.
-fn new_client() -> (Client<impl MlsConfig + Clone>, SignatureSecretKey, Vec<u8>) {
+fn new_client() -> (Client<impl MlsConfig>, SignatureSecretKey, Vec<u8>) {
     let (secret, public) = suite_provider()
         .signature_key_generate()
         .expect("key generation");
