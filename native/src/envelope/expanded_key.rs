@@ -5,11 +5,14 @@
 //! point multiplication) on every decapsulation. This KEM does it once, when the key is loaded,
 //! and decapsulates with the kept keys: same KEM id, same public key and ciphertext bytes, same
 //! shared secret. Encapsulation is `hpke`'s own.
+//!
+//! ML-KEM decapsulation is libcrux's (the library OpenMLS's provider uses), which runs its AVX2 code
+//! where the CPU has it: about half of an envelope open went to the portable ML-KEM before.
 
 use hpke::hybrid_array::{sizes::U32, Array};
 use hpke::kem::XWing;
 use hpke::{Deserializable, HpkeError, Kem, Serializable};
-use ml_kem::{ml_kem_768, Decapsulate as _, FromSeed as _, MlKem768};
+use libcrux_ml_kem::mlkem768;
 use sha3::{Digest as _, Sha3_256};
 use shake::{ExtendableOutput as _, Shake256, Update as _, XofReader as _};
 use subtle::{Choice, ConstantTimeEq};
@@ -23,11 +26,23 @@ const LABEL: &[u8; 6] = b"\\.//^\\";
 const SEED_LEN: usize = 32;
 const ML_KEM_CIPHERTEXT_LEN: usize = 1088;
 
+/// libcrux's ML-KEM-768 private key (plain bytes), zeroized on drop.
+#[derive(Clone)]
+struct MlKemKey(mlkem768::MlKem768PrivateKey);
+
+impl Drop for MlKemKey {
+    fn drop(&mut self) {
+        // SAFETY: a plain byte array, overwritten in place; volatile so that the write stays.
+        unsafe { std::ptr::write_volatile(&mut self.0, mlkem768::MlKem768PrivateKey::default()) };
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// An X-Wing private key with its ML-KEM and X25519 parts expanded (all zeroized on drop).
 #[derive(Clone)]
 pub struct PrivateKey {
     seed: Zeroizing<[u8; SEED_LEN]>,
-    dk_m: ml_kem_768::DecapsulationKey,
+    dk_m: MlKemKey,
     sk_x: x25519_dalek::StaticSecret,
     pk_x: x25519_dalek::PublicKey,
     pk: XWingPublicKey,
@@ -40,7 +55,10 @@ impl PrivateKey {
         reader.read(ml_kem_seed.as_mut_slice());
         let mut x_secret = Zeroizing::new([0u8; 32]);
         reader.read(x_secret.as_mut_slice());
-        let (dk_m, _) = MlKem768::from_seed(&(*ml_kem_seed).into());
+        // FIPS 203 ML-KEM.KeyGen_internal(d, z) from d || z, as X-Wing specifies.
+        let pair = mlkem768::generate_key_pair(*ml_kem_seed);
+        let (dk, _) = pair.into_parts();
+        let dk_m = MlKemKey(dk);
         let sk_x = x25519_dalek::StaticSecret::from(*x_secret);
         let pk_x = x25519_dalek::PublicKey::from(&sk_x);
         // The public key as `hpke` derives it (the encapsulation side must see the same bytes).
@@ -112,9 +130,9 @@ impl Kem for ExpandedXWing {
         }
         let ct = encapped_key.to_bytes();
         let (ct_m, ct_x) = ct.split_at(ML_KEM_CIPHERTEXT_LEN);
-        let ct_m = ml_kem_768::Ciphertext::try_from(ct_m).map_err(|_| HpkeError::OpenError)?;
+        let ct_m = mlkem768::MlKem768Ciphertext::try_from(ct_m).map_err(|_| HpkeError::OpenError)?;
         let ct_x: [u8; 32] = ct_x.try_into().map_err(|_| HpkeError::OpenError)?;
-        let ss_m = Zeroizing::new(sk_recip.dk_m.decapsulate(&ct_m));
+        let ss_m = Zeroizing::new(mlkem768::decapsulate(&sk_recip.dk_m.0, &ct_m));
         let ss_x = sk_recip
             .sk_x
             .diffie_hellman(&x25519_dalek::PublicKey::from(ct_x));
