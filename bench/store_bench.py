@@ -4,6 +4,10 @@ python bench/store_bench.py [--n 10000] [--payload 256] [--dir /path/on/the/real
 python bench/store_bench.py --store postgresql://user@host/db    # an existing PostgreSQL database
 python bench/store_bench.py --pg-cluster [--dir ...]             # a throwaway PostgreSQL (fsync on) in --dir
 
+Each backend also gets a delivery run: producers enqueue (with a sender, as the node does) while one consumer per
+inbox reads with peekWait (`fetch_wait(remove=False)`) and acks, and the CPU of the whole process (every thread)
+per delivered message is printed: the store's share of the node's CPU per message.
+
 PostgreSQL runs are made with group commit on and off (`?group_commit=off`: one transaction per enqueue on a pool
 of `--pool` connections) so the two can be compared.
 """
@@ -18,7 +22,7 @@ import time
 from pathlib import Path
 
 from quicnprotochat.bench.pgcluster import PgCluster, find_bin_dir
-from quicnprotochat.server.store import open_store
+from quicnprotochat.server.store import fetch_wait, open_store
 
 
 async def run(db: Path | str, n: int, in_flight: int, payload: bytes, recipients: int, label: str = "") -> None:
@@ -48,6 +52,35 @@ async def run(db: Path | str, n: int, in_flight: int, payload: bytes, recipients
     )
 
 
+async def run_delivery(db: Path | str, n: int, in_flight: int, payload: bytes, inboxes: int, label: str = "") -> None:
+    store = await open_store(db)
+    senders = [bytes([1]) * 32, bytes([2]) * 32]
+    recipients = [(100 + i).to_bytes(32, "big") for i in range(inboxes)]
+    counter = iter(range(n))
+    delivered = 0
+
+    async def producer() -> None:
+        for i in counter:
+            await store.enqueue(recipients[i % inboxes], b"", payload, None, sender=senders[i % len(senders)])
+
+    async def consumer(recipient: bytes) -> None:
+        nonlocal delivered
+        while delivered < n:
+            messages = await fetch_wait(store, recipient, b"", 0, 0.2, remove=False)
+            if messages:
+                await store.ack(recipient, b"", messages[-1].seq)
+                delivered += len(messages)
+
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(producer() for _ in range(in_flight)), *(consumer(r) for r in recipients))
+    cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
+    await store.close()
+    print(
+        f"{label}delivery, {in_flight} enqueues in flight, {inboxes} inboxes: {n} messages in {elapsed:6.2f} s = "
+        f"{n / elapsed:8.0f}/s, {cpu / n * 1e6:6.1f} us CPU per message (enqueue, peekWait, ack; all threads)"
+    )
+
+
 def with_options(url: str, options: str) -> str:
     return url + ("&" if "?" in url else "?") + options
 
@@ -60,6 +93,7 @@ async def bench_postgres(url: str, args: argparse.Namespace, payload: bytes) -> 
         await run(variant, min(args.n, 500), 1, payload, args.recipients, label)
         for in_flight in (16, 256, args.n):
             await run(variant, args.n, in_flight, payload, args.recipients, label)
+        await run_delivery(variant, args.n, 64, payload, 8, label)
 
 
 async def bench_sqlite(args: argparse.Namespace, payload: bytes) -> None:
@@ -69,6 +103,7 @@ async def bench_sqlite(args: argparse.Namespace, payload: bytes) -> None:
         await run(Path(tmp) / "seq.db", min(args.n, 500), 1, payload, args.recipients)
         for in_flight in (16, 256, args.n):
             await run(Path(tmp) / f"c{in_flight}.db", args.n, in_flight, payload, args.recipients)
+        await run_delivery(Path(tmp) / "delivery.db", args.n, 64, payload, 8)
 
 
 def main() -> None:
