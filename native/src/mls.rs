@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 
 mod cache;
 mod codec;
+mod crypto;
 mod journal;
 mod pending;
 mod signer;
@@ -40,6 +41,7 @@ mod split_secrets;
 mod storage;
 mod wire;
 use cache::GroupCache;
+use crypto::VaultCrypto;
 use codec::VaultCodec;
 use signer::IdentitySigner;
 use storage::VaultStorage;
@@ -59,14 +61,15 @@ pub const MAX_PAST_EPOCHS: usize = 8;
 
 type Storage = VaultStorage;
 
-/// OpenMLS provider: libcrux crypto and randomness, SQLCipher storage.
+/// OpenMLS provider: libcrux crypto (Ed25519 verification by ed25519-dalek: `crypto`) and
+/// randomness, SQLCipher storage.
 pub struct Provider {
-    crypto: CryptoProvider,
+    crypto: VaultCrypto,
     storage: Storage,
 }
 
 impl OpenMlsProvider for Provider {
-    type CryptoProvider = CryptoProvider;
+    type CryptoProvider = VaultCrypto;
     type RandProvider = CryptoProvider;
     type StorageProvider = Storage;
 
@@ -77,7 +80,7 @@ impl OpenMlsProvider for Provider {
         &self.crypto
     }
     fn rand(&self) -> &Self::RandProvider {
-        &self.crypto
+        &self.crypto.0
     }
 }
 
@@ -328,7 +331,7 @@ impl Vault {
         let crypto = CryptoProvider::new()
             .map_err(|_| Error::Crypto("crypto provider initialisation failed".into()))?;
         let provider = Provider {
-            crypto,
+            crypto: VaultCrypto(crypto),
             storage: VaultStorage::new(conn.clone()),
         };
 
