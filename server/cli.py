@@ -43,7 +43,7 @@ from quicnprotochat.server.root_key import (
     read_salt,
 )
 from quicnprotochat.server.sealed_secrets import SealedDataError
-from quicnprotochat.server.store import open_store
+from quicnprotochat.server.store import StoreError, open_store
 from quicnprotochat.server.workers import supervise
 
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, IdentityError, RootKeyError, SealedDataError, CofferFileError) as error:
         print(f"qpc-server: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
+    except (OSError, StoreError) as error:  # StoreError: a database it cannot open (unreachable, refused)
         print(f"qpc-server: {error}", file=sys.stderr)
         return 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -234,6 +235,7 @@ def announce(node: Node) -> None:
         log.warning("created a new node identity in %s", node.config.data_dir)
     log.warning("node fingerprint (SHA-256 of its public key): %s", node.fingerprint)
     log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
+    log.debug("settings: %s", settings_text(node.config))
     if node.quic_address:
         log.warning("listening for QUIC on %s:%d (udp)", *node.quic_address)
     if node.tcp_address:
@@ -242,6 +244,18 @@ def announce(node: Node) -> None:
         log.warning("serving Prometheus metrics on http://%s:%d/metrics", *node.metrics_address)
     if advice := retry_advice(node.config):
         log.warning("%s", advice)
+
+
+# Left out of the debug line of settings: a database URL may carry its password.
+_UNLOGGED_SETTINGS = ("store",)
+
+
+def settings_text(config: NodeConfig) -> str:
+    return ", ".join(
+        f"{field.name}={getattr(config, field.name)}"
+        for field in dataclasses.fields(config)
+        if field.name not in _UNLOGGED_SETTINGS
+    )
 
 
 def retry_advice(config: NodeConfig) -> str | None:

@@ -36,6 +36,7 @@ from quicnprotochat.server.listen_sockets import ListenSockets, bind_shared
 from quicnprotochat.server.node import Node, serve
 from quicnprotochat.server.root_key import RootKeyError
 from quicnprotochat.server.sealed_secrets import SealedDataError
+from quicnprotochat.server.store import StoreError
 
 log = logging.getLogger("quicnprotochat.server.workers")
 
@@ -159,14 +160,14 @@ class Supervisor:
                 os.write(ready_write, b"1")
                 os.close(ready_write)
 
-            config = _worker_config(self._config, worker.index)
+            config = worker_config(self._config, worker.index)
             root = self._root
             node = Node(config, sockets=worker.sockets, root_key=lambda: root)
             run_on_loop(config.loop, serve(config, node, ready))
             return 0
-        except (ConfigError, IdentityError, RootKeyError, SealedDataError, OSError) as error:
+        except (ConfigError, IdentityError, RootKeyError, SealedDataError, OSError, StoreError) as error:
             print(f"qpc-server: worker {worker.index}: {error}", file=sys.stderr)
-            return 2 if not isinstance(error, OSError) else 1
+            return 1 if isinstance(error, OSError | StoreError) else 2
         except BaseException:
             log.exception("worker %d failed", worker.index)
             return 1
@@ -209,7 +210,7 @@ def supervise(config: NodeConfig) -> int:
             share.close()
 
 
-def _worker_config(config: NodeConfig, index: int) -> NodeConfig:
+def worker_config(config: NodeConfig, index: int) -> NodeConfig:
     """Worker `index`'s settings: its own metrics port (metrics_listen's port + index) when one is set."""
     if not config.metrics_listen:
         return config

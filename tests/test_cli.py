@@ -108,7 +108,9 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     env = dict(os.environ, QPC_SERVER_LOG_LEVEL="debug")
     process, _, _, lines = start_node_process(tmp_path / "node", "--config", str(config), env=env)
     stop_node_process(process)
-    assert any(" DEBUG " in line for line in lines)
+    # The log level from the environment, the payload cap from the file (the database URL is never logged).
+    assert any(" DEBUG " in line and "max_payload_bytes=12345" in line for line in lines), lines
+    assert not any("store=" in line for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from quicnprotochat.bench.pgcluster import free_port
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
+from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import parse_announcement
+from quicnprotochat.server.workers import worker_config
 
 TRANSPORTS = ["quic", "tcp"]
 _SERVING = re.compile(r"(?P<count>\d+) workers serving \(pids (?P<pids>[\d, ]+)\)")
@@ -237,3 +240,30 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path) -> None:
         "qpc-server: workers > 1 needs the PostgreSQL store (store = postgresql://...): a SQLite store is written "
         "by one process's writer thread, and its wake-ups reach only that process's waiters"
     ]
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_reason(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "quicnprotochat.server.cli", "--data-dir", str(tmp_path), "run", "--workers", "2"]
+    command += ["--store", f"postgresql://postgres@127.0.0.1:{free_port()}/none"]
+    command += ["--quic-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1  # no restart loop: a worker that never started is not restarted
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("qpc-server: worker 0: cannot open the database at postgresql://"), lines
+    assert "Traceback" not in result.stderr
+    assert "worker 0 (pid" in lines[-1] and "did not start: exited with code 1" in lines[-1], lines
+
+
+@pytest.mark.parametrize(
+    ("metrics_listen", "index", "expected"),
+    [
+        ("", 1, ""),
+        ("127.0.0.1:9464", 0, "127.0.0.1:9464"),
+        ("127.0.0.1:9464", 3, "127.0.0.1:9467"),
+        ("127.0.0.1:0", 2, "127.0.0.1:0"),  # port 0: each worker gets its own from the kernel
+        ("[::1]:9464", 1, "[::1]:9465"),
+    ],
+)
+def test_each_worker_serves_metrics_on_its_own_port(metrics_listen: str, index: int, expected: str) -> None:
+    config = NodeConfig(metrics_listen=metrics_listen)
+    assert worker_config(config, index).metrics_listen == expected
