@@ -101,8 +101,11 @@ class Supervisor:
             for worker in self._workers:
                 if worker.restart_at is not None and worker.restart_at <= time.monotonic():
                     worker.restart_at = None
-                    if self._start(worker) is not None:
-                        self._schedule_restart(worker)
+                    if self._start(worker) is None:
+                        log.warning("worker %d restarted (pid %d)", worker.index, worker.pid)
+                    else:
+                        pause = self._schedule_restart(worker)
+                        log.warning("restarting worker %d in %.1f s", worker.index, pause)
 
     def _reap(self) -> None:
         while True:
@@ -115,14 +118,17 @@ class Supervisor:
             for worker in self._workers:
                 if worker.pid == pid:
                     worker.pid = 0
-                    log.warning("worker %d (pid %d) %s; restarting it", worker.index, pid, _how_it_ended(status))
-                    self._schedule_restart(worker)
+                    pause = self._schedule_restart(worker)
+                    ended = _how_it_ended(status)
+                    log.warning("worker %d (pid %d) %s; restarting it in %.1f s", worker.index, pid, ended, pause)
 
-    def _schedule_restart(self, worker: Worker) -> None:
+    def _schedule_restart(self, worker: Worker) -> float:
+        """Schedules the worker's restart; the pause before it, in seconds."""
         lived = time.monotonic() - worker.started_at
         worker.quick_deaths = worker.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
         pause = 0.0 if worker.quick_deaths == 0 else min(0.5 * 2 ** (worker.quick_deaths - 1), MAX_RESTART_PAUSE_S)
         worker.restart_at = time.monotonic() + pause
+        return pause
 
     def _start(self, worker: Worker) -> int | None:
         """Forks the worker and waits until it listens: None then, else the exit code it ended with."""

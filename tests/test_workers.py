@@ -267,3 +267,15 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_reason(tmp_pat
 def test_each_worker_serves_metrics_on_its_own_port(metrics_listen: str, index: int, expected: str) -> None:
     config = NodeConfig(metrics_listen=metrics_listen)
     assert worker_config(config, index).metrics_listen == expected
+
+
+def test_a_worker_that_keeps_dying_is_restarted_after_growing_pauses(workers: Workers) -> None:
+    # Each death comes within QUICK_DEATH_S of the worker's start: 0.5 s, then 1 s, before the next start.
+    pid = workers.pids[0]
+    for pause in ("0.5", "1.0"):
+        mark = len(workers.lines)
+        os.kill(pid, signal.SIGKILL)
+        died = workers.wait_for(re.compile(rf"pid {pid}\) was killed by SIGKILL; restarting it in (\S+) s"), mark)
+        assert died[1] == pause
+        pid = int(workers.wait_for(re.compile(r"worker 0 restarted \(pid (\d+)\)"), mark)[1])
+    assert workers.stop() == 0
