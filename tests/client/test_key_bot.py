@@ -71,7 +71,12 @@ async def test_a_bot_runs_from_its_key_file_once_its_owner_approves(
     args: argparse.Namespace = echo_bot.parse_args(["--key-file", str(key_file)])
     stop = asyncio.Event()
     bot = asyncio.create_task(echo_bot.run(args, stop))
-    asked = await alice_log.wait_for(BotApprovalRequested)
+    asking = asyncio.ensure_future(alice_log.wait_for(BotApprovalRequested))
+    await asyncio.wait({asking, bot}, return_when=asyncio.FIRST_COMPLETED)
+    if not asking.done():  # the bot ended before its owner was asked: its own error says why
+        asking.cancel()
+        raise AssertionError(f"the bot ended before asking for approval: {bot.result()!r}")
+    asked = asking.result()
     assert (asked.identity_key, asked.name) == (bot_file.identity_key, "helper")
     assert await alice.answer_bot(asked.request_id, True) == "approved"
     decided = await alice_log.wait_for(BotApprovalDecided)
