@@ -175,20 +175,19 @@ class DirectDelivery:
 
     async def _record_of(self, peer: bytes) -> EndpointRecord | None:
         now = self._clock()
-        fresh, data = self._paths.cached_record(peer, now)
-        if not fresh:
-            data = await self._context.node.resolve_endpoint(peer)
-            expires_at = 0.0
-            if data is not None:
-                try:
-                    expires_at = float(endpoint_record.decode(data).expires_at)
-                except RecordError:
-                    expires_at = 0.0
-            self._paths.resolved(peer, data, expires_at, now)
-        if data is None:
-            return None
-        # Checked every time, whatever the node says: a record that is not the peer's own is never dialed.
-        return endpoint_record.decode_checked(data, identity_key=peer, now=now, verify=verify_ed25519)
+        fresh, record = self._paths.cached_record(peer, now)
+        if fresh:
+            return record
+        data = await self._context.node.resolve_endpoint(peer)
+        # Checked whatever the node says (a record that is not the peer's own is never dialed), once per record:
+        # the cache holds only checked records, and never past their expiry.
+        record = (
+            None
+            if data is None
+            else endpoint_record.decode_checked(data, identity_key=peer, now=now, verify=verify_ed25519)
+        )
+        self._paths.resolved(peer, record, now)
+        return record
 
     async def _send(self, endpoint: P2PEndpoint, record: EndpointRecord, request: bytes) -> bytes:
         connection = self._connections.get(record.endpoint_id)

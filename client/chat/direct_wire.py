@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from quicnprotochat.common.endpoint_record import EndpointRecord
+
 ALPN = b"quicnprotochat/p2p/1"
 VERSION = 1
 CHANNEL_BYTES = 16
@@ -53,16 +55,17 @@ def decode_request(data: bytes) -> tuple[bytes, bytes]:
 
 @dataclass
 class _Peer:
-    record: bytes | None = None
-    """The peer's last resolved endpoint record (encoded), or None: it publishes none."""
+    record: EndpointRecord | None = None
+    """The peer's last resolved endpoint record, already checked (signature, signer, expiry), or None: it
+    publishes none."""
     resolved_at: float = float("-inf")
-    expires_at: float = 0.0
     failed_at: float = float("-inf")
 
 
 @dataclass
 class PeerPaths:
-    """Per peer: the resolved record (kept for `resolve_every_s`, never past its expiry) and the last failed
+    """Per peer: the resolved and checked record (kept for `resolve_every_s`, never past its expiry; a record is
+    decoded and its signature verified once, when it is resolved, not on every send) and the last failed
     direct attempt (after one, that peer's messages go to the node for `backoff_s`, so an offline peer with a
     stale record costs one timeout, not one per message)."""
 
@@ -75,18 +78,19 @@ class PeerPaths:
         state = self._peers.get(peer)
         return state is None or now - state.failed_at >= self.backoff_s
 
-    def cached_record(self, peer: bytes, now: float) -> tuple[bool, bytes | None]:
+    def cached_record(self, peer: bytes, now: float) -> tuple[bool, EndpointRecord | None]:
         """(fresh, record): fresh False means resolve again first."""
         state = self._peers.get(peer)
         if state is None or now - state.resolved_at >= self.resolve_every_s:
             return False, None
-        if state.record is not None and now >= state.expires_at:
+        if state.record is not None and now >= state.record.expires_at:
             return False, None
         return True, state.record
 
-    def resolved(self, peer: bytes, record: bytes | None, expires_at: float, now: float) -> None:
+    def resolved(self, peer: bytes, record: EndpointRecord | None, now: float) -> None:
+        """`record` is the peer's record once checked (None: it publishes none)."""
         state = self._state(peer)
-        state.record, state.expires_at, state.resolved_at = record, expires_at, now
+        state.record, state.resolved_at = record, now
 
     def failed(self, peer: bytes, now: float) -> None:
         """A direct attempt failed: use the node for a while, and resolve again before the next attempt (the

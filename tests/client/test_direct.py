@@ -15,10 +15,11 @@ from typing import Any
 import iroh
 import pytest
 
-from quicnprotochat.client.chat import ChatClient, JoinedConversation, direct_wire
+from quicnprotochat.client.chat import ChatClient, JoinedConversation, direct, direct_wire
 from quicnprotochat.client.chat.direct import MAX_INCOMING_CONNECTIONS
 from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common import endpoint_record
+from quicnprotochat.native import verify_ed25519
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, EventLog
 from tests.client.terminal import QPC, Tmux, client_env, env_for
@@ -74,6 +75,24 @@ async def test_two_online_clients_deliver_directly(node: Node, open_chat: ChatFa
     for i in range(5):
         await bob.send("alice", f"back {i}")
     assert [m.route for m in await stored(alice, "back 4")] == ["direct"]
+
+
+async def test_a_peer_record_is_decoded_and_verified_once(
+    node: Node, open_chat: ChatFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
+    verified: list[bytes] = []
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        verified.append(public_key)
+        return verify_ed25519(public_key, message, signature)
+
+    monkeypatch.setattr(direct, "verify_ed25519", counting)
+    for i in range(4):
+        assert (await alice.send("bob", f"record checked once {i}")).route == "direct"
+    await bob_log.message("record checked once 3")
+    # One resolve, one check of bob's signature: the cached record is not checked again on every send.
+    assert verified == [bob.identity_key]
 
 
 async def test_p2p_off_takes_the_record_down_and_uses_the_node(node: Node, open_chat: ChatFactory) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from quicnprotochat.client.chat import direct_wire as wire
+from quicnprotochat.common.endpoint_record import EndpointRecord
+
+
+def record(expires_at: int) -> EndpointRecord:
+    return EndpointRecord(b"i" * 32, b"e" * 32, ("127.0.0.1:1",), None, expires_at, b"s" * 64)
 
 
 def test_requests_round_trip_and_malformed_ones_are_refused() -> None:
@@ -22,12 +27,12 @@ def test_a_failed_peer_goes_to_the_node_for_the_backoff_and_is_looked_up_again()
     paths = wire.PeerPaths(resolve_every_s=60, backoff_s=30)
     peer = b"p" * 32
     assert paths.should_try(peer, 0) and paths.cached_record(peer, 0) == (False, None)
-    paths.resolved(peer, b"record", expires_at=100, now=0)
-    assert paths.cached_record(peer, 59) == (True, b"record")
+    paths.resolved(peer, record(100), now=0)
+    assert paths.cached_record(peer, 59) == (True, record(100))
     assert paths.cached_record(peer, 60) == (False, None)  # looked up again every minute
-    paths.resolved(peer, b"record", expires_at=20, now=10)
+    paths.resolved(peer, record(20), now=10)
     assert paths.cached_record(peer, 20) == (False, None)  # never used past its expiry
-    paths.resolved(peer, None, expires_at=0, now=30)
+    paths.resolved(peer, None, now=30)
     assert paths.cached_record(peer, 31) == (True, None)  # "publishes nothing" is remembered too
     paths.failed(peer, now=40)
     assert not paths.should_try(peer, 69) and paths.should_try(peer, 70)
