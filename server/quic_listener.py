@@ -20,6 +20,7 @@ from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import Peer, peer_from_address
+from quicnprotochat.server.quic_connection_ids import IndexedQuicServer
 from quicnprotochat.server.quic_resets import StatelessResets
 from quicnprotochat.server.quic_retry import RotatingRetryTokens, serve_quic
 from quicnprotochat.server.rpc_session import RpcSessions
@@ -166,10 +167,16 @@ class QuicListener:
         self._max_buffered = max_buffered
         self._connections: set[NodeQuicConnection] = set()
         self._transport: asyncio.DatagramTransport | None = None
+        self._server: IndexedQuicServer | None = None
 
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def connection_ids(self) -> int:
+        """Connection ids the node routes QUIC datagrams by: those of live connections only."""
+        return 0 if self._server is None else self._server.connection_ids
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
         """Binds host:port, or serves `sock`, a UDP socket bound already (a worker's share of a port)."""
@@ -182,11 +189,12 @@ class QuicListener:
             handshake_timeout=self._handshake_timeout,
             resets=self._resets,
         )
-        transport, _protocol = await loop.create_datagram_endpoint(
+        transport, server = await loop.create_datagram_endpoint(
             lambda: serve_quic(self._configuration, create_protocol, self._retry, self._resets),
             **({"sock": sock} if sock is not None else {"local_addr": (host, port)}),
         )
         self._transport = transport
+        self._server = server
         address = transport.get_extra_info("sockname")
         return str(address[0]), int(address[1])
 

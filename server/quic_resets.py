@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable, Container
 from typing import Any
 
-from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from cryptography.hazmat.primitives import serialization
 
 from quicnprotochat.common.stateless_reset import RESET_BYTES, is_short_header, reset_key, reset_packet, reset_token
 from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.quic_connection_ids import IndexedQuicServer
 from quicnprotochat.server.services.rate_limits import RateLimit, TokenBuckets
 
 # Resets sent per second at most, in all: they are smaller than what triggers them, so this only bounds the work.
@@ -57,8 +57,9 @@ class StatelessResets:
         return packet
 
 
-class ResettingQuicServer(QuicServer):
-    """aioquic's server, answering 1-RTT packets of connections it does not know with a stateless reset."""
+class ResettingQuicServer(IndexedQuicServer):
+    """aioquic's server (connection ids indexed by connection), answering 1-RTT packets of connections it does
+    not know with a stateless reset."""
 
     def __init__(self, *, resets: StatelessResets, **options: Any) -> None:
         super().__init__(**options)

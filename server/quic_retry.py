@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic._buffer import Buffer, BufferReadError  # aioquic.buffer re-exports them without __all__
-from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.retry import QuicRetryTokenHandler, encode_address
@@ -132,7 +131,7 @@ def serve_quic(
     create_protocol: Callable[..., Any],
     retry: RotatingRetryTokens | None,
     resets: StatelessResets,
-) -> QuicServer:
+) -> ResettingQuicServer:
     """The datagram protocol of a QUIC listener: with `retry`, every new connection goes through a Retry."""
     if retry is None:
         return ResettingQuicServer(resets=resets, configuration=configuration, create_protocol=create_protocol)
