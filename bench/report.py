@@ -50,6 +50,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, value in rows:
         if value is not None:
             table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
+    disconnect = results.get("mass_disconnect")
+    if disconnect:
+        table.add_row(
+            "mass disconnect",
+            f"{disconnect['connections']:,} closed at once: the node held none after {disconnect['drain_seconds']} s "
+            f"(node CPU {disconnect.get('node_cpu_s', '?')} s"
+            + (f"; {disconnect['left_open']} still open" if disconnect["left_open"] > 0 else "")
+            + ")",
+        )
     for attack, figures in results.get("attacks", {}).items():
         table.add_row(
             f"attack {attack}",

@@ -727,6 +727,7 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
             for result in await asyncio.gather(*(c.health() for c in sample), return_exceptions=True)
             if result == "ok"
         )
+        mass_disconnect = await disconnect_all(ctx, clients, warm)
     finally:
         await close_all([*clients, warm])
     figures: dict[str, Any] = {
@@ -734,6 +735,7 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
         "connections_per_s": rate(opened, open_seconds),
         "alive_after_hold": f"{alive}/{len(sample)}",
         "held_seconds": spec.duration,
+        "mass_disconnect": mass_disconnect,
         **resources,
     }
     if before_node is not None and after_open is not None and opened:
@@ -747,6 +749,41 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
             (client_after_open.rss_bytes - before_client.rss_bytes) / opened
         )
     return figures
+
+
+async def disconnect_all(ctx: Context, clients: list[NodeClient], probe: NodeClient) -> dict[str, Any]:
+    """Closes `clients` at once and measures the node until it holds none of them: the seconds until then (by
+    the node's own count, read through `probe`) and the node's CPU meanwhile."""
+    quic = probe.transport == "quic"
+
+    async def left() -> int:
+        status = await probe.node_status()
+        return (status.quic_connections if quic else status.connections) - 1  # the probe's own
+
+    node_watch = watch(ctx.node.pid)
+    if node_watch is not None:
+        node_watch.start()
+    started = time.monotonic()
+    with ctx.live.status(f"closing {len(clients)} connections at once"):
+        await close_all(clients)
+        closed = time.monotonic() - started
+        remaining = await left()
+        while remaining > 0 and time.monotonic() - started < DRAIN_TIMEOUT_S:
+            await asyncio.sleep(0.05)
+            remaining = await left()
+    figures: dict[str, Any] = {
+        "connections": len(clients),
+        "client_close_seconds": round(closed, 3),
+        "drain_seconds": round(time.monotonic() - started, 3),
+        "left_open": remaining,
+    }
+    if node_watch is not None:
+        cpu = node_watch.stop()
+        figures["node_cpu_s"] = round(cpu["cpu_user_s"] + cpu["cpu_sys_s"], 3)
+    return figures
+
+
+DRAIN_TIMEOUT_S = 300.0
 
 
 # -- mixed: a chat-like mix ------------------------------------------------------------------------------------
