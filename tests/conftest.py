@@ -69,6 +69,18 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     return True
 
 
+@pytest.fixture(autouse=True)
+def own_client_homes(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets empty XDG config and data homes, and so does every process it starts.
+
+    A client given no known_hosts (a bot opened by its key file, the example echo bot, `qpc` started without
+    `client_env`) records each node it meets in the default known_hosts. In the user's real home that file kept
+    one line per loopback node ever started, and a node that drew a port recorded there for an earlier node's key
+    was refused (FingerprintMismatch): with 250 lines, about one such first contact in 110 failed."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL server for the whole session. Without one, PostgreSQL tests skip saying why, unless

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quicnprotochat.client import FingerprintMismatch, KnownHosts
+from quicnprotochat.client import FingerprintMismatch, KnownHosts, NodeClient
+from quicnprotochat.client.known_hosts import default_known_hosts_path
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
 from tests.conftest import ClientFactory, node_address
@@ -103,3 +104,15 @@ def test_known_hosts_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text("# comment\n127.0.0.1:7700 not-a-fingerprint\n")
     with pytest.raises(ValueError, match="known_hosts:2"):
         KnownHosts(path).lookup("127.0.0.1:7700")
+
+
+async def test_a_client_left_to_the_default_known_hosts_records_nodes_in_this_tests_own_file(node: Node) -> None:
+    """The suite's guard (tests/conftest.py `own_client_homes`): a node of an earlier test, or of an earlier run,
+    that had this node's port must not pin it to another key."""
+    default = default_known_hosts_path()
+    assert not default.exists()
+    assert not default.is_relative_to(Path.home())
+    address = node_address(node, "quic")
+    async with NodeClient(address, server_fingerprint=node.fingerprint) as client:
+        await client.health()
+    assert KnownHosts(default).lookup(address) == node.fingerprint
