@@ -134,10 +134,15 @@ def malformed(address: tuple[str, int], who: dict[str, Any], stop: threading.Eve
 
 
 def bootstrap_flood(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
-    """Bootstrap messages as fast as they go, 20,000 per connection (a new connection when the node closes one)."""
-    sent = connections = closed_by_node = 0
+    """Bootstrap messages as fast as they go, 20,000 per connection, from another address (a new connection when
+    the node closes one; attempts the node refuses at once are counted)."""
+    sent = connections = closed_by_node = refused = 0
     while not stop.is_set():
-        raw = RawRpc(*address)
+        try:
+            raw = RawRpc(*address, source=STRANGER)
+        except OSError:  # past the node's rate of new connections per address
+            refused += 1
+            continue
         connections += 1
         try:
             for question in range(1, 20_001):
@@ -148,7 +153,12 @@ def bootstrap_flood(address: tuple[str, int], who: dict[str, Any], stop: threadi
         except (OSError, ConnectionError):
             closed_by_node += 1
         raw.close()
-    return {"bootstrap_messages": sent, "connections": connections, "closed_by_node": closed_by_node}
+    return {
+        "bootstrap_messages": sent,
+        "connections": connections,
+        "closed_by_node": closed_by_node,
+        "connections_refused": refused,
+    }
 
 
 def half_frames(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:

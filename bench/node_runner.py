@@ -42,6 +42,8 @@ BENCH_NODE_SETTINGS: dict[str, Any] = {
     "resolve_rate_per_address": 100_000.0,
     "resolve_burst_per_address": 100_000,
     "max_connections_per_address": 100_000,
+    "connection_rate_per_address": 100_000.0,
+    "connection_burst_per_address": 100_000,
     "max_unauthenticated_connections": 100_000,
     "log_level": "warning",
 }

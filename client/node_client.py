@@ -105,6 +105,7 @@ class ServerLimits:
     resolves_per_address: RateLimit = NO_RATE
     resolve_endpoints_per_identity: RateLimit = NO_RATE
     resolve_endpoints_per_address: RateLimit = NO_RATE
+    new_connections_per_address: RateLimit = NO_RATE
 
 
 def _rate(bucket: Any) -> RateLimit:
@@ -390,6 +391,7 @@ class NodeClient:
                 resolves_per_address=_rate(limits.resolvesPerAddress),
                 resolve_endpoints_per_identity=_rate(limits.resolveEndpointsPerIdentity),
                 resolve_endpoints_per_address=_rate(limits.resolveEndpointsPerAddress),
+                new_connections_per_address=_rate(limits.newConnectionsPerAddress),
             ),
         )
 

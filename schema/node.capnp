@@ -220,6 +220,7 @@ struct Limits {
   resolvesPerAddress @41 :RateLimit;
   resolveEndpointsPerIdentity @42 :RateLimit;
   resolveEndpointsPerAddress @43 :RateLimit;
+  newConnectionsPerAddress @44 :RateLimit;    # connections started (TLS and QUIC), per source address (IPv6: /64)
 }
 
 # A token bucket: `burst` at once, refilled at `perSecond`.

@@ -152,6 +152,14 @@ class NodeConfig:
     bot_approval_timeout_s: float = 120.0
     max_pending_bot_approvals_per_owner: int = 16
     max_bot_challenges_per_key: int = 64
+    # ── New connections per source address (an IPv6 client counts by its /64), TLS and QUIC together: a token
+    # bucket taken before the handshake. A TCP connection past it is reset when accepted; a QUIC Initial gets a
+    # CONNECTION_CLOSE (CONNECTION_REFUSED). With quic_retry, only Initials whose token proves the address count.
+    # The node tracks at most connection_rate_max_addresses addresses (idle ones, then the least recent, go first).
+    # With workers > 1 each worker counts its own share. ──
+    connection_rate_per_address: float = 10.0
+    connection_burst_per_address: int = 100
+    connection_rate_max_addresses: int = 100_000
     # ── Every core: node processes serving the same ports (SO_REUSEPORT), each a node of the one PostgreSQL
     # database; a supervisor restarts a worker that dies. Worker i serves metrics on metrics_listen's port + i. ──
     workers: int = 1

@@ -52,6 +52,28 @@ def bind_shared(config: NodeConfig, count: int) -> list[ListenSockets]:
     return shares
 
 
+def listening_tcp_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets listening on every address `host` resolves to, as asyncio's create_server binds them (without
+    SO_REUSEPORT: a second node on the same port fails instead of sharing it)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, protocol)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _bind_group(address: str, kind: socket.SocketKind, count: int) -> list[socket.socket]:
     host, port = parse_listen(address)
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=kind)[0]

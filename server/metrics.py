@@ -153,6 +153,11 @@ class _StateCollector(Collector):
         yield _gauge(
             "qpc_quic_connections", "QUIC connections held, with or without an RPC stream", state.quic_connections()
         )
+        yield _gauge(
+            "qpc_connection_rate_addresses",
+            "Source addresses whose new-connection bucket the node holds (bounded by connection_rate_max_addresses)",
+            state.connection_rate_addresses(),
+        )
         if state.retry is not None:
             yield _counter("qpc_quic_retries_sent", "QUIC Retry packets sent", state.retry.retries_sent)
             yield _counter("qpc_quic_retry_tokens_accepted", "Initials with a valid token", state.retry.tokens_accepted)

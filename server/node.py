@@ -19,6 +19,7 @@ from quicnprotochat.native import RootKey
 from quicnprotochat.server.at_rest import node_root_key, open_secrets
 from quicnprotochat.server.config import NodeConfig, parse_listen
 from quicnprotochat.server.connection_budget import ConnectionBudget
+from quicnprotochat.server.connection_rate import ConnectionRate
 from quicnprotochat.server.identity import ensure_data_dir
 from quicnprotochat.server.listen_sockets import ListenSockets
 from quicnprotochat.server.metrics import NodeMetrics, instrument
@@ -33,6 +34,7 @@ from quicnprotochat.server.rpc_errors import install_error_sanitizer
 from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.services.errors import faults
+from quicnprotochat.server.services.rate_limits import RateLimit
 from quicnprotochat.server.store import Clock, StoreError, open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 
@@ -116,6 +118,12 @@ class Node:
             state.connections = lambda: sessions.active
             # Bound what a QUIC stream or TLS connection may buffer ahead of the RPC reader: a few maximal messages.
             max_buffered = 4 * self.config.max_message_bytes
+            connection_rate = ConnectionRate(
+                RateLimit(self.config.connection_rate_per_address, self.config.connection_burst_per_address),
+                state.counters,
+                self.config.connection_rate_max_addresses,
+            )
+            state.connection_rate_addresses = lambda: connection_rate.addresses
             if self.config.quic_listen:
                 retry = RotatingRetryTokens(self.config.quic_retry_period_s) if self.config.quic_retry else None
                 self._quic = QuicListener(
@@ -125,6 +133,7 @@ class Node:
                     retry,
                     handshake_timeout=self.config.handshake_timeout_s,
                     resets=StatelessResets.of(identity),
+                    connection_rate=connection_rate,
                 )
                 self.quic_address = await self._quic.start(
                     *parse_listen(self.config.quic_listen), sock=self._sockets.quic
@@ -140,6 +149,7 @@ class Node:
                     write_buffer_high=self.config.max_unsent_bytes_per_connection,
                     handshake_timeout=self.config.handshake_timeout_s,
                     idle_timeout=self.config.tcp_idle_timeout_s,
+                    connection_rate=connection_rate,
                 )
                 self.tcp_address = await self._tcp.start(*parse_listen(self.config.tcp_listen), sock=self._sockets.tcp)
             if self.config.metrics_listen:

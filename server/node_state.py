@@ -135,6 +135,8 @@ class NodeState:
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
     """QUIC connections the listener holds, with or without an RPC stream yet; set by the node."""
+    connection_rate_addresses: Callable[[], int] = lambda: 0
+    """Source addresses whose new-connection bucket the node holds now (server/connection_rate.py)."""
     retry: RetryStats | None = None
     """QUIC retry counters, when retry is on."""
 
@@ -299,4 +301,5 @@ def _connection_limits(config: NodeConfig) -> dict[str, Any]:
         "resolveEndpointsPerAddress": _rate(
             config.resolve_endpoint_rate_per_address, config.resolve_endpoint_burst_per_address
         ),
+        "newConnectionsPerAddress": _rate(config.connection_rate_per_address, config.connection_burst_per_address),
     }

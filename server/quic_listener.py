@@ -18,8 +18,10 @@ from quicnprotochat.common.quic_acks import BundledAcksProtocol
 from quicnprotochat.common.quic_stream import QuicStreamTransport, StreamBufferOverflow
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.connection_budget import ConnectionBudget
+from quicnprotochat.server.connection_rate import ConnectionRate
 from quicnprotochat.server.identity import NodeIdentity
 from quicnprotochat.server.peer import Peer, peer_from_address
+from quicnprotochat.server.quic_admission import InitialAdmission
 from quicnprotochat.server.quic_connection_ids import IndexedQuicServer
 from quicnprotochat.server.quic_resets import StatelessResets
 from quicnprotochat.server.quic_retry import RotatingRetryTokens, serve_quic
@@ -158,8 +160,14 @@ class QuicListener:
         *,
         handshake_timeout: float = 10.0,
         resets: StatelessResets,
+        connection_rate: ConnectionRate | None = None,
     ) -> None:
         self._retry = retry
+        self._admission = (
+            None
+            if connection_rate is None
+            else InitialAdmission(connection_rate, configuration, None if retry is None else retry.proves_address)
+        )
         self._resets = resets
         self._sessions = sessions
         self._handshake_timeout = handshake_timeout
@@ -190,7 +198,7 @@ class QuicListener:
             resets=self._resets,
         )
         transport, server = await loop.create_datagram_endpoint(
-            lambda: serve_quic(self._configuration, create_protocol, self._retry, self._resets),
+            lambda: serve_quic(self._configuration, create_protocol, self._retry, self._resets, self._admission),
             **({"sock": sock} if sock is not None else {"local_addr": (host, port)}),
         )
         self._transport = transport

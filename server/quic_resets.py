@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from quicnprotochat.common.stateless_reset import RESET_BYTES, is_short_header, reset_key, reset_packet, reset_token
 from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.quic_admission import InitialAdmission
 from quicnprotochat.server.quic_connection_ids import IndexedQuicServer
 from quicnprotochat.server.services.rate_limits import RateLimit, TokenBuckets
 
@@ -59,16 +60,21 @@ class StatelessResets:
 
 class ResettingQuicServer(IndexedQuicServer):
     """aioquic's server (connection ids indexed by connection), answering 1-RTT packets of connections it does
-    not know with a stateless reset."""
+    not know with a stateless reset, and, with `admission`, refusing Initials past the per-address connection rate
+    before aioquic sees them."""
 
-    def __init__(self, *, resets: StatelessResets, **options: Any) -> None:
+    def __init__(self, *, resets: StatelessResets, admission: InitialAdmission | None = None, **options: Any) -> None:
         super().__init__(**options)
         self._resets = resets
+        self._admission = admission
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         assert isinstance(data, bytes)
         answer = self._resets.answer(data, self._protocols, self._configuration.connection_id_length)
-        if answer is not None and self._transport is not None:
-            self._transport.sendto(answer, addr)
+        if answer is None and self._admission is not None:
+            answer = self._admission.refusal(data, addr, self._protocols)
+        if answer is not None:
+            if answer and self._transport is not None:
+                self._transport.sendto(answer, addr)
             return
         super().datagram_received(data, addr)

@@ -27,6 +27,7 @@ from aioquic.tls import pull_opaque, push_opaque
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from quicnprotochat.server.quic_admission import InitialAdmission
 from quicnprotochat.server.quic_resets import ResettingQuicServer, StatelessResets
 
 NONCE_BYTES = 12
@@ -93,6 +94,15 @@ class RotatingRetryTokens(QuicRetryTokenHandler):
         self.stats.tokens_accepted += 1
         return original_destination_connection_id
 
+    def proves_address(self, address: NetworkAddress, destination_cid: bytes, token: bytes) -> bool:
+        """Whether `token` is valid for `address` and `destination_cid` (not counted in `stats`: aioquic checks
+        the same token again when it creates the connection)."""
+        try:
+            self._open(address, destination_cid, token)
+        except ValueError:
+            return False
+        return True
+
     def _open(self, address: NetworkAddress, destination_cid: bytes, token: bytes) -> bytes:
         current = self._current()
         if len(token) < _PERIOD.size + NONCE_BYTES:
@@ -131,8 +141,11 @@ def serve_quic(
     create_protocol: Callable[..., Any],
     retry: RotatingRetryTokens | None,
     resets: StatelessResets,
+    admission: InitialAdmission | None = None,
 ) -> ResettingQuicServer:
-    """The datagram protocol of a QUIC listener: with `retry`, every new connection goes through a Retry."""
+    """The datagram protocol of a QUIC listener: with `retry`, every new connection goes through a Retry; with
+    `admission`, Initials past the per-address connection rate are refused before aioquic sees them."""
+    options: dict[str, Any] = {"configuration": configuration, "create_protocol": create_protocol}
     if retry is None:
-        return ResettingQuicServer(resets=resets, configuration=configuration, create_protocol=create_protocol)
-    return RetryingQuicServer(tokens=retry, resets=resets, configuration=configuration, create_protocol=create_protocol)
+        return ResettingQuicServer(resets=resets, admission=admission, **options)
+    return RetryingQuicServer(tokens=retry, resets=resets, admission=admission, **options)

@@ -2,14 +2,20 @@
 
 asyncio's TLS transport drives our own protocol (`TlsStreamProtocol`), which feeds pycapnp through a bridge we
 control, as the QUIC side does: pycapnp's own TCP streams crash under uvloop.
+
+The listener accepts connections itself (`loop.sock_accept`) and hands each to the loop's TLS with
+`connect_accepted_socket`: that way the per-address connection rate (server/connection_rate.py) is checked on the
+accepted socket, and a refused connection is reset before TLS starts; `create_server(ssl=...)` would run the
+handshake before the node learns who connected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import socket
 import ssl
+import struct
 import time
 from asyncio import sslproto
 
@@ -17,9 +23,15 @@ from quicnprotochat.common.capnp_bridge import attach_capnp_stream
 from quicnprotochat.common.schema import ALPN
 from quicnprotochat.common.stream_bridge import TlsStreamProtocol, TlsStreamTransport
 from quicnprotochat.server.connection_budget import ConnectionBudget
+from quicnprotochat.server.connection_rate import ConnectionRate
 from quicnprotochat.server.identity import NodeIdentity
+from quicnprotochat.server.listen_sockets import TCP_BACKLOG, listening_tcp_sockets
+from quicnprotochat.server.log_throttle import LogThrottle
 from quicnprotochat.server.peer import peer_from_address
 from quicnprotochat.server.rpc_session import RpcSessions
+
+log = logging.getLogger("quicnprotochat.server.tcp")
+_accept_faults = LogThrottle(log)
 
 # What one connection may buffer ahead of its RPC reader (reading the socket pauses well before that).
 DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
@@ -27,6 +39,10 @@ DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 # default: most of an idle TLS connection's memory). TLS records are at most 16 KiB, so a few records per read
 # lose nothing. It is a class attribute, so this applies to every asyncio TLS connection of the process.
 TLS_READ_BUFFER_BYTES = 32 * 1024
+# How long accepting pauses after the process ran out of file descriptors or memory (asyncio's own pause).
+ACCEPT_RETRY_S = 1.0
+# SO_LINGER on, zero seconds: close() resets the connection and the node keeps no TIME_WAIT state for it.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def tls_server_context(identity: NodeIdentity) -> ssl.SSLContext:
@@ -48,8 +64,13 @@ class TcpListener:
         write_buffer_high: int,
         handshake_timeout: float = 10.0,
         idle_timeout: float = 60.0,
+        connection_rate: ConnectionRate | None = None,
     ) -> None:
         self._sessions = sessions
+        self._connection_rate = connection_rate
+        self._listening: list[socket.socket] = []
+        self._acceptors: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._write_buffer_high = write_buffer_high
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
@@ -57,25 +78,58 @@ class TcpListener:
         self._budgets: dict[TlsStreamTransport, ConnectionBudget] = {}
         self._context = context
         self._max_buffered = max_buffered
-        self._server: asyncio.Server | None = None
         self._bridges: set[TlsStreamTransport] = set()
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
         """Listens on host:port, or on `sock`, a TCP socket bound already (a worker's share of a port)."""
         loop = asyncio.get_running_loop()
         sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
-        self._server = await loop.create_server(
-            lambda: TlsStreamProtocol(
-                self._on_connection, max_buffered=self._max_buffered, write_buffer_high=self._write_buffer_high
-            ),
-            **({"sock": sock} if sock is not None else {"host": host, "port": port}),
-            ssl=self._context,
-            # Also what a connection that never starts TLS, or stops halfway through the handshake, gets.
-            ssl_handshake_timeout=self._handshake_timeout,
-        )
+        if sock is not None:
+            sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+            self._listening = [sock]
+        else:
+            self._listening = listening_tcp_sockets(host, port)
+        self._acceptors = [loop.create_task(self._accept_forever(listening)) for listening in self._listening]
         self._idle_sweeper = loop.create_task(self._close_idle_forever())
-        address = self._server.sockets[0].getsockname()
+        address = self._listening[0].getsockname()
         return str(address[0]), int(address[1])
+
+    async def _accept_forever(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listening)
+            except (ConnectionAbortedError, InterruptedError):
+                continue  # the client gave up while it waited in the backlog
+            except OSError as error:  # out of file descriptors or memory: what asyncio's own server pauses for
+                _accept_faults.warning(
+                    error.errno, "accepting TLS connections failed: %s; pausing %g s", error, ACCEPT_RETRY_S
+                )
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if self._connection_rate is not None and not self._connection_rate.admit(peer_from_address("tcp", address)):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                sock.close()
+                continue
+            handshake = loop.create_task(self._start_tls(sock))
+            self._handshakes.add(handshake)
+            handshake.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: TlsStreamProtocol(
+                    self._on_connection, max_buffered=self._max_buffered, write_buffer_high=self._write_buffer_high
+                ),
+                sock,
+                ssl=self._context,
+                # Also what a connection that never starts TLS, or stops halfway through the handshake, gets.
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except (OSError, TimeoutError):  # a failed or timed-out handshake (ssl.SSLError is an OSError)
+            sock.close()
 
     def _on_connection(self, bridge: TlsStreamTransport) -> None:
         peer = peer_from_address("tcp", bridge.get_extra_info("peername"))
@@ -108,13 +162,13 @@ class TcpListener:
                     bridge.abort()
 
     async def close(self) -> None:
+        tasks = [*self._acceptors, *self._handshakes]
         if self._idle_sweeper is not None:
-            self._idle_sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._idle_sweeper
-        if self._server is not None:
-            self._server.close()
+            tasks.append(self._idle_sweeper)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listening in self._listening:
+            listening.close()
         for bridge in list(self._bridges):
             bridge.close()
-        if self._server is not None:
-            await self._server.wait_closed()

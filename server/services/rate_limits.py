@@ -8,6 +8,7 @@ from one source address, so a stranger elsewhere cannot lock an account out.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ class TokenBuckets:
     def take(self, key: Hashable, cost: float = 1.0) -> float | None:
         """Takes `cost` tokens: None when allowed, else the seconds until it would be."""
         now = self._clock()
-        tokens, updated = self._buckets.get(key, (float(self.limit.burst), now))
+        # Popped and put back: the dict runs from the least to the most recently used key.
+        tokens, updated = self._buckets.pop(key, (float(self.limit.burst), now))
         tokens = min(float(self.limit.burst), tokens + (now - updated) * self.limit.rate)
         if tokens < cost:
             self._buckets[key] = (tokens, now)
@@ -85,9 +87,11 @@ class TokenBuckets:
         full = [key for key, (tokens, updated) in self._buckets.items() if tokens + (now - updated) * rate >= burst]
         for key in full:
             del self._buckets[key]
-        if len(self._buckets) > self._max_keys:
-            # Every tracked key is busy: keep the newest half rather than grow without bound.
-            for key in list(self._buckets)[: len(self._buckets) // 2]:
+        # Too many keys are busy: forget the least recently used down to three quarters of the bound rather than
+        # grow without it. Each sweep walks every key, so it must leave room for a quarter of them before the next.
+        excess = len(self._buckets) - self._max_keys * 3 // 4
+        if excess > 0:
+            for key in list(itertools.islice(self._buckets, excess)):
                 del self._buckets[key]
 
 

@@ -134,7 +134,9 @@ async def test_a_quic_handshake_that_never_finishes_is_dropped(tmp_path: Path, m
 
 
 async def test_memory_per_idle_tls_connection(process_node: StartProcessNode, make_user: UserFactory) -> None:
-    node = await process_node(max_connections_per_address=1000, max_unauthenticated_connections=1000)
+    node = await process_node(
+        max_connections_per_address=1000, max_unauthenticated_connections=1000, connection_burst_per_address=1000
+    )
     witness = Witness(await make_user(as_node(node), "alice"))
 
     def open_idle(count: int) -> list[RawRpc]:
@@ -174,6 +176,7 @@ async def test_server_info_gives_the_connection_caps_timeouts_and_rates(tmp_path
         "register_burst_total": 333,
         "key_package_rate_per_pair": 0.25,
         "resolve_endpoint_burst_per_address": 77,
+        "connection_rate_per_address": 2.5,
     }
     node = Node(loopback_config(tmp_path / "n", **settings))
     await node.start()
@@ -222,6 +225,7 @@ async def test_server_info_gives_the_connection_caps_timeouts_and_rates(tmp_path
                 "resolve_endpoint_rate_per_address",
                 "resolve_endpoint_burst_per_address",
             ),
+            "new_connections_per_address": ("connection_rate_per_address", "connection_burst_per_address"),
         }
         for name, (rate, burst) in buckets.items():
             expected = RateLimit(per_second=getattr(config, rate), burst=getattr(config, burst))
@@ -231,5 +235,6 @@ async def test_server_info_gives_the_connection_caps_timeouts_and_rates(tmp_path
             0.25,
             77,
         )
+        assert limits.new_connections_per_address == RateLimit(2.5, config.connection_burst_per_address)
     finally:
         await node.stop()

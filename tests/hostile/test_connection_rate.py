@@ -1,0 +1,216 @@
+"""New connections per source address (issue 13, left over: a Bootstrap or handshake flooder reconnected as fast as
+handshakes completed). Past the bucket a TCP connection is reset when accepted, before TLS, and a QUIC Initial is
+answered with CONNECTION_REFUSED before any handshake cryptography; other addresses keep connecting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from aioquic._buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
+from aioquic.tls import State
+
+from quicnprotochat.bench.rawrpc import RawRpc
+from quicnprotochat.common.schema import ALPN
+from quicnprotochat.server.connection_rate import SETTING, ConnectionRate, address_key
+from quicnprotochat.server.node import Node
+from quicnprotochat.server.node_counters import NodeCounters
+from quicnprotochat.server.peer import Peer
+from quicnprotochat.server.quic_admission import REASON
+from quicnprotochat.server.services.rate_limits import RateLimit
+from tests.conftest import ClientFactory, FakeClock, loopback_config
+from tests.hostile.conftest import UserFactory, Witness
+from tests.test_metrics import scrape
+
+STRANGER = "127.0.0.2"
+# One new connection per 20 s: nothing refills during a test, so what the bucket lets through is its burst.
+SLOW = 0.05
+
+
+def tls_flood(address: tuple[str, int], attempts: int) -> tuple[int, list[str]]:
+    """TLS connections from STRANGER one after another (each closed once open): (how many opened, how the
+    others failed)."""
+    opened, failures = 0, []
+    for _ in range(attempts):
+        try:
+            RawRpc(*address, source=STRANGER, timeout=10).close()
+            opened += 1
+        except OSError as error:
+            failures.append(type(error).__name__)
+    return opened, failures
+
+
+def reset_before_tls(address: tuple[str, int]) -> bool:
+    """Whether a TCP connection from STRANGER is closed without sending anything (a TLS server would wait for the
+    ClientHello)."""
+    with socket.create_connection(address, timeout=5, source_address=(STRANGER, 0)) as sock:
+        try:
+            return sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def quic_attempt(address: tuple[str, int], source: str = STRANGER, token: bytes | None = None) -> dict[str, Any]:
+    """One QUIC client's first flight from `source` (through a Retry when the node asks for one), and what the
+    node's first other answer did to it: its close (error code, reason) if any, and its TLS state."""
+    client = QuicConnection(
+        configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    )
+    retries = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind((source, 0))
+        udp.settimeout(10)
+        client.connect(address, now=time.time())
+        if token is not None:  # a forged token: aioquic's server refuses it with INVALID_TOKEN
+            client._peer_token = token
+        for _ in range(2):
+            for datagram, _address in client.datagrams_to_send(now=time.time()):
+                udp.sendto(datagram, address)
+            data, _sender = udp.recvfrom(65536)
+            retry = pull_quic_header(Buffer(data=data), host_cid_length=8).packet_type == QuicPacketType.RETRY
+            client.receive_datagram(data, address, now=time.time())
+            if not retry:
+                break
+            retries += 1
+    close = client._close_event
+    return {
+        "closed": None if close is None else (close.error_code, close.reason_phrase),
+        "tls": client.tls.state,
+        "retries": retries,
+    }
+
+
+async def test_tls_connections_past_the_rate_are_reset_before_tls(
+    tmp_path: Path, make_user: UserFactory, connect: ClientFactory
+) -> None:
+    node = Node(
+        loopback_config(
+            tmp_path / "n",
+            connection_rate_per_address=SLOW,
+            connection_burst_per_address=4,
+            metrics_listen="127.0.0.1:0",
+        )
+    )
+    await node.start()
+    try:
+        assert node.tcp_address is not None
+        witness = Witness(await make_user(node, "alice", transport="tcp"))
+        opened, failures = await witness.during(asyncio.to_thread(tls_flood, node.tcp_address, 30))
+        assert opened == 4, failures  # the burst, then nothing
+        assert len(failures) == 26 and set(failures) <= {"ConnectionResetError", "SSLEOFError", "SSLZeroReturnError"}
+        assert await asyncio.to_thread(reset_before_tls, node.tcp_address)
+        assert node.counters.refused[SETTING] == 27
+        samples = await scrape(node)
+        assert samples[("qpc_refused_total", (("limit", SETTING),))] == 27
+        assert samples[("qpc_connection_rate_addresses", ())] == 2  # the witness's address and the stranger's
+        # The same bucket for QUIC: the stranger's Initial is refused too.
+        assert node.quic_address is not None
+        attempt = await asyncio.to_thread(quic_attempt, node.quic_address)
+        assert attempt["closed"] == (QuicErrorCode.CONNECTION_REFUSED, REASON)
+        # Another address connects as usual, over both transports.
+        for transport in ("tcp", "quic"):
+            assert await (await connect(node, transport)).health() == "ok"
+        await witness.through()
+    finally:
+        await node.stop()
+
+
+async def test_quic_initials_past_the_rate_are_refused_before_the_handshake(
+    tmp_path: Path, make_user: UserFactory
+) -> None:
+    node = Node(
+        loopback_config(
+            tmp_path / "n", connection_rate_per_address=SLOW, connection_burst_per_address=3, handshake_timeout_s=1.0
+        )
+    )
+    await node.start()
+    try:
+        assert node.quic_address is not None
+        address = node.quic_address
+        witness = Witness(await make_user(node, "alice"))
+
+        async def attempts() -> list[dict[str, Any]]:
+            return [await asyncio.to_thread(quic_attempt, address) for _ in range(8)]
+
+        outcomes = await witness.during(attempts())
+        for accepted in outcomes[:3]:  # the node's handshake answer: its ServerHello was read
+            assert accepted["closed"] is None and accepted["tls"] != State.CLIENT_EXPECT_SERVER_HELLO, accepted
+        for refused in outcomes[3:]:  # closed with the reason, and no ServerHello: no handshake was started
+            assert refused["closed"] == (QuicErrorCode.CONNECTION_REFUSED, REASON), refused
+            assert refused["tls"] == State.CLIENT_EXPECT_SERVER_HELLO
+        assert node.counters.refused[SETTING] == 5
+        # Another address gets its handshake.
+        other = await asyncio.to_thread(quic_attempt, address, "127.0.0.3")
+        assert other["closed"] is None
+        await witness.through()
+    finally:
+        await node.stop()
+
+
+async def test_with_retry_only_initials_that_prove_their_address_count(tmp_path: Path, make_user: UserFactory) -> None:
+    """Spoofed Initials (no token, or a forged one) cannot spend the bucket of the address they claim."""
+    node = Node(
+        loopback_config(
+            tmp_path / "n",
+            quic_retry=True,
+            connection_rate_per_address=SLOW,
+            connection_burst_per_address=2,
+            handshake_timeout_s=1.0,
+        )
+    )
+    await node.start()
+    try:
+        assert node.quic_address is not None and node.state is not None and node.state.retry is not None
+        address = node.quic_address
+        witness = Witness(await make_user(node, "alice"))
+
+        async def spoofed_then_real() -> list[dict[str, Any]]:
+            for _ in range(10):
+                await asyncio.to_thread(quic_attempt, address, STRANGER, os.urandom(40))  # forged: INVALID_TOKEN
+            return [await asyncio.to_thread(quic_attempt, address) for _ in range(3)]
+
+        outcomes = await witness.during(spoofed_then_real())
+        assert node.state.retry.tokens_refused >= 10
+        assert [outcome["retries"] for outcome in outcomes] == [1, 1, 1]
+        assert [outcome["closed"] for outcome in outcomes] == [None, None, (QuicErrorCode.CONNECTION_REFUSED, REASON)]
+        assert node.counters.refused[SETTING] == 1
+        await witness.through()
+    finally:
+        await node.stop()
+
+
+def test_ipv6_clients_count_by_their_64() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("192.0.2.7") == "192.0.2.7" != address_key("192.0.2.8")
+    rate = ConnectionRate(RateLimit(rate=1.0, burst=2), NodeCounters(), max_addresses=100, clock=FakeClock())
+    admitted = [rate.admit(Peer("quic", f"2001:db8:1:2::{index:x}", 443)) for index in range(4)]
+    assert admitted == [True, True, False, False]
+    assert rate.admit(Peer("tcp", "2001:db8:1:3::1", 443))
+
+
+def test_the_addresses_tracked_are_bounded_and_a_busy_flooder_stays_tracked() -> None:
+    """Thousands of addresses passing through keep at most `max_addresses` buckets; the flooder who keeps trying
+    is the most recently seen, so it is never the one forgotten (a forgotten bucket would be a fresh burst)."""
+    clock = FakeClock()
+    counters = NodeCounters()
+    rate = ConnectionRate(RateLimit(rate=0.01, burst=3), counters, max_addresses=100, clock=clock)
+    flooder = Peer("tcp", "198.51.100.1", 1)
+    assert [rate.admit(flooder) for _ in range(4)] == [True, True, True, False]
+    for index in range(5000):
+        host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
+        assert rate.admit(Peer("tcp", host, 1))
+        assert rate.addresses <= 100
+        assert not rate.admit(flooder), index
+        clock.advance(0.001)
+    assert counters.refused[SETTING] == 5001
