@@ -4,21 +4,58 @@ leaves and is invited back."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from quicnprotochat.client.chat import JoinedConversation
 from quicnprotochat.server.node import Node
+from quicnprotochat.server.services.groups import CommitOutcome, GroupService
+from quicnprotochat.server.services.sessions import Caller
 from tests.client.conftest import ChatFactory
 from tests.client.hostile_member import submit_corrupt_commit
 from tests.client.terminal import QPC, Tmux, client_env, env_for
 from tests.conftest import node_address
 
 PEOPLE = ("alice", "bob", "carol", "dave", "erin")
+HOLD_SECONDS = 15.0
+"""How long the node holds the first of two commits for the second: below the client's own wait for an answer
+(twice its 10 s connect timeout), so a hold never makes it submit again."""
 
 
-async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path: Path, tmux: Tmux) -> None:
+class CommitsMeet:
+    """Holds the first commit submitted to the node until a second one comes, then lets both through: the two
+    invitations are built on the same epoch however the two REPL processes are scheduled.
+
+    Freezing both REPLs (SIGSTOP) while Enter went in and thawing them together did not force that: on a loaded
+    machine one REPL resolved, fetched, built and submitted its whole invitation, and the other merged that commit
+    before it built its own, on the next epoch; both were accepted at once and the test saw no retry."""
+
+    def __init__(self, groups: GroupService) -> None:
+        self._submit = groups.submit
+        self._both_in = asyncio.Event()
+        self.held_epochs: list[int] = []
+        self.armed = False
+
+    async def submit(self, caller: Caller, group_id: bytes, epoch: int, *rest: Any) -> CommitOutcome:
+        if self.armed:
+            self.held_epochs.append(epoch)
+            if len(self.held_epochs) == 2:
+                self.armed = False
+                self._both_in.set()
+            else:
+                try:
+                    async with asyncio.timeout(HOLD_SECONDS):
+                        await self._both_in.wait()
+                except TimeoutError:
+                    self.armed = False  # the assertions on held_epochs say that the second never came
+        return await self._submit(caller, group_id, epoch, *rest)
+
+
+async def test_two_invitations_at_the_same_moment_both_land(
+    node: Node, tmp_path: Path, tmux: Tmux, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = client_env(
         tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint, NO_COLOR="1"
     )
@@ -37,20 +74,18 @@ async def test_two_invitations_at_the_same_moment_both_land(node: Node, tmp_path
         await tmux.wait_for(name, "joined team (invited by alice)")
         await tmux.wait_for(name, "[team] >")
 
-    # Both type their invitation and press Enter at the same moment: both REPLs are frozen while the keys go in,
-    # then thawed together, so that each builds its commit before it has seen the other's.
+    # Both invite at the same moment: the node holds the first commit until the second comes, so that each was
+    # built before its author saw the other's (as over a slow link to the node).
+    assert node.state is not None
+    meet = CommitsMeet(node.state.groups)
+    monkeypatch.setattr(node.state.groups, "submit", meet.submit)
+    meet.armed = True
     await tmux.type("bob", "/invite @dave")
     await tmux.type("carol", "/invite @erin")
-    pids = [await tmux.pid("bob"), await tmux.pid("carol")]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        await asyncio.gather(tmux.keys("bob", "Enter"), tmux.keys("carol", "Enter"))
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+    await asyncio.gather(tmux.keys("bob", "Enter"), tmux.keys("carol", "Enter"))
     bob_screen = await tmux.wait_for("bob", "* dave is now in team")
     carol_screen = await tmux.wait_for("carol", "* erin is now in team")
+    assert len(meet.held_epochs) == 2 and meet.held_epochs[0] == meet.held_epochs[1], meet.held_epochs
     outcomes = [line for line in (bob_screen + carol_screen).splitlines() if "is now in team" in line]
     # One outcome line each; the one whose commit came second was built again once.
     assert len([line for line in outcomes if "dave" in line or "erin" in line]) == 2, outcomes
