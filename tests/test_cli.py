@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,11 @@ def _server(data_dir: Path, *args: str) -> list[str]:
 
 
 def start_node_process(
-    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], str, dict[str, int], list[str]]:
+    """`wrapper`: a command the node runs under (e.g. strace and its options)."""
     process = subprocess.Popen(
-        _server(data_dir, *extra, "run", "--quic-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"),
+        [*wrapper, *_server(data_dir, *extra, "run", "--quic-listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0")],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -1,11 +1,14 @@
-"""A node killed with SIGKILL while clients enqueue loses no message whose seq it returned."""
+"""A node killed with SIGKILL loses no message whose seq it returned, and brings back none it handed out."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from pathlib import Path
+
+import pytest
 
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
@@ -73,3 +76,62 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
     assert all(stored[seq] == payload for seq, payload in acknowledged.items())
     # Seqs stay gap-free: whatever landed got the next number.
     assert sorted(stored) == list(range(1, len(stored) + 1))
+
+
+def _traced_pid(tracer: int) -> int:
+    """The node strace started (killing strace itself would leave its tracee running)."""
+    (child,) = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+    return int(child)
+
+
+def _wal_syncs(log: Path) -> int:
+    """fsync/fdatasync calls on the store's WAL so far, in the node's strace log."""
+    return log.read_text().count("node.sqlite3-wal>")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (Debian package strace; scripts/install)")
+async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path) -> None:
+    """fetch and ack answer once committed, without waiting for an fsync of their own; a killed node keeps them
+    anyway (only a power loss could bring such messages back), while every enqueue still syncs before its seq."""
+    data_dir = tmp_path / "node"
+    log = tmp_path / "syscalls"
+    strace = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(log)]
+    process, fingerprint, ports, _ = start_node_process(data_dir, wrapper=strace)
+    node_pid = _traced_pid(process.pid)
+    known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
+    vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
+    try:
+        client = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
+        for index, vault in enumerate(vaults):
+            await accounts.register(client, vault, f"user{index}", "pw")
+        await accounts.login(client, vaults[0], "user0", "pw")
+        me = vaults[0].identity_key
+        for n in range(1, 7):
+            before = _wal_syncs(log)
+            assert await client.enqueue(me, f"message {n}".encode()) == n
+            assert _wal_syncs(log) > before, "an enqueue's seq came back before its commit was synced"
+        synced = _wal_syncs(log)
+        assert [e.seq for e in await client.fetch(me, limit=1)] == [1]
+        assert [e.seq for e in await client.fetch(me, limit=2)] == [2, 3]
+        assert [e.seq for e in await client.peek(me, limit=1)] == [4]
+        await client.ack(me, 4)
+        assert [e.seq for e in await client.fetch_wait(me, timeout_ms=1000, limit=1)] == [5]
+        assert _wal_syncs(log) == synced
+        os.kill(node_pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        await client.close()
+    finally:
+        if process.poll() is None:
+            os.kill(node_pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    process, _, ports, _ = start_node_process(data_dir)
+    try:
+        reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
+        await accounts.login(reader, vaults[0], "user0", "pw")
+        assert [(e.seq, e.data) for e in await reader.fetch(vaults[0].identity_key)] == [(6, b"message 6")]
+        await reader.close()
+    finally:
+        stop_node_process(process)
+        for vault in vaults:
+            vault.close()

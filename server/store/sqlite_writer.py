@@ -3,7 +3,13 @@
 With synchronous=FULL every COMMIT costs an fsync, which bounds a one-commit-per-write design to a few hundred
 writes per second. Here the writer thread takes everything submitted while the previous commit was syncing, runs
 it in one transaction (each operation in its own SAVEPOINT, so a refused one rolls back alone), commits once, and
-only then resolves the callers' futures: a result is never seen before it is durable.
+only then resolves the callers' futures: a result is never seen before it is committed.
+
+A batch made only of removals that may come undone (`sync=False`: an inbox's fetch or ack) commits without the
+fsync (synchronous=NORMAL). WAL mode keeps such a commit through a crash of the process (its frames are written
+before COMMIT returns); only a power loss or a kernel crash can take it back, and then the removed messages come
+back: delivered again with the same seqs, never lost. The next synced commit, or a checkpoint, makes it durable
+as well, because it syncs the WAL up to its own frames and every frame before them.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class _Op(Generic[T]):
     future: asyncio.Future[T]
     frees_space: bool = False
     """A deletion (fetch, ack, sweep): when the disk is full it may use the reserve; nothing else may."""
+    sync: bool = True
+    """False: a removal whose loss in a power failure only brings messages back (see the module's docstring)."""
 
 
 Outcome = tuple["_Op[Any]", Any, BaseException | None]
@@ -89,6 +97,7 @@ class GroupCommitWriter(StoreThread):
         self._batch_sizes = BatchSizes()
         self._in_hand: list[_Op[Any]] = []
         self._committing = False
+        self._synchronous_full = True  # what _connect set
         self._backoff = 0.0
         # Used by the writer thread only.
         self._faults = LogThrottle(log, period_s=LOG_PERIOD_S)
@@ -116,9 +125,9 @@ class GroupCommitWriter(StoreThread):
     def restarts(self) -> int:
         return self._restarts
 
-    async def submit(self, fn: WriteFn[T], *, frees_space: bool = False) -> T:
+    async def submit(self, fn: WriteFn[T], *, frees_space: bool = False, sync: bool = True) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._put(_Op(fn, future, frees_space))
+        self._put(_Op(fn, future, frees_space, sync))
         # Cancelling the caller does not withdraw the operation: it may already be committed.
         return await future
 
@@ -175,6 +184,7 @@ class GroupCommitWriter(StoreThread):
         touched: set[Inbox] = set()
         self._in_hand, self._committing = batch, False
         try:
+            self._set_synchronous(any(op.sync for op in batch))
             conn.execute("BEGIN IMMEDIATE")
             ran = self._run_ops(batch)
             if ran is None:
@@ -207,6 +217,12 @@ class GroupCommitWriter(StoreThread):
         self._write_ops += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
         self._call_on_loop(self._deliver, outcomes, touched)
+
+    def _set_synchronous(self, full: bool) -> None:
+        """FULL (an fsync per commit) unless every operation of the batch is a removal that may come undone."""
+        if full != self._synchronous_full:
+            self._conn.execute("PRAGMA synchronous = FULL" if full else "PRAGMA synchronous = NORMAL")
+            self._synchronous_full = full
 
     def _run_ops(self, batch: list[_Op[Any]]) -> tuple[list[Outcome], set[Inbox]] | None:
         """Every operation of the batch, without savepoints (two statements fewer per operation); None as soon as

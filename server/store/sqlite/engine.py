@@ -139,10 +139,14 @@ class SqliteEngine(StoreEngine):
         await self._writer.close()
         await self._reader.close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection, OpContext], T], *, frees_space: bool = False) -> T:
-        """`frees_space`: a deletion, which may still run on a full disk (see GroupCommitWriter)."""
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection, OpContext], T], *, frees_space: bool = False, sync: bool = True
+    ) -> T:
+        """`frees_space`: a deletion, which may still run on a full disk; `sync=False`: a removal that a power loss
+        may undo (messages come back, never go missing), committed without waiting for the disk (see
+        GroupCommitWriter)."""
         self._check_open()
-        return await self._writer.submit(fn, frees_space=frees_space)
+        return await self._writer.submit(fn, frees_space=frees_space, sync=sync)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` runs in a read transaction (one snapshot for reads made of several statements)."""

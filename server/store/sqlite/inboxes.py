@@ -78,7 +78,8 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
             # RETURNING promises no order.
             return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
 
-        return await self._write(op, frees_space=True)
+        # Answered once committed, without the fsync: see GroupCommitWriter on removals.
+        return await self._write(op, frees_space=True, sync=False)
 
     async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
         params = (*inbox, now, count, self._limits.max_fetch_bytes)
@@ -94,7 +95,7 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
             _shrink(conn, inbox, len(sizes), sum(s[0] for s in sizes))
             return len(sizes)
 
-        return await self._write(op, frees_space=True)
+        return await self._write(op, frees_space=True, sync=False)
 
     async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats:
         row = await self._read(
