@@ -5,6 +5,8 @@ from typing import Final, Literal
 
 CIPHERSUITE_DEFAULT: Final[int]
 """0x0001 MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519."""
+VAULT_GROUPS_IN_MEMORY: Final[int]
+"""How many MLS groups a vault keeps in memory unless ``Vault.open`` is told otherwise (64)."""
 CIPHERSUITE_XWING: Final[int]
 """0x004D MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519."""
 ENVELOPE_VERSION: Final[int]
@@ -154,8 +156,14 @@ class Vault:
     Every method runs without the GIL and in one database transaction."""
 
     @staticmethod
-    def open(path: str, key: bytes) -> Vault:
-        """Open or create; ``key`` is 32 raw bytes. Raises VaultKeyError on a wrong key."""
+    def open(path: str, key: bytes, max_groups_in_memory: int = ...) -> Vault:
+        """Open or create; ``key`` is 32 raw bytes. Raises VaultKeyError on a wrong key. At most
+        ``max_groups_in_memory`` groups (>= 1, else StateError; default VAULT_GROUPS_IN_MEMORY) stay
+        loaded between calls: past that the least recently used one is dropped and read from the
+        file again when next used."""
+    @property
+    def groups_in_memory(self) -> int:
+        """How many groups are loaded now (never more than ``max_groups_in_memory``)."""
     def close(self) -> None: ...
     def __enter__(self) -> Vault: ...
     def __exit__(
@@ -182,7 +190,9 @@ class Vault:
     # meanwhile encrypt, leave_group and further commits raise StateError ("a commit is
     # pending"). Pending proposals received earlier are committed with them.
     def add_members(self, group_id: bytes, key_packages: list[bytes]) -> tuple[bytes, bytes]:
-        """Return (commit, welcome); packages raw or wrapped in an MLSMessage."""
+        """Return (commit, welcome); packages raw or wrapped in an MLSMessage. The commit renews no
+        path (this member's leaf stays as it is: ``self_update`` renews it) unless a pending
+        proposal it commits needs one (RFC 9420 section 12.4)."""
     def remove_members(self, group_id: bytes, identity_keys: list[bytes]) -> bytes:
         """Return the commit removing every leaf of these identity keys."""
     def self_update(self, group_id: bytes) -> bytes:
@@ -207,6 +217,10 @@ class Vault:
         """Process a group message, PublicMessage or PrivateMessage (the group id is read from
         it); commits are merged, proposals kept for a later commit. Idempotent: the result is
         journaled in the same transaction, and the same bytes again return it."""
+    def process_batch(self, messages: list[bytes]) -> list[ProcessedMessage | NativeError]:
+        """``process`` of each message in order, all in one transaction (one durable commit): per
+        message its result or the exception ``process`` would have raised (nothing of a failed
+        one is kept). Raises StorageError, storing nothing, if the transaction fails."""
     def forget_processed(self, digests: list[bytes]) -> None:
         """Drop journal entries (``ProcessedMessage.digest``, or SHA-256 of a joined Welcome)
         once their result is stored. Entries never forgotten are dropped after 30 days."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from quicnprotochat.client.known_hosts import KnownHosts
 from quicnprotochat.client.node_client import Transport
 from quicnprotochat.common.usernames import normalize_username
+from quicnprotochat.native import VAULT_GROUPS_IN_MEMORY
 
 NOTES_NAME = "@me"
 """The self-DM notepad: local only, no MLS, nothing sent to the node."""
@@ -63,6 +64,10 @@ class ChatConfig:
     """After a failed direct attempt, that peer's messages go through the node for this long."""
     p2p_resolve_every_s: float = 60.0
     """How long a peer's resolved record is used before it is looked up again (never past its expiry)."""
+    vault_groups_in_memory: int = VAULT_GROUPS_IN_MEMORY
+    """How many MLS groups the vault keeps loaded between operations (at least 1): past that the least recently
+    used one is dropped and read from the encrypted file again when next used. A client in thousands of groups (a
+    bot) holds at most this many in memory; one in fewer pays nothing for the bound."""
     bot_owner: str | None = None
     """Log in by key alone, as a bot of this account (no password; `username` is the bot's name). The first
     login waits until the owner approves the key from one of their clients. See `ChatClient.open_bot`."""

@@ -139,6 +139,8 @@ class ChatClient:
     async def open(cls, config: ChatConfig) -> ChatClient:
         """Unlock the state, connect, register if asked and needed, log in, publish keys. Raises ChatError."""
         username = checked_username(config.username)
+        if config.vault_groups_in_memory < 1:
+            raise ChatError(f"vault_groups_in_memory must be at least 1, not {config.vault_groups_in_memory}")
         try:
             state = await StateDir(config.state_dir).open(config.state_password)
         except StateError as error:
@@ -150,7 +152,7 @@ class ChatClient:
             if stored is not None and stored != username:
                 raise StateUnavailable(f"{config.state_dir} holds the state of {stored!r}, not {username!r}")
             try:
-                vault = await asyncio.to_thread(state.open_vault)
+                vault = await asyncio.to_thread(state.open_vault, config.vault_groups_in_memory)
             except StateError as error:
                 raise StateUnavailable(str(error)) from None
             try:

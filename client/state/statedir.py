@@ -246,16 +246,21 @@ class ClientState:
             raise StateError("the client state is closed")
         return bytes(self._vault_key)
 
-    def open_vault(self) -> Vault:
-        """Open (or create, mode 0600) the native Vault of this state. Raises `WrongStatePassword` if the
-        vault does not decrypt, ImportError if the native module is not built."""
-        from quicnprotochat.native import Vault, VaultKeyError
+    def open_vault(self, max_groups_in_memory: int | None = None) -> Vault:
+        """Open (or create, mode 0600) the native Vault of this state, keeping at most `max_groups_in_memory` MLS
+        groups loaded (None: the vault's default). Raises `WrongStatePassword` if the vault does not decrypt,
+        ImportError if the native module is not built."""
+        from quicnprotochat.native import VAULT_GROUPS_IN_MEMORY, Vault, VaultKeyError
 
         path = self.vault_path
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
         try:
-            return Vault.open(str(path), self.vault_key())
+            return Vault.open(
+                str(path),
+                self.vault_key(),
+                VAULT_GROUPS_IN_MEMORY if max_groups_in_memory is None else max_groups_in_memory,
+            )
         except VaultKeyError:
             raise WrongStatePassword(f"{path}: the state key does not decrypt the vault") from None
 

@@ -40,6 +40,7 @@ mod signer;
 mod split_secrets;
 mod storage;
 mod wire;
+pub use cache::DEFAULT_GROUPS_IN_MEMORY;
 use cache::GroupCache;
 use crypto::VaultCrypto;
 use codec::VaultCodec;
@@ -312,8 +313,16 @@ fn open_connection(path: &str, key: &[u8]) -> Result<Connection> {
 }
 
 impl Vault {
-    /// Opens (or creates) the vault at `path`, encrypted with the raw 32-byte `key`.
+    /// Opens (or creates) the vault at `path`, encrypted with the raw 32-byte `key`, keeping at most
+    /// [`DEFAULT_GROUPS_IN_MEMORY`] groups in memory.
     pub fn open(path: &str, key: &[u8]) -> Result<Self> {
+        Self::open_with_limit(path, key, DEFAULT_GROUPS_IN_MEMORY)
+    }
+
+    /// Like [`Vault::open`], keeping at most `groups_in_memory` groups (at least one) in memory: the
+    /// least recently used one is dropped past that, and loaded from the file again when next used.
+    pub fn open_with_limit(path: &str, key: &[u8], groups_in_memory: usize) -> Result<Self> {
+        let groups = GroupCache::new(groups_in_memory)?;
         let mut conn = open_connection(path, key)?;
         SqliteStorageProvider::<VaultCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
@@ -349,7 +358,7 @@ impl Vault {
             signing: IdentitySigner::new(&signer)?,
             signer,
             hybrid,
-            groups: GroupCache::default(),
+            groups,
             conn,
         })
     }
@@ -404,10 +413,6 @@ impl Vault {
     /// Runs `f` inside one transaction; rolls back on error, and then drops the groups kept in
     /// memory (`f` may have changed them).
     fn tx<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        // Cached statements: parsing them anew was a visible part of a message's cost.
-        fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
-            conn.prepare_cached(sql)?.execute([])
-        }
         run(&self.conn, "BEGIN IMMEDIATE")?;
         let out = f(self);
         match &out {
@@ -424,6 +429,11 @@ impl Vault {
             }
         }
         out
+    }
+
+    /// How many groups are kept in memory now (never more than the vault's limit).
+    pub fn groups_in_memory(&self) -> usize {
+        self.groups.len()
     }
 
     /// The 32-byte Ed25519 identity public key (= the MLS basic credential).
@@ -576,6 +586,12 @@ impl Vault {
 
     /// Adds members by KeyPackage (raw or wrapped in an MLSMessage); the commit stays pending.
     /// Proposals received earlier (e.g. a member's leave) are committed with it.
+    ///
+    /// The commit carries no update path unless a proposal it covers needs one (a Remove, say):
+    /// RFC 9420 section 12.4 makes the path optional for commits of Add proposals only, and mls-rs
+    /// sends none. A path would renew this member's leaf (post-compromise security for its own
+    /// keys) at the price of a full commit's HPKE work, one per copath resolution node; that
+    /// renewal is `self_update`'s job.
     pub fn add_members(
         &mut self,
         group_id: &[u8],
@@ -601,7 +617,7 @@ impl Vault {
                 )));
             }
             let (commit, welcome, _) = group
-                .add_members(&v.provider, &v.signing, &kps)
+                .add_members_without_update(&v.provider, &v.signing, &kps)
                 .map_err(|e| mls_err(Error::State, "add members", e))?;
             v.keep_pending(group_id, &commit, Some(&welcome))
         })
@@ -808,6 +824,46 @@ impl Vault {
         })
     }
 
+    /// Processes incoming MLS messages in order, all in one transaction: one durable commit for the
+    /// lot instead of one per message. Each message's outcome is the one `process` gives it alone
+    /// (journaled likewise); one that fails leaves nothing behind (rolled back to a savepoint) and
+    /// the next ones go on. A storage failure fails the whole batch: nothing of it is stored.
+    pub fn process_batch(&mut self, messages: &[Vec<u8>]) -> Result<Vec<Result<Processed>>> {
+        self.tx(|v| {
+            messages
+                .iter()
+                .map(|message| v.process_in_savepoint(message))
+                .collect()
+        })
+    }
+
+    /// One message of a batch; the outer `Err` is a storage failure, which ends the batch.
+    fn process_in_savepoint(&mut self, message: &[u8]) -> Result<Result<Processed>> {
+        let digest = journal::digest(message);
+        if let Some(done) = journal::processed(&self.conn, &digest)? {
+            return Ok(Ok(done));
+        }
+        let protocol = match wire::parse_group_message(message) {
+            Ok(protocol) => protocol,
+            Err(e) => return Ok(Err(e)),
+        };
+        let group_id = protocol.group_id().as_slice().to_vec();
+        run(&self.conn, "SAVEPOINT qpc_message")?;
+        let out = self
+            .process_in_tx(group_id.clone(), protocol, digest)
+            .and_then(|out| journal::record_processed(&self.conn, &out).map(|()| out));
+        if out.is_err() {
+            run(&self.conn, "ROLLBACK TO qpc_message")?;
+            // The kept copy may hold what was just rolled back: load it again when next used.
+            self.groups.forget(&group_id);
+        }
+        run(&self.conn, "RELEASE qpc_message")?;
+        match out {
+            Err(e @ Error::Storage(_)) => Err(e),
+            other => Ok(other),
+        }
+    }
+
     /// Drops journal entries (of `process` and `join_group`) the caller has stored.
     pub fn forget_processed(&mut self, digests: &[Vec<u8>]) -> Result<()> {
         self.tx(|v| journal::forget(&v.conn, digests))
@@ -982,6 +1038,12 @@ impl Vault {
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
+}
+
+/// Runs a statement without parameters, cached: parsing the transaction statements anew was a
+/// visible part of a message's cost.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
 }
 
 fn ser(msg: &MlsMessageOut) -> Result<Vec<u8>> {

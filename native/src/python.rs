@@ -317,6 +317,23 @@ impl ProcessedMessage {
     }
 }
 
+impl ProcessedMessage {
+    fn new(py: Python<'_>, p: &mls::Processed) -> Self {
+        let list = |items: &[Vec<u8>]| items.iter().map(|i| bytes(py, i).unbind()).collect();
+        ProcessedMessage {
+            kind: p.kind.as_str(),
+            group_id: bytes(py, &p.group_id).unbind(),
+            epoch: p.epoch,
+            sender: p.sender.as_ref().map(|s| bytes(py, s).unbind()),
+            plaintext: p.plaintext.as_ref().map(|s| bytes(py, s).unbind()),
+            added: list(&p.added),
+            removed: list(&p.removed),
+            self_removed: p.self_removed,
+            digest: bytes(py, &p.digest).unbind(),
+        }
+    }
+}
+
 /// The client's encrypted state: identity, hybrid key and MLS groups in one SQLCipher file.
 #[pyclass(frozen, module = "quicnprotochat.native")]
 struct Vault {
@@ -341,10 +358,12 @@ impl Vault {
 
 #[pymethods]
 impl Vault {
-    /// Opens or creates the vault at `path`, encrypted with the raw 32-byte `key`.
+    /// Opens or creates the vault at `path`, encrypted with the raw 32-byte `key`, keeping at most
+    /// `max_groups_in_memory` groups in memory (the least recently used one goes past that).
     #[staticmethod]
-    fn open(py: Python<'_>, path: &str, key: &[u8]) -> PyResult<Self> {
-        let v = run(py, || mls::Vault::open(path, key))?;
+    #[pyo3(signature = (path, key, max_groups_in_memory = mls::DEFAULT_GROUPS_IN_MEMORY))]
+    fn open(py: Python<'_>, path: &str, key: &[u8], max_groups_in_memory: usize) -> PyResult<Self> {
+        let v = run(py, || mls::Vault::open_with_limit(path, key, max_groups_in_memory))?;
         Ok(Vault {
             inner: Mutex::new(Some(v)),
         })
@@ -510,18 +529,31 @@ impl Vault {
 
     fn process(&self, py: Python<'_>, message: &[u8]) -> PyResult<ProcessedMessage> {
         let p = self.with(py, |v| v.process(message))?;
-        let list = |items: &[Vec<u8>]| items.iter().map(|i| bytes(py, i).unbind()).collect();
-        Ok(ProcessedMessage {
-            kind: p.kind.as_str(),
-            group_id: bytes(py, &p.group_id).unbind(),
-            epoch: p.epoch,
-            sender: p.sender.as_ref().map(|s| bytes(py, s).unbind()),
-            plaintext: p.plaintext.as_ref().map(|s| bytes(py, s).unbind()),
-            added: list(&p.added),
-            removed: list(&p.removed),
-            self_removed: p.self_removed,
-            digest: bytes(py, &p.digest).unbind(),
-        })
+        Ok(ProcessedMessage::new(py, &p))
+    }
+
+    /// Processes messages in order in one transaction; per message a ProcessedMessage or the
+    /// exception `process` would have raised for it.
+    fn process_batch(
+        &self,
+        py: Python<'_>,
+        messages: Vec<Bound<'_, PyBytes>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let messages = to_vecs(messages);
+        let results = self.with(py, |v| v.process_batch(&messages))?;
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(p) => Ok(Py::new(py, ProcessedMessage::new(py, &p))?.into_any()),
+                Err(e) => Ok(PyErr::from(e).into_value(py).into_any()),
+            })
+            .collect()
+    }
+
+    /// How many groups the vault keeps in memory now (never more than `max_groups_in_memory`).
+    #[getter]
+    fn groups_in_memory(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |v| Ok(v.groups_in_memory()))
     }
 
     fn members<'py>(&self, py: Python<'py>, group_id: &[u8]) -> PyResult<Vec<Bound<'py, PyBytes>>> {
@@ -886,6 +918,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     add_rootkey(m)?;
 
     m.add("CIPHERSUITE_DEFAULT", mls::SUITE_DEFAULT)?;
+    m.add("VAULT_GROUPS_IN_MEMORY", mls::DEFAULT_GROUPS_IN_MEMORY)?;
     m.add("CIPHERSUITE_XWING", mls::SUITE_XWING)?;
     m.add("ENVELOPE_VERSION", envelope::ENVELOPE_VERSION)?;
     m.add("HYBRID_PUBLIC_KEY_LEN", envelope::PUBLIC_KEY_LEN)?;

@@ -584,3 +584,134 @@ fn past_epochs_member_lists_are_stored_once_and_dropped_with_their_epoch() {
     assert_eq!(rows(&b, members_rows), 0);
     assert_eq!(rows(&b, "SELECT count(*) FROM qpc_message_secrets"), 0);
 }
+
+fn key_package_of(dir: &Dir, name: &str, key: u8) -> Vec<u8> {
+    let mut v = Vault::open(&dir.path(name), &[key; 32]).unwrap();
+    v.create_key_package(false, SUITE_DEFAULT).unwrap()
+}
+
+fn own_leaf_key(v: &Vault, gid: &[u8]) -> Vec<u8> {
+    v.group(gid)
+        .unwrap()
+        .own_leaf_node()
+        .unwrap()
+        .encryption_key()
+        .tls_serialize_detached()
+        .unwrap()
+}
+
+#[test]
+fn groups_in_memory_stay_within_the_limit_and_evicted_ones_carry_on() {
+    let dir = Dir::new();
+    assert!(matches!(
+        Vault::open_with_limit(&dir.path("zero.db"), &KEY_A, 0),
+        Err(Error::State(_))
+    ));
+    let mut a = Vault::open_with_limit(&dir.path("a.db"), &KEY_A, 2).unwrap();
+    let mut b = Vault::open_with_limit(&dir.path("b.db"), &KEY_B, 2).unwrap();
+    let mut gids = vec![];
+    for _ in 0..5 {
+        let gid = a.create_group(SUITE_DEFAULT).unwrap();
+        let kp = b.create_key_package(false, SUITE_DEFAULT).unwrap();
+        let out = a.add_members(&gid, &[kp]).unwrap();
+        a.merge_pending_commit(&gid).unwrap();
+        b.join_group(out.welcome.as_ref().unwrap()).unwrap();
+        gids.push(gid);
+        assert!(a.groups_in_memory() <= 2 && b.groups_in_memory() <= 2);
+    }
+    // Every group again, the first ones long evicted: their state (ratchets, epochs) is intact.
+    for round in 0..2 {
+        for gid in &gids {
+            let commit = a.self_update(gid).unwrap();
+            a.merge_pending_commit(gid).unwrap();
+            b.process(&commit).unwrap();
+            let ct = a.encrypt(gid, format!("round {round}").as_bytes()).unwrap();
+            assert_eq!(text(&mut b, &ct), format!("round {round}").as_bytes());
+            assert_eq!(a.epoch(gid).unwrap(), 2 + round);
+            assert_eq!(b.epoch(gid).unwrap(), 2 + round);
+            assert!(a.groups_in_memory() <= 2 && b.groups_in_memory() <= 2);
+        }
+    }
+    // The most recently used ones are kept; an older one comes back from the file.
+    assert_eq!(a.groups_in_memory(), 2);
+    a.epoch(&gids[0]).unwrap();
+    assert_eq!(a.groups_in_memory(), 2);
+}
+
+#[test]
+fn adding_a_member_renews_no_path_unless_a_proposal_needs_one() {
+    let dir = Dir::new();
+    let (mut a, mut b, mut c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let before = own_leaf_key(&a, &gid);
+    let out = a
+        .add_members(&gid, &[key_package_of(&dir, "d.db", 4)])
+        .unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    assert_eq!(own_leaf_key(&a, &gid), before, "an add-only commit renewed the path");
+    for v in [&mut b, &mut c] {
+        let p = v.process(&out.commit).unwrap();
+        assert_eq!((p.kind, p.added.len(), p.epoch), (MessageKind::Commit, 1, 2));
+    }
+    let secrets: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|v| v.export_secret(&gid, "agree", b"", 32).unwrap())
+        .collect();
+    assert!(secrets.iter().all(|s| *s == secrets[0]));
+
+    // c asks to leave: a's next add commits that Remove too, which needs a path (RFC 9420 12.4).
+    let leave = c.leave_group(&gid).unwrap();
+    a.process(&leave).unwrap();
+    b.process(&leave).unwrap();
+    let out = a
+        .add_members(&gid, &[key_package_of(&dir, "e.db", 5)])
+        .unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    assert_ne!(own_leaf_key(&a, &gid), before, "a commit with a Remove must renew the path");
+    let p = b.process(&out.commit).unwrap();
+    assert_eq!((p.added.len(), p.removed, p.epoch), (1, vec![c.identity_key()], 3));
+    assert_eq!(
+        a.export_secret(&gid, "agree", b"", 32).unwrap(),
+        b.export_secret(&gid, "agree", b"", 32).unwrap()
+    );
+}
+
+#[test]
+fn a_batch_is_processed_in_one_transaction_each_message_as_if_alone() {
+    let dir = Dir::new();
+    let (mut a, mut b, _c, gid) = three_member_group(&dir, SUITE_DEFAULT);
+    let first = a.encrypt(&gid, b"one").unwrap();
+    let mut bad = a.encrypt(&gid, b"two").unwrap();
+    let n = bad.len();
+    bad[n - 3] ^= 1;
+    let commit = a.self_update(&gid).unwrap();
+    a.merge_pending_commit(&gid).unwrap();
+    let after = a.encrypt(&gid, b"three").unwrap();
+    let batch = vec![
+        first.clone(),
+        bad.clone(),
+        b"not mls".to_vec(),
+        commit.clone(),
+        after.clone(),
+        first.clone(),
+    ];
+    let out = b.process_batch(&batch).unwrap();
+    assert_eq!(out.len(), 6);
+    let plain = |r: &Result<Processed>| r.as_ref().unwrap().plaintext.as_ref().unwrap().to_vec();
+    assert_eq!(plain(&out[0]), b"one");
+    assert!(out[1].is_err() && out[2].is_err());
+    assert_eq!(out[3].as_ref().unwrap().epoch, 2);
+    assert_eq!(plain(&out[4]), b"three");
+    // The same bytes twice: the journal's answer, as with `process`.
+    assert_eq!(plain(&out[5]), b"one");
+    assert_eq!(b.epoch(&gid).unwrap(), 2);
+
+    // Durable once returned: a restarted vault answers from its journal; the failed one still fails.
+    drop(b);
+    let mut b = Vault::open(&dir.path("b.db"), &KEY_B).unwrap();
+    let again = b.process_batch(&[after, bad, commit]).unwrap();
+    assert_eq!(plain(&again[0]), b"three");
+    assert!(again[1].is_err());
+    assert_eq!(again[2].as_ref().unwrap().epoch, 2);
+    let ct = a.encrypt(&gid, b"four").unwrap();
+    assert_eq!(text(&mut b, &ct), b"four");
+}
