@@ -1,77 +1,137 @@
 """`qpc-bench p2p`: direct delivery against delivery through the node, between two real chat clients.
 
 Two `ChatClient`s (MLS, hybrid envelopes, encrypted local state, the outbox) share a DM on the node under test;
-both run direct delivery (iroh on 127.0.0.1, relays off). The same messages are then sent both ways round:
-- direct: the sender's outbox hands each copy to the peer's iroh endpoint, which answers once it stored it;
+both run direct delivery (iroh on 127.0.0.1, relays off). The sender runs in the bench's process, the receiver
+in its own (`p2p_peer`), as on two devices: each client's MLS, envelope and state work has its own interpreter.
+The same messages are then sent both ways round:
+- direct: the sender's outbox hands the copies to the peer's iroh endpoint, which answers each once it stored it;
 - node: the sender's direct delivery is off, so each copy is enqueued and the peer's receive loop (peekWait,
   process, ack) picks it up.
 
 For each path: latency, one message at a time (from `send` to the peer's `MessageReceived`; 100 samples, or
-`--count` if fewer), then throughput:
-`--count` messages (default 200) sent back to back, until the peer stored the last one. A client's outbox sends
-one copy at a time, so this is what one conversation gets, not what a node can carry. Receipts are off so that
-only the messages travel.
+`--count` if fewer), then throughput, twice, until the peer stored every message:
+- back to back: `--count` messages (default 200), each `send` awaited before the next (a `send` returns once the
+  peer or the node stored its copy);
+- pipelined: `--count` messages with up to `--concurrency` sends under way at once (default 64), as a bot that
+  does not wait for one message before writing the next. Pending copies to one peer go out together: through
+  the node one enqueue after the other, directly several in flight on the peer's connection (up to the
+  sender's `p2p_max_in_flight`).
+This is what one conversation gets, not what a node can carry. Receipts are off so that only the messages
+travel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import time
 from typing import Any
 
 from quicnprotochat.bench.metrics import Latencies
+from quicnprotochat.bench.p2p_peer import config as peer_config
 from quicnprotochat.bench.scenarios import Context, rate
-from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, JoinedConversation, MessageReceived
+from quicnprotochat.client.chat import ChatClient
 
 LATENCY_SAMPLES = 100
 DEFAULT_COUNT = 200
 WAIT_S = 30.0
 
 
-class Arrivals:
-    """The peer's received messages by body, with a way to wait for one."""
+class Peer:
+    """The receiving client's process: its messages by body (with the route they took), and a way to wait."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
         self.routes: dict[str, str | None] = {}
-        self._waiting: dict[str, asyncio.Future[None]] = {}
         self.joined = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
 
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, JoinedConversation):
-            self.joined.set()
-        if isinstance(event, MessageReceived):
-            self.routes[event.message.body] = event.message.route
-            waiter = self._waiting.pop(event.message.body, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+    @classmethod
+    async def start(cls, ctx: Context, name: str) -> Peer:
+        connector = ctx.connector
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "quicnprotochat.bench.p2p_peer",
+            connector.address,
+            connector.transport,
+            connector.fingerprint,
+            str(connector.known_hosts.path),
+            name,
+            str(ctx.work_dir / f"p2p-{name}"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        peer = cls(process)
+        try:
+            await peer.wait_for(peer.ready)
+        except BaseException:
+            await peer.stop()
+            raise
+        return peer
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = json.loads(raw)
+            if "body" in line:
+                self.routes[line["body"]] = line["route"]
+            elif "joined" in line:
+                self.joined.set()
+            elif "ready" in line:
+                if not line["ready"]:
+                    raise RuntimeError("direct delivery did not start on the receiving client")
+                self.ready.set()
+            self._changed.set()
+
+    async def wait_for(self, event: asyncio.Event) -> None:
+        waiting = asyncio.ensure_future(event.wait())
+        done, _ = await asyncio.wait({waiting, self._reader}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if waiting not in done:
+            raise RuntimeError(f"the receiving client {'ended' if self._reader in done else 'did not answer'}")
 
     async def wait(self, body: str) -> None:
-        if body in self.routes:
-            return
-        waiter = self._waiting.setdefault(body, asyncio.get_running_loop().create_future())
-        await asyncio.wait_for(waiter, WAIT_S)
+        """Until the receiver stored the message `body` (it ended or went silent: RuntimeError)."""
+        while body not in self.routes:
+            self._changed.clear()
+            await self.wait_for(self._changed)
+
+    def route_counts(self, bodies: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for text in bodies:
+            route = str(self.routes.get(text))
+            counts[route] = counts.get(route, 0) + 1
+        return counts
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), WAIT_S)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 async def open_client(ctx: Context, name: str) -> ChatClient:
     connector = ctx.connector
-    config = ChatConfig(
-        server=connector.address,
-        username=name,
-        state_dir=ctx.work_dir / f"p2p-{name}",
-        password=f"bench password of {name}",
-        state_password="bench state",
-        transport=connector.transport,
-        server_fingerprint=connector.fingerprint,
-        known_hosts=connector.known_hosts,
-        register=True,
-        receipts=False,
-        p2p=True,
-        p2p_bind=("127.0.0.1:0",),
-        # Generous: a direct copy that times out on a loaded machine would be counted as a node delivery.
-        p2p_timeout=10.0,
+    return await ChatClient.open(
+        peer_config(
+            connector.address,
+            connector.transport,
+            connector.fingerprint,
+            connector.known_hosts.path,
+            name,
+            ctx.work_dir / f"p2p-{name}",
+        )
     )
-    return await ChatClient.open(config)
 
 
 def body(path: str, kind: str, index: int, size: int) -> str:
@@ -79,12 +139,12 @@ def body(path: str, kind: str, index: int, size: int) -> str:
     return head + "x" * max(0, size - len(head))
 
 
-async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Arrivals, path: str) -> dict[str, Any]:
+async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Peer, path: str) -> dict[str, Any]:
     spec = ctx.spec
     count = spec.count or DEFAULT_COUNT
     samples = min(LATENCY_SAMPLES, count)
     latency = Latencies()
-    routes: dict[str, int] = {}
+    latency_bodies: list[str] = []
     with ctx.live.counter(f"{path}: latency, one message at a time", samples) as advance:
         for index in range(samples):
             text = body(path, "latency", index, spec.payload_size)
@@ -92,51 +152,68 @@ async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Arrival
             await sender.send(peer, text)
             await arrivals.wait(text)
             latency.add_ns(time.perf_counter_ns() - started)
-            route = str(arrivals.routes.get(text))
-            routes[route] = routes.get(route, 0) + 1
+            latency_bodies.append(text)
             advance()
     with ctx.live.counter(f"{path}: {count} messages back to back", count) as advance:
         started = time.perf_counter_ns()
-        last = ""
-        for index in range(count):
-            last = body(path, "burst", index, spec.payload_size)
-            await sender.send(peer, last)
+        bodies = [body(path, "burst", index, spec.payload_size) for index in range(count)]
+        for text in bodies:
+            await sender.send(peer, text)
             advance()
-        await arrivals.wait(last)
+        for text in bodies:
+            await arrivals.wait(text)
         seconds = (time.perf_counter_ns() - started) / 1e9
+    window = min(spec.concurrency, count)
+    with ctx.live.counter(f"{path}: {count} messages, {window} sends at a time", count) as advance:
+        started = time.perf_counter_ns()
+        pipelined = [body(path, "window", index, spec.payload_size) for index in range(count)]
+        room = asyncio.Semaphore(window)
+
+        async def send(text: str) -> None:
+            async with room:
+                await sender.send(peer, text)
+                advance()
+
+        await asyncio.gather(*(send(text) for text in pipelined))
+        for text in pipelined:
+            await arrivals.wait(text)
+        pipelined_seconds = (time.perf_counter_ns() - started) / 1e9
     return {
         "latency_ms": latency.summary(),
         "messages_per_s": rate(count, seconds),
         "messages": count,
-        "routes_seen_by_receiver": routes,
+        "routes_seen_by_receiver": arrivals.route_counts(latency_bodies),
+        "pipelined_messages_per_s": rate(count, pipelined_seconds),
+        "sends_at_a_time": window,
+        "pipelined_routes_seen_by_receiver": arrivals.route_counts(pipelined),
     }
 
 
 async def run_p2p(ctx: Context) -> dict[str, Any]:
     suffix = os.urandom(3).hex()
     alice = await open_client(ctx, f"p2pa{suffix}")
-    bob = await open_client(ctx, f"p2pb{suffix}")
-    arrivals = Arrivals()
+    bob: Peer | None = None
     try:
-        bob.add_listener(arrivals.on_event)
+        bob_name = f"p2pb{suffix}"
+        bob = await Peer.start(ctx, bob_name)
         await alice.start()
-        await bob.start()
-        if not (alice.p2p and bob.p2p):
-            raise RuntimeError("direct delivery did not start on both clients")
-        await alice.dm(bob.username)
-        await asyncio.wait_for(arrivals.joined.wait(), WAIT_S)
+        if not alice.p2p:
+            raise RuntimeError("direct delivery did not start on the sending client")
+        await alice.dm(bob_name)
+        await bob.wait_for(bob.joined)
         results: dict[str, Any] = {}
         for path in ("direct", "node"):
             await alice.set_p2p(path == "direct")
-            results[path] = await measure(ctx, alice, bob.username, arrivals, path)
+            results[path] = await measure(ctx, alice, bob_name, bob, path)
     finally:
-        await asyncio.gather(alice.close(), bob.close(), return_exceptions=True)
+        await asyncio.gather(alice.close(), *([bob.stop()] if bob is not None else []), return_exceptions=True)
     direct, node = results["direct"], results["node"]
     return {
         "p2p": results,
         "direct_vs_node": {
             "p50_latency_ratio": _ratio(direct["latency_ms"].get("p50"), node["latency_ms"].get("p50")),
             "throughput_ratio": _ratio(direct["messages_per_s"], node["messages_per_s"]),
+            "pipelined_throughput_ratio": _ratio(direct["pipelined_messages_per_s"], node["pipelined_messages_per_s"]),
         },
         "payload_bytes": ctx.spec.payload_size,
     }

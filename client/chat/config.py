@@ -64,6 +64,9 @@ class ChatConfig:
     """After a failed direct attempt, that peer's messages go through the node for this long."""
     p2p_resolve_every_s: float = 60.0
     """How long a peer's resolved record is used before it is looked up again (never past its expiry)."""
+    p2p_max_in_flight: int = 8
+    """Direct copies to one peer sent and not yet answered (pipelined on its connection, answered in order); at
+    most `direct_wire.MAX_IN_FLIGHT` (16), what every receiver holds per connection."""
     vault_groups_in_memory: int = VAULT_GROUPS_IN_MEMORY
     """How many MLS groups the vault keeps loaded between operations (at least 1): past that the least recently
     used one is dropped and read from the encrypted file again when next used. A client in thousands of groups (a

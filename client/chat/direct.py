@@ -4,15 +4,21 @@ the peer publishes one, with the node as the fallback.
 - Publishing: while on, the client runs an iroh endpoint and publishes a record signed by its identity key
   (`common.endpoint_record`: iroh endpoint id, direct addresses, relay, expiry) with `publishEndpoint`, and
   publishes it again well before it expires. Off (or closing) takes the record down.
-- Sending (`deliver`, used by the outbox for each copy of an application message): resolve the peer's record
-  (cached, `direct_wire.PeerPaths`), check its signature and expiry, dial the iroh endpoint it names (the
-  handshake proves that key), send the sealed envelope the node would have queued, and wait for the peer's
-  answer, which comes only once the peer has stored it. Anything else within `p2p_timeout` (no record, a bad
-  record, no connection, a wrong key, no answer, "not taken") returns False and the outbox enqueues the same
-  bytes on the node with the same idempotency key. If the peer did store it but its answer was lost, the copy
-  through the node is the same envelope: the peer stores messages by its hash and keeps it once.
+- Sending (`deliver_in_order`, used by the outbox for the pending copies to one peer): resolve the peer's record
+  (cached, `direct_wire.PeerPaths`; checked once: signature and expiry), dial the iroh endpoint it names (the
+  handshake proves that key), and send the sealed envelopes the node would have queued, one stream each, in
+  order, up to `p2p_max_in_flight` of them not yet answered. The peer answers each only once it has stored it,
+  and in the order the streams were opened. The stored ones are a prefix: at the first copy that is not
+  stored (no record, a bad record, no connection, a wrong key, no answer within `p2p_timeout`, "not taken"),
+  that copy and every later one go to the node (the outbox enqueues the same bytes with the same idempotency
+  key). If the peer did store one but its answer was lost, the copy through the node is the same envelope:
+  the peer stores messages by its hash and keeps it once.
 - Receiving: each stream carries one envelope, handed to the receiver (`Receiver.receive_direct`), which stores
-  it exactly as an inbox message and says whether it took it. Connections and reads are bounded.
+  it exactly as an inbox message and says whether it took it. A connection's streams are handled one after the
+  other in the order they were opened, so a sender's messages are stored in the order it wrote them; after one
+  that is not taken, nothing later on that connection is taken either (it goes through the node behind the
+  refused one, in order). At most `direct_wire.MAX_IN_FLIGHT` requests are held per connection (a stream past
+  that is reset); connections, reads and sizes are bounded.
 
 Commits, proposals and Welcomes never come here: they go through the node's sequencer (`commits`), and the
 receiver refuses anything but an application message on this path.
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import iroh
 
@@ -40,6 +46,8 @@ from .p2p_endpoint import P2PEndpoint, PeerMismatch
 
 DirectReceiver = Callable[[bytes, bytes], Awaitable[bool]]
 """(channel, envelope) -> stored: the receiver's handling of one direct envelope."""
+OnStored = Callable[[int], Awaitable[None]]
+"""Called with a request's index once the peer answered that it stored it (in order)."""
 
 MAX_INCOMING_CONNECTIONS = 32
 MAX_OUTGOING_CONNECTIONS = 64
@@ -63,6 +71,7 @@ class DirectDelivery:
         self._serving: set[asyncio.Task[None]] = set()
         self._connections: dict[bytes, iroh.Connection] = {}
         self._max_envelope = DEFAULT_MAX_ENVELOPE
+        self._max_in_flight = min(max(1, config.p2p_max_in_flight), wire.MAX_IN_FLIGHT)
         self._lock = asyncio.Lock()
 
     @property
@@ -150,28 +159,40 @@ class DirectDelivery:
 
     # ── sending ─────────────────────────────────────────────────────────────────────────────────────────
 
-    async def deliver(self, peer: bytes, channel: bytes, envelope: bytes) -> bool:
-        """Deliver `envelope` to `peer` directly; True only once the peer said it stored it. Never raises for
-        a failed attempt (False: use the node)."""
+    async def deliver_in_order(self, peer: bytes, requests: Sequence[tuple[bytes, bytes]], on_stored: OnStored) -> int:
+        """Deliver (channel, envelope) `requests` to `peer` directly, in order, with up to `p2p_max_in_flight`
+        in flight; `on_stored(i)` is awaited as the peer answers that it stored request i. Returns how many were
+        stored: always the first ones; the others must go through the node. Never raises for a failed attempt."""
         endpoint = self._endpoint
-        if endpoint is None or not self._paths.should_try(peer, self._clock()):
-            return False
+        if endpoint is None or not requests or not self._paths.should_try(peer, self._clock()):
+            return 0
         record: EndpointRecord | None = None
+        stored = 0
+
+        async def counted(index: int) -> None:
+            nonlocal stored
+            stored += 1
+            await on_stored(index)
+
         try:
             async with asyncio.timeout(self._context.config.p2p_timeout):
                 record = await self._record_of(peer)
                 if record is None:
-                    return False
-                answer = await self._send(endpoint, record, wire.encode_request(channel, envelope))
+                    return 0
+                connection = await self._connection(endpoint, record)
+            if not await self._pipeline(connection, requests, counted):
+                # "Not taken": the peer takes nothing more on this connection (see `_serve`); the next copy to
+                # it starts a fresh one.
+                self._forget_connection(record.endpoint_id)
         except asyncio.CancelledError:
             raise
         except (TimeoutError, iroh.IrohError, PeerMismatch, RpcError, OSError, RecordError):
             if record is not None:
                 self._forget_connection(record.endpoint_id)
             self._paths.failed(peer, self._clock())
-            return False
+            return stored
         self._paths.succeeded(peer)
-        return answer == wire.STORED
+        return stored
 
     async def _record_of(self, peer: bytes) -> EndpointRecord | None:
         now = self._clock()
@@ -189,7 +210,7 @@ class DirectDelivery:
         self._paths.resolved(peer, record, now)
         return record
 
-    async def _send(self, endpoint: P2PEndpoint, record: EndpointRecord, request: bytes) -> bytes:
+    async def _connection(self, endpoint: P2PEndpoint, record: EndpointRecord) -> iroh.Connection:
         connection = self._connections.get(record.endpoint_id)
         if connection is not None and connection.close_reason() is not None:
             self._forget_connection(record.endpoint_id)
@@ -199,11 +220,48 @@ class DirectDelivery:
             if len(self._connections) >= MAX_OUTGOING_CONNECTIONS:
                 self._forget_connection(next(iter(self._connections)))
             self._connections[record.endpoint_id] = connection
-        stream = await connection.open_bi()
-        send = stream.send()
-        await send.write_all(request)
-        await send.finish()
-        return await stream.recv().read_to_end(1)
+        return connection
+
+    async def _pipeline(
+        self, connection: iroh.Connection, requests: Sequence[tuple[bytes, bytes]], on_stored: OnStored
+    ) -> bool:
+        """Send every request on its own stream, opened in order (the peer handles them in that order), with at
+        most `p2p_max_in_flight` unanswered; read the answers in the same order. True when all were stored,
+        False at the first "not taken"; raises (TimeoutError, IrohError) when the path broke. The oldest
+        unanswered copy gets `p2p_timeout` from the moment the one before it was answered."""
+        room = asyncio.Semaphore(self._max_in_flight)
+        opened: asyncio.Queue[iroh.BiStream | Exception] = asyncio.Queue()
+
+        async def write() -> None:
+            for channel, envelope in requests:
+                await room.acquire()
+                try:
+                    # Waits while the peer allows no more streams on this connection.
+                    stream = await connection.open_bi()
+                    send = stream.send()
+                    await send.write_all(wire.encode_request(channel, envelope))
+                    await send.finish()
+                except Exception as error:  # noqa: BLE001 - handed to the reader, which raises it in its place
+                    opened.put_nowait(error)
+                    return
+                opened.put_nowait(stream)
+
+        writer = asyncio.create_task(write(), name="p2p pipeline")
+        try:
+            for index in range(len(requests)):
+                async with asyncio.timeout(self._context.config.p2p_timeout):
+                    stream = await opened.get()
+                    if isinstance(stream, Exception):
+                        raise stream
+                    answer = await stream.recv().read_to_end(1)
+                room.release()
+                if answer != wire.STORED:
+                    return False
+                await on_stored(index)
+            return True
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def _forget_connection(self, endpoint_id: bytes) -> None:
         connection = self._connections.pop(endpoint_id, None)
@@ -243,17 +301,56 @@ class DirectDelivery:
         try:
             if connection.alpn() != wire.ALPN:
                 return
-            # One stream at a time per connection: a sender's outbox sends one copy at a time anyway.
-            connection.set_max_concurrent_bi_streams(1)
-            while True:
-                stream = await connection.accept_bi()
-                await self._serve_stream(stream)
+            await self._serve_streams(connection)
         except iroh.IrohError:
             return  # the peer closed the connection (or it idled out)
         finally:
             connection.close(0, b"bye")
 
-    async def _serve_stream(self, stream: iroh.BiStream) -> None:
+    async def _serve_streams(self, connection: iroh.Connection) -> None:
+        """Accept streams as they come and hand them, in that order (the order the sender opened them), to one
+        handler: a sender's messages are stored in the order it wrote them. At most `MAX_IN_FLIGHT` are held;
+        one past that is reset at once. The stream limit below only bounds what QUIC grants later: the first
+        streams of a connection are granted by iroh's transport settings (100), which the bindings do not set,
+        so the count here is what bounds a stranger's buffered requests."""
+        connection.set_max_concurrent_bi_streams(wire.MAX_IN_FLIGHT)
+        queue: asyncio.Queue[iroh.BiStream | None] = asyncio.Queue()
+        held = 0
+
+        async def handle() -> None:
+            nonlocal held
+            taking = True
+            while True:
+                stream = await queue.get()
+                if stream is None:
+                    taking = False  # one was reset here: a later one taken would overtake it
+                    continue
+                try:
+                    if not await self._serve_stream(stream, taking):
+                        # The refused copy goes through the node; a later one taken here would overtake it.
+                        taking = False
+                except iroh.IrohError:
+                    connection.close(0, b"stream failed")
+                    return
+                finally:
+                    held -= 1
+
+        handler = asyncio.create_task(handle(), name="p2p peer streams")
+        try:
+            while True:
+                stream = await connection.accept_bi()
+                if held >= wire.MAX_IN_FLIGHT:
+                    queue.put_nowait(None)
+                    await _refuse(stream)
+                    continue
+                held += 1
+                queue.put_nowait(stream)
+        finally:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+
+    async def _serve_stream(self, stream: iroh.BiStream, taking: bool) -> bool:
+        """Read one request and answer it (handled only while `taking`); True if its envelope was stored."""
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 request = await stream.recv().read_to_end(self._max_envelope + wire.REQUEST_OVERHEAD)
@@ -261,11 +358,22 @@ class DirectDelivery:
         except (TimeoutError, wire.WireError, iroh.IrohError):
             with contextlib.suppress(iroh.IrohError):
                 await stream.send().reset(1)
-            return
-        try:
-            stored = await self._receive(channel, envelope)
-        except ChatError:
-            stored = False
+            return False
+        stored = False
+        if taking:
+            try:
+                stored = await self._receive(channel, envelope)
+            except ChatError:
+                stored = False
         send = stream.send()
         await send.write_all(wire.STORED if stored else wire.VIA_NODE)
         await send.finish()
+        return stored
+
+
+async def _refuse(stream: iroh.BiStream) -> None:
+    """Reset both directions of a stream: its request's bytes are dropped unread, and the sender sees an error."""
+    with contextlib.suppress(iroh.IrohError):
+        await stream.recv().stop(1)
+    with contextlib.suppress(iroh.IrohError):
+        await stream.send().reset(1)

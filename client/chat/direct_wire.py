@@ -2,7 +2,9 @@
 peer (when to try a peer directly, when to go straight to the node).
 
 One delivery is one bidirectional QUIC stream on a connection with ALPN `quicnprotochat/p2p/1`. The sender
-writes the request and finishes its side; the receiver answers one byte after it has handled the envelope:
+writes the request and finishes its side; the receiver answers one byte after it has handled the envelope. A
+sender may have several streams open at once (up to MAX_IN_FLIGHT); the receiver handles them in the order they
+were opened and answers each in turn, and after one it did not take it takes nothing more on that connection:
 
     request: version u8 (1) | channel length u8 (0: the default inbox, or 16) | channel id | sealed envelope
     answer:  0 = stored (as an inbox message would be), 1 = not taken: send it through the node
@@ -25,6 +27,9 @@ CHANNEL_BYTES = 16
 STORED = b"\x00"
 VIA_NODE = b"\x01"
 REQUEST_OVERHEAD = 2 + CHANNEL_BYTES
+MAX_IN_FLIGHT = 16
+"""Requests a receiver holds per connection (being handled or waiting for their turn); a stream past that is
+reset. A sender keeps at most this many unanswered (`ChatConfig.p2p_max_in_flight` is capped to it)."""
 
 
 class WireError(ValueError):

@@ -1,6 +1,9 @@
-"""`Outbox`: sends the outgoing copies the store holds (see `quicnprotochat.client.state.outbox`), oldest first,
-one at a time, so that every recipient gets a sender's messages in the order they were written (with direct
+"""`Outbox`: sends the outgoing copies the store holds (see `quicnprotochat.client.state.outbox`), oldest first
+for each recipient, so that every recipient gets a sender's messages in the order they were written (with direct
 delivery on, a copy that went straight to its peer may overtake an earlier one that went through the node).
+Through the node, one at a time; directly, a recipient's pending copies are pipelined on its connection
+(`DirectDelivery.deliver_in_order`), and the first one it did not store, with every later one, goes through the
+node in order.
 
 A copy the node takes is settled with its seq; one it refuses (inbox full, payload too large, unknown recipient)
 with the node's reason; either way it leaves the outbox, and the message's final state is reported with
@@ -44,25 +47,41 @@ class Outbox:
             self._context.emit(ErrorEvent(f"sending: {error}", error))
 
     async def flush(self) -> bool:
-        """Send every pending copy in order; True when the outbox is empty, False when the node could not be
-        reached (what is left stays pending)."""
+        """Send every pending copy, in order for each recipient; True when the outbox is empty, False when the node
+        could not be reached (what is left stays pending)."""
         if not self._watch.up:
             return False  # the watch flushes again when the node answers; trying now would only wait
         async with self._lock:
+            by_recipient: dict[bytes, list[PendingCopy]] = {}
             for copy in await self._context.store.pending_copies():
-                if not await self._send(copy):
+                by_recipient.setdefault(copy.recipient_key, []).append(copy)
+            for copies in by_recipient.values():
+                if not await self._send_to(copies):
                     return False
         return True
 
-    async def _send(self, copy: PendingCopy) -> bool:
+    async def _send_to(self, copies: list[PendingCopy]) -> bool:
+        """One recipient's pending copies, oldest first; False when the node could not be reached."""
         context = self._context
         direct = self._direct
-        # Direct first when it is on: `deliver` is True only once the peer stored the copy. Otherwise the same
-        # bytes go to the node with the same idempotency key; a peer that stored it but whose answer was lost
+        sent = 0
+        # Direct first when it is on: a copy counts as sent only once the peer stored it. The others go to the
+        # node as the same bytes with the same idempotency key; a peer that stored one but whose answer was lost
         # keeps it once (messages are stored by envelope hash).
-        if direct is not None and await direct.deliver(copy.recipient_key, copy.channel_id, copy.envelope):
-            await self._settled(await context.store.settle_copy(copy.id, route="direct"))
-            return True
+        if direct is not None:
+
+            async def stored(index: int) -> None:
+                await self._settled(await context.store.settle_copy(copies[index].id, route="direct"))
+
+            requests = [(copy.channel_id, copy.envelope) for copy in copies]
+            sent = await direct.deliver_in_order(copies[0].recipient_key, requests, stored)
+        for copy in copies[sent:]:
+            if not await self._enqueue(copy):
+                return False
+        return True
+
+    async def _enqueue(self, copy: PendingCopy) -> bool:
+        context = self._context
         try:
             seq = await context.node.enqueue(
                 copy.recipient_key, copy.envelope, copy.channel_id, idempotency_key=idempotency_key(copy)

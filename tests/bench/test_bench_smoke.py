@@ -165,13 +165,15 @@ def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
 
 
 def test_p2p_direct_against_the_node(tmp_path: Path) -> None:
-    report = run_bench(tmp_path, "p2p", "--in-process", "--count", "5")
+    report = run_bench(tmp_path, "p2p", "--in-process", "--count", "5", "--concurrency", "4")
     results = report["results"]
     for path in ("direct", "node"):
         figures = results["p2p"][path]
         assert figures["routes_seen_by_receiver"] == {path: 5}, figures  # every latency sample went that way
+        assert figures["pipelined_routes_seen_by_receiver"] == {path: 5}, figures
         assert set(figures["latency_ms"]) == LATENCY_KEYS and figures["messages_per_s"] > 0
-    assert set(results["direct_vs_node"]) == {"p50_latency_ratio", "throughput_ratio"}
+        assert figures["pipelined_messages_per_s"] > 0 and figures["sends_at_a_time"] == 4
+    assert set(results["direct_vs_node"]) == {"p50_latency_ratio", "throughput_ratio", "pipelined_throughput_ratio"}
     assert results["errors"] == {}
 
 

@@ -2,10 +2,13 @@
 cares about ({"joined": name}, {"body": ..., "route": ...}) and {"ready": true} once its endpoint is published.
 
 Run: python p2p_peer.py SERVER FINGERPRINT USERNAME STATE_DIR [--die-before-storing | --die-before-answering]
+                        [--hold-first] [--die-after-storing N]
 
-The two --die options SIGKILL the process from inside the direct receive path (a test's wrapper around the
+The --die options SIGKILL the process from inside the direct receive path (a test's wrapper around the
 receiver's method, installed here; the client itself has no such hook): before the envelope is stored, or after
-it is stored and before the sender gets its answer."""
+it is stored and before the sender gets its answer; --die-after-storing N does the latter at the Nth envelope.
+--hold-first keeps the first direct envelope waiting (it prints {"holding": true}) until the process gets SIGUSR1,
+so that a test can let the sender's outbox fill up first."""
 
 from __future__ import annotations
 
@@ -41,11 +44,51 @@ def die_in_receive(after_storing: bool) -> None:
     Receiver.receive_direct = dying  # type: ignore[method-assign]
 
 
+def hold_first() -> None:
+    original = Receiver.receive_direct
+    seen = 0
+
+    async def holding(self: Receiver, channel: bytes, data: bytes) -> bool:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            released = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, released.set)
+            print(json.dumps({"holding": True}), flush=True)
+            await released.wait()
+        return await original(self, channel, data)
+
+    Receiver.receive_direct = holding  # type: ignore[method-assign]
+
+
+def die_after_storing(count: int) -> None:
+    original = Receiver.receive_direct
+    stored_so_far = 0
+
+    async def dying(self: Receiver, channel: bytes, data: bytes) -> bool:
+        nonlocal stored_so_far
+        stored = await original(self, channel, data)
+        stored_so_far += stored
+        if stored_so_far == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return stored
+
+    Receiver.receive_direct = dying  # type: ignore[method-assign]
+
+
+def option(flags: tuple[str, ...], name: str) -> str | None:
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
 async def main(server: str, fingerprint: str, username: str, state_dir: str, *flags: str) -> None:
     if "--die-before-storing" in flags:
         die_in_receive(after_storing=False)
     if "--die-before-answering" in flags:
         die_in_receive(after_storing=True)
+    if (count := option(flags, "--die-after-storing")) is not None:
+        die_after_storing(int(count))
+    if "--hold-first" in flags:
+        hold_first()
     config = ChatConfig(
         server=server,
         username=username,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import iroh
 import pytest
 
 from quicnprotochat.client.chat import ChatClient, JoinedConversation, direct, direct_wire
+from quicnprotochat.client.chat.delivery import seal_for
 from quicnprotochat.client.chat.direct import MAX_INCOMING_CONNECTIONS
+from quicnprotochat.client.chat.framing import MlsFrame, TextContent
+from quicnprotochat.client.chat.p2p_endpoint import P2PEndpoint
 from quicnprotochat.client.state import Conversation, Message
 from quicnprotochat.common import endpoint_record
 from quicnprotochat.native import verify_ed25519
@@ -321,16 +325,31 @@ async def test_the_record_is_published_again_while_the_client_runs(node: Node, o
     assert endpoint_record.decode(later).endpoint_id == endpoint_record.decode(first).endpoint_id
 
 
-async def raw_request(record: endpoint_record.EndpointRecord, request: bytes) -> bytes | str:
-    """One stream to the endpoint a record names, from a bare iroh endpoint: the answer, or how it failed."""
+async def record_of(alice: ChatClient, bob: ChatClient) -> endpoint_record.EndpointRecord:
+    """bob's published record, as alice resolves it."""
+    data = await alice.node.resolve_endpoint(bob.identity_key)
+    assert data is not None
+    return endpoint_record.decode(data)
+
+
+async def stranger_endpoint() -> iroh.Endpoint:
+    """A bare iroh endpoint on loopback (no identity, no record): a stranger."""
     builder = iroh.EndpointBuilder()  # type: ignore[no-untyped-call]
     builder.apply_minimal()
     builder.relay_mode(iroh.RelayMode.disabled())
     builder.bind_addr("127.0.0.1:0")
-    endpoint = await builder.bind()
+    return await builder.bind()
+
+
+def address_of(record: endpoint_record.EndpointRecord) -> iroh.EndpointAddr:
+    return iroh.EndpointAddr(iroh.EndpointId.from_bytes(record.endpoint_id), None, list(record.addresses))
+
+
+async def raw_request(record: endpoint_record.EndpointRecord, request: bytes) -> bytes | str:
+    """One stream to the endpoint a record names, from a bare iroh endpoint: the answer, or how it failed."""
+    endpoint = await stranger_endpoint()
     try:
-        peer = iroh.EndpointAddr(iroh.EndpointId.from_bytes(record.endpoint_id), None, list(record.addresses))
-        connection = await asyncio.wait_for(endpoint.connect(peer, direct_wire.ALPN), 5)
+        connection = await asyncio.wait_for(endpoint.connect(address_of(record), direct_wire.ALPN), 5)
         stream = await connection.open_bi()
         send = stream.send()
         try:
@@ -345,9 +364,7 @@ async def raw_request(record: endpoint_record.EndpointRecord, request: bytes) ->
 
 async def test_what_a_stranger_sends_directly_is_refused_and_nothing_breaks(node: Node, open_chat: ChatFactory) -> None:
     alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
-    data = await alice.node.resolve_endpoint(bob.identity_key)
-    assert data is not None
-    record = endpoint_record.decode(data)
+    record = await record_of(alice, bob)
     channel = channel_of(await alice.conversation("bob"))
     # Garbage in a valid frame, on bob's channel and on one he does not read: "not taken, use the node".
     assert await raw_request(record, direct_wire.encode_request(channel, b"\x01" + os.urandom(1200))) == b"\x01"
@@ -365,15 +382,8 @@ async def test_what_a_stranger_sends_directly_is_refused_and_nothing_breaks(node
 
 async def test_a_peer_holds_a_bounded_number_of_incoming_connections(node: Node, open_chat: ChatFactory) -> None:
     alice, bob, bob_log = await dm_pair(node, open_chat, **EAGER)
-    data = await alice.node.resolve_endpoint(bob.identity_key)
-    assert data is not None
-    record = endpoint_record.decode(data)
-    peer = iroh.EndpointAddr(iroh.EndpointId.from_bytes(record.endpoint_id), None, list(record.addresses))
-    builder = iroh.EndpointBuilder()  # type: ignore[no-untyped-call]
-    builder.apply_minimal()
-    builder.relay_mode(iroh.RelayMode.disabled())
-    builder.bind_addr("127.0.0.1:0")
-    stranger = await builder.bind()
+    peer = address_of(await record_of(alice, bob))
+    stranger = await stranger_endpoint()
     try:
         held = [
             await asyncio.wait_for(stranger.connect(peer, direct_wire.ALPN), 5) for _ in range(MAX_INCOMING_CONNECTIONS)
@@ -390,3 +400,214 @@ async def test_a_peer_holds_a_bounded_number_of_incoming_connections(node: Node,
     await asyncio.sleep(0.5)  # bob notices the closed connections
     assert (await alice.send("bob", "slots free")).route == "direct"
     await bob_log.message("slots free")
+
+
+# ── pipelined copies ─────────────────────────────────────────────────────────────────────────────────────────
+
+IN_FLIGHT = 3
+"""The sender's bound on unanswered copies to one peer in these tests."""
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+class HoldingPeer:
+    """A bare iroh endpoint standing in for bob (bob signed the record that names it): it reads every request
+    alice sends, in the order the streams come, lets her open as many streams as she likes, and answers
+    "stored" only when the test says."""
+
+    def __init__(self, endpoint: P2PEndpoint) -> None:
+        self.endpoint = endpoint
+        self.received: list[bytes] = []
+        self.held: list[iroh.BiStream] = []
+        self.most_held = 0
+        self._task = asyncio.create_task(self._serve())
+
+    @classmethod
+    async def standing_in_for(cls, bob: ChatClient, node: Node) -> HoldingPeer:
+        endpoint = await P2PEndpoint.bind("off", ["127.0.0.1:0"])
+        expires = int(time.time()) + 300
+        record = endpoint_record.sign_record(
+            bob.vault.sign, bob.identity_key, endpoint.endpoint_id, endpoint.addresses(), None, expires
+        )
+        assert node.state is not None
+        await node.state.store.put_endpoint(bob.identity_key, endpoint_record.encode(record), float(expires))
+        return cls(endpoint)
+
+    async def _serve(self) -> None:
+        incoming = await self.endpoint.accept()
+        assert incoming is not None
+        connection = await (await incoming.accept()).connect()
+        connection.set_max_concurrent_bi_streams(64)
+        while True:
+            stream = await connection.accept_bi()
+            request = await stream.recv().read_to_end(1 << 20)
+            self.received.append(direct_wire.decode_request(request)[1])
+            self.held.append(stream)
+            self.most_held = max(self.most_held, len(self.held))
+
+    async def answer_oldest(self) -> None:
+        send = self.held.pop(0).send()
+        await send.write_all(direct_wire.STORED)
+        await send.finish()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.endpoint.close()
+
+
+async def test_copies_to_one_peer_are_pipelined_up_to_the_bound(node: Node, open_chat: ChatFactory) -> None:
+    count = 7
+    alice, _ = await open_chat(node, "alice", **P2P, p2p_max_in_flight=IN_FLIGHT)
+    bob, bob_log = await open_chat(node, "bob")
+    await alice.dm("bob")
+    await bob_log.wait_for(JoinedConversation)
+    peer = await HoldingPeer.standing_in_for(bob, node)
+    try:
+        sends = [asyncio.create_task(alice.send("bob", f"pipelined {i}")) for i in range(count)]
+
+        async def all_written_first_held() -> bool:
+            return len(peer.held) == 1 and len(await alice.store.pending_copies()) == count
+
+        # The first copy goes out alone and is held; the others are written meanwhile and wait for it.
+        await eventually(all_written_first_held, "every message written while the first copy is held")
+        written = [copy.envelope for copy in await alice.store.pending_copies()]
+        await peer.answer_oldest()
+        for answered in range(1, count):
+            expected = min(IN_FLIGHT, count - answered)
+
+            async def in_flight(expected: int = expected) -> bool:
+                return len(peer.held) == expected
+
+            await eventually(in_flight, f"{expected} copies in flight")
+            if answered == 1:
+                await asyncio.sleep(0.3)  # room for a copy past the bound, if the sender sent one
+                assert len(peer.held) == IN_FLIGHT
+            await peer.answer_oldest()
+        sent = await asyncio.gather(*sends)
+    finally:
+        await peer.close()
+    assert [(m.state, m.route) for m in sent] == [("sent", "direct")] * count
+    assert peer.received == written  # each copy once, in the order the messages were written
+    assert peer.most_held == IN_FLIGHT
+
+
+async def test_pipelined_copies_are_stored_in_the_order_they_were_written(node: Node, open_chat: ChatFactory) -> None:
+    count = 10
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P, p2p_max_in_flight=IN_FLIGHT)
+    sent = await asyncio.gather(*(alice.send("bob", f"in order {i}") for i in range(count)))
+    assert {(m.state, m.route) for m in sent} == {("sent", "direct")}
+    written = [m.body for m in sorted(sent, key=lambda m: m.id)]
+    for body in written:
+        await bob_log.message(body)
+    assert bob_log.bodies() == written
+    for body in written:
+        assert len(await stored(bob, body)) == 1
+
+
+async def test_a_peer_killed_mid_pipeline_loses_nothing_and_shows_nothing_twice(
+    node: Node, open_chat: ChatFactory, tmp_path: Path
+) -> None:
+    count = 8
+    # bob holds the first copy until alice wrote every message, then stores two more and is SIGKILLed after
+    # storing the third, before answering it: the copies after it are in flight on the connection.
+    bob = PeerProcess(node, "bob", tmp_path / "state-bob", "--hold-first", "--die-after-storing", "3")
+    await bob.start()
+    alice, _ = await open_chat(node, "alice", **{**P2P, "p2p_timeout": 5.0, "p2p_max_in_flight": IN_FLIGHT + 1})
+    await alice.dm("bob")
+    await bob.wait_for(lambda line: "joined" in line)
+    sends = [asyncio.create_task(alice.send("bob", f"through a kill {i}")) for i in range(count)]
+
+    async def all_written() -> bool:
+        return len(await alice.store.pending_copies()) == count
+
+    await eventually(all_written, "every message written")
+    await bob.wait_for(lambda line: "holding" in line)
+    assert bob.process is not None
+    bob.process.send_signal(signal.SIGUSR1)
+    assert await bob.exited() != 0
+    sent = sorted(await asyncio.gather(*sends), key=lambda m: m.id)
+    written = [m.body for m in sent]
+    # Answered: the first two. The third was stored but never answered, so it went through the node with all
+    # the others, in order.
+    assert [(m.state, m.route) for m in sent] == [("sent", "direct")] * 2 + [("sent", "node")] * (count - 2)
+    assert bob.bodies() == written[:3]
+    again = PeerProcess(node, "bob", tmp_path / "state-bob")
+    await again.start()
+    await again.wait_for(lambda line: line.get("body") == written[-1])
+    # The node's copy of the third is the envelope bob stored already: recognised, not shown again.
+    assert bob.bodies() + again.bodies() == written
+    await again.kill()
+    for body in written:
+        assert len(await bob_history(open_chat, node, body)) == 1
+
+
+async def sealed_message(alice: ChatClient, bob: ChatClient, text: str) -> tuple[bytes, bytes]:
+    """(channel, envelope): a message from alice to bob in their DM, sealed as her outbox would send it."""
+    conversation = await alice.conversation("bob")
+    assert conversation.group_id is not None
+    hybrid = await alice.node.fetch_hybrid_key(bob.identity_key)
+    assert hybrid is not None
+    content = TextContent(text, time.time()).encode()
+    ciphertext = await asyncio.to_thread(alice.vault.encrypt, conversation.group_id, content)
+    channel = channel_of(conversation)
+    return channel, seal_for(hybrid, bob.identity_key, MlsFrame(ciphertext).encode(), channel)
+
+
+async def stranger_connection(record: endpoint_record.EndpointRecord) -> tuple[iroh.Endpoint, iroh.Connection]:
+    endpoint = await stranger_endpoint()
+    return endpoint, await asyncio.wait_for(endpoint.connect(address_of(record), direct_wire.ALPN), 5)
+
+
+async def ask(connection: iroh.Connection, request: bytes) -> bytes:
+    stream = await connection.open_bi()
+    send = stream.send()
+    await send.write_all(request)
+    await send.finish()
+    return await asyncio.wait_for(stream.recv().read_to_end(16), 15)
+
+
+async def test_after_a_refusal_nothing_more_is_taken_on_that_connection(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
+    record = await record_of(alice, bob)
+    channel, envelope = await sealed_message(alice, bob, "behind a refused one")
+    endpoint, connection = await stranger_connection(record)
+    try:
+        # Refused (it does not open), so it goes through the node; a message after it on the same connection must
+        # not overtake it: refused too, without being handled.
+        assert await ask(connection, direct_wire.encode_request(channel, b"\x01" + os.urandom(600))) == b"\x01"
+        assert await ask(connection, direct_wire.encode_request(channel, envelope)) == b"\x01"
+        assert bob_log.bodies() == []
+        # On a fresh connection it is taken.
+        _, fresh = await stranger_connection(record)
+        assert await ask(fresh, direct_wire.encode_request(channel, envelope)) == direct_wire.STORED
+        await bob_log.message("behind a refused one")
+    finally:
+        await endpoint.close()
+
+
+async def test_a_connection_holds_a_bounded_number_of_requests(node: Node, open_chat: ChatFactory) -> None:
+    alice, bob, bob_log = await dm_pair(node, open_chat, **P2P)
+    endpoint, connection = await stranger_connection(await record_of(alice, bob))
+    try:
+        # Requests never finished: bob reads the first (up to his read timeout), holds the next ones, and resets
+        # every stream past the bound (QUIC itself would grant this stranger 100 streams at first).
+        streams = []
+        for _ in range(direct_wire.MAX_IN_FLIGHT + 4):
+            stream = await asyncio.wait_for(connection.open_bi(), 5)
+            await stream.send().write_all(b"\x01\x00unfinished")
+            streams.append(stream)
+        for stream in streams[direct_wire.MAX_IN_FLIGHT :]:
+            with pytest.raises(iroh.IrohError):
+                await asyncio.wait_for(stream.recv().read_to_end(16), 15)
+    finally:
+        await endpoint.close()
+    # bob still takes alice's messages directly.
+    assert (await alice.send("bob", "after the stranger")).route == "direct"
+    await bob_log.message("after the stranger")
+    assert bob_log.bodies() == ["after the stranger"]
