@@ -1,0 +1,115 @@
+//! `front_end_spike serve --data-dir DIR [--host H] [--port P] [--service echo]`: serves `NodeService` with the
+//! node identity of DIR (`node-cert.pem`, `node-key.pem`) and prints `{"port": P}` once listening; SIGTERM or
+//! SIGINT stops it.
+//! `front_end_spike load --port P [--host H] [--connections 4] [--concurrency 64] [--payload-size 256]
+//! [--duration 5]`: the spike's own enqueue load generator; prints its figures as JSON.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use front_end_spike::client::enqueue_load;
+use front_end_spike::runner::{bind, serve_bound, Service};
+use front_end_spike::tls::{server_config, BoxError};
+
+fn options(args: &[String]) -> Result<HashMap<String, String>, BoxError> {
+    let mut options = HashMap::new();
+    let mut rest = args.iter();
+    while let Some(name) = rest.next() {
+        let key = name
+            .strip_prefix("--")
+            .ok_or_else(|| format!("unexpected argument {name:?}"))?;
+        let value = rest.next().ok_or_else(|| format!("{name} needs a value"))?;
+        options.insert(key.to_string(), value.clone());
+    }
+    Ok(options)
+}
+
+fn get<T: std::str::FromStr>(
+    options: &HashMap<String, String>,
+    name: &str,
+    default: &str,
+) -> Result<T, BoxError> {
+    let text = options.get(name).map_or(default, String::as_str);
+    text.parse()
+        .map_err(|_| format!("--{name}: cannot read {text:?}").into())
+}
+
+fn address(options: &HashMap<String, String>, default_port: &str) -> Result<SocketAddr, BoxError> {
+    let host: String = get(options, "host", "127.0.0.1")?;
+    let port: u16 = get(options, "port", default_port)?;
+    Ok(SocketAddr::new(host.parse()?, port))
+}
+
+async fn serve(options: HashMap<String, String>) -> Result<(), BoxError> {
+    let data_dir: PathBuf = options
+        .get("data-dir")
+        .ok_or("serve needs --data-dir DIR")?
+        .into();
+    let config = server_config(
+        &std::fs::read(data_dir.join("node-cert.pem"))?,
+        &std::fs::read(data_dir.join("node-key.pem"))?,
+    )?;
+    let service = match options.get("service").map_or("echo", String::as_str) {
+        "echo" => Service::Echo,
+        other => return Err(format!("--service: unknown {other:?} (echo)").into()),
+    };
+    let endpoint = bind(config, address(&options, "0")?)?;
+    println!(
+        "{{\"port\": {}, \"pid\": {}}}",
+        endpoint.local_addr()?.port(),
+        std::process::id()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    serve_bound(endpoint, service, async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn load(options: HashMap<String, String>) -> Result<(), BoxError> {
+    let figures = enqueue_load(
+        address(&options, "")?,
+        get(&options, "connections", "4")?,
+        get(&options, "concurrency", "64")?,
+        get(&options, "payload-size", "256")?,
+        Duration::from_secs_f64(get(&options, "duration", "5")?),
+    )
+    .await?;
+    println!(
+        "{{\"calls\": {}, \"errors\": {}, \"seconds\": {:.3}, \"calls_per_s\": {:.1}}}",
+        figures.calls,
+        figures.errors,
+        figures.seconds,
+        figures.calls as f64 / figures.seconds
+    );
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = (|| -> Result<(), BoxError> {
+        let (command, rest) = args
+            .split_first()
+            .ok_or("usage: front_end_spike serve|load [--option value]...")?;
+        let options = options(rest)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        match command.as_str() {
+            "serve" => local.block_on(&runtime, serve(options)),
+            "load" => local.block_on(&runtime, load(options)),
+            other => Err(format!("unknown command {other:?} (serve, load)").into()),
+        }
+    })();
+    if let Err(error) = result {
+        eprintln!("front_end_spike: {error}");
+        std::process::exit(2);
+    }
+}
