@@ -154,6 +154,11 @@ class _StateCollector(Collector):
             "qpc_quic_connections", "QUIC connections held, with or without an RPC stream", state.quic_connections()
         )
         yield _gauge(
+            "qpc_quic_connection_ids",
+            "Connection ids the QUIC listener routes datagrams by (about nine per connection)",
+            state.quic_connection_ids(),
+        )
+        yield _gauge(
             "qpc_connection_rate_addresses",
             "Source addresses whose new-connection bucket the node holds (bounded by connection_rate_max_addresses)",
             state.connection_rate_addresses(),

@@ -140,6 +140,7 @@ class Node:
                 )
                 quic = self._quic
                 state.quic_connections = lambda: quic.connections
+                state.quic_connection_ids = lambda: quic.connection_ids
                 state.retry = None if retry is None else retry.stats
             if self.config.tcp_listen:
                 self._tcp = TcpListener(

@@ -135,6 +135,8 @@ class NodeState:
     """Open RPC connections; set by the node once its sessions exist."""
     quic_connections: Callable[[], int] = lambda: 0
     """QUIC connections the listener holds, with or without an RPC stream yet; set by the node."""
+    quic_connection_ids: Callable[[], int] = lambda: 0
+    """Connection ids the QUIC listener routes datagrams by (those of live connections only); set by the node."""
     connection_rate_addresses: Callable[[], int] = lambda: 0
     """Source addresses whose new-connection bucket the node holds now (server/connection_rate.py)."""
     retry: RetryStats | None = None

@@ -21,6 +21,7 @@ from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.quic_connection_ids import ConnectionIdMap
 from tests.conftest import ClientFactory, loopback_config
+from tests.test_metrics import scrape
 
 CLIENTS = 24
 RAW = 3
@@ -101,7 +102,7 @@ async def change_ids(protocol: QuicConnectionProtocol, changes: int) -> None:
 async def test_a_termination_walks_only_its_own_connection_ids(
     tmp_path: Path, connect: ClientFactory, retry: bool
 ) -> None:
-    node = Node(loopback_config(tmp_path / "n", quic_retry=retry, tcp_listen=""))
+    node = Node(loopback_config(tmp_path / "n", quic_retry=retry, tcp_listen="", metrics_listen="127.0.0.1:0"))
     await node.start()
     try:
         listener = node._quic  # the test reads the node's QUIC listener and aioquic server; production never does
@@ -123,6 +124,7 @@ async def test_a_termination_walks_only_its_own_connection_ids(
             held = len(server._protocols)
             assert held >= 8 * (CLIENTS + RAW), held  # each connection: its initial id and the ids the node issued
             assert listener.connection_ids == held
+            assert (await scrape(node))[("qpc_quic_connection_ids", ())] == held
             for client in clients:
                 await client.close()
         await eventually(lambda: listener.connections == 0 and listener.connection_ids == 0, "every id dropped")
@@ -136,6 +138,7 @@ async def test_a_termination_walks_only_its_own_connection_ids(
             # aioquic's own handler walks every entry of the map here: hundreds while the clients close.
             assert ended.walked <= dropped, (ended, held)
         assert isinstance(server._protocols, ConnectionIdMap) and server._protocols.connections == 0
+        assert (await scrape(node))[("qpc_quic_connection_ids", ())] == 0
         # The node still serves new connections after all that.
         assert await (await connect(node)).health() == "ok"
     finally:
