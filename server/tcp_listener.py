@@ -12,6 +12,7 @@ handshake before the node learns who connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -109,7 +110,8 @@ class TcpListener:
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
             if self._connection_rate is not None and not self._connection_rate.admit(peer_from_address("tcp", address)):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                with contextlib.suppress(OSError):  # the client may have reset it already
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 sock.close()
                 continue
             handshake = loop.create_task(self._start_tls(sock))
@@ -128,8 +130,10 @@ class TcpListener:
                 # Also what a connection that never starts TLS, or stops halfway through the handshake, gets.
                 ssl_handshake_timeout=self._handshake_timeout,
             )
-        except (OSError, TimeoutError):  # a failed or timed-out handshake (ssl.SSLError is an OSError)
-            sock.close()
+        except BaseException as error:
+            sock.close()  # the loop closes it too when its transport existed; a second close does nothing
+            if not isinstance(error, OSError | TimeoutError):  # not a failed or timed-out handshake (ssl.SSLError
+                raise  # is an OSError): shutdown's cancellation, or a fault worth its traceback
 
     def _on_connection(self, bridge: TlsStreamTransport) -> None:
         peer = peer_from_address("tcp", bridge.get_extra_info("peername"))
