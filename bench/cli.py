@@ -7,7 +7,7 @@ the node's CPU and RSS, and compares with ceilings taken in the same run. See do
     qpc-bench idle --connections 5000 --duration 10
     qpc-bench mixed --producers 16
     qpc-bench groups --groups 4 --members 4 --commit-share 0.2
-    qpc-bench p2p --count 200                  # two chat clients: direct (iroh) against through the node
+    qpc-bench p2p --count 200 --concurrency 32 # two chat clients: direct (iroh) against through the node
     qpc-bench keylogin --count 500             # bots logging in by key: first login with approval, latency, rate
     qpc-bench enqueue --target 127.0.0.1:7700 --server-fingerprint HEX [--node-pid PID]
 
@@ -75,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, default=None, help="operations in all (enqueue calls, batches, wake-ups)")
     load = p.add_argument_group("load")
     load.add_argument("--payload-size", type=int, default=256, help=f"bytes per payload (>= {MIN_PAYLOAD_BYTES})")
-    load.add_argument("--concurrency", type=int, default=64, help="calls in flight in all (default 64)")
+    load.add_argument(
+        "--concurrency", type=int, default=64, help="calls in flight in all; p2p: sends under way (default 64)"
+    )
     load.add_argument(
         "--producers", type=int, default=None, help="sending bots/connections (enqueue 4, fanout 1, mixed 16)"
     )
