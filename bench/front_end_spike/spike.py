@@ -206,6 +206,19 @@ class HandoffConsumer:
             self._seqs, self._errors = [], []
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of this process's threads since they started, by thread name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    by_name: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+        by_name[name] = round(by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks, 3)
+    return by_name
+
+
 def _import_front_end() -> Any:
     sys.path.insert(0, str(SPIKE_DIR))
     try:
@@ -235,12 +248,11 @@ async def serve_handoff(data_dir: Path, use_store: bool) -> None:
         await _wait_for_stop()
     finally:
         consumer.close()
+        # Read before close(): the RPC thread ends there.
+        summary: dict[str, Any] = {"batches": consumer.batches, "calls": consumer.calls, "answered": consumer.answered}
+        summary["cpu_s_by_thread"] = thread_cpu_seconds()
         front.close()
-        print(
-            json.dumps({"batches": consumer.batches, "calls": consumer.calls, "answered": consumer.answered}),
-            file=sys.stderr,
-            flush=True,
-        )
+        print(json.dumps(summary), file=sys.stderr, flush=True)
         if store is not None:
             await store.close()
 
@@ -429,7 +441,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="front-end-spike-") as tmp:
         data_dir = Path(tmp)
         fingerprint = load_or_create_identity(data_dir)[0].fingerprint
-        only = set(args.only.split(",")) if args.only else None
+        only = set(args.only.split("|")) if args.only else None
+        clients = set(args.clients.split(","))
 
         async def served(name: str, command: list[str], drive: Callable[[Server], Awaitable[dict[str, Any]]]) -> None:
             if only is not None and name not in only:
@@ -458,28 +471,26 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                             print(json.dumps(row), flush=True)
                 finally:
                     await echoes.close()
-            rust_echo = [str(BINARY), "serve", "--data-dir", str(data_dir)]
-            await served(
-                "rust echo, Python client",
-                rust_echo,
-                lambda server: node_enqueue_load(server.port, fingerprint, load, server.pid),
-            )
-            await served(
-                "rust echo, Rust client", rust_echo, lambda server: rust_client_load(server.port, load, server.pid)
-            )
+            servers = [("rust echo", [str(BINARY), "serve", "--data-dir", str(data_dir)])]
             for store in [False, True] if args.store else [False]:
-                suffix = " (store)" if store else ""
-                flags = ["--store"] if store else []
-                await served(
-                    f"rust + Python hand-off{suffix}",
-                    [*THIS_SCRIPT, "serve-handoff", str(data_dir), *flags],
-                    lambda server: node_enqueue_load(server.port, fingerprint, load, server.pid),
+                suffix, flags = (" (store)", ["--store"]) if store else ("", [])
+                servers.append(
+                    (f"rust + Python hand-off{suffix}", [*THIS_SCRIPT, "serve-handoff", str(data_dir), *flags])
                 )
-                await served(
-                    f"pycapnp + Python handler{suffix}",
-                    [*THIS_SCRIPT, "serve-pycapnp", str(data_dir), *flags],
-                    lambda server: node_enqueue_load(server.port, fingerprint, load, server.pid),
+                servers.append(
+                    (f"pycapnp + Python handler{suffix}", [*THIS_SCRIPT, "serve-pycapnp", str(data_dir), *flags])
                 )
+            for name, command in servers:
+                if "python" in clients:
+                    await served(
+                        f"{name}, Python client",
+                        command,
+                        lambda server: node_enqueue_load(server.port, fingerprint, load, server.pid),
+                    )
+                if "rust" in clients:
+                    await served(
+                        f"{name}, Rust client", command, lambda server: rust_client_load(server.port, load, server.pid)
+                    )
     return rows
 
 
@@ -536,7 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--concurrency", type=int, default=64)
     run.add_argument("--payload-size", type=int, default=256)
     run.add_argument("--store", action="store_true", help="also the hand-off and pycapnp servers with the store")
-    run.add_argument("--only", help="comma-separated front end names (as printed)")
+    run.add_argument("--only", help="front end names (as printed), separated by |")
+    run.add_argument("--clients", default="python,rust", help="load generators: python (open_quic), rust, or both")
     run.add_argument("--json", type=Path, help="write every row here")
     commands.add_parser("interop")
     args = parser.parse_args(argv)
