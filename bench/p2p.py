@@ -9,13 +9,15 @@ The same messages are then sent both ways round:
   process, ack) picks it up.
 
 For each path: latency, one message at a time (from `send` to the peer's `MessageReceived`; 100 samples, or
-`--count` if fewer), then throughput, twice, until the peer stored every message:
+`--count` if fewer), then throughput three ways, each until the peer stored every message:
 - back to back: `--count` messages (default 200), each `send` awaited before the next (a `send` returns once the
   peer or the node stored its copy);
 - pipelined: `--count` messages with up to `--concurrency` sends under way at once (default 64), as a bot that
   does not wait for one message before writing the next. Pending copies to one peer go out together: through
   the node one enqueue after the other, directly several in flight on the peer's connection (up to the
-  sender's `p2p_max_in_flight`).
+  sender's `p2p_max_in_flight`);
+- not waiting: `--count` messages, each `send(..., wait=False)` (it returns once the message is stored and the
+  outbox sends it in the background).
 This is what one conversation gets, not what a node can carry. Receipts are off so that only the messages
 travel.
 """
@@ -178,6 +180,15 @@ async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Peer, p
         for text in pipelined:
             await arrivals.wait(text)
         pipelined_seconds = (time.perf_counter_ns() - started) / 1e9
+    with ctx.live.counter(f"{path}: {count} messages, not waiting", count) as advance:
+        started = time.perf_counter_ns()
+        queued = [body(path, "queued", index, spec.payload_size) for index in range(count)]
+        for text in queued:
+            await sender.send(peer, text, wait=False)
+            advance()
+        for text in queued:
+            await arrivals.wait(text)
+        queued_seconds = (time.perf_counter_ns() - started) / 1e9
     return {
         "latency_ms": latency.summary(),
         "messages_per_s": rate(count, seconds),
@@ -186,6 +197,8 @@ async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Peer, p
         "pipelined_messages_per_s": rate(count, pipelined_seconds),
         "sends_at_a_time": window,
         "pipelined_routes_seen_by_receiver": arrivals.route_counts(pipelined),
+        "not_waiting_messages_per_s": rate(count, queued_seconds),
+        "not_waiting_routes_seen_by_receiver": arrivals.route_counts(queued),
     }
 
 
@@ -214,6 +227,9 @@ async def run_p2p(ctx: Context) -> dict[str, Any]:
             "p50_latency_ratio": _ratio(direct["latency_ms"].get("p50"), node["latency_ms"].get("p50")),
             "throughput_ratio": _ratio(direct["messages_per_s"], node["messages_per_s"]),
             "pipelined_throughput_ratio": _ratio(direct["pipelined_messages_per_s"], node["pipelined_messages_per_s"]),
+            "not_waiting_throughput_ratio": _ratio(
+                direct["not_waiting_messages_per_s"], node["not_waiting_messages_per_s"]
+            ),
         },
         "payload_bytes": ctx.spec.payload_size,
     }

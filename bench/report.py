@@ -107,6 +107,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{figures['sends_at_a_time']} sends at a time); the receiver saw "
             + ", ".join(f"{count} {route}" for route, count in figures["pipelined_routes_seen_by_receiver"].items()),
         )
+        table.add_row(
+            f"{path}: not waiting",
+            f"{figures['not_waiting_messages_per_s']:,} messages/s ({figures['messages']} sends that do not wait);"
+            " the receiver saw "
+            + ", ".join(f"{count} {route}" for route, count in figures["not_waiting_routes_seen_by_receiver"].items()),
+        )
     if "logins_per_s" in results:
         table.add_row("first key login (with approval)", f"{results['first_login_with_approval_ms']} ms")
         table.add_row("key login latency", _latency(results["login_latency_ms"]))

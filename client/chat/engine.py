@@ -350,12 +350,16 @@ class ChatClient:
         same conversation; returns the outcome and who could not be invited."""
         return await self._groups.recreate(ref)
 
-    async def send(self, ref: ConversationRef, text: str) -> Message:
+    async def send(self, ref: ConversationRef, text: str, *, wait: bool = True) -> Message:
         """Store `text` as a pending message for the conversation's members and send it now if the node answers;
         returns the message with its state: "sent" (with `server_seq`), "failed" (with `failure`: the node refused
         it), or "pending" (the node is away: it goes out, in order, when it is back, also after a restart; a
-        `MessageStateChanged` event says when). MessageTooLarge or another ChatError: nothing was stored."""
-        return await self._sender.send(ref, text)
+        `MessageStateChanged` event says when). MessageTooLarge or another ChatError: nothing was stored.
+        `wait=False` returns as soon as the message is stored ("pending") and the outbox sends it in the
+        background, in order, with whatever else is pending (`MessageStateChanged` says how each went): a bot's
+        messages to one peer then go out directly several at a time instead of one per `send`. What is still
+        pending at `close` goes out at the next start; `flush_outbox` first waits for it."""
+        return await self._sender.send(ref, text, wait=wait)
 
     async def send_file(self, ref: ConversationRef, path: Path) -> Message:
         """Send the file at `path`: encrypted with a fresh key and stored on the node (which must answer now), its

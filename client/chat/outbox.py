@@ -34,10 +34,15 @@ class Outbox:
         self._watch = watch
         self._direct = direct
         self._lock = asyncio.Lock()
+        self._flush_waiting = False
         watch.on_restored(self.flush_soon)
 
     def flush_soon(self) -> None:
-        """Flush in the background (the node is back, or the client started with messages pending)."""
+        """Flush in the background (the node is back, the client started with messages pending, or a send did
+        not wait). One background flush waits at most: it takes whatever is pending when its turn comes."""
+        if self._flush_waiting:
+            return
+        self._flush_waiting = True
         self._context.bus.spawn(self._flush_reporting())
 
     async def _flush_reporting(self) -> None:
@@ -50,8 +55,11 @@ class Outbox:
         """Send every pending copy, in order for each recipient; True when the outbox is empty, False when the node
         could not be reached (what is left stays pending)."""
         if not self._watch.up:
+            self._flush_waiting = False
             return False  # the watch flushes again when the node answers; trying now would only wait
         async with self._lock:
+            # What is stored from here on needs another flush: this one may have taken its list already.
+            self._flush_waiting = False
             by_recipient: dict[bytes, list[PendingCopy]] = {}
             for copy in await self._context.store.pending_copies():
                 by_recipient.setdefault(copy.recipient_key, []).append(copy)

@@ -46,16 +46,17 @@ class Sender:
         self._attachments = attachments
         self._limits: ServerLimits | None = None
 
-    async def send(self, ref: ConversationRef, text: str) -> Message:
+    async def send(self, ref: ConversationRef, text: str, *, wait: bool = True) -> Message:
         """Store `text` as a pending message for the conversation's members and try to send it now; returns the
-        message in the state it reached (sent, failed with its reason, or pending while the node is away)."""
+        message in the state it reached (sent, failed with its reason, or pending while the node is away).
+        `wait` False: returns once it is stored (pending) and lets the outbox send it in the background."""
         if not text.strip():
             raise ChatError("the message is empty: nothing was sent")
         conversation = await self._conversations.get(ref)
         sent_at = time.time()
         if conversation.kind == "notes":
             return await self._store(conversation, hashlib.sha256(b"note" + os.urandom(16)).digest(), text, sent_at)
-        return await self._send(conversation, TextContent(text, sent_at).encode(), text, sent_at)
+        return await self._send(conversation, TextContent(text, sent_at).encode(), text, sent_at, wait=wait)
 
     async def send_file(self, ref: ConversationRef, path: Path) -> Message:
         """Encrypt the file, store it on the node (now: the node must answer), then send its key and hash like a
@@ -67,7 +68,9 @@ class Sender:
         file = await self._attachments.upload(path, None if info is None else info.max_blob_bytes, sent_at)
         return await self._send(conversation, file.encode(), describe_file(file), sent_at)
 
-    async def _send(self, conversation: Conversation, content: bytes, body: str, sent_at: float) -> Message:
+    async def _send(
+        self, conversation: Conversation, content: bytes, body: str, sent_at: float, *, wait: bool = True
+    ) -> Message:
         context = self._context
         group_id = await self._conversations.group_of(conversation, "send")
         info = await self._server_limits()
@@ -102,6 +105,9 @@ class Sender:
             message = await self._store(
                 conversation, hashlib.sha256(b"out" + ciphertext).digest(), body, sent_at, copies=copies
             )
+        if not wait:
+            self._outbox.flush_soon()
+            return message
         await self._outbox.flush()
         return await context.store.get_message(message.message_id) or message
 

@@ -171,9 +171,16 @@ def test_p2p_direct_against_the_node(tmp_path: Path) -> None:
         figures = results["p2p"][path]
         assert figures["routes_seen_by_receiver"] == {path: 5}, figures  # every latency sample went that way
         assert figures["pipelined_routes_seen_by_receiver"] == {path: 5}, figures
+        assert figures["not_waiting_routes_seen_by_receiver"] == {path: 5}, figures
+        assert figures["not_waiting_messages_per_s"] > 0
         assert set(figures["latency_ms"]) == LATENCY_KEYS and figures["messages_per_s"] > 0
         assert figures["pipelined_messages_per_s"] > 0 and figures["sends_at_a_time"] == 4
-    assert set(results["direct_vs_node"]) == {"p50_latency_ratio", "throughput_ratio", "pipelined_throughput_ratio"}
+    assert set(results["direct_vs_node"]) == {
+        "p50_latency_ratio",
+        "throughput_ratio",
+        "pipelined_throughput_ratio",
+        "not_waiting_throughput_ratio",
+    }
     assert results["errors"] == {}
 
 

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 from quicnprotochat.client import KnownHosts
-from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, MessageReceived
+from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, MessageReceived, MessageStateChanged
+from quicnprotochat.client.state import Message
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import Node
 from tests.client.terminal import Tmux
@@ -62,6 +63,11 @@ class EventLog:
 
     def bodies(self) -> list[str]:
         return [e.message.body for e in self.events if isinstance(e, MessageReceived)]
+
+    async def settled(self, message: Message, timeout: float = 15) -> Message:
+        """`message` (sent by this client without waiting) once the outbox settled it."""
+        changed = await self.wait_for(MessageStateChanged, lambda event: event.message.id == message.id, timeout)
+        return changed.message
 
 
 @pytest.fixture

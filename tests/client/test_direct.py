@@ -461,35 +461,50 @@ class HoldingPeer:
         await self.endpoint.close()
 
 
-async def test_copies_to_one_peer_are_pipelined_up_to_the_bound(node: Node, open_chat: ChatFactory) -> None:
-    count = 7
-    alice, _ = await open_chat(node, "alice", **P2P, p2p_max_in_flight=IN_FLIGHT)
+@pytest.mark.parametrize("wait", [True, False], ids=["sends-under-way-together", "sends-that-do-not-wait"])
+async def test_copies_to_one_peer_are_pipelined_up_to_the_bound(node: Node, open_chat: ChatFactory, wait: bool) -> None:
+    count = 6
+    alice, alice_log = await open_chat(node, "alice", **P2P, p2p_max_in_flight=IN_FLIGHT)
     bob, bob_log = await open_chat(node, "bob")
     await alice.dm("bob")
     await bob_log.wait_for(JoinedConversation)
     peer = await HoldingPeer.standing_in_for(bob, node)
     try:
-        sends = [asyncio.create_task(alice.send("bob", f"pipelined {i}")) for i in range(count)]
+        # A first message goes out alone and is held: the ones written meanwhile wait for it, then go together.
+        first = asyncio.create_task(alice.send("bob", "first"))
 
-        async def all_written_first_held() -> bool:
-            return len(peer.held) == 1 and len(await alice.store.pending_copies()) == count
+        async def first_held() -> bool:
+            return len(peer.held) == 1
 
-        # The first copy goes out alone and is held; the others are written meanwhile and wait for it.
-        await eventually(all_written_first_held, "every message written while the first copy is held")
+        await eventually(first_held, "the first copy held")
+        if wait:
+            sends = [asyncio.create_task(alice.send("bob", f"pipelined {i}")) for i in range(count)]
+        else:
+            queued = [await alice.send("bob", f"pipelined {i}", wait=False) for i in range(count)]
+            assert {m.state for m in queued} == {"pending"}
+
+        async def all_written() -> bool:
+            return len(await alice.store.pending_copies()) == count + 1
+
+        await eventually(all_written, "every message written while the first copy is held")
         written = [copy.envelope for copy in await alice.store.pending_copies()]
         await peer.answer_oldest()
-        for answered in range(1, count):
+        assert (await first).route == "direct"
+        for answered in range(count):
             expected = min(IN_FLIGHT, count - answered)
 
             async def in_flight(expected: int = expected) -> bool:
                 return len(peer.held) == expected
 
             await eventually(in_flight, f"{expected} copies in flight")
-            if answered == 1:
+            if answered == 0:
                 await asyncio.sleep(0.3)  # room for a copy past the bound, if the sender sent one
                 assert len(peer.held) == IN_FLIGHT
             await peer.answer_oldest()
-        sent = await asyncio.gather(*sends)
+        if wait:
+            sent = await asyncio.gather(*sends)
+        else:
+            sent = [await alice_log.settled(m) for m in queued]
     finally:
         await peer.close()
     assert [(m.state, m.route) for m in sent] == [("sent", "direct")] * count

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quicnprotochat.client.chat import MessageStateChanged, MessageTooLarge
+from quicnprotochat.client.chat import JoinedConversation, MessageStateChanged, MessageTooLarge
 from quicnprotochat.client.chat.outbox import idempotency_key
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, RestartableNode
@@ -210,3 +210,18 @@ async def test_refused_and_oversized_sends(tmp_path: Path, open_chat: ChatFactor
         assert states == [("to bob 0", "sent"), ("to bob 1", "sent"), ("one too many", "failed")]
     finally:
         await node.stop()
+
+
+async def test_sends_that_do_not_wait_go_out_in_order_in_the_background(node: Node, open_chat: ChatFactory) -> None:
+    alice, alice_log = await open_chat(node, "alice")
+    _bob, bob_log = await open_chat(node, "bob")
+    await alice.dm("bob")
+    await bob_log.wait_for(JoinedConversation)
+    queued = [await alice.send("bob", f"not waiting {i}", wait=False) for i in range(6)]
+    assert {m.state for m in queued} == {"pending"}  # stored; the outbox sends them
+    for message in queued:
+        changed = await alice_log.settled(message)
+        assert (changed.state, changed.route) == ("sent", "node")
+        await bob_log.message(message.body)
+    assert bob_log.bodies() == [m.body for m in queued]
+    assert await alice.flush_outbox()
