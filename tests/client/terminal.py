@@ -111,6 +111,20 @@ class Tmux:
                 raise AssertionError(f"{text!r} not on {name}'s screen after {timeout} s:\n{screen}")
             await asyncio.sleep(0.1)
 
+    async def output_of(self, name: str, command: str, prompt: str, timeout: float = 20) -> str:
+        """Types `command` and returns what the window shows after it, once the REPL shows `prompt` again: all of
+        the command's output (the REPL prompts for the next line only when a command is done)."""
+        await self.line(name, command)
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = await self.screen(name)
+            after = screen.rsplit(command, 1)[1] if command in screen else ""
+            if prompt in after:
+                return after.split(prompt, 1)[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}'s prompt {prompt!r} not back after {command!r} in {timeout} s:\n{screen}")
+            await asyncio.sleep(0.1)
+
     async def pid(self, name: str) -> int:
         """The process id of the program running in window `name` (the child of the window's shell)."""
         shell = int((await self.run("list-panes", "-t", f"qpc:{name}", "-F", "#{pane_pid}")).split()[0])

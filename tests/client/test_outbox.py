@@ -73,9 +73,12 @@ async def test_two_repls_type_through_a_node_outage(restartable: RestartableNode
     # Each side's REPL showed the other's messages, so read receipts came back and are shown.
     for text in ours["alice"]:
         await tmux.wait_for("alice", f"* bob read: {text}")
-    await tmux.line("bob", "/history")
-    screen = await tmux.wait_for("bob", "me: bob during 2 (read)", count=1)
-    history = [line.split("] ", 1)[1] for line in screen.rsplit("/history", 1)[1].splitlines() if "] " in line]
+    for text in ours["bob"]:
+        await tmux.wait_for("bob", f"* alice read: {text}")
+    # The whole listing, up to the prompt that comes back after it: its last line is alice's (hers came in after
+    # bob's own), so a listing read as soon as bob's last line shows can still lack her last ones.
+    output = await tmux.output_of("bob", "/history", "[@alice] >")
+    history = [line.split("] ", 1)[1] for line in output.splitlines() if "] " in line]
     assert [line for line in history if line.startswith("alice: ")] == [
         "alice: before the outage",
         *(f"alice: {text}" for text in ours["alice"]),
