@@ -43,7 +43,7 @@ def address_key(host: str) -> str:
 
 
 class ConnectionRate:
-    """`admit(peer)` for every connection about to start its handshake; the same buckets for both transports."""
+    """`refusal(peer)` for every connection about to start its handshake; the same buckets for both transports."""
 
     def __init__(
         self,
@@ -60,9 +60,10 @@ class ConnectionRate:
         """Addresses (IPv6: /64 networks) with a bucket held now."""
         return len(self._buckets)
 
-    def admit(self, peer: Peer) -> bool:
-        if self._buckets.take(address_key(peer.host)) is None:
-            return True
-        self._counters.refuse(SETTING)
-        _refusals.info(SETTING, "refusing new connections from %s (and others): %s reached", peer, SETTING)
-        return False
+    def refusal(self, peer: Peer) -> float | None:
+        """None when a connection from `peer` may start (a token taken); else the seconds until one may."""
+        retry_after = self._buckets.take(address_key(peer.host))
+        if retry_after is not None:
+            self._counters.refuse(SETTING)
+            _refusals.info(SETTING, "refusing new connections from %s (and others): %s reached", peer, SETTING)
+        return retry_after

@@ -3,11 +3,11 @@ checked before aioquic creates any state or does any of the handshake's cryptogr
 
 aioquic's server creates a connection for an Initial of at least 1,200 bytes whose destination connection id it
 does not know (after a Retry round trip, with retry on). Exactly those Initials take a token from their source
-address's bucket. A refused one is answered with a CONNECTION_CLOSE carrying CONNECTION_REFUSED in a server
-Initial (keys derived from the client's own destination id, as RFC 9001 5.2 has it; smaller than the Initial, so
-no amplification), so that the client fails with the reason (after its draining period: 0.6 s on loopback)
-rather than at its connect timeout.
-Those answers have a node-wide budget; past it a refused Initial is dropped without an answer.
+address's bucket. A refused one is answered with a CONNECTION_CLOSE carrying CONNECTION_REFUSED and a reason
+that says when to retry, in a server Initial (keys derived from the client's own destination id, as RFC 9001 5.2
+has it; smaller than the Initial, so no amplification): the client fails with the reason (after its draining
+period: 0.6 s on loopback) rather than at its connect timeout. Those answers have a node-wide budget; past it a
+refused Initial is dropped without an answer.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from quicnprotochat.server.services.rate_limits import RateLimit, TokenBuckets
 
 # CONNECTION_CLOSE answers to refused Initials, per second in all: each costs an Initial key derivation.
 ANSWER_LIMIT = RateLimit(rate=200.0, burst=400)
-REASON = f"new connections from this address are over the node's rate ({SETTING}); retry later"
+REASON = f"new connections from this address are over the node's rate ({SETTING}); retry after"
 _LONG_HEADER = 0x80
-# An Initial's frame: error code, frame type and reason length (varints of up to 8 bytes each), then the reason.
-_CLOSE_FRAME_BYTES = 1 + 3 * 8 + len(REASON)
+# An Initial's frame: its type, error code, frame type and reason length (varints of up to 8 bytes), the reason.
+_CLOSE_FRAME_HEAD_BYTES = 1 + 3 * 8
 
 ProvesAddress = Callable[[NetworkAddress, bytes, bytes], bool]
 """(source address, destination connection id, token): whether the token is a valid Retry token for them."""
@@ -77,16 +77,18 @@ class InitialAdmission:
             header.token and self._proves_address(addr, header.destination_cid, header.token)
         ):
             return None
-        if self._rate.admit(peer_from_address("quic", addr)):
+        retry_after = self._rate.refusal(peer_from_address("quic", addr))
+        if retry_after is None:
             return None
         if self._answers.take("all") is not None:
             return SILENT
         assert header.version is not None  # an Initial always has one
         self.answered += 1
-        return refused_initial(header.version, header.destination_cid, header.source_cid)
+        reason = f"{REASON} {retry_after:.1f} s"
+        return refused_initial(header.version, header.destination_cid, header.source_cid, reason)
 
 
-def refused_initial(version: int, client_destination_cid: bytes, client_source_cid: bytes) -> bytes:
+def refused_initial(version: int, client_destination_cid: bytes, client_source_cid: bytes, reason: str) -> bytes:
     """A server Initial closing the connection the client's Initial would open, with CONNECTION_REFUSED."""
     crypto = CryptoPair()
     crypto.setup_initial(cid=client_destination_cid, is_client=False, version=version)
@@ -98,11 +100,11 @@ def refused_initial(version: int, client_destination_cid: bytes, client_source_c
         max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
     )
     builder.start_packet(QuicPacketType.INITIAL, crypto)
-    frame = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=_CLOSE_FRAME_BYTES)
-    reason = REASON.encode()
+    text = reason.encode()
+    frame = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=_CLOSE_FRAME_HEAD_BYTES + len(text))
     frame.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
     frame.push_uint_var(QuicFrameType.PADDING)  # no frame caused it
-    frame.push_uint_var(len(reason))
-    frame.push_bytes(reason)
+    frame.push_uint_var(len(text))
+    frame.push_bytes(text)
     datagrams, _packets = builder.flush()
     return datagrams[0]

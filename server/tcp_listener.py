@@ -109,7 +109,8 @@ class TcpListener:
                 )
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            if self._connection_rate is not None and not self._connection_rate.admit(peer_from_address("tcp", address)):
+            rate = self._connection_rate
+            if rate is not None and rate.refusal(peer_from_address("tcp", address)) is not None:
                 with contextlib.suppress(OSError):  # the client may have reset it already
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 sock.close()
