@@ -137,7 +137,7 @@ async def test_tls_connections_past_the_rate_are_reset_before_tls(
 
 
 async def test_quic_initials_past_the_rate_are_refused_before_the_handshake(
-    tmp_path: Path, make_user: UserFactory
+    tmp_path: Path, make_user: UserFactory, connect: ClientFactory
 ) -> None:
     node = Node(
         loopback_config(
@@ -164,6 +164,15 @@ async def test_quic_initials_past_the_rate_are_refused_before_the_handshake(
         other = await asyncio.to_thread(quic_attempt, address, "127.0.0.3")
         assert other["closed"] is None
         await witness.through()
+        # The library's client, from the witness's address (one token spent), gets the node's reason.
+        refusal: ConnectionError | None = None
+        for _ in range(3):
+            try:
+                await connect(node)
+            except ConnectionError as error:
+                refusal = error
+                break
+        assert refusal is not None and str(refusal).startswith(REASON), refusal
     finally:
         await node.stop()
 
