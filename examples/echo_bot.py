@@ -88,10 +88,12 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
         print(f"echo bot: warning: {chat.state_warning}", file=sys.stderr)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         # Not possible outside the main thread: the caller stops us through `stop` then.
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
     replies = 0
     try:
         events = chat.events()  # subscribe before receiving starts, so that nothing is missed
@@ -127,7 +129,13 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> in
                     break
         stopping.cancel()
     finally:
-        await chat.close()
+        try:
+            await chat.close()
+        finally:
+            # Given back: uvloop keeps a handler even after its loop is closed, and a program that runs the bot
+            # on its own loop would then never see SIGINT or SIGTERM again.
+            for signum in handled:
+                loop.remove_signal_handler(signum)
     return 0
 
 

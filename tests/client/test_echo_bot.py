@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,15 @@ from tests.client.conftest import ChatFactory
 from tests.conftest import node_address
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "echo_bot.py"
+
+
+def held_by(loop: asyncio.AbstractEventLoop) -> set[signal.Signals]:
+    """The stop signals whose process-wide handler is `loop`'s (uvloop's handler is a method of its loop)."""
+    return {
+        signum
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if getattr(signal.getsignal(signum), "__self__", None) is loop
+    }
 
 
 def load_echo_bot() -> ModuleType:
@@ -69,5 +79,9 @@ async def test_echo_bot_answers(node: Node, open_chat: ChatFactory, tmp_path: Pa
     )
     assert from_echo.conversation.name == "echoes"
     await bob_log.wait_for(MessageReceived, lambda e: e.message.sender_username == "echo")
+    assert held_by(asyncio.get_running_loop()) == {signal.SIGINT, signal.SIGTERM}  # they stop the bot
     stop.set()
     assert await asyncio.wait_for(bot, 10) == 0
+    # Given back: uvloop would keep them even once this loop is closed, and the test process would never again
+    # stop on SIGINT or SIGTERM.
+    assert held_by(asyncio.get_running_loop()) == set()
