@@ -122,10 +122,15 @@ class MlsRsPeer:
         ]
         return secret
 
-    def bench(self, members: int, iterations: int) -> dict[str, float]:
+    def bench(self, members: int, iterations: int, durable_dir: Path | None = None) -> dict[str, float]:
         """mls-rs's CPU microseconds per operation in a group of `members`, all of them in the peer's process (the
-        keys: encrypt, decrypt, commit, process_commit, encrypt_after_commits, decrypt_after_commits, add)."""
-        figures: dict[str, float] = self.call("bench", members=members, iterations=iterations)["figures"]
+        keys: encrypt, decrypt, commit, process_commit, encrypt_after_commits, decrypt_after_commits, add). With
+        `durable_dir`, the two measured members keep their state in SQLCipher files there and write it after
+        every operation, as the vault does."""
+        directory = None if durable_dir is None else str(durable_dir)
+        figures: dict[str, float] = self.call("bench", members=members, iterations=iterations, durable_dir=directory)[
+            "figures"
+        ]
         return figures
 
     def close(self) -> None:

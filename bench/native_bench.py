@@ -7,7 +7,10 @@ durable SQLite transaction), for both ciphersuites.
 MLS by group size (--sizes, default 2, 16, 128 and 1,000 members; suite 0x0001): CPU time of encrypt,
 decrypt, commit, process-commit and add through the vault, and of the same steps in mls-rs, measured in the
 same run by the mls-rs peer of the interoperability tests (built with the bench-peer profile on first use;
---no-mls-rs skips it). mls-rs keeps its groups in memory; every vault call is a durable transaction.
+--no-mls-rs skips it), twice: with its groups in memory (its default; nothing written per message), and durable
+like the vault (its SQLite provider on SQLCipher, WAL, synchronous=FULL, the group's state written after every
+operation). Every vault call is a durable transaction; "decrypt, batches of N" is the cost per message of
+`Vault.process_batch` (N messages, one transaction).
 
 python bench/native_bench.py [--seconds 2] [--payload 256] [--dir /path/on/the/real/disk]
                              [--sizes 2,16,128,1000] [--iterations 200] [--no-mls-rs] [--only-sizes]
@@ -131,7 +134,10 @@ SCALE_OPERATIONS = {
     "commit": "commit (update path)",
     "process_commit": "process that commit",
     "add": "add one member",
+    "decrypt_batch_10": "decrypt, batches of 10",
+    "decrypt_batch_100": "decrypt, batches of 100",
 }
+BATCHES = (10, 100)
 
 
 def cpu_us(count: int, op: Callable[[], object]) -> float:
@@ -172,7 +178,15 @@ def vault_at_scale(members: int, iterations: int, directory: Path) -> dict[str, 
         alice.merge_pending_commit(group_id)
         return message
 
+    def batched(size: int) -> float:
+        """CPU per message of decrypting them `size` at a time (one transaction per batch)."""
+        count = max(iterations // size, 1)
+        batches = iter([[alice.encrypt(group_id, SCALE_PAYLOAD) for _ in range(size)] for _ in range(count)])
+        return cpu_us(count, lambda: bob.process_batch(next(batches))) / size
+
     messages("")
+    for size in BATCHES:
+        out[f"decrypt_batch_{size}"] = batched(size)
     commits_measured = min(max(iterations, 1), 10)
     commits: list[bytes] = []
     out["commit"] = cpu_us(commits_measured, lambda: commits.append(commit()))
@@ -206,22 +220,32 @@ def message_pair(figures: dict[str, float], suffix: str) -> float | None:
     return figures["encrypt" + suffix] + figures["decrypt" + suffix]
 
 
+def beside(value: float, their: float | None) -> str:
+    return f"{their:10.0f} {value / their:8.2f}" if their else f"{'-':>10} {'-':>8}"
+
+
 def bench_scale(sizes: list[int], iterations: int, directory: Path, with_mls_rs: bool) -> None:
     peer = MlsRsPeer(build_peer("bench-peer")) if with_mls_rs else None
     print(f"MLS by group size, suite 0x0001, {len(SCALE_PAYLOAD)}-byte messages: CPU microseconds per operation")
-    print("  vault: this module, a durable SQLCipher transaction per call; mls-rs 0.55: in memory, one process")
-    print(f"  {'members':>7} {'operation':24} {'vault':>10} {'mls-rs':>10} {'vault/mls-rs':>13}")
+    print("  vault: this module, a durable SQLCipher transaction per call; mls-rs 0.55 in one process: in memory")
+    print("  (its default: nothing written per message), and durable (SQLCipher file, state written per operation)")
+    print(f"  {'members':>7} {'operation':24} {'vault':>10} {'mls-rs':>10} {'ratio':>8} {'durable':>10} {'ratio':>8}")
     try:
         for members in sizes:
             with tempfile.TemporaryDirectory(dir=directory) as tmp:
                 ours = vault_at_scale(members, iterations, Path(tmp))
-            theirs = peer.bench(members, iterations) if peer is not None else {}
-            rows = [(label, ours[key], theirs.get(key)) for key, label in SCALE_OPERATIONS.items()]
+            theirs: dict[str, float] = {}
+            durable: dict[str, float] = {}
+            if peer is not None:
+                theirs = peer.bench(members, iterations)
+                with tempfile.TemporaryDirectory(dir=directory) as tmp:
+                    durable = peer.bench(members, iterations, durable_dir=Path(tmp))
+            rows = [(label, ours[key], theirs.get(key), durable.get(key)) for key, label in SCALE_OPERATIONS.items()]
             for suffix, label in (("", "encrypt + decrypt"), ("_after_commits", "both, 10 commits on")):
-                rows.append((label, message_pair(ours, suffix) or 0.0, message_pair(theirs, suffix)))
-            for label, value, their in rows:
-                their_text = f"{their:10.0f} {value / their:13.2f}" if their else f"{'-':>10} {'-':>13}"
-                print(f"  {members:7d} {label:24} {value:10.0f} {their_text}")
+                value = message_pair(ours, suffix) or 0.0
+                rows.append((label, value, message_pair(theirs, suffix), message_pair(durable, suffix)))
+            for label, value, their, their_durable in rows:
+                print(f"  {members:7d} {label:24} {value:10.0f} {beside(value, their)} {beside(value, their_durable)}")
     finally:
         if peer is not None:
             peer.close()

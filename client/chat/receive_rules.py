@@ -143,6 +143,19 @@ def before_processing(header: Header, group: GroupView) -> Defer | Ignore | None
     return None
 
 
+def decrypt_ahead(header: Header, group: GroupView) -> bool:
+    """Whether a fetched message may be processed by the vault together with the ones before it (one transaction
+    for a run of them: `Vault.process_batch`). Only application messages of a group this client is in, at an
+    epoch it has reached, that `before_processing` lets through: they change no group state that a later
+    message's handling depends on. A handshake message ends the run (what follows must see its epoch)."""
+    return (
+        header.content_type == "application"
+        and group.epoch is not None
+        and header.epoch <= group.epoch
+        and before_processing(header, group) is None
+    )
+
+
 def direct_refusal(header: Header, group: GroupView) -> str | None:
     """Why a message that came straight from a peer (direct delivery) must come through the node's inbox
     instead, or None to process it now. Only application messages of the group's current epoch are taken

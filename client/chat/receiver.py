@@ -10,7 +10,9 @@ Inbox layout (why each group's MLS traffic is in one ordered inbox per recipient
   traffic to one recipient is thus in a single inbox whose seqs the node assigns in enqueue order.
 - An inviter sends the Welcome to the newcomer *before* the commit to the other members: a member can only
   write to the newcomer after processing that commit, so whatever it writes lands after the Welcome.
-- Each inbox is read by one task (`peekWait`), envelope by envelope in seq order. A message is acked only
+- Each inbox is read by one task (`peekWait`), envelope by envelope in seq order. A fetched run of application
+  messages is first processed by the vault in one transaction (`Vault.process_batch`: one durable commit for the
+  lot; each message's result journaled as `process` would), then handled one by one. A message is acked only
   after its result is stored locally; the last processed seq per inbox is stored too, so a redelivered
   envelope (ack lost, crash) is skipped, not processed twice. An envelope whose MLS group is not known yet
   (two peers opening a DM to each other at the same time: the other side's Welcome sits in the default inbox)
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from quicnprotochat.client.node_client import Envelope
 from quicnprotochat.client.state import Conversation, Route
 from quicnprotochat.common.errors import Disconnected
-from quicnprotochat.native import GroupNotFound, NativeError, envelope_info, mls_message_info
+from quicnprotochat.native import GroupNotFound, NativeError, ProcessedMessage, envelope_info, mls_message_info
 
 from . import group_rules
 from . import receive_rules as rules
@@ -59,7 +61,7 @@ from .events import (
     ReceiptReceived,
     RemovedFromConversation,
 )
-from .framing import FileContent, FrameError, TextContent, WelcomeFrame, decode_frame
+from .framing import FileContent, Frame, FrameError, MlsFrame, TextContent, WelcomeFrame, decode_frame
 from .key_packages import KeyPackageStock
 from .receipts import message_ref
 
@@ -70,6 +72,15 @@ class _InboxState:
     rules: rules.InboxRules
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Ahead:
+    """A fetched batch's envelopes opened ahead of handling (by seq), and the vault's results for the run of
+    application messages at its head, processed in one transaction (by MLS message bytes)."""
+
+    frames: dict[int, Frame] = field(default_factory=dict)
+    results: dict[bytes, ProcessedMessage | NativeError] = field(default_factory=dict)
 
 
 class _NotDirect(Exception):
@@ -225,11 +236,13 @@ class Receiver:
             last = await store.get_last_seq(context.identity_key, inbox.channel)
             acked_up_to = 0
             deferred = False
-            for envelope in sorted(envelopes, key=lambda e: e.seq):
+            ordered = sorted(envelopes, key=lambda e: e.seq)
+            ahead = await self._decrypt_ahead(inbox.channel, [e for e in ordered if rules.is_new(e.seq, last)])
+            for envelope in ordered:
                 if rules.is_new(envelope.seq, last):
                     try:
                         async with context.mls:
-                            await self._handle(inbox.channel, envelope, digests)
+                            await self._handle(inbox.channel, envelope, digests, ahead=ahead)
                     except (NodeUnavailable, Disconnected, OSError, TimeoutError):
                         raise  # transient: the envelope is tried again later
                     except _Deferred as held:
@@ -253,6 +266,42 @@ class Receiver:
             if digests:
                 await asyncio.to_thread(context.vault.forget_processed, digests)
         return processed, deferred
+
+    async def _decrypt_ahead(self, channel: bytes, envelopes: list[Envelope]) -> _Ahead:
+        """Open the new envelopes of a fetched batch up to the first that is not an application message to process
+        now (`receive_rules.decrypt_ahead`), and let the vault process those MLS messages in one transaction. The
+        results are journaled there like `process`'s, so a crash before they are stored loses nothing and
+        decrypts nothing twice. Anything that does not fit is left to `_handle` as it comes."""
+        context = self._context
+        ahead = _Ahead()
+        batch: list[bytes] = []
+        views: dict[bytes, rules.GroupView] = {}
+        if len(envelopes) < 2:
+            return ahead
+        async with context.mls:
+            info_bytes = envelope_info(context.identity_key, channel or None)
+            for envelope in envelopes:
+                if await context.store.get_message(hashlib.sha256(envelope.data).digest()) is not None:
+                    continue  # stored before: `_handle` skips it
+                try:
+                    plaintext = await asyncio.to_thread(context.vault.open_envelope, envelope.data, info_bytes)
+                    frame = decode_frame(plaintext)
+                    if not isinstance(frame, MlsFrame):
+                        break
+                    info = mls_message_info(frame.message)
+                except (NativeError, FrameError):
+                    break
+                header = rules.Header(info.group_id, info.epoch, info.content_type)
+                if header.group_id not in views:
+                    views[header.group_id] = await self._group_view(header.group_id)
+                if not rules.decrypt_ahead(header, views[header.group_id]):
+                    break
+                ahead.frames[envelope.seq] = frame
+                batch.append(frame.message)
+            if len(batch) > 1:
+                results = await asyncio.to_thread(context.vault.process_batch, batch)
+                ahead.results = dict(zip(batch, results, strict=True))
+        return ahead
 
     # ── direct delivery ─────────────────────────────────────────────────────────────────────────────────
 
@@ -280,16 +329,26 @@ class Receiver:
 
     # ── one envelope ────────────────────────────────────────────────────────────────────────────────────
 
-    async def _handle(self, channel: bytes, envelope: Envelope, digests: list[bytes], route: Route = "node") -> None:
+    async def _handle(
+        self,
+        channel: bytes,
+        envelope: Envelope,
+        digests: list[bytes],
+        route: Route = "node",
+        *,
+        ahead: _Ahead | None = None,
+    ) -> None:
         context = self._context
         message_id = hashlib.sha256(envelope.data).digest()
         if await context.store.get_message(message_id) is not None:
             return  # a copy of an envelope already stored (sent again after a dropped connection)
+        ahead = ahead or _Ahead()
         try:
-            plaintext = await asyncio.to_thread(
-                context.vault.open_envelope, envelope.data, envelope_info(context.identity_key, channel or None)
+            frame = ahead.frames.get(envelope.seq) or decode_frame(
+                await asyncio.to_thread(
+                    context.vault.open_envelope, envelope.data, envelope_info(context.identity_key, channel or None)
+                )
             )
-            frame = decode_frame(plaintext)
         except (NativeError, FrameError) as error:
             if route == "direct":
                 raise _NotDirect(str(error)) from None
@@ -319,7 +378,12 @@ class Receiver:
             await self._apply(early, envelope, message_id)
             return
         try:
-            processed = await asyncio.to_thread(context.vault.process, frame.message)
+            result = ahead.results.pop(frame.message, None)
+            if result is None:
+                result = await asyncio.to_thread(context.vault.process, frame.message)
+            if isinstance(result, NativeError):
+                raise result
+            processed = result
         except NativeError as error:
             action = rules.after_process_failure(envelope.seq, error, header, group, frame.sender)
         else:

@@ -171,3 +171,55 @@ async def run_until_printed(
         await wait_until(lambda: last in printed, 60, f"{last!r} to be printed (seed {seed})")
     finally:
         await receiver.stop(kill=False)
+
+
+BACKLOG_ROUNDS = 4
+BACKLOG = 40
+
+
+async def test_receiver_killed_while_it_works_through_a_backlog(
+    node: Node, open_chat: ChatFactory, tmp_path: Path
+) -> None:
+    """Messages that piled up while the receiver was down come in fetched batches, which the vault decrypts in one
+    transaction each (`Vault.process_batch`) before they are stored one by one and acked. Killed as soon as it
+    shows the first of them (the batch decrypted and journaled, most of it not yet stored nor acked) or at a random
+    moment before: nothing is lost, nothing shown twice, no message fails to decrypt on the next start."""
+    base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
+    carol_env = dict(env_for(base, "carol", state_password=None), QPC_STATE_PASSWORD="")
+    registered = await qpc("register", env=carol_env)
+    assert registered.returncode == 0, registered.stderr
+    carol_env = {key: value for key, value in carol_env.items() if key != "QPC_PASSWORD"}
+    carol_state = tmp_path / "data" / "quicnprotochat" / "client" / "carol"
+    carol_args = [node_address(node, "quic"), node.fingerprint, "carol", str(carol_state)]
+    alice, _alice_log = await open_chat(node, "alice")
+    group = await alice.create_group("team")
+    await alice.invite(group, "carol")
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    sent: list[str] = []
+    printed: list[str] = []
+    errors: list[str] = []
+    for round_ in range(BACKLOG_ROUNDS):
+        for number in range(BACKLOG):
+            body = f"round {round_} message {number}"
+            await alice.send("team", body)
+            sent.append(body)
+        receiver = Receiver(carol_args, carol_env, printed, errors)
+        before = len(printed)
+        await receiver.start()
+        if round_ % 2 == 0:
+
+            def printed_more(before: int = before) -> bool:
+                return len(printed) > before
+
+            await wait_until(printed_more, 30, f"carol to print (seed {seed})")
+        else:
+            await asyncio.sleep(rng.uniform(0.5, 2.5))
+        await receiver.stop(kill=True)
+
+    await run_until_printed(carol_args, carol_env, printed, errors, sent[-1], seed)
+    counts = collections.Counter(printed)
+    assert [body for body, count in counts.items() if count != 1] == [], f"seed {seed}: shown twice"
+    assert sorted(await stored_bodies(carol_env)) == sorted(sent), f"seed {seed}"
+    assert not [line for line in errors if line.startswith("!")], (seed, errors)

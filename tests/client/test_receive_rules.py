@@ -141,3 +141,23 @@ def test_only_application_messages_of_the_current_epoch_are_taken_directly() -> 
         rules.GroupView(conversation(), 3, left=True),
     ):
         assert rules.direct_refusal(take, waiting) is not None
+
+
+def test_only_application_messages_to_process_now_are_decrypted_ahead_in_a_batch() -> None:
+    group = rules.GroupView(conversation(), epoch=3)
+    # Of the current epoch or a past one (late messages still decrypt): together, in one vault transaction.
+    for epoch in (2, 3):
+        assert rules.decrypt_ahead(rules.Header(b"g" * 16, epoch, "application"), group)
+    # A handshake changes the group: it and whatever follows it are handled one by one.
+    for kind in ("commit", "proposal"):
+        assert not rules.decrypt_ahead(rules.Header(b"g" * 16, 3, kind), group)
+    # A commit is missing (a later epoch), an unknown group, or one that takes nothing now: not ahead either.
+    take = rules.Header(b"g" * 16, 3, "application")
+    assert not rules.decrypt_ahead(rules.Header(b"g" * 16, 4, "application"), group)
+    for waiting in (
+        rules.GroupView(None, None),
+        rules.GroupView(conversation(), 3, own_commit_unconfirmed=True),
+        rules.GroupView(conversation(), 3, broken=True),
+        rules.GroupView(None, None, deleted=True),
+    ):
+        assert not rules.decrypt_ahead(take, waiting)

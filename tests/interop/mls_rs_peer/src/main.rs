@@ -14,8 +14,9 @@
 //! merge {group_id} / clear {group_id}: apply or drop the pending commit | sign {message} ->
 //! signature (pure Ed25519 by the identity key: how the peer proves its identity to the node).
 //!
-//! bench {members, iterations} -> figures: CPU microseconds per operation of mls-rs in a group
-//! of that size, every member in this process (see `bench`; for bench/native_bench.py).
+//! bench {members, iterations, durable_dir?} -> figures: CPU microseconds per operation of mls-rs
+//! in a group of that size, every member in this process; with durable_dir, the two measured
+//! members store their state there after each operation (see `bench`; for bench/native_bench.py).
 //!
 //! Commits are applied at once unless the request says `"pending": true` (then the node decides:
 //! merge on accepted, clear on stale).
@@ -26,9 +27,6 @@ use std::io::{BufRead, Write};
 use mls_rs::client_builder::MlsConfig;
 use mls_rs::crypto::SignatureSecretKey;
 use mls_rs::group::{CommitEffect, ReceivedMessage};
-use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
-use mls_rs::identity::SigningIdentity;
-use mls_rs::mls_rules::{CommitOptions, DefaultMlsRules};
 use mls_rs::{
     CipherSuite, CipherSuiteProvider, Client, CryptoProvider, ExtensionList, Group, MlsMessage,
 };
@@ -257,7 +255,17 @@ impl<C: MlsConfig + Clone, P: CipherSuiteProvider> Peer<C, P> {
                         .ok_or(format!("{name} is not a number"))?;
                     usize::try_from(n).map_err(err)
                 };
-                bench::run(count("members")?, count("iterations")?)
+                let durable_dir = match req.get("durable_dir") {
+                    None | Some(Value::Null) => None,
+                    Some(dir) => Some(std::path::PathBuf::from(
+                        dir.as_str().ok_or("durable_dir is not a string")?,
+                    )),
+                };
+                bench::run(
+                    count("members")?,
+                    count("iterations")?,
+                    durable_dir.as_deref(),
+                )
             }
             other => Err(format!("unknown op {other}")),
         }
@@ -274,25 +282,38 @@ fn suite_provider() -> impl CipherSuiteProvider {
 }
 
 /// A client with a new Ed25519 identity: the client, its secret key and its public key.
+/// Finishes a `Client::builder()` (storage chosen or not) as every member here is set up: a new
+/// Ed25519 identity in a BasicCredential, the ratchet tree in Welcomes; gives (client, signing
+/// key, identity key). A macro: the builder's type changes with each storage chosen.
+macro_rules! with_identity {
+    ($builder:expr) => {{
+        use ::mls_rs::CipherSuiteProvider as _;
+        let (secret, public) = $crate::suite_provider()
+            .signature_key_generate()
+            .expect("key generation");
+        let identity_key = public.as_bytes().to_vec();
+        let credential =
+            ::mls_rs::identity::basic::BasicCredential::new(identity_key.clone()).into_credential();
+        let rules = ::mls_rs::mls_rules::DefaultMlsRules::new().with_commit_options(
+            ::mls_rs::mls_rules::CommitOptions::new().with_ratchet_tree_extension(true),
+        );
+        let client = $builder
+            .crypto_provider(::mls_rs_crypto_rustcrypto::RustCryptoProvider::default())
+            .identity_provider(::mls_rs::identity::basic::BasicIdentityProvider::new())
+            .mls_rules(rules)
+            .signing_identity(
+                ::mls_rs::identity::SigningIdentity::new(credential, public),
+                secret.clone(),
+                $crate::SUITE,
+            )
+            .build();
+        (client, secret, identity_key)
+    }};
+}
+pub(crate) use with_identity;
+
 fn new_client() -> (Client<impl MlsConfig>, SignatureSecretKey, Vec<u8>) {
-    let (secret, public) = suite_provider()
-        .signature_key_generate()
-        .expect("key generation");
-    let identity_key = public.as_bytes().to_vec();
-    let credential = BasicCredential::new(identity_key.clone()).into_credential();
-    let rules = DefaultMlsRules::new()
-        .with_commit_options(CommitOptions::new().with_ratchet_tree_extension(true));
-    let client = Client::builder()
-        .crypto_provider(RustCryptoProvider::default())
-        .identity_provider(BasicIdentityProvider::new())
-        .mls_rules(rules)
-        .signing_identity(
-            SigningIdentity::new(credential, public),
-            secret.clone(),
-            SUITE,
-        )
-        .build();
-    (client, secret, identity_key)
+    with_identity!(Client::builder())
 }
 
 fn main() {
