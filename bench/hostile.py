@@ -7,18 +7,24 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
 from quicnprotochat.bench.metrics import Latencies
 from quicnprotochat.bench.rawrpc import RawRpc, auth, rpc, text, wire
 from quicnprotochat.client import NodeClient
+from quicnprotochat.common.schema import ALPN
 
 MIB = 1 << 20
 STRANGER = "127.0.0.2"
+HANDSHAKE_FLOODER = "127.0.0.3"  # its own address: the Bootstrap flood before it spends STRANGER's bucket
 
 Attack = Callable[[tuple[str, int], dict[str, Any], threading.Event], dict[str, Any]]
 
@@ -182,6 +188,37 @@ def half_frames(address: tuple[str, int], who: dict[str, Any], stop: threading.E
     return {"connections": len(opened), "closed_by_node": closed + refused}
 
 
+def quic_handshake_flood(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+    """New QUIC connections from a third address, one after another as fast as the node answers, each left
+    half-open after the node's first answer (the node holds it until its handshake timeout): what a handshake
+    flooder costs the node. Counts the handshakes the node started (it sent its ServerHello) and the Initials it
+    refused."""
+    target = who.get("quic_address")
+    if target is None:
+        return {"skipped": "the node has no QUIC listener"}
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    started = refused = unanswered = 0
+    while not stop.is_set():
+        client = QuicConnection(configuration=configuration)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # a port per attempt: no stray answers
+            udp.bind((HANDSHAKE_FLOODER, 0))
+            udp.settimeout(1.0)
+            client.connect(target, now=time.time())
+            for datagram, _address in client.datagrams_to_send(now=time.time()):
+                udp.sendto(datagram, target)
+            try:
+                data, _sender = udp.recvfrom(65536)
+            except TimeoutError:
+                unanswered += 1
+                continue
+        client.receive_datagram(data, target, now=time.time())
+        if client._close_event is not None:  # the node closed it in its first answer: refused
+            refused += 1
+        else:
+            started += 1
+    return {"handshakes_started_by_node": started, "initials_refused": refused, "unanswered": unanswered}
+
+
 ATTACKS: dict[str, Attack] = {
     "peek_unread": peek_unread,
     "idle_tls": idle_tls,
@@ -190,6 +227,7 @@ ATTACKS: dict[str, Attack] = {
     "malformed": malformed,
     "bootstrap_flood": bootstrap_flood,
     "half_frames": half_frames,
+    "quic_handshake_flood": quic_handshake_flood,
 }
 
 

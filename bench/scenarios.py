@@ -927,6 +927,7 @@ async def run_hostile(ctx: Context) -> dict[str, Any]:
             "attacker_key": attacker_bot.key,
             "attacker_token": attacker.access_token,
             "normal_name": normal_bot.username,
+            "quic_address": None if node.quic_port is None else (node.host, node.quic_port),
         }
         results = await hostile.run_attacks(
             (node.host, node.tcp_port),

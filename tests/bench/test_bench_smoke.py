@@ -154,6 +154,7 @@ def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
         "malformed",
         "bootstrap_flood",
         "half_frames",
+        "quic_handshake_flood",
     }
     for figures in results["attacks"].values():
         assert figures["node_rss_peak_mb"] >= figures["node_rss_before_mb"] > 0
@@ -161,6 +162,8 @@ def test_hostile_attacks_with_a_normal_client(tmp_path: Path) -> None:
     assert results["attacks"]["malformed"]["bad_utf8_login_starts"].keys() == {"invalid_argument"}
     flood = results["attacks"]["bootstrap_flood"]
     assert flood["closed_by_node"] == flood["connections"] >= 1  # past max_bootstraps_per_connection
+    handshakes = results["attacks"]["quic_handshake_flood"]
+    assert 1 <= handshakes["handshakes_started_by_node"] <= 100 + 10 * 0.5 + 1  # the default burst, then 10 a second
     assert results["normal_user_logs_in_after"] is True
 
 
