@@ -181,7 +181,7 @@ class DirectDelivery:
                     return 0
                 connection = await self._connection(endpoint, record)
             if not await self._pipeline(connection, requests, counted):
-                # "Not taken": the peer takes nothing more on this connection (see `_serve`); the next copy to
+                # "Not taken": the peer takes nothing more on this connection (`_serve_streams`); the next copy to
                 # it starts a fresh one.
                 self._forget_connection(record.endpoint_id)
         except asyncio.CancelledError:
