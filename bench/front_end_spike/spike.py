@@ -259,6 +259,7 @@ async def serve_handoff(data_dir: Path, use_store: bool) -> None:
         # Read before close(): the RPC thread ends there.
         summary: dict[str, Any] = {"batches": consumer.batches, "calls": consumer.calls, "answered": consumer.answered}
         summary["cpu_s_by_thread"] = thread_cpu_seconds()
+        _connections, summary["datagrams_received"], summary["datagrams_sent"] = front.wire_stats()
         front.close()
         print(json.dumps(summary), file=sys.stderr, flush=True)
         if store is not None:
@@ -429,6 +430,7 @@ def _summary(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     client = figures.get("client", {})
     row: dict[str, Any] = {
         "front end": name,
+        "calls": figures.get("calls"),
         "calls_per_s": figures.get("calls_per_s"),
         "errors": figures.get("errors"),
         "p50_ms": (figures.get("latency_ms") or {}).get("p50"),
@@ -442,6 +444,19 @@ def _summary(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     if "machine_busy_percent_of_all_cores" in figures:
         row["machine_busy_percent"] = figures["machine_busy_percent_of_all_cores"]
     return row
+
+
+def _add_datagrams(row: dict[str, Any], note: str) -> None:
+    """Datagrams per call each way, from what a Rust front end reports on its stderr when it stops (over whole
+    connections: their handshakes and closes too)."""
+    try:
+        reported = json.loads(note.splitlines()[-1])
+    except ValueError:
+        return
+    calls = row.get("calls") or 0
+    if isinstance(reported, dict) and "datagrams_received" in reported and calls:
+        row["datagrams_in_per_call"] = round(reported["datagrams_received"] / calls, 2)
+        row["datagrams_out_per_call"] = round(reported["datagrams_sent"] / calls, 2)
 
 
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -464,6 +479,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 note = await server.stop()
             if note:
                 row["server_note"] = note[-300:]
+                _add_datagrams(row, note)
             row["round"] = round_index
             rows.append(row)
             print(json.dumps(row), flush=True)

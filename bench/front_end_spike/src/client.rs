@@ -114,6 +114,8 @@ pub async fn enqueue_load(
     for connection in &opened {
         connection.connection.close(0u32.into(), b"done");
     }
+    // Let the closes reach the server, so that it ends (and counts) the connections now.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(LoadFigures {
         calls: calls.get(),
         errors: errors.get(),

@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use front_end_spike::client::enqueue_load;
 use front_end_spike::runner::{bind, serve_bound, Service};
+use front_end_spike::server::WireStats;
 use front_end_spike::tls::{server_config, BoxError};
 
 fn options(args: &[String]) -> Result<HashMap<String, String>, BoxError> {
@@ -62,13 +64,16 @@ async fn serve(options: HashMap<String, String>) -> Result<(), BoxError> {
         std::process::id()
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    serve_bound(endpoint, service, async move {
+    let stats = Arc::new(WireStats::default());
+    let stop = async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-    })
-    .await;
+    };
+    serve_bound(endpoint, service, stop, stats.clone()).await;
+    // What the connections cost on the wire, for whoever measures (spike.py keeps the server's stderr).
+    eprintln!("{}", stats.json());
     Ok(())
 }
 

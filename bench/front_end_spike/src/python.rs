@@ -113,6 +113,13 @@ impl FrontEnd {
         self.handoff.answer(answers);
     }
 
+    /// (connections ended, datagrams received, datagrams sent) over the connections that have ended.
+    fn wire_stats(&self) -> (u64, u64, u64) {
+        self.running
+            .as_ref()
+            .map_or((0, 0, 0), |running| running.stats.totals())
+    }
+
     /// Stops serving: waiting calls fail, the endpoint closes, the RPC thread ends.
     fn close(&mut self, py: Python<'_>) {
         self.handoff.close();

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::handoff::{Handoff, HandoffNode};
 use crate::node_capnp::node_service;
-use crate::server::{serve, EchoNode};
+use crate::server::{serve, EchoNode, WireStats};
 use crate::tls::BoxError;
 
 /// What answers the calls.
@@ -37,12 +37,16 @@ pub fn bind(config: quinn::ServerConfig, addr: SocketAddr) -> std::io::Result<qu
 
 /// Serves `service` on `endpoint` until `stop` resolves; then closes the endpoint and waits (briefly) for the
 /// peers to learn it. Call inside a `LocalSet`.
-pub async fn serve_bound<S>(endpoint: quinn::Endpoint, service: Service, stop: S)
-where
+pub async fn serve_bound<S>(
+    endpoint: quinn::Endpoint,
+    service: Service,
+    stop: S,
+    stats: Arc<WireStats>,
+) where
     S: std::future::Future<Output = ()>,
 {
     tokio::select! {
-        () = serve(endpoint.clone(), move || service.client()) => {}
+        () = serve(endpoint.clone(), move || service.client(), stats) => {}
         () = stop => {}
     }
     endpoint.close(0u32.into(), b"front end shutting down");
@@ -52,6 +56,7 @@ where
 /// The front end running on its own thread; stopped when dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    pub stats: Arc<WireStats>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -63,6 +68,8 @@ pub fn start(
 ) -> Result<Running, BoxError> {
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let (stop, stopped) = oneshot::channel::<()>();
+    let stats = Arc::new(WireStats::default());
+    let thread_stats = stats.clone();
     let thread = std::thread::Builder::new()
         .name("front-end-rpc".into())
         .spawn(move || {
@@ -86,10 +93,10 @@ pub fn start(
                     }
                 };
                 let _ = ready_sender.send(endpoint.local_addr().map_err(|error| error.to_string()));
-                serve_bound(endpoint, service, async {
+                let stop = async {
                     let _ = stopped.await;
-                })
-                .await;
+                };
+                serve_bound(endpoint, service, stop, thread_stats).await;
             });
         })?;
     let addr = ready
@@ -97,6 +104,7 @@ pub fn start(
         .map_err(|_| "the front end thread ended before binding")??;
     Ok(Running {
         addr,
+        stats,
         stop: Some(stop),
         thread: Some(thread),
     })

@@ -4,6 +4,8 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
@@ -18,24 +20,58 @@ const TRAVERSAL_LIMIT_WORDS: usize = 64 * 1024 * 1024 / 8;
 /// many small messages are read with one stream read.
 const STREAM_BUFFER_BYTES: usize = 64 * 1024;
 
+/// What the served connections cost on the wire, summed when each one ends (readable from any thread).
+#[derive(Debug, Default)]
+pub struct WireStats {
+    connections: AtomicU64,
+    datagrams_received: AtomicU64,
+    datagrams_sent: AtomicU64,
+}
+
+impl WireStats {
+    fn add(&self, stats: &quinn::ConnectionStats) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.datagrams_received
+            .fetch_add(stats.udp_rx.datagrams, Ordering::Relaxed);
+        self.datagrams_sent
+            .fetch_add(stats.udp_tx.datagrams, Ordering::Relaxed);
+    }
+
+    /// (connections ended, datagrams received, datagrams sent) so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.connections.load(Ordering::Relaxed),
+            self.datagrams_received.load(Ordering::Relaxed),
+            self.datagrams_sent.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn json(&self) -> String {
+        let (connections, received, sent) = self.totals();
+        format!("{{\"connections\": {connections}, \"datagrams_received\": {received}, \"datagrams_sent\": {sent}}}")
+    }
+}
+
 /// Serves `make_service()` (one object per connection, as the node makes one `NodeServiceImpl` per session) on
 /// every connection `endpoint` accepts, until the endpoint is closed.
-pub async fn serve<F>(endpoint: quinn::Endpoint, make_service: F)
+pub async fn serve<F>(endpoint: quinn::Endpoint, make_service: F, stats: Arc<WireStats>)
 where
     F: Fn() -> node_service::Client + 'static,
 {
     let make_service = Rc::new(make_service);
     while let Some(incoming) = endpoint.accept().await {
         let make_service = make_service.clone();
+        let stats = stats.clone();
         tokio::task::spawn_local(async move {
             if let Ok(connection) = incoming.await {
-                serve_connection(connection, make_service()).await;
+                serve_connection(&connection, make_service()).await;
+                stats.add(&connection.stats());
             }
         });
     }
 }
 
-async fn serve_connection(connection: quinn::Connection, service: node_service::Client) {
+async fn serve_connection(connection: &quinn::Connection, service: node_service::Client) {
     // The first stream the client opens is the RPC stream; the transport parameters allow no other.
     let Ok((send, recv)) = connection.accept_bi().await else {
         return;

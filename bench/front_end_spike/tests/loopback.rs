@@ -60,6 +60,21 @@ fn echo_answers_health_and_enqueue() {
             .err()
             .expect("fetch is not served");
         assert_eq!(error.kind, capnp::ErrorKind::Unimplemented);
+        node.connection.close(0u32.into(), b"done");
+        // The connection's datagrams are added once the server sees it end.
+        for _ in 0..200 {
+            if server.stats.totals().0 == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (connections, received, sent) = server.stats.totals();
+        assert_eq!(connections, 1);
+        // The handshake and five calls at least: the datagrams are counted, not made up.
+        assert!(
+            received >= 6 && sent >= 6,
+            "{received} received, {sent} sent"
+        );
     });
 }
 
