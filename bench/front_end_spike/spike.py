@@ -10,6 +10,7 @@ Both run on uvloop, as the node does. `--store` adds the node's SQLite store (`o
 `measure`: interleaved rounds of every front end under the bench's ceiling load (`baselines._drive`: 4
 connections, 64 calls in flight, 256-byte payloads, the client's `open_quic`), server CPU per call from /proc.
 `interop`: the Python client, unchanged, against the Rust front end.
+`decode-cost`: what decoding an `enqueue`'s parameters with pycapnp in Python costs (a generic hand-off's price).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import capnp.lib.capnp as capnp_lib  # type: ignore[import-untyped]
 
 from quicnprotochat.bench.baselines import MAX_MESSAGE_BYTES, Load, _drive, bare_echo, capnp_echo, start_echo_process
 from quicnprotochat.bench.metrics import ProcessWatch
@@ -558,6 +561,32 @@ async def interop() -> None:
             )
 
 
+def decode_cost(count: int) -> dict[str, float]:
+    """What a generic hand-off would add per call: the raw parameters of an `enqueue` (as the bench sends them)
+    decoded by pycapnp in Python, instead of in Rust; CPU microseconds per decode."""
+    params = capnp_lib._StructModule(node_schema().NodeService.schema.methods["enqueue"].param_type, "EnqueueParams")
+    data = params.new_message(
+        recipientKey=RECIPIENT,
+        payload=b"\xa5" * 256,
+        channelId=b"",
+        version=1,
+        auth={"version": 1, "accessToken": TOKEN},
+    ).to_bytes()
+    started = time.process_time()
+    for _ in range(count):
+        with params.from_bytes(data) as call:
+            auth = call.auth
+            (
+                bytes(call.recipientKey),
+                bytes(call.payload),
+                bytes(call.channelId),
+                int(call.version),
+                (int(auth.version), bytes(auth.accessToken), bytes(auth.deviceId)),
+                bytes(call.idempotencyKey),
+            )
+    return {"message_bytes": len(data), "cpu_us_per_decode": round(1e6 * (time.process_time() - started) / count, 1)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -576,6 +605,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--clients", default="python,rust", help="load generators: python (open_quic), rust, or both")
     run.add_argument("--json", type=Path, help="write every row here")
     commands.add_parser("interop")
+    decode = commands.add_parser("decode-cost")
+    decode.add_argument("--count", type=int, default=20000)
     args = parser.parse_args(argv)
     if args.command == "serve-handoff":
         run_on_loop("uvloop", serve_handoff(args.data_dir, args.store))
@@ -583,6 +614,8 @@ def main(argv: list[str] | None = None) -> None:
         run_on_loop("uvloop", serve_pycapnp(args.data_dir, args.store))
     elif args.command == "interop":
         asyncio.run(interop())
+    elif args.command == "decode-cost":
+        print(json.dumps(decode_cost(args.count)))
     else:
         rows = asyncio.run(measure(args))
         if args.json is not None:
