@@ -375,14 +375,21 @@ async def bare_echo(servers: EchoServers, transport: str, load: Load, pid: int |
         return await _drive(calls, load, pid)
 
 
-async def capnp_echo(servers: EchoServers, transport: str, load: Load, pid: int | None) -> dict[str, Any]:
-    payload = b"\xa5" * load.payload_size
+async def drive_rpc(
+    port: int,
+    fingerprint: str,
+    transport: str,
+    load: Load,
+    pid: int | None,
+    call_on: Callable[[RpcConnection], Callable[[], Awaitable[Any]]],
+) -> dict[str, Any]:
+    """`_drive` over load.connections RPC connections opened as the client library opens them (`open_quic` or
+    `open_tcp`, the key pinned); `call_on(connection)` is what each connection's call loops call."""
     opener = open_quic if transport == "quic" else open_tcp
-    port = servers.ports["capnp-quic" if transport == "quic" else "capnp-tcp"]
 
-    def verify(fingerprint: str) -> None:
-        if fingerprint != servers.fingerprint:
-            raise ConnectionError("the echo server presented another key")
+    def verify(presented: str) -> None:
+        if presented != fingerprint:
+            raise ConnectionError("the server presented another key")
 
     await kj_loop.acquire()
     connections: list[RpcConnection] = []
@@ -391,14 +398,24 @@ async def capnp_echo(servers: EchoServers, transport: str, load: Load, pid: int 
         for _ in range(load.connections):
             connection = await opener("127.0.0.1", port, verify)
             connections.append(connection)
-            # The same client path as NodeClient's; only the bootstrap capability's interface differs.
-            echo = connection._client.bootstrap().cast_as(echo_schema().Echo)
-            calls.append(functools.partial(echo.echo, payload))
+            calls.append(call_on(connection))
         return await _drive(calls, load, pid)
     finally:
         for connection in connections:
             await connection.close()
         await kj_loop.release()
+
+
+async def capnp_echo(servers: EchoServers, transport: str, load: Load, pid: int | None) -> dict[str, Any]:
+    payload = b"\xa5" * load.payload_size
+    port = servers.ports["capnp-quic" if transport == "quic" else "capnp-tcp"]
+
+    def echo_call(connection: RpcConnection) -> Callable[[], Awaitable[Any]]:
+        # The same client path as NodeClient's; only the bootstrap capability's interface differs.
+        echo = connection._client.bootstrap().cast_as(echo_schema().Echo)
+        return functools.partial(echo.echo, payload)
+
+    return await drive_rpc(port, servers.fingerprint, transport, load, pid, echo_call)
 
 
 async def store_inserts(directory: Path, load: Load, inboxes: int) -> dict[str, Any]:

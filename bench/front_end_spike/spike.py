@@ -33,7 +33,14 @@ from typing import Any
 
 import capnp.lib.capnp as capnp_lib  # type: ignore[import-untyped]
 
-from quicnprotochat.bench.baselines import MAX_MESSAGE_BYTES, Load, _drive, bare_echo, capnp_echo, start_echo_process
+from quicnprotochat.bench.baselines import (
+    MAX_MESSAGE_BYTES,
+    Load,
+    bare_echo,
+    capnp_echo,
+    drive_rpc,
+    start_echo_process,
+)
 from quicnprotochat.bench.metrics import ProcessWatch
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic
@@ -377,29 +384,19 @@ async def node_enqueue_load(port: int, fingerprint: str, load: Load, pid: int) -
     """`enqueue` calls through the client's own `open_quic` and pycapnp, as NodeClient makes them."""
     payload = b"\xa5" * load.payload_size
     auth = {"version": AUTH_VERSION, "accessToken": TOKEN}
-    await kj_loop.acquire()
-    connections: list[RpcConnection] = []
-    try:
-        calls: list[Callable[[], Awaitable[Any]]] = []
-        for _ in range(load.connections):
-            connection = await open_quic("127.0.0.1", port, _pin(fingerprint))
-            connections.append(connection)
-            calls.append(
-                functools.partial(
-                    connection.service.enqueue,
-                    recipientKey=RECIPIENT,
-                    payload=payload,
-                    channelId=b"",
-                    version=1,
-                    auth=auth,
-                    idempotencyKey=b"",
-                )
-            )
-        return await _drive(calls, load, pid)
-    finally:
-        for connection in connections:
-            await connection.close()
-        await kj_loop.release()
+
+    def enqueue_call(connection: RpcConnection) -> Callable[[], Awaitable[Any]]:
+        return functools.partial(
+            connection.service.enqueue,
+            recipientKey=RECIPIENT,
+            payload=payload,
+            channelId=b"",
+            version=1,
+            auth=auth,
+            idempotencyKey=b"",
+        )
+
+    return await drive_rpc(port, fingerprint, "quic", load, pid, enqueue_call)
 
 
 async def rust_client_load(port: int, load: Load, pid: int) -> dict[str, Any]:
