@@ -89,7 +89,7 @@ class TokenBuckets:
             del self._buckets[key]
         # Too many keys are busy: forget the least recently used down to three quarters of the bound rather than
         # grow without it. Each sweep walks every key, so it must leave room for a quarter of them before the next.
-        excess = len(self._buckets) - self._max_keys * 3 // 4
+        excess = len(self._buckets) - max(1, self._max_keys * 3 // 4)  # the key just taken stays
         if excess > 0:
             for key in list(itertools.islice(self._buckets, excess)):
                 del self._buckets[key]

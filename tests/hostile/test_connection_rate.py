@@ -235,3 +235,12 @@ def test_the_addresses_tracked_are_bounded_and_a_busy_flooder_stays_tracked() ->
         assert rate.refusal(flooder) is not None, index
         clock.advance(0.001)
     assert counters.refused[SETTING] == 5001
+
+
+def test_a_table_of_one_address_still_limits_the_latest() -> None:
+    """At the smallest bound the address just seen keeps its bucket (forgetting it would be a fresh burst)."""
+    rate = ConnectionRate(RateLimit(rate=0.01, burst=1), NodeCounters(), max_addresses=1, clock=FakeClock())
+    assert rate.refusal(Peer("tcp", "192.0.2.1", 1)) is None
+    assert rate.refusal(Peer("tcp", "192.0.2.2", 1)) is None  # the first is forgotten to make room
+    assert rate.addresses == 1
+    assert rate.refusal(Peer("tcp", "192.0.2.2", 1)) is not None
