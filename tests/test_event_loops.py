@@ -16,7 +16,7 @@ import uvloop
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
 from quicnprotochat.server.config import ConfigError, load_config
-from quicnprotochat.server.event_loops import run_on_loop
+from quicnprotochat.server.event_loops import SWITCH_INTERVAL_S, run_on_loop
 from quicnprotochat.server.node import Node, parse_announcement
 from tests.conftest import loopback_config, node_address
 
@@ -126,6 +126,22 @@ def test_loop_setting() -> None:
     assert load_config(environ={"QPC_SERVER_LOOP": "asyncio"}).loop == "asyncio"
     with pytest.raises(ConfigError, match="loop must be asyncio or uvloop"):
         load_config(environ={"QPC_SERVER_LOOP": "trio"})
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_node_runs_with_a_short_switch_interval(loop: str) -> None:
+    """The store threads hand results to the loop and take new writes from it through the interpreter lock: the
+    node shortens how long they can wait for it behind a busy loop, and gives the process its setting back."""
+    seen: list[float] = []
+
+    async def main() -> None:
+        seen.append(sys.getswitchinterval())
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL_S
+    run_on_loop(loop, main())
+    assert seen == [SWITCH_INTERVAL_S]
+    assert sys.getswitchinterval() == before
 
 
 def test_uvloop_setting_without_uvloop_installed(monkeypatch: pytest.MonkeyPatch) -> None:
