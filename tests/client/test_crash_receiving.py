@@ -80,7 +80,8 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.02)
 
 
-async def test_receiver_killed_at_random_points(node: Node, open_chat: ChatFactory, tmp_path: Path) -> None:
+async def register_carol(node: Node, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Registers carol with `qpc` (state in clear); her receiver's arguments and environment."""
     base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
     carol_env = dict(env_for(base, "carol", state_password=None), QPC_STATE_PASSWORD="")
     registered = await qpc("register", env=carol_env)
@@ -88,7 +89,11 @@ async def test_receiver_killed_at_random_points(node: Node, open_chat: ChatFacto
     # From now on the cached session is used (a given password would log in again on every start).
     carol_env = {key: value for key, value in carol_env.items() if key != "QPC_PASSWORD"}
     carol_state = tmp_path / "data" / "quicnprotochat" / "client" / "carol"
-    carol_args = [node_address(node, "quic"), node.fingerprint, "carol", str(carol_state)]
+    return [node_address(node, "quic"), node.fingerprint, "carol", str(carol_state)], carol_env
+
+
+async def test_receiver_killed_at_random_points(node: Node, open_chat: ChatFactory, tmp_path: Path) -> None:
+    carol_args, carol_env = await register_carol(node, tmp_path)
     alice, alice_log = await open_chat(node, "alice")
     bob, bob_log = await open_chat(node, "bob")
     group = await alice.create_group("team")
@@ -184,13 +189,7 @@ async def test_receiver_killed_while_it_works_through_a_backlog(
     transaction each (`Vault.process_batch`) before they are stored one by one and acked. Killed as soon as it
     shows the first of them (the batch decrypted and journaled, most of it not yet stored nor acked) or at a random
     moment before: nothing is lost, nothing shown twice, no message fails to decrypt on the next start."""
-    base = client_env(tmp_path, QPC_SERVER=node_address(node, "quic"), QPC_SERVER_FINGERPRINT=node.fingerprint)
-    carol_env = dict(env_for(base, "carol", state_password=None), QPC_STATE_PASSWORD="")
-    registered = await qpc("register", env=carol_env)
-    assert registered.returncode == 0, registered.stderr
-    carol_env = {key: value for key, value in carol_env.items() if key != "QPC_PASSWORD"}
-    carol_state = tmp_path / "data" / "quicnprotochat" / "client" / "carol"
-    carol_args = [node_address(node, "quic"), node.fingerprint, "carol", str(carol_state)]
+    carol_args, carol_env = await register_carol(node, tmp_path)
     alice, _alice_log = await open_chat(node, "alice")
     group = await alice.create_group("team")
     await alice.invite(group, "carol")
