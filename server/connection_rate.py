@@ -8,14 +8,13 @@ connection (answered with a CONNECTION_CLOSE of CONNECTION_REFUSED, or dropped p
 those answers). With QUIC retry on, only an Initial whose token proves its source address is counted, so that
 nobody can spend another address's bucket by spoofing it.
 
-An IPv6 client is counted by its /64 (one host commonly holds a whole /64), an IPv4 client by its address. The
-addresses tracked are bounded (`max_addresses`): idle ones are forgotten first (a forgotten full bucket is the
-same as a new one), then the least recently seen.
+An IPv6 client is counted by its /64 (`Peer.source`, as for every per-address limit), an IPv4 client by its
+address. The addresses tracked are bounded (`max_addresses`): idle ones are forgotten first (a forgotten full
+bucket is the same as a new one), then the least recently seen.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -26,20 +25,9 @@ from quicnprotochat.server.peer import Peer
 from quicnprotochat.server.services.rate_limits import RateLimit, TokenBuckets
 
 SETTING = "connection_rate_per_address"
-IPV6_PREFIX = 64
 
 log = logging.getLogger("quicnprotochat.server.connections")
 _refusals = LogThrottle(log)
-
-
-def address_key(host: str) -> str:
-    """What one bucket counts: the IPv4 address, or the /64 network of an IPv6 address."""
-    if ":" not in host:
-        return host
-    try:
-        return str(ipaddress.IPv6Network(f"{host}/{IPV6_PREFIX}", strict=False))
-    except ValueError:
-        return host
 
 
 class ConnectionRate:
@@ -62,7 +50,7 @@ class ConnectionRate:
 
     def refusal(self, peer: Peer) -> float | None:
         """None when a connection from `peer` may start (a token taken); else the seconds until one may."""
-        retry_after = self._buckets.take(address_key(peer.host))
+        retry_after = self._buckets.take(peer.source)
         if retry_after is not None:
             self._counters.refuse(SETTING)
             _refusals.info(SETTING, "refusing new connections from %s (and others): %s reached", peer, SETTING)

@@ -62,13 +62,13 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     def client_fault(self, method: str, reason: str) -> None:
         # Malformed calls are the client's fault and can come by the thousand: one line per kind and minute.
         self._node.fault_log.info(
-            ("malformed call", self._peer.host, method), "malformed %s call from %s: %s", method, self._peer, reason
+            ("malformed call", self._peer.source, method), "malformed %s call from %s: %s", method, self._peer, reason
         )
 
     # -- guards ------------------------------------------------------------------------------------------------
 
     def _limit_address(self) -> None:
-        self._node.limiter.address.check(self._peer.host, "this address")
+        self._node.limiter.address.check(self._peer.source, "this address")
 
     async def _caller(self, auth: Any) -> Caller:
         self._limit_address()
@@ -81,13 +81,13 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         """The normalized username, checked before any bucket is touched (a malformed or huge name costs no
         bucket and never becomes a key); then the address's login bucket."""
         username = normalize_username(raw_username)
-        self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
+        self._node.limiter.login_address.check(self._peer.source, "login attempts from this address")
         return username
 
     def _limit_registration(self, raw_username: str) -> str:
         username = normalize_username(raw_username)
         limiter = self._node.limiter
-        limiter.register_address.check(self._peer.host, "registrations from this address")
+        limiter.register_address.check(self._peer.source, "registrations from this address")
         limiter.register_total.check(None, "registrations on this node")
         return username
 
@@ -129,7 +129,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         # Only failed finishes count against the username, and only from this address: a stranger elsewhere
         # cannot use up the account owner's attempts.
         failures = self._node.limiter.login_failures
-        key = (name, self._peer.host)
+        key = (name, self._peer.source)
         failures.check_available(key, "failed logins for this username from this address")
         try:
             token = await self._node.accounts.login_finish(
@@ -151,7 +151,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         # so that many accounts on one host do not multiply it.
         limiter = self._node.limiter
         limiter.resolve_identity.check(caller.identity_key, "name look-ups for this identity")
-        limiter.resolve_address.check(self._peer.host, "name look-ups from this address")
+        limiter.resolve_address.check(self._peer.source, "name look-ups from this address")
         return await self._node.accounts.resolve_user(username) or b""
 
     async def resolveIdentity(self, identityKey: bytes, auth: Any, _context: Any, **_: Any) -> str:
@@ -194,7 +194,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         # A record reveals its owner's network addresses: resolving is bounded per account and per address.
         limiter = self._node.limiter
         limiter.resolve_endpoint_identity.check(caller.identity_key, "endpoint look-ups for this identity")
-        limiter.resolve_endpoint_address.check(self._peer.host, "endpoint look-ups from this address")
+        limiter.resolve_endpoint_address.check(self._peer.source, "endpoint look-ups from this address")
         return await self._node.endpoints.resolve(identityKey)
 
     # -- blobs (attachments) -----------------------------------------------------------------------------------
@@ -392,15 +392,15 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
     async def authChallenge(self, identityKey: bytes, owner: str, botName: str, _context: Any, **_: Any) -> int:
         self._limit_address()
         # The same per-address bucket as OPAQUE login; the call may then wait for the owner's answer.
-        self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
+        self._node.limiter.login_address.check(self._peer.source, "login attempts from this address")
         return await self._node.bots.challenge(bytes(identityKey), owner, botName)
 
     async def authRespond(self, identityKey: bytes, nonce: int, signature: bytes, _context: Any, **_: Any) -> bytes:
         self._limit_address()
-        self._node.limiter.login_address.check(self._peer.host, "login attempts from this address")
+        self._node.limiter.login_address.check(self._peer.source, "login attempts from this address")
         # As for OPAQUE: only failures count against the key, and only from this address.
         failures = self._node.limiter.key_login_failures
-        key = (bytes(identityKey), self._peer.host)
+        key = (bytes(identityKey), self._peer.source)
         failures.check_available(key, "failed logins for this key from this address")
         try:
             token = await self._node.bots.respond(bytes(identityKey), nonce, bytes(signature))

@@ -57,7 +57,7 @@ class RpcSessions:
         refused = None
         if sum(counters.connections.values()) >= limits.max_connections:
             refused = "max_connections"
-        elif counters.connections_by_address[peer.host] >= limits.max_connections_per_address:
+        elif counters.connections_by_address[peer.source] >= limits.max_connections_per_address:
             refused = "max_connections_per_address"
         elif counters.unauthenticated_connections >= limits.max_unauthenticated:
             refused = "max_unauthenticated_connections"
@@ -92,7 +92,7 @@ class RpcSessions:
     def start(self, stream: Any, peer: Peer, budget: ConnectionBudget, on_end: Callable[[], None]) -> None:
         counters = self.counters
         counters.connections[peer.transport] += 1
-        counters.connections_by_address[peer.host] += 1
+        counters.connections_by_address[peer.source] += 1
         counters.unauthenticated_connections += 1
 
         def authenticated() -> None:
@@ -115,7 +115,7 @@ class RpcSessions:
             server.close()
             on_end()
             decrement(self.counters.connections, peer.transport)
-            decrement(self.counters.connections_by_address, peer.host)
+            decrement(self.counters.connections_by_address, peer.source)
             if not budget.authenticated:
                 self.counters.unauthenticated_connections -= 1
             log.debug("session ended: %s", peer)
