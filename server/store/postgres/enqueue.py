@@ -39,7 +39,7 @@ WITH input AS (
             depth = i.depth + excluded.depth,
             bytes = i.bytes + excluded.bytes
         WHERE i.depth + excluded.depth <= $5 AND i.bytes + excluded.bytes <= $6
-    RETURNING i.recipient, i.channel_id, i.last_seq
+    RETURNING i.recipient, i.channel_id, i.last_seq, i.depth
 ), ins AS (
     INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)
     SELECT m.r, m.c, up.last_seq - input.k + m.n, length(($12::bytea[])[m.p]), m.e, ($12::bytea[])[m.p], m.s
@@ -48,7 +48,7 @@ WITH input AS (
     JOIN input ON input.r = m.r AND input.c = m.c
     JOIN up ON up.recipient = m.r AND up.channel_id = m.c
 )
-SELECT recipient, channel_id, last_seq FROM up
+SELECT recipient, channel_id, last_seq, depth FROM up
 """
 
 
@@ -98,6 +98,11 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
     )
     if len(rows) != len(inboxes):
         return None
+    # A sender's messages are some of the inbox's: only an inbox now deeper than a share can hold more than the
+    # sender's share, so only those are counted (a look at each of the sender's messages).
+    depths = {(bytes(row[0]), bytes(row[1])): int(row[3]) for row in rows}
+    share = limits.max_inbox_share_per_sender
+    shares = {key: n for key, n in shares.items() if depths[(key[0], DEFAULT_CHANNEL)] > share}
     if shares and not await _within_shares(conn, limits, shares, ops[0].now):
         return None
     next_seq = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
@@ -212,7 +217,7 @@ class EnqueueOp:
                 depth, used = depth - int(row[0]), used - int(row[1])
             check_room(limits, depth, used, size, None if single else index)
             usage[r] = (depth + 1, used + size)
-            if shared_inbox((r, self.channel), self.sender):
+            if shared_inbox((r, self.channel), self.sender) and depth + 1 > limits.max_inbox_share_per_sender:
                 held = await conn.fetchval(
                     "SELECT count(*) FROM messages WHERE recipient = $1 AND channel_id = $2 AND sender = $3"
                     " AND (expires_at IS NULL OR expires_at > $4)",

@@ -170,14 +170,17 @@ def enqueue_one(
     sender: bytes | None = None,
 ) -> int:
     size = len(payload)
-    if shared_inbox(inbox, sender):
+    seq, depth, used = _take_seq(conn, inbox, size)
+    # The sender's queued messages are some of the inbox's: only an inbox already holding a full share can hold
+    # the sender's, so the count (a look at each of the sender's messages) runs only then. A refusal here rolls the
+    # seq back with the operation.
+    if shared_inbox(inbox, sender) and depth > limits.max_inbox_share_per_sender:
         held = conn.execute(
             "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
             " AND (expires_at IS NULL OR expires_at > ?)",
             (*inbox, sender, now),
         ).fetchone()[0]
         check_share(limits, held, index)
-    seq, depth, used = _take_seq(conn, inbox, size)
     if not has_room(limits, depth - 1, used - size, size):
         # Give the seq back (nothing else ran in between: one writer) and look again, without this message.
         conn.execute(
