@@ -363,7 +363,9 @@ impl Vault {
     #[staticmethod]
     #[pyo3(signature = (path, key, max_groups_in_memory = mls::DEFAULT_GROUPS_IN_MEMORY))]
     fn open(py: Python<'_>, path: &str, key: &[u8], max_groups_in_memory: usize) -> PyResult<Self> {
-        let v = run(py, || mls::Vault::open_with_limit(path, key, max_groups_in_memory))?;
+        let v = run(py, || {
+            mls::Vault::open_with_limit(path, key, max_groups_in_memory)
+        })?;
         Ok(Vault {
             inner: Mutex::new(Some(v)),
         })

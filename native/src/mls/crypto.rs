@@ -9,14 +9,14 @@
 //! SHA-256 was a fifth of the CPU of processing a commit at 128 members (the tree hash over every
 //! node) and part of every message's key schedule.
 
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use openmls_libcrux_crypto::CryptoProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig,
     HpkeKeyPair, KemOutput, SignatureScheme,
 };
-use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tls_codec::SecretVLBytes;
 use zeroize::Zeroizing;
@@ -213,7 +213,11 @@ mod tests {
         let theirs = CryptoProvider::new().unwrap();
         let h = HashType::Sha2_256;
         let long = vec![0x5a; 1000];
-        for (salt, ikm) in [(&b""[..], &b""[..]), (b"salt", b"input key"), (&long[..], &long[..])] {
+        for (salt, ikm) in [
+            (&b""[..], &b""[..]),
+            (b"salt", b"input key"),
+            (&long[..], &long[..]),
+        ] {
             assert_eq!(ours.hash(h, ikm).unwrap(), theirs.hash(h, ikm).unwrap());
             let prk = ours.hkdf_extract(h, salt, ikm).unwrap();
             assert_eq!(prk, theirs.hkdf_extract(h, salt, ikm).unwrap());
@@ -227,7 +231,9 @@ mod tests {
                     theirs.hkdf_expand(h, prk.as_slice(), b"info", len).unwrap()
                 );
             }
-            assert!(ours.hkdf_expand(h, prk.as_slice(), b"", 255 * 32 + 1).is_err());
+            assert!(ours
+                .hkdf_expand(h, prk.as_slice(), b"", 255 * 32 + 1)
+                .is_err());
         }
     }
 }

@@ -647,10 +647,17 @@ fn adding_a_member_renews_no_path_unless_a_proposal_needs_one() {
         .add_members(&gid, &[key_package_of(&dir, "d.db", 4)])
         .unwrap();
     a.merge_pending_commit(&gid).unwrap();
-    assert_eq!(own_leaf_key(&a, &gid), before, "an add-only commit renewed the path");
+    assert_eq!(
+        own_leaf_key(&a, &gid),
+        before,
+        "an add-only commit renewed the path"
+    );
     for v in [&mut b, &mut c] {
         let p = v.process(&out.commit).unwrap();
-        assert_eq!((p.kind, p.added.len(), p.epoch), (MessageKind::Commit, 1, 2));
+        assert_eq!(
+            (p.kind, p.added.len(), p.epoch),
+            (MessageKind::Commit, 1, 2)
+        );
     }
     let secrets: Vec<_> = [&a, &b, &c]
         .iter()
@@ -666,9 +673,16 @@ fn adding_a_member_renews_no_path_unless_a_proposal_needs_one() {
         .add_members(&gid, &[key_package_of(&dir, "e.db", 5)])
         .unwrap();
     a.merge_pending_commit(&gid).unwrap();
-    assert_ne!(own_leaf_key(&a, &gid), before, "a commit with a Remove must renew the path");
+    assert_ne!(
+        own_leaf_key(&a, &gid),
+        before,
+        "a commit with a Remove must renew the path"
+    );
     let p = b.process(&out.commit).unwrap();
-    assert_eq!((p.added.len(), p.removed, p.epoch), (1, vec![c.identity_key()], 3));
+    assert_eq!(
+        (p.added.len(), p.removed, p.epoch),
+        (1, vec![c.identity_key()], 3)
+    );
     assert_eq!(
         a.export_secret(&gid, "agree", b"", 32).unwrap(),
         b.export_secret(&gid, "agree", b"", 32).unwrap()

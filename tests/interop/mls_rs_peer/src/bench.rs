@@ -155,25 +155,25 @@ fn measure<C: MlsConfig>(
     keep(&mut bob, durable)?;
 
     let messages = |alice: &mut Group<C>, bob: &mut Group<C>| -> Result<(f64, f64), String> {
-            let mut sent = Vec::with_capacity(iterations);
-            let encrypt = per_op(iterations, || {
-                let msg = alice
-                    .encrypt_application_message(&PAYLOAD, vec![])
-                    .map_err(err)?;
-                keep(alice, durable)?;
-                sent.push(msg.to_bytes().map_err(err)?);
-                Ok(())
-            })?;
-            let mut received = sent.iter();
-            let decrypt = per_op(iterations, || {
-                let bytes = received.next().ok_or("no message left")?;
-                let msg = MlsMessage::from_bytes(bytes).map_err(err)?;
-                bob.process_incoming_message(msg).map_err(err)?;
-                keep(bob, durable)?;
-                Ok(())
-            })?;
-            Ok((encrypt, decrypt))
-        };
+        let mut sent = Vec::with_capacity(iterations);
+        let encrypt = per_op(iterations, || {
+            let msg = alice
+                .encrypt_application_message(&PAYLOAD, vec![])
+                .map_err(err)?;
+            keep(alice, durable)?;
+            sent.push(msg.to_bytes().map_err(err)?);
+            Ok(())
+        })?;
+        let mut received = sent.iter();
+        let decrypt = per_op(iterations, || {
+            let bytes = received.next().ok_or("no message left")?;
+            let msg = MlsMessage::from_bytes(bytes).map_err(err)?;
+            bob.process_incoming_message(msg).map_err(err)?;
+            keep(bob, durable)?;
+            Ok(())
+        })?;
+        Ok((encrypt, decrypt))
+    };
     let (encrypt, decrypt) = messages(&mut alice, &mut bob)?;
 
     let commits_measured = iterations.clamp(1, 10);
