@@ -39,6 +39,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, machine_cpu, now_ns
+from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
 from quicnprotochat.server.config import NodeConfig
@@ -187,13 +188,7 @@ class EchoProcess:
         if self.process is None:
             await self.servers.close()
             return
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await terminate(self.process, 10)
 
 
 async def start_echo_process(data_dir: Path) -> EchoProcess:

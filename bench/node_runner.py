@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quicnprotochat.bench.pgcluster import PgCluster, create_database, find_bin_dir, redact
+from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.server.config import ENV_PREFIX, NodeConfig
 from quicnprotochat.server.node import Node, parse_announcement
 from quicnprotochat.server.store import StoreMetrics
@@ -97,13 +97,8 @@ class NodeUnderTest:
             await self._node.stop()
             self._node = None
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        if process is not None:
+            await terminate(process, 20)
         if self._stderr_task is not None:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

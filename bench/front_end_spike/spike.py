@@ -42,6 +42,7 @@ from quicnprotochat.bench.baselines import (
     start_echo_process,
 )
 from quicnprotochat.bench.metrics import ProcessWatch
+from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic
 from quicnprotochat.common.errors import (
@@ -347,13 +348,7 @@ class Server:
     process: asyncio.subprocess.Process
 
     async def stop(self) -> str:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await terminate(self.process, 10)
         assert self.process.stderr is not None
         return (await self.process.stderr.read()).decode(errors="replace").strip()
 
