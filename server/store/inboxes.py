@@ -127,6 +127,13 @@ def shared_inbox(inbox: Inbox, sender: bytes | None) -> bool:
     return sender is not None and inbox[1] == DEFAULT_CHANNEL and sender != inbox[0]
 
 
+def share_may_be_full(limits: StoreLimits, depth: int) -> bool:
+    """Whether an inbox holding `depth` messages (a sender's new ones included) can hold more than one sender's
+    share: the sender's queued messages are some of the inbox's, so a shallower inbox cannot, and the sender's
+    messages (counted one by one) need not be counted."""
+    return depth > limits.max_inbox_share_per_sender
+
+
 def check_share(limits: StoreLimits, held: int, index: int | None = None) -> None:
     """Refuse one more message from a sender that already has `held` queued in the inbox."""
     if held + 1 > limits.max_inbox_share_per_sender:

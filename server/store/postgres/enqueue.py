@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..base import DEFAULT_CHANNEL, Inbox, StoreError, StoreLimits
-from ..inboxes import check_room, check_share, has_room, shared_inbox
+from ..inboxes import check_room, check_share, has_room, share_may_be_full, shared_inbox
 from ..postgres_writer import Again
 
 _DROP_EXPIRED = """
@@ -98,11 +98,8 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
     )
     if len(rows) != len(inboxes):
         return None
-    # A sender's messages are some of the inbox's: only an inbox now deeper than a share can hold more than the
-    # sender's share, so only those are counted (a look at each of the sender's messages).
     depths = {(bytes(row[0]), bytes(row[1])): int(row[3]) for row in rows}
-    share = limits.max_inbox_share_per_sender
-    shares = {key: n for key, n in shares.items() if depths[(key[0], DEFAULT_CHANNEL)] > share}
+    shares = {key: n for key, n in shares.items() if share_may_be_full(limits, depths[(key[0], DEFAULT_CHANNEL)])}
     if shares and not await _within_shares(conn, limits, shares, ops[0].now):
         return None
     next_seq = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
@@ -217,7 +214,7 @@ class EnqueueOp:
                 depth, used = depth - int(row[0]), used - int(row[1])
             check_room(limits, depth, used, size, None if single else index)
             usage[r] = (depth + 1, used + size)
-            if shared_inbox((r, self.channel), self.sender) and depth + 1 > limits.max_inbox_share_per_sender:
+            if shared_inbox((r, self.channel), self.sender) and share_may_be_full(limits, depth + 1):
                 held = await conn.fetchval(
                     "SELECT count(*) FROM messages WHERE recipient = $1 AND channel_id = $2 AND sender = $3"
                     " AND (expires_at IS NULL OR expires_at > $4)",

@@ -6,7 +6,16 @@ import sqlite3
 import uuid
 
 from ..base import Inbox, StoreLimits
-from ..inboxes import InboxesBase, InboxMessage, InboxStats, check_room, check_share, has_room, shared_inbox
+from ..inboxes import (
+    InboxesBase,
+    InboxMessage,
+    InboxStats,
+    check_room,
+    check_share,
+    has_room,
+    share_may_be_full,
+    shared_inbox,
+)
 from ..sqlite_writer import OpContext
 from .engine import SqliteEngine
 
@@ -171,10 +180,8 @@ def enqueue_one(
 ) -> int:
     size = len(payload)
     seq, depth, used = _take_seq(conn, inbox, size)
-    # The sender's queued messages are some of the inbox's: only an inbox already holding a full share can hold
-    # the sender's, so the count (a look at each of the sender's messages) runs only then. A refusal here rolls the
-    # seq back with the operation.
-    if shared_inbox(inbox, sender) and depth > limits.max_inbox_share_per_sender:
+    # A refusal here rolls the seq back with the operation.
+    if shared_inbox(inbox, sender) and share_may_be_full(limits, depth):
         held = conn.execute(
             "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
             " AND (expires_at IS NULL OR expires_at > ?)",
