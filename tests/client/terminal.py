@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,27 +103,31 @@ class Tmux:
         return await self.run("capture-pane", "-p", "-J", *options, "-S", "-200", "-t", f"qpc:{name}")
 
     async def wait_for(self, name: str, text: str, timeout: float = 20, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            screen = await self.screen(name)
-            if screen.count(text) >= count:
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on {name}'s screen after {timeout} s:\n{screen}")
-            await asyncio.sleep(0.1)
+        return await self._screen_when(
+            name, lambda screen: screen.count(text) >= count, timeout, f"{text!r} not on {name}'s screen"
+        )
 
     async def output_of(self, name: str, command: str, prompt: str, timeout: float = 20) -> str:
         """Types `command` and returns what the window shows after it, once the REPL shows `prompt` again: all of
         the command's output (the REPL prompts for the next line only when a command is done)."""
+
+        def after(screen: str) -> str:
+            return screen.rsplit(command, 1)[1] if command in screen else ""
+
         await self.line(name, command)
+        failure = f"{name}'s prompt {prompt!r} not back after {command!r}"
+        screen = await self._screen_when(name, lambda screen: prompt in after(screen), timeout, failure)
+        return after(screen).split(prompt, 1)[0]
+
+    async def _screen_when(self, name: str, ready: Callable[[str], bool], timeout: float, failure: str) -> str:
+        """The window's text once `ready` holds for it; AssertionError saying `failure` after `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
             screen = await self.screen(name)
-            after = screen.rsplit(command, 1)[1] if command in screen else ""
-            if prompt in after:
-                return after.split(prompt, 1)[0]
+            if ready(screen):
+                return screen
             if time.monotonic() > deadline:
-                raise AssertionError(f"{name}'s prompt {prompt!r} not back after {command!r} in {timeout} s:\n{screen}")
+                raise AssertionError(f"{failure} after {timeout} s:\n{screen}")
             await asyncio.sleep(0.1)
 
     async def pid(self, name: str) -> int:
