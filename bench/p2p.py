@@ -34,6 +34,7 @@ from typing import Any
 from quicnprotochat.bench.metrics import Latencies
 from quicnprotochat.bench.p2p_peer import config as peer_config
 from quicnprotochat.bench.scenarios import Context, rate
+from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.client.chat import ChatClient
 
 LATENCY_SAMPLES = 100
@@ -111,13 +112,7 @@ class Peer:
         return counts
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.terminate()
-        try:
-            await asyncio.wait_for(self.process.wait(), WAIT_S)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        await terminate(self.process, WAIT_S)
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
