@@ -76,8 +76,9 @@ class _InboxState:
 
 @dataclass
 class _Ahead:
-    """A fetched batch's envelopes opened ahead of handling (by seq), and the vault's results for the run of
-    application messages at its head, processed in one transaction (by MLS message bytes)."""
+    """A fetched batch's envelopes opened ahead of handling (by seq: the run of application messages at its head,
+    and the envelope that ended the run), and the vault's results for that run, processed in one transaction (by
+    MLS message bytes)."""
 
     frames: dict[int, Frame] = field(default_factory=dict)
     results: dict[bytes, ProcessedMessage | NativeError] = field(default_factory=dict)
@@ -286,6 +287,7 @@ class Receiver:
                 try:
                     plaintext = await asyncio.to_thread(context.vault.open_envelope, envelope.data, info_bytes)
                     frame = decode_frame(plaintext)
+                    ahead.frames[envelope.seq] = frame  # the one that ends the run too: `_handle` opens none twice
                     if not isinstance(frame, MlsFrame):
                         break
                     info = mls_message_info(frame.message)
@@ -296,7 +298,6 @@ class Receiver:
                     views[header.group_id] = await self._group_view(header.group_id)
                 if not rules.decrypt_ahead(header, views[header.group_id]):
                     break
-                ahead.frames[envelope.seq] = frame
                 batch.append(frame.message)
             if len(batch) > 1:
                 results = await asyncio.to_thread(context.vault.process_batch, batch)
