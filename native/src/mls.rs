@@ -817,11 +817,7 @@ impl Vault {
         }
         let protocol = wire::parse_group_message(message)?;
         let group_id = protocol.group_id().as_slice().to_vec();
-        self.tx(|v| {
-            let out = v.process_in_tx(group_id, protocol, digest)?;
-            journal::record_processed(&v.conn, &out)?;
-            Ok(out)
-        })
+        self.tx(|v| v.process_in_tx(group_id, protocol, digest))
     }
 
     /// Processes incoming MLS messages in order, all in one transaction: one durable commit for the
@@ -849,9 +845,7 @@ impl Vault {
         };
         let group_id = protocol.group_id().as_slice().to_vec();
         run(&self.conn, "SAVEPOINT qpc_message")?;
-        let out = self
-            .process_in_tx(group_id.clone(), protocol, digest)
-            .and_then(|out| journal::record_processed(&self.conn, &out).map(|()| out));
+        let out = self.process_in_tx(group_id.clone(), protocol, digest);
         if out.is_err() {
             run(&self.conn, "ROLLBACK TO qpc_message")?;
             // The kept copy may hold what was just rolled back: load it again when next used.
@@ -869,6 +863,8 @@ impl Vault {
         self.tx(|v| journal::forget(&v.conn, digests))
     }
 
+    /// Processes one message inside the caller's transaction and journals its outcome there (a
+    /// failure journals nothing), so that the same bytes again return that outcome.
     fn process_in_tx(
         &mut self,
         group_id: Vec<u8>,
@@ -984,6 +980,7 @@ impl Vault {
             _ => return Err(Error::Unsupported("message content type".into())),
         }
         out.epoch = group.epoch().as_u64();
+        journal::record_processed(&self.conn, &out)?;
         Ok(out)
     }
 
