@@ -99,7 +99,8 @@ impl OpenMlsCrypto for VaultCrypto {
         let mut okm = Zeroizing::new(vec![0u8; okm_len]);
         hkdf.expand(info, &mut okm)
             .map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
-        Ok(okm.to_vec().into())
+        // The buffer itself moves into SecretVLBytes (zeroized on drop), leaving an empty one.
+        Ok(std::mem::take(&mut *okm).into())
     }
 
     fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
