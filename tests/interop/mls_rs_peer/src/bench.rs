@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use mls_rs::client_builder::MlsConfig;
+use mls_rs::error::IntoAnyError;
 use mls_rs::storage_provider::sqlite::connection_strategy::{
     CipheredConnectionStrategy, ConnectionStrategy, FileConnectionStrategy, SqlCipherConfig,
     SqlCipherKey,
@@ -24,10 +25,10 @@ use mls_rs::storage_provider::sqlite::connection_strategy::{
 use mls_rs::storage_provider::sqlite::{
     JournalMode, SqLiteDataStorageEngine, SqLiteDataStorageError,
 };
-use mls_rs::{Client, ExtensionList, Group, MlsMessage};
+use mls_rs::{CipherSuiteProvider, Client, ExtensionList, Group, MlsMessage};
 use serde_json::{json, Value};
 
-use crate::{err, new_client, with_identity};
+use crate::{err, new_client, suite_provider, with_identity};
 
 /// Past epochs whose secrets a durable member keeps (the vault's `MAX_PAST_EPOCHS`).
 const PAST_EPOCHS: u64 = 8;
@@ -48,7 +49,9 @@ impl ConnectionStrategy for Durable {
 /// A member whose groups and key packages live in the SQLCipher file at `path`.
 fn durable_client(path: &Path) -> Result<Client<impl MlsConfig>, String> {
     let mut key = [0u8; 32];
-    getrandom(&mut key)?;
+    suite_provider()
+        .random_bytes(&mut key)
+        .map_err(|e| err(e.into_any_error()))?;
     let strategy = CipheredConnectionStrategy::new(
         FileConnectionStrategy::new(path),
         SqlCipherConfig::new(SqlCipherKey::RawKey(key)),
@@ -65,13 +68,6 @@ fn durable_client(path: &Path) -> Result<Client<impl MlsConfig>, String> {
         )
         .key_package_repo(engine.key_package_storage().map_err(err)?);
     Ok(with_identity!(builder).0)
-}
-
-fn getrandom(out: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(out))
-        .map_err(err)
 }
 
 const PAYLOAD: [u8; 100] = [0x5a; 100];

@@ -281,7 +281,6 @@ fn suite_provider() -> impl CipherSuiteProvider {
         .expect("suite 0x0001 supported")
 }
 
-/// A client with a new Ed25519 identity: the client, its secret key and its public key.
 /// Finishes a `Client::builder()` (storage chosen or not) as every member here is set up: a new
 /// Ed25519 identity in a BasicCredential, the ratchet tree in Welcomes; gives (client, signing
 /// key, identity key). A macro: the builder's type changes with each storage chosen.
@@ -312,6 +311,7 @@ macro_rules! with_identity {
 }
 pub(crate) use with_identity;
 
+/// A client with a new Ed25519 identity: the client, its secret key and its public key.
 fn new_client() -> (Client<impl MlsConfig>, SignatureSecretKey, Vec<u8>) {
     with_identity!(Client::builder())
 }
