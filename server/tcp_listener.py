@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -26,9 +27,9 @@ from quicnprotochat.common.stream_bridge import TlsStreamProtocol, TlsStreamTran
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.connection_rate import ConnectionRate
 from quicnprotochat.server.identity import NodeIdentity
-from quicnprotochat.server.listen_sockets import TCP_BACKLOG, listening_tcp_sockets
+from quicnprotochat.server.listen_sockets import listening_tcp_sockets
 from quicnprotochat.server.log_throttle import LogThrottle
-from quicnprotochat.server.peer import peer_from_address
+from quicnprotochat.server.peer import Peer, peer_from_address
 from quicnprotochat.server.rpc_session import RpcSessions
 
 log = logging.getLogger("quicnprotochat.server.tcp")
@@ -82,15 +83,11 @@ class TcpListener:
         self._bridges: set[TlsStreamTransport] = set()
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
-        """Listens on host:port, or on `sock`, a TCP socket bound already (a worker's share of a port)."""
+        """Listens on host:port, or accepts on `sock`: a worker's share of a port, listening and non-blocking
+        already (server/listen_sockets.py `bind_shared`)."""
         loop = asyncio.get_running_loop()
         sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
-        if sock is not None:
-            sock.listen(TCP_BACKLOG)
-            sock.setblocking(False)
-            self._listening = [sock]
-        else:
-            self._listening = listening_tcp_sockets(host, port)
+        self._listening = [sock] if sock is not None else listening_tcp_sockets(host, port)
         self._acceptors = [loop.create_task(self._accept_forever(listening)) for listening in self._listening]
         self._idle_sweeper = loop.create_task(self._close_idle_forever())
         address = self._listening[0].getsockname()
@@ -109,22 +106,25 @@ class TcpListener:
                 )
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
+            peer = peer_from_address("tcp", address)
             rate = self._connection_rate
-            if rate is not None and rate.refusal(peer_from_address("tcp", address)) is not None:
+            if rate is not None and rate.refusal(peer) is not None:
                 with contextlib.suppress(OSError):  # the client may have reset it already
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 sock.close()
                 continue
-            handshake = loop.create_task(self._start_tls(sock))
+            handshake = loop.create_task(self._start_tls(sock, peer))
             self._handshakes.add(handshake)
             handshake.add_done_callback(self._handshakes.discard)
 
-    async def _start_tls(self, sock: socket.socket) -> None:
+    async def _start_tls(self, sock: socket.socket, peer: Peer) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(
                 lambda: TlsStreamProtocol(
-                    self._on_connection, max_buffered=self._max_buffered, write_buffer_high=self._write_buffer_high
+                    functools.partial(self._on_connection, peer),
+                    max_buffered=self._max_buffered,
+                    write_buffer_high=self._write_buffer_high,
                 ),
                 sock,
                 ssl=self._context,
@@ -136,8 +136,7 @@ class TcpListener:
             if not isinstance(error, OSError | TimeoutError):  # not a failed or timed-out handshake (ssl.SSLError
                 raise  # is an OSError): shutdown's cancellation, or a fault worth its traceback
 
-    def _on_connection(self, bridge: TlsStreamTransport) -> None:
-        peer = peer_from_address("tcp", bridge.get_extra_info("peername"))
+    def _on_connection(self, peer: Peer, bridge: TlsStreamTransport) -> None:
         if self._sessions.admit(peer) is not None:
             bridge.abort()
             return
