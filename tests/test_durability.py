@@ -8,11 +8,14 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
+from tests.pgcluster import PgServer
 from tests.test_cli import start_node_process, stop_node_process
 
 SENDERS = 10
@@ -97,6 +100,15 @@ def _can_trace() -> bool:
     return subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "true"], check=False).returncode == 0
 
 
+async def _registered(port: int, known: KnownHosts, fingerprint: str, vaults: list[Vault]) -> NodeClient:
+    """A client of the node at `port`: every vault registered, logged in as the first."""
+    client = NodeClient(f"127.0.0.1:{port}", known_hosts=known, server_fingerprint=fingerprint)
+    for index, vault in enumerate(vaults):
+        await accounts.register(client, vault, f"user{index}", "pw")
+    await accounts.login(client, vaults[0], "user0", "pw")
+    return client
+
+
 @pytest.mark.skipif(not _can_trace(), reason="needs strace allowed to trace (Debian package strace; scripts/install)")
 async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path) -> None:
     """fetch and ack answer once committed, without waiting for an fsync of their own; a killed node keeps them
@@ -109,10 +121,7 @@ async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path)
     known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
     vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
     try:
-        client = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
-        for index, vault in enumerate(vaults):
-            await accounts.register(client, vault, f"user{index}", "pw")
-        await accounts.login(client, vaults[0], "user0", "pw")
+        client = await _registered(ports["quic"], known, fingerprint, vaults)
         me = vaults[0].identity_key
         for n in range(1, 7):
             before = _wal_syncs(log)
@@ -138,6 +147,78 @@ async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path)
         reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
         await accounts.login(reader, vaults[0], "user0", "pw")
         assert [(e.seq, e.data) for e in await reader.fetch(vaults[0].identity_key)] == [(6, b"message 6")]
+        await reader.close()
+    finally:
+        stop_node_process(process)
+        for vault in vaults:
+            vault.close()
+
+
+PAGE_HEADER = 40
+"""Bytes of WAL a flushed position may lag the insert position by with nothing unflushed: the header of the page
+(at most the long one of a segment's first page) that the insert position skips once the previous record filled
+its page."""
+
+
+async def _unflushed_wal(admin: Any) -> int:
+    """Bytes of WAL inserted but not yet flushed: a commit answered before its flush leaves its own records here."""
+    lag = await admin.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn())")
+    return int(lag)
+
+
+async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
+    tmp_path: Path, pg_server: PgServer, pg_url: str
+) -> None:
+    """On PostgreSQL too, fetch and ack answer once committed without waiting for their WAL flush
+    (synchronous_commit off for those transactions alone); every enqueue is answered only once flushed, which
+    flushes the removals before it as well; a node killed after a removal keeps it."""
+    admin = await asyncpg.connect(pg_server.admin_url)
+    # The WAL writer flushes async commits by itself every wal_writer_delay: at 10 s (the most) it does not
+    # hide an unflushed removal by flushing it in the moment between its answer and our look.
+    await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    await admin.execute("SELECT pg_reload_conf()")
+    data_dir = tmp_path / "node"
+    env = {**os.environ, "QPC_SERVER_STORE": pg_url}
+    known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
+    vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
+    process, fingerprint, ports, _ = start_node_process(data_dir, env=env)
+    try:
+        client = await _registered(ports["quic"], known, fingerprint, vaults)
+        me = vaults[0].identity_key
+        for n in range(1, 7):
+            assert await client.enqueue(me, f"message {n}".encode()) == n
+            assert await _unflushed_wal(admin) <= PAGE_HEADER, "an enqueue's seq came back before its WAL flush"
+        unflushed = []
+        assert [e.seq for e in await client.fetch(me, limit=1)] == [1]
+        unflushed.append(await _unflushed_wal(admin))
+        assert [e.seq for e in await client.fetch(me, limit=2)] == [2, 3]
+        unflushed.append(await _unflushed_wal(admin))
+        assert [e.seq for e in await client.peek(me, limit=1)] == [4]
+        await client.ack(me, 4)
+        unflushed.append(await _unflushed_wal(admin))
+        assert [e.seq for e in await client.fetch_wait(me, timeout_ms=1000, limit=1)] == [5]
+        unflushed.append(await _unflushed_wal(admin))
+        # Each removal left its commit unflushed (but for one the WAL writer's own flush may have caught).
+        assert sum(lag > PAGE_HEADER for lag in unflushed) >= len(unflushed) - 1, unflushed
+        assert await client.enqueue(me, b"message 7") == 7
+        assert await _unflushed_wal(admin) <= PAGE_HEADER, "the enqueue's flush left earlier removals unflushed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        await client.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        await admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+
+    process, _, ports, _ = start_node_process(data_dir, env=env)
+    try:
+        reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
+        await accounts.login(reader, vaults[0], "user0", "pw")
+        stored = [(e.seq, e.data) for e in await reader.fetch(vaults[0].identity_key)]
+        assert stored == [(6, b"message 6"), (7, b"message 7")]
         await reader.close()
     finally:
         stop_node_process(process)

@@ -1,9 +1,9 @@
 """Group commit for PostgreSQL: concurrent enqueues share one transaction, and so one WAL flush.
 
-Every commit in PostgreSQL waits for its own WAL flush. An asyncio task takes every enqueue submitted while the
-previous batch was running, runs them in one transaction on one pooled connection, sends the batch's notifications
-inside that transaction, commits once, and only then resolves the callers' futures: a seq is never seen before it
-is durable.
+Every synchronous commit in PostgreSQL waits for its own WAL flush. An asyncio task takes every enqueue submitted
+while the previous batch was running, runs them in one transaction on one pooled connection, sends the batch's
+notifications inside that transaction, commits once, and only then resolves the callers' futures: a seq is never
+seen before it is durable.
 
 Within the transaction, the whole batch is first tried as one statement (`merge`: one round trip for all of it).
 If anything in it is refused or fails, that is rolled back and each operation runs in its own SAVEPOINT, so that a

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from quicnprotochat.server.store import SchemaTooNew, StoreError, StoreLimits, fetch_wait, open_store
 from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redacted
+from quicnprotochat.server.store.postgres.engine import transaction
 from quicnprotochat.server.store.postgres_migrations import LATEST_VERSION, POSTGRES_MIGRATIONS
 from quicnprotochat.server.store.postgres_wakeups import MAX_PAYLOAD, decode_payload, encode_payloads
 
@@ -286,3 +287,29 @@ async def test_acknowledged_enqueues_survive_a_killed_node(pg_url: str) -> None:
         await store.close()
     assert set(acknowledged) <= set(messages)
     assert sorted(messages) == list(range(1, max(messages) + 1))
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_a_transaction_commits_or_rolls_back_and_sets_its_commit_mode_alone(pg_url: str, sync: bool) -> None:
+    """`sync=False` (removals) turns synchronous_commit off for that transaction alone; either way the block's
+    writes commit when it ends, roll back when it raises, and leave the connection outside any transaction."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE t (n int)")
+        async with transaction(conn, sync=sync):
+            await conn.execute("INSERT INTO t VALUES (1)")
+            assert await conn.fetchval("SHOW synchronous_commit") == ("on" if sync else "off")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with transaction(conn, sync=sync):
+                await conn.execute("INSERT INTO t VALUES (2)")
+                await conn.execute("CREATE UNIQUE INDEX ON t (n)")
+                await conn.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(LookupError):
+            async with transaction(conn, sync=sync):
+                await conn.execute("INSERT INTO t VALUES (3)")
+                raise LookupError
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert [row[0] for row in await conn.fetch("SELECT n FROM t")] == [1]
+    finally:
+        await conn.close()

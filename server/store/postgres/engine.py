@@ -15,9 +15,10 @@ The store belongs to the event loop that opened it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -109,6 +110,35 @@ def rowcount(status: str) -> int:
 def already_exists(exc: asyncpg.UniqueViolationError, default: str) -> AlreadyExists:
     """The unique column (by constraint name) a write ran into; `default` for a constraint not listed."""
     return AlreadyExists(_UNIQUE_FIELDS.get(getattr(exc, "constraint_name", None) or "", default))
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: Any, *, sync: bool = True) -> AsyncIterator[None]:
+    """A transaction on `conn`, committed when the block ends without an exception, else rolled back.
+
+    `sync=False` commits without waiting for the WAL flush (`synchronous_commit = off` for this transaction only),
+    for transactions made only of removals that may come undone: an inbox's fetch or ack. The COMMIT still returns
+    only once the transaction is committed and visible to every session, so no node hands those messages out
+    again, and a node killed afterwards changes nothing. Only a crash of the database server (or its machine)
+    within a few `wal_writer_delay`s can undo it, and then it is undone as a whole: the messages are back with their
+    seqs, delivered again, never lost. The WAL is one sequence, so any later synchronous commit (the next enqueue,
+    on any node) flushes it too, and crash recovery never keeps a later commit while losing an earlier one.
+    """
+    if sync:
+        async with conn.transaction():
+            yield
+        return
+    # One message, so one round trip, as asyncpg's own BEGIN would be.
+    await conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+    try:
+        yield
+    except Exception:
+        if not conn.is_closed():
+            # A failed statement leaves the session usable once rolled back; a dead one is terminated by `pooled`.
+            with contextlib.suppress(*_DB_ERRORS):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
 
 
 class PostgresEngine(StoreEngine):
@@ -220,10 +250,12 @@ class PostgresEngine(StoreEngine):
         if self._in_flight == 0:
             self._drained.set()
 
-    async def _transact(self, fn: Callable[[Any], Awaitable[T]], *, attempts: int = _RETRIES) -> T:
+    async def _transact(self, fn: Callable[[Any], Awaitable[T]], *, attempts: int = _RETRIES, sync: bool = True) -> T:
         """Run `fn` in its own transaction on a pooled connection; retried on deadlock or serialization failure.
 
         `fn` may raise `Again` to be rerun from scratch with a fresh transaction (used by the ungrouped enqueue).
+        `sync=False`: only for a transaction that removes messages a crash may bring back (fetch, ack); see
+        `transaction`.
         """
         self._enter()
         try:
@@ -231,7 +263,7 @@ class PostgresEngine(StoreEngine):
             while True:
                 committing = False
                 try:
-                    async with pooled(self._pool) as conn, conn.transaction():
+                    async with pooled(self._pool) as conn, transaction(conn, sync=sync):
                         result = await fn(conn)
                         committing = True
                 except Again:

@@ -96,7 +96,8 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
             rows = await conn.fetch(_FETCH, r, c, now, count, self._limits.max_fetch_bytes)
             return [InboxMessage(row[0], bytes(row[1])) for row in rows]
 
-        return await self._transact(op)
+        # Answered once committed, without waiting for the WAL flush: see `transaction` on removals.
+        return await self._transact(op, sync=False)
 
     async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
         rows = await self._fetchrows(_PEEK, *inbox, now, count, self._limits.max_fetch_bytes)
@@ -110,7 +111,7 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
                 return 0
             return int(await conn.fetchval(_ACK, r, c, up_to))
 
-        return await self._transact(op)
+        return await self._transact(op, sync=False)
 
     async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats:
         row = await self._fetchrow(
