@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quicnprotochat.bench.metrics import Latencies
@@ -40,6 +41,8 @@ from quicnprotochat.client.chat import ChatClient
 LATENCY_SAMPLES = 100
 DEFAULT_COUNT = 200
 WAIT_S = 30.0
+
+Advance = Callable[[], None]
 
 
 class Peer:
@@ -151,19 +154,15 @@ async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Peer, p
             latency.add_ns(time.perf_counter_ns() - started)
             latency_bodies.append(text)
             advance()
-    with ctx.live.counter(f"{path}: {count} messages back to back", count) as advance:
-        started = time.perf_counter_ns()
-        bodies = [body(path, "burst", index, spec.payload_size) for index in range(count)]
+
+    async def in_turn(bodies: list[str], advance: Advance, *, wait: bool = True) -> None:
         for text in bodies:
-            await sender.send(peer, text)
+            await sender.send(peer, text, wait=wait)
             advance()
-        for text in bodies:
-            await arrivals.wait(text)
-        seconds = (time.perf_counter_ns() - started) / 1e9
+
     window = min(spec.concurrency, count)
-    with ctx.live.counter(f"{path}: {count} messages, {window} sends at a time", count) as advance:
-        started = time.perf_counter_ns()
-        pipelined = [body(path, "window", index, spec.payload_size) for index in range(count)]
+
+    async def windowed(bodies: list[str], advance: Advance) -> None:
         room = asyncio.Semaphore(window)
 
         async def send(text: str) -> None:
@@ -171,30 +170,46 @@ async def measure(ctx: Context, sender: ChatClient, peer: str, arrivals: Peer, p
                 await sender.send(peer, text)
                 advance()
 
-        await asyncio.gather(*(send(text) for text in pipelined))
-        for text in pipelined:
-            await arrivals.wait(text)
-        pipelined_seconds = (time.perf_counter_ns() - started) / 1e9
-    with ctx.live.counter(f"{path}: {count} messages, not waiting", count) as advance:
-        started = time.perf_counter_ns()
-        queued = [body(path, "queued", index, spec.payload_size) for index in range(count)]
-        for text in queued:
-            await sender.send(peer, text, wait=False)
-            advance()
-        for text in queued:
-            await arrivals.wait(text)
-        queued_seconds = (time.perf_counter_ns() - started) / 1e9
+        await asyncio.gather(*(send(text) for text in bodies))
+
+    def not_waiting(bodies: list[str], advance: Advance) -> Awaitable[None]:
+        return in_turn(bodies, advance, wait=False)
+
+    per_s, _ = await _throughput(ctx, arrivals, path, "burst", "back to back", in_turn)
+    pipelined_per_s, pipelined = await _throughput(ctx, arrivals, path, "window", f"{window} sends at a time", windowed)
+    queued_per_s, queued = await _throughput(ctx, arrivals, path, "queued", "not waiting", not_waiting)
     return {
         "latency_ms": latency.summary(),
-        "messages_per_s": rate(count, seconds),
+        "messages_per_s": per_s,
         "messages": count,
         "routes_seen_by_receiver": arrivals.route_counts(latency_bodies),
-        "pipelined_messages_per_s": rate(count, pipelined_seconds),
+        "pipelined_messages_per_s": pipelined_per_s,
         "sends_at_a_time": window,
         "pipelined_routes_seen_by_receiver": arrivals.route_counts(pipelined),
-        "not_waiting_messages_per_s": rate(count, queued_seconds),
+        "not_waiting_messages_per_s": queued_per_s,
         "not_waiting_routes_seen_by_receiver": arrivals.route_counts(queued),
     }
+
+
+async def _throughput(
+    ctx: Context,
+    arrivals: Peer,
+    path: str,
+    kind: str,
+    how: str,
+    send_all: Callable[[list[str], Advance], Awaitable[None]],
+) -> tuple[float, list[str]]:
+    """`--count` messages sent by `send_all`, timed until the receiver stored every one: messages per second, and
+    the messages' bodies."""
+    count = ctx.spec.count or DEFAULT_COUNT
+    with ctx.live.counter(f"{path}: {count} messages, {how}", count) as advance:
+        started = time.perf_counter_ns()
+        bodies = [body(path, kind, index, ctx.spec.payload_size) for index in range(count)]
+        await send_all(bodies, advance)
+        for text in bodies:
+            await arrivals.wait(text)
+        seconds = (time.perf_counter_ns() - started) / 1e9
+    return rate(count, seconds), bodies
 
 
 async def run_p2p(ctx: Context) -> dict[str, Any]:

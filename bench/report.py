@@ -21,6 +21,11 @@ def _latency(summary: dict[str, Any] | None) -> str:
     )
 
 
+def _seen(routes: dict[str, int]) -> str:
+    """The routes the p2p bench's receiver saw its messages take, with how many took each."""
+    return "the receiver saw " + ", ".join(f"{count} {route}" for route, count in routes.items())
+
+
 def _cpu(figures: dict[str, Any] | None) -> str:
     if not figures:
         return "-"
@@ -98,20 +103,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(f"{path}: latency", _latency(figures["latency_ms"]))
         table.add_row(
             f"{path}: throughput",
-            f"{figures['messages_per_s']:,} messages/s ({figures['messages']} back to back); the receiver saw "
-            + ", ".join(f"{count} {route}" for route, count in figures["routes_seen_by_receiver"].items()),
+            f"{figures['messages_per_s']:,} messages/s ({figures['messages']} back to back); "
+            + _seen(figures["routes_seen_by_receiver"]),
         )
         table.add_row(
             f"{path}: pipelined",
             f"{figures['pipelined_messages_per_s']:,} messages/s ({figures['messages']} messages, "
-            f"{figures['sends_at_a_time']} sends at a time); the receiver saw "
-            + ", ".join(f"{count} {route}" for route, count in figures["pipelined_routes_seen_by_receiver"].items()),
+            f"{figures['sends_at_a_time']} sends at a time); " + _seen(figures["pipelined_routes_seen_by_receiver"]),
         )
         table.add_row(
             f"{path}: not waiting",
-            f"{figures['not_waiting_messages_per_s']:,} messages/s ({figures['messages']} sends that do not wait);"
-            " the receiver saw "
-            + ", ".join(f"{count} {route}" for route, count in figures["not_waiting_routes_seen_by_receiver"].items()),
+            f"{figures['not_waiting_messages_per_s']:,} messages/s ({figures['messages']} sends that do not wait); "
+            + _seen(figures["not_waiting_routes_seen_by_receiver"]),
         )
     if "logins_per_s" in results:
         table.add_row("first key login (with approval)", f"{results['first_login_with_approval_ms']} ms")
