@@ -127,7 +127,7 @@ async def open_client(ctx: Context, name: str) -> ChatClient:
             connector.address,
             connector.transport,
             connector.fingerprint,
-            connector.known_hosts.path,
+            connector.known_hosts,
             name,
             ctx.work_dir / f"p2p-{name}",
         )

@@ -25,9 +25,9 @@ def show(event: Event) -> None:
 
 
 def config(
-    server: str, transport: Transport, fingerprint: str, known_hosts: Path, username: str, state_dir: Path
+    server: str, transport: Transport, fingerprint: str, known_hosts: KnownHosts, username: str, state_dir: Path
 ) -> ChatConfig:
-    """Both clients of the bench are set up alike."""
+    """Both clients of the bench are set up alike (the sender with the bench's own `known_hosts`)."""
     return ChatConfig(
         server=server,
         username=username,
@@ -36,7 +36,7 @@ def config(
         state_password="bench state",
         transport=transport,
         server_fingerprint=fingerprint,
-        known_hosts=KnownHosts(known_hosts),
+        known_hosts=known_hosts,
         register=True,
         receipts=False,
         p2p=True,
@@ -50,7 +50,9 @@ async def main(server: str, transport: str, fingerprint: str, known_hosts: str, 
     if transport not in ("quic", "tcp"):
         raise SystemExit(f"transport must be quic or tcp, not {transport}")
     kind: Transport = "quic" if transport == "quic" else "tcp"
-    chat = await ChatClient.open(config(server, kind, fingerprint, Path(known_hosts), username, Path(state_dir)))
+    # Quiet, as the bench's own: the node's fingerprint is given, and notices would land in the bench's terminal.
+    pins = KnownHosts(Path(known_hosts), notice=lambda _message: None)
+    chat = await ChatClient.open(config(server, kind, fingerprint, pins, username, Path(state_dir)))
     chat.add_listener(show)
     await chat.start()
     print(json.dumps({"ready": chat.p2p}), flush=True)
