@@ -61,7 +61,7 @@ from .events import (
     ReceiptReceived,
     RemovedFromConversation,
 )
-from .framing import FileContent, Frame, FrameError, MlsFrame, TextContent, WelcomeFrame, decode_frame
+from .framing import FileContent, FrameError, MlsFrame, TextContent, WelcomeFrame, decode_frame
 from .key_packages import KeyPackageStock
 from .receipts import message_ref
 
@@ -74,13 +74,25 @@ class _InboxState:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True)
+class _MlsEnvelope:
+    """An opened envelope's MLS message and what its clear framing says, read once before it is processed."""
+
+    frame: MlsFrame
+    header: rules.Header
+
+
+_Opened = WelcomeFrame | _MlsEnvelope | NativeError | FrameError
+"""What opening an envelope gave: a Welcome, an MLS message, or why it could not be read."""
+
+
 @dataclass
 class _Ahead:
     """A fetched batch's envelopes opened ahead of handling (by seq: the run of application messages at its head,
     and the envelope that ended the run), and the vault's results for that run, processed in one transaction (by
     MLS message bytes)."""
 
-    frames: dict[int, Frame] = field(default_factory=dict)
+    opened: dict[int, _Opened] = field(default_factory=dict)
     results: dict[bytes, ProcessedMessage | NativeError] = field(default_factory=dict)
 
 
@@ -284,21 +296,16 @@ class Receiver:
             for envelope in envelopes:
                 if await context.store.get_message(hashlib.sha256(envelope.data).digest()) is not None:
                     continue  # stored before: `_handle` skips it
-                try:
-                    plaintext = await asyncio.to_thread(context.vault.open_envelope, envelope.data, info_bytes)
-                    frame = decode_frame(plaintext)
-                    ahead.frames[envelope.seq] = frame  # the one that ends the run too: `_handle` opens none twice
-                    if not isinstance(frame, MlsFrame):
-                        break
-                    info = mls_message_info(frame.message)
-                except (NativeError, FrameError):
+                opened = await self._open(envelope, info_bytes)
+                ahead.opened[envelope.seq] = opened  # the one that ends the run too: `_handle` opens none twice
+                if not isinstance(opened, _MlsEnvelope):
                     break
-                header = rules.Header(info.group_id, info.epoch, info.content_type)
+                header = opened.header
                 if header.group_id not in views:
                     views[header.group_id] = await self._group_view(header.group_id)
                 if not rules.decrypt_ahead(header, views[header.group_id]):
                     break
-                batch.append(frame.message)
+                batch.append(opened.frame.message)
             if len(batch) > 1:
                 results = await asyncio.to_thread(context.vault.process_batch, batch)
                 ahead.results = dict(zip(batch, results, strict=True))
@@ -344,31 +351,21 @@ class Receiver:
         if await context.store.get_message(message_id) is not None:
             return  # a copy of an envelope already stored (sent again after a dropped connection)
         ahead = ahead or _Ahead()
-        try:
-            frame = ahead.frames.get(envelope.seq) or decode_frame(
-                await asyncio.to_thread(
-                    context.vault.open_envelope, envelope.data, envelope_info(context.identity_key, channel or None)
-                )
-            )
-        except (NativeError, FrameError) as error:
+        opened = ahead.opened.get(envelope.seq)
+        if opened is None:
+            opened = await self._open(envelope, envelope_info(context.identity_key, channel or None))
+        if isinstance(opened, NativeError | FrameError):
             if route == "direct":
-                raise _NotDirect(str(error)) from None
-            await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
+                raise _NotDirect(str(opened))
+            await self._apply(rules.after_open_failure(envelope.seq, opened), envelope, message_id)
             return
-        if isinstance(frame, WelcomeFrame):
+        if isinstance(opened, WelcomeFrame):
             if route == "direct":
                 raise _NotDirect("Welcomes come through the node")
-            await self._on_welcome(frame)
-            digests.append(hashlib.sha256(frame.welcome).digest())
+            await self._on_welcome(opened)
+            digests.append(hashlib.sha256(opened.welcome).digest())
             return
-        try:
-            info = mls_message_info(frame.message)
-        except NativeError as error:
-            if route == "direct":
-                raise _NotDirect(str(error)) from None
-            await self._apply(rules.after_open_failure(envelope.seq, error), envelope, message_id)
-            return
-        header = rules.Header(info.group_id, info.epoch, info.content_type)
+        frame, header = opened.frame, opened.header
         group = await self._group_view(header.group_id)
         if route == "direct":
             refusal = rules.direct_refusal(header, group)
@@ -394,6 +391,18 @@ class Receiver:
         if route == "direct" and not isinstance(action, rules.StoreMessage | rules.ApplyReceipt | rules.Ignore):
             raise _NotDirect("left to the node")  # what was processed stays journaled for the node's copy
         await self._apply(action, envelope, message_id, message_ref(frame.message), route)
+
+    async def _open(self, envelope: Envelope, info: bytes) -> _Opened:
+        """Open the envelope (`info`: its inbox's `envelope_info`) and read its frame and, for an MLS message, the
+        message's clear framing; what cannot be read comes back as the error, for `rules.after_open_failure`."""
+        try:
+            frame = decode_frame(await asyncio.to_thread(self._context.vault.open_envelope, envelope.data, info))
+            if isinstance(frame, WelcomeFrame):
+                return frame
+            message = mls_message_info(frame.message)
+        except (NativeError, FrameError) as error:
+            return error
+        return _MlsEnvelope(frame, rules.Header(message.group_id, message.epoch, message.content_type))
 
     async def _group_view(self, group_id: bytes) -> rules.GroupView:
         context = self._context
