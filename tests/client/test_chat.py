@@ -21,6 +21,8 @@ from quicnprotochat.client.chat import (
     UnknownConversation,
     UserNotFound,
 )
+from quicnprotochat.client.chat.delivery import seal_for
+from quicnprotochat.client.chat.framing import MlsFrame
 from quicnprotochat.server.node import Node
 from tests.client.conftest import ChatFactory, EventLog
 from tests.conftest import UserFactory
@@ -217,3 +219,28 @@ async def test_simultaneous_dm_creation_converges(node: Node, open_chat: ChatFac
     assert [c.name for c in await alice.store.list_conversations()] == ["@bob"]
     assert [c.name for c in await bob.store.list_conversations()] == ["@alice"]
     assert not [e for e in alice_log.events + bob_log.events if isinstance(e, ErrorEvent)]
+
+
+async def test_envelopes_that_do_not_open_amid_a_backlog(node: Node, open_chat: ChatFactory) -> None:
+    """A backlog read in one fetch, its first run of application messages decrypted as one batch, with an envelope
+    whose MLS message does not parse where that run ends and one that does not open after it: each is dropped with
+    its ErrorEvent (once), and the messages around them arrive, in order."""
+    alice, _alice_log = await open_chat(node, "alice")
+    bob, bob_log = await open_chat(node, "bob", start=False)
+    dm = await alice.dm("bob")
+    for body in ("one", "two"):
+        assert (await alice.send(dm, body)).state == "sent"
+    (channel,) = [c.channel_id for c in await alice.store.list_conversations() if c.kind == "dm"]
+    assert channel is not None
+    hybrid_key = await alice.node.fetch_hybrid_key(bob.identity_key)
+    assert hybrid_key is not None
+    not_mls = seal_for(hybrid_key, bob.identity_key, MlsFrame(b"not an MLS message").encode(), channel)
+    await alice.node.enqueue(bob.identity_key, not_mls, channel)
+    await alice.node.enqueue(bob.identity_key, b"not an envelope", channel)
+    for body in ("three", "four"):
+        assert (await alice.send(dm, body)).state == "sent"
+    await bob.start()
+    await bob_log.message("four")
+    assert bob_log.bodies() == ["one", "two", "three", "four"]
+    errors = [e.text for e in bob_log.events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 2 and all("does not open or parse" in text for text in errors), errors
