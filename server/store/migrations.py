@@ -249,6 +249,15 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX bot_challenges_by_expiry ON bot_challenges (expires_at)",
         ),
     ),
+    Migration(
+        11,
+        "the per-sender share counted from its index alone: messages_by_sender holds expires_at",
+        (
+            "DROP INDEX messages_by_sender",
+            "CREATE INDEX messages_by_sender ON messages (recipient, channel_id, sender, expires_at)"
+            " WHERE sender IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version

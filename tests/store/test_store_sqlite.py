@@ -16,6 +16,7 @@ import pytest
 
 from quicnprotochat.server.store import SchemaTooNew, StoreError, open_store, sqlite_path_from_url
 from quicnprotochat.server.store.migrations import LATEST_VERSION, SQLITE_MIGRATIONS
+from quicnprotochat.server.store.sqlite.inboxes import SHARE_HELD
 
 from .store_testlib import ENQUEUE_FOREVER, key
 
@@ -59,6 +60,20 @@ def test_acknowledged_enqueues_survive_sigkill(tmp_path: Path) -> None:
     assert set(acknowledged) <= stored
     # Anything beyond the acknowledged seqs was committed but not yet printed; seqs stay gap-free.
     assert stored == set(range(1, max(stored) + 1))
+
+
+@pytest.mark.asyncio
+async def test_a_senders_share_is_counted_from_its_index_alone(tmp_path: Path) -> None:
+    """The share count of an inbox deeper than the share reads only `messages_by_sender`, no message row."""
+    db = tmp_path / "store.db"
+    store = await open_store(db)
+    await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + SHARE_HELD, (R1, b"", key(2), 0.0)))
+    finally:
+        conn.close()
+    assert "USING COVERING INDEX messages_by_sender" in plan, plan
 
 
 @pytest.mark.asyncio

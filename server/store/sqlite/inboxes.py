@@ -147,6 +147,13 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
 
 # The first messages of an inbox in seq order, each with the payload bytes queued before it; callers keep those
 # with `before` under the byte budget. Parameters: recipient, channel, now, count.
+SHARE_HELD = (
+    "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
+    " AND (expires_at IS NULL OR expires_at > ?)"
+)
+"""The sender's unexpired messages in a default inbox: read from `messages_by_sender` alone, which holds
+`expires_at` (migration 11) so that no message row is looked up."""
+
 _FIRST_MESSAGES = (
     "SELECT id, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages"
     " WHERE recipient = ? AND channel_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?"
@@ -182,11 +189,7 @@ def enqueue_one(
     seq, depth, used = _take_seq(conn, inbox, size)
     # A refusal here rolls the seq back with the operation.
     if shared_inbox(inbox, sender) and share_may_be_full(limits, depth):
-        held = conn.execute(
-            "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
-            " AND (expires_at IS NULL OR expires_at > ?)",
-            (*inbox, sender, now),
-        ).fetchone()[0]
+        held = conn.execute(SHARE_HELD, (*inbox, sender, now)).fetchone()[0]
         check_share(limits, held, index)
     if not has_room(limits, depth - 1, used - size, size):
         # Give the seq back (nothing else ran in between: one writer) and look again, without this message.
