@@ -35,6 +35,7 @@ from quicnprotochat.server.rpc_service import NodeServiceImpl
 from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.services.errors import faults
 from quicnprotochat.server.services.rate_limits import RateLimit
+from quicnprotochat.server.startup_heap import freeze_startup_heap
 from quicnprotochat.server.store import Clock, StoreError, open_store
 from quicnprotochat.server.tcp_listener import TcpListener, tls_server_context
 
@@ -212,6 +213,7 @@ async def serve(config: NodeConfig, node: Node | None = None, ready: Callable[[]
     node = node or Node(config)
     await node.start()
     try:
+        freeze_startup_heap()
         announce(node)
         if ready is not None:
             ready()

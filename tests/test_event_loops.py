@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,9 @@ def test_qpc_server_run_loops(tmp_path: Path, flags: list[str], loop: str) -> No
             if announced is not None and announced[0] != "fingerprint":
                 ports[announced[0]] = int(announced[1])
         assert any(f"event loop: {loop}" in line for line in lines), lines
+        # Its startup heap (modules, schema, store) is frozen once it listens: full collections do not walk it.
+        frozen = [int(m["count"]) for line in lines if (m := re.search(r"(?P<count>\d+) objects of the started", line))]
+        assert len(frozen) == 1 and frozen[0] > 10_000, lines
 
         async def health(transport: str) -> str:
             known = KnownHosts(tmp_path / "known_hosts", notice=lambda _message: None)
