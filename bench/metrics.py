@@ -51,6 +51,10 @@ def error_code(error: BaseException) -> str:
     return type(error).__name__
 
 
+P999_SAMPLES = 2000
+"""Fewer samples than this and a 99.9th percentile is one or two samples: not given."""
+
+
 class Latencies:
     """Samples in milliseconds; percentiles by nearest rank."""
 
@@ -74,14 +78,17 @@ class Latencies:
         def rank(p: float) -> float:
             return round(samples[min(len(samples) - 1, max(0, math.ceil(p * len(samples)) - 1))], 3)
 
-        return {
+        figures: dict[str, float | int] = {
             "count": len(samples),
             "p50": rank(0.50),
             "p90": rank(0.90),
             "p99": rank(0.99),
-            "max": round(samples[-1], 3),
-            "mean": round(sum(samples) / len(samples), 3),
         }
+        if len(samples) >= P999_SAMPLES:
+            figures["p99.9"] = rank(0.999)
+        figures["max"] = round(samples[-1], 3)
+        figures["mean"] = round(sum(samples) / len(samples), 3)
+        return figures
 
 
 @dataclass
