@@ -16,7 +16,7 @@ import capnp.lib.capnp as pycapnp_lib  # type: ignore[import-untyped]
 
 from quicnprotochat.common.errors import InvalidArgument, Unimplemented
 from quicnprotochat.server.connection_budget import ConnectionBudget
-from quicnprotochat.server.rpc_params import MalformedParams, read_params
+from quicnprotochat.server.rpc_params import MalformedParams, StructReader
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -36,34 +36,40 @@ class Dispatching(Protocol):
 C = TypeVar("C")
 
 
-def _entry(name: str) -> Callable[[Any, Any], Awaitable[None]]:
+def _entry(name: str, params: StructReader) -> Callable[[Any, Any], Awaitable[None]]:
     async def entry(self: Dispatching, context: Any) -> None:
-        async with self.budget.call():
+        budget = self.budget
+        if not budget.start_call():
+            await budget.wait_to_start_call()
+        try:
             # Looked up per call, so that subclasses' handlers are the ones served.
             handler: Handler | None = getattr(self, name, None)
             if handler is None:
                 raise Unimplemented(f"{name} is not implemented by this node")
             try:
-                params = read_params(context.params)
+                values = params.values(context.params)
             except MalformedParams as fault:
                 auth = fault.decoded.get("auth")
                 if auth is not None:
                     await self.authenticate_first(auth)
                 self.client_fault(name, str(fault))
                 raise InvalidArgument(str(fault)) from None
-            result = await handler(_context=context, **params)
+            result = await handler(_context=context, **values)
             pycapnp_lib.fill_context(name, context, result)
+        finally:
+            budget.end_call()
 
     entry.__name__ = f"{name}_context"
     return entry
 
 
 def serve_methods(interface: Any) -> Callable[[type[C]], type[C]]:
-    """Class decorator: every method of the `interface` schema enters through `_entry`."""
+    """Class decorator: every method of the `interface` schema enters through `_entry`, with its parameters'
+    readers worked out once."""
 
     def decorate(cls: type[C]) -> type[C]:
-        for name in interface.schema.methods:
-            setattr(cls, f"{name}_context", _entry(name))
+        for name, method in interface.schema.methods.items():
+            setattr(cls, f"{name}_context", _entry(name, StructReader(method.param_type)))
         return cls
 
     return decorate
