@@ -117,9 +117,17 @@ def node_environment(settings: dict[str, Any], store: str | None = None) -> dict
 
 
 async def start_node_process(
-    data_dir: Path, settings: dict[str, Any], timeout: float = 60.0, *, store: str | None = None, name: str = "node1"
+    data_dir: Path,
+    settings: dict[str, Any],
+    timeout: float = 60.0,
+    *,
+    store: str | None = None,
+    name: str = "node1",
+    workers: int = 1,
 ) -> NodeUnderTest:
-    """Runs `qpc-server run` on loopback ports picked by the kernel; raised limits go in as QPC_SERVER_* vars."""
+    """Runs `qpc-server run` on loopback ports picked by the kernel; raised limits go in as QPC_SERVER_* vars.
+    With `workers` > 1 (PostgreSQL only) `pid` is the supervisor's: its workers are its children; this returns
+    once the first worker listens (the supervisor's "N workers serving" line in the stderr tail says when all do)."""
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 -- once, before the node starts
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -132,6 +140,7 @@ async def start_node_process(
         "127.0.0.1:0",
         "--tcp-listen",
         "127.0.0.1:0",
+        *(["--workers", str(workers)] if workers != 1 else []),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -2,7 +2,7 @@
 //! generator, which measures the server without a Python client's CPU in the way.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,24 @@ pub struct NodeConnection {
     pub connection: quinn::Connection,
 }
 
-/// A client endpoint on an ephemeral loopback port.
+/// A client endpoint on an ephemeral loopback port that accepts any server certificate.
 pub fn client_endpoint() -> Result<quinn::Endpoint, BoxError> {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(client_config()?);
+    endpoint.set_default_client_config(client_config(None)?);
+    Ok(endpoint)
+}
+
+/// A client endpoint for `server` on a UDP port of its own, requiring the node's key fingerprint `pin`. One
+/// endpoint per connection: the node's workers (`--workers N`, SO_REUSEPORT) share a port by the client's
+/// address, so connections from one socket would all reach one worker.
+pub fn pinned_endpoint(server: SocketAddr, pin: [u8; 32]) -> Result<quinn::Endpoint, BoxError> {
+    let local = if server.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(local)?;
+    endpoint.set_default_client_config(client_config(Some(pin))?);
     Ok(endpoint)
 }
 

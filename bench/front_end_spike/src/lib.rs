@@ -6,6 +6,7 @@ capnp::generated_code!(pub mod node_capnp);
 
 pub mod client;
 pub mod handoff;
+pub mod node_load;
 pub mod runner;
 pub mod server;
 pub mod tls;

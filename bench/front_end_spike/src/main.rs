@@ -2,7 +2,11 @@
 //! node identity of DIR (`node-cert.pem`, `node-key.pem`) and prints `{"port": P}` once listening; SIGTERM or
 //! SIGINT stops it.
 //! `front_end_spike load --port P [--host H] [--connections 4] [--concurrency 64] [--payload-size 256]
-//! [--duration 5]`: the spike's own enqueue load generator; prints its figures as JSON.
+//! [--duration 5]`: the spike's own enqueue load generator against its own server; prints its figures as JSON.
+//! `front_end_spike node-load --port P --accounts FILE [--host H] [--connections 4] [--concurrency 64]
+//! [--payload-size 256] [--duration 5] [--consumer peekack|fetchwait|none] [--wait-ms 25000] [--drain-timeout 10]`:
+//! load against the real node with the logged-in accounts of FILE (written by `bench/cores.py`), pinned to the
+//! node's fingerprint; prints progress events and then its figures as JSON lines.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use front_end_spike::client::enqueue_load;
+use front_end_spike::node_load::{node_load, Accounts, NodeLoad};
 use front_end_spike::runner::{bind, serve_bound, Service};
 use front_end_spike::server::WireStats;
 use front_end_spike::tls::{server_config, BoxError};
@@ -96,12 +101,33 @@ async fn load(options: HashMap<String, String>) -> Result<(), BoxError> {
     Ok(())
 }
 
+async fn load_node(options: HashMap<String, String>) -> Result<(), BoxError> {
+    let accounts_path: PathBuf = options
+        .get("accounts")
+        .ok_or("node-load needs --accounts FILE")?
+        .into();
+    let load = NodeLoad {
+        addr: address(&options, "")?,
+        accounts: Accounts::parse(&std::fs::read_to_string(&accounts_path)?)?,
+        connections: get(&options, "connections", "4")?,
+        concurrency: get(&options, "concurrency", "64")?,
+        payload_size: get(&options, "payload-size", "256")?,
+        duration: Duration::from_secs_f64(get(&options, "duration", "5")?),
+        consumer: get(&options, "consumer", "peekack")?,
+        wait_ms: get(&options, "wait-ms", "25000")?,
+        drain_timeout: Duration::from_secs_f64(get(&options, "drain-timeout", "10")?),
+    };
+    let figures = node_load(&load).await?;
+    println!("{}", figures.json());
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = (|| -> Result<(), BoxError> {
         let (command, rest) = args
             .split_first()
-            .ok_or("usage: front_end_spike serve|load [--option value]...")?;
+            .ok_or("usage: front_end_spike serve|load|node-load [--option value]...")?;
         let options = options(rest)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -110,7 +136,8 @@ fn main() {
         match command.as_str() {
             "serve" => local.block_on(&runtime, serve(options)),
             "load" => local.block_on(&runtime, load(options)),
-            other => Err(format!("unknown command {other:?} (serve, load)").into()),
+            "node-load" => local.block_on(&runtime, load_node(options)),
+            other => Err(format!("unknown command {other:?} (serve, load, node-load)").into()),
         }
     })();
     if let Err(error) = result {

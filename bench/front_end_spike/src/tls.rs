@@ -48,20 +48,71 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<quinn::ServerCon
     Ok(config)
 }
 
-/// Accepts any certificate whose handshake signature verifies: like the Python client, which pins the node's key
-/// fingerprint instead of trusting a CA (the spike's client does not pin; it measures and tests only).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+/// A node's fingerprint as the Python client pins it (`common/fingerprint.py`): SHA-256 of the certificate's
+/// SubjectPublicKeyInfo.
+pub fn spki_fingerprint(certificate: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+    let parsed = webpki::EndEntityCert::try_from(certificate)
+        .map_err(|error| rustls::Error::General(format!("the node's certificate: {error}")))?;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        parsed.subject_public_key_info().as_ref(),
+    );
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(digest.as_ref());
+    Ok(fingerprint)
+}
 
-impl ServerCertVerifier for AnyCertificate {
+/// Reads a fingerprint as `normalize_fingerprint` does: 64 hex digits, colons allowed, any case.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], BoxError> {
+    let cleaned: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let bytes = decode_hex(&cleaned)?;
+    bytes.try_into().map_err(|_| {
+        "a fingerprint is 64 hex digits (SHA-256 of the certificate's public key)".into()
+    })
+}
+
+/// Hex to bytes (either case).
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, BoxError> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return Err(format!("not hex: {text:?}").into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| {
+            u8::from_str_radix(&text[at..at + 2], 16)
+                .map_err(|_| format!("not hex: {text:?}").into())
+        })
+        .collect()
+}
+
+/// The server certificate check of the spike's client: with a pin, the certificate's key must have that
+/// fingerprint (what the Python client does: it pins the node's key instead of trusting a CA); without one, any
+/// certificate (the spike's own tests and echo measurements). The handshake signature is verified either way.
+#[derive(Debug)]
+struct NodeCertificate {
+    provider: Arc<CryptoProvider>,
+    pin: Option<[u8; 32]>,
+}
+
+impl ServerCertVerifier for NodeCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(pin) = &self.pin {
+            let found = spki_fingerprint(end_entity)?;
+            // Not secret, but compared without an early exit all the same.
+            let differs = found.iter().zip(pin).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if differs != 0 {
+                return Err(rustls::Error::General(
+                    "the node's key does not have the pinned fingerprint".into(),
+                ));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -75,7 +126,7 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -89,22 +140,24 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-/// A client configuration for the spike's own load generator and tests.
-pub fn client_config() -> Result<quinn::ClientConfig, BoxError> {
+/// A client configuration for the spike's own load generator and tests; `pin`: the node's fingerprint to require.
+pub fn client_config(pin: Option<[u8; 32]>) -> Result<quinn::ClientConfig, BoxError> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(NodeCertificate { provider, pin }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use front_end_spike::client::{client_endpoint, connect, enqueue_request};
+use front_end_spike::client::{client_endpoint, connect, enqueue_request, pinned_endpoint};
 use front_end_spike::handoff::{Answer, Handoff};
 use front_end_spike::runner::{start, Running, Service};
-use front_end_spike::tls::server_config;
+use front_end_spike::tls::{parse_fingerprint, server_config};
 
 const CERT: &[u8] = include_bytes!("fixtures/node-cert.pem");
 const KEY: &[u8] = include_bytes!("fixtures/node-key.pem");
@@ -96,6 +96,48 @@ fn the_connection_presents_the_node_certificate_and_alpn() {
             .downcast::<quinn::crypto::rustls::HandshakeData>()
             .unwrap();
         assert_eq!(handshake.protocol.as_deref(), Some(&b"capnp"[..]));
+    });
+}
+
+/// The test identity's fingerprint as the Python client computes it (`common/fingerprint.py`, SHA-256 of the
+/// certificate's SubjectPublicKeyInfo).
+const FIXTURE_FINGERPRINT: &str =
+    "c3e41e15cd9b3847b9c5027287a4dc3a57352029d375b4d07d3758c52528a396";
+
+#[test]
+fn a_pinned_client_connects_to_its_node_and_refuses_another_key() {
+    let server = loopback(Service::Echo);
+    run_local(async {
+        let pin = parse_fingerprint(FIXTURE_FINGERPRINT).unwrap();
+        let endpoint = pinned_endpoint(server.addr, pin).unwrap();
+        let node = connect(&endpoint, server.addr).await.unwrap();
+        let health = node.service.health_request().send().promise.await.unwrap();
+        assert_eq!(health.get().unwrap().get_status().unwrap(), "ok");
+        node.connection.close(0u32.into(), b"done");
+
+        let mut other = pin;
+        other[31] ^= 1;
+        let endpoint = pinned_endpoint(server.addr, other).unwrap();
+        let error = connect(&endpoint, server.addr)
+            .await
+            .err()
+            .expect("another key is refused");
+        assert!(error.to_string().contains("pinned fingerprint"), "{error}");
+    });
+}
+
+#[test]
+fn each_pinned_endpoint_has_a_source_port_of_its_own() {
+    // The node's workers share a port by the client's address: one socket would reach one worker.
+    let pin = parse_fingerprint(FIXTURE_FINGERPRINT).unwrap();
+    let server = SocketAddr::from(([127, 0, 0, 1], 9));
+    run_local(async {
+        let first = pinned_endpoint(server, pin).unwrap();
+        let second = pinned_endpoint(server, pin).unwrap();
+        assert_ne!(
+            first.local_addr().unwrap().port(),
+            second.local_addr().unwrap().port()
+        );
     });
 }
 
