@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import capnp.lib.capnp as pycapnp_lib  # type: ignore[import-untyped]
-
 from quicnprotochat.common.errors import InvalidArgument, Unimplemented
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.rpc_params import MalformedParams, StructReader
+from quicnprotochat.server.rpc_results import ResultWriter
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -36,7 +35,7 @@ class Dispatching(Protocol):
 C = TypeVar("C")
 
 
-def _entry(name: str, params: StructReader) -> Callable[[Any, Any], Awaitable[None]]:
+def _entry(name: str, params: StructReader, results: ResultWriter) -> Callable[[Any, Any], Awaitable[None]]:
     async def entry(self: Dispatching, context: Any) -> None:
         budget = self.budget
         if not budget.start_call():
@@ -55,7 +54,7 @@ def _entry(name: str, params: StructReader) -> Callable[[Any, Any], Awaitable[No
                 self.client_fault(name, str(fault))
                 raise InvalidArgument(str(fault)) from None
             result = await handler(_context=context, **values)
-            pycapnp_lib.fill_context(name, context, result)
+            results.fill(context, result)
         finally:
             budget.end_call()
 
@@ -65,11 +64,12 @@ def _entry(name: str, params: StructReader) -> Callable[[Any, Any], Awaitable[No
 
 def serve_methods(interface: Any) -> Callable[[type[C]], type[C]]:
     """Class decorator: every method of the `interface` schema enters through `_entry`, with its parameters'
-    readers worked out once."""
+    readers and its results' field order worked out once."""
 
     def decorate(cls: type[C]) -> type[C]:
         for name, method in interface.schema.methods.items():
-            setattr(cls, f"{name}_context", _entry(name, StructReader(method.param_type)))
+            entry = _entry(name, StructReader(method.param_type), ResultWriter(name, method.result_type))
+            setattr(cls, f"{name}_context", entry)
         return cls
 
     return decorate
