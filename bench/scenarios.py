@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import math
 import os
 import random
@@ -27,6 +26,7 @@ from quicnprotochat.bench import hostile
 from quicnprotochat.bench.bots import Bot, Connector
 from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.live import Live
+from quicnprotochat.bench.load_generator_gc import QuietCollector
 from quicnprotochat.bench.metrics import (
     MIN_PAYLOAD_BYTES,
     DeliveryTracker,
@@ -277,8 +277,16 @@ def watch(pid: int | None) -> ProcessWatch | None:
     return ProcessWatch(pid) if pid is not None else None
 
 
-async def sample_while(watches: Sequence[ProcessWatch | None], stop: asyncio.Event, every: float = 0.5) -> None:
+async def sample_while(
+    watches: Sequence[ProcessWatch | None],
+    stop: asyncio.Event,
+    every: float = 0.5,
+    *,
+    tick: Callable[[], None] | None = None,
+) -> None:
     while not stop.is_set():
+        if tick is not None:
+            tick()
         for process in watches:
             if process is not None:
                 with contextlib.suppress(OSError):
@@ -322,7 +330,7 @@ class Measured:
         self.mode = self.nodes[0].mode
         self.pid = self.nodes[0].pid
         self._store_before: tuple[int, int] | None = None
-        self._frozen = 0
+        self._quiet: QuietCollector | None = None
 
     def _all_watches(self) -> list[ProcessWatch]:
         return [
@@ -335,19 +343,12 @@ class Measured:
             process.start()
         self._machine = machine_cpu()
         self._store_before = store_metrics(self.nodes)
-        self._freeze_load_generator()
-        self._task = asyncio.get_running_loop().create_task(sample_while(self._all_watches(), self._stop))
-
-    def _freeze_load_generator(self) -> None:
-        """Leaves the load generator's heap as set up (its connections, clients, schema: hundreds of thousands of
-        objects with 1,000 clients) out of its garbage collections for the measured window. One process holding
-        a thousand clients is not what a user runs, and its full collections (200 ms and more) would otherwise
-        land in the latencies measured. Not where a node shares this process: the node is what is measured."""
-        if os.getpid() in self._watches:
-            return
-        gc.collect()
-        gc.freeze()
-        self._frozen = gc.get_freeze_count()
+        # Not where a node shares this process: the node is what is measured.
+        self._quiet = QuietCollector() if os.getpid() not in self._watches else None
+        if self._quiet is not None:
+            self._quiet.start()
+        tick = self._quiet.check if self._quiet is not None else None
+        self._task = asyncio.get_running_loop().create_task(sample_while(self._all_watches(), self._stop, tick=tick))
 
     async def start_profiler(self) -> None:
         path = Measured.profile_path
@@ -374,8 +375,8 @@ class Measured:
         self._stop.set()
         if self._task is not None:
             await self._task
-        if self._frozen:
-            gc.unfreeze()  # what the measured window left behind is collected again
+        if self._quiet is not None:
+            self._quiet.stop()
         if self._profiler is not None:
             self._profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             await self._profiler.wait()
@@ -413,8 +414,8 @@ class Measured:
         if self.client_watch is not None:
             figures["client"] = self.client_watch.stop()
             ours += figures["client"]["cpu_user_s"] + figures["client"]["cpu_sys_s"]
-        if self._frozen:
-            figures["load_generator_gc_frozen_objects"] = self._frozen
+        if self._quiet is not None:
+            figures["load_generator_gc"] = self._quiet.figures()
         if self.database_watch is not None:
             with contextlib.suppress(ProcessLookupError):
                 figures["database"] = self.database_watch.stop()

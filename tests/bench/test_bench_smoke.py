@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from quicnprotochat.bench.cli import main
+from quicnprotochat.bench.load_generator_gc import YOUNG_BOUND, QuietCollector
 from quicnprotochat.bench.metrics import P999_SAMPLES, DeliveryTracker, Latencies, stamp_payload
 
 LATENCY_KEYS = {"count", "p50", "p90", "p99", "max", "mean"}
@@ -56,9 +57,10 @@ def test_enqueue_in_a_node_process_with_baselines(bench_dir: Path) -> None:
     assert results["enqueues"] > 0 and results["enqueues_per_s"] > 0
     assert LATENCY_KEYS <= set(results["call_latency_ms"]) <= LATENCY_KEYS | {"p99.9"}
     assert_exactly_once(results)
-    # The load generator's heap as set up is left out of its collections while it measures a node process.
-    assert results["load_generator_gc_frozen_objects"] > 10_000
-    assert gc.get_freeze_count() == 0  # and given back to the collector afterwards
+    # While it measures a node process, the load generator's heap as set up is frozen and it does not collect...
+    assert results["load_generator_gc"]["frozen_objects"] > 10_000
+    assert results["load_generator_gc"]["young_collections_in_window"] == 0
+    assert gc.get_freeze_count() == 0 and gc.isenabled()  # ...and collects again afterwards
     assert set(results["node"]) >= CPU_KEYS and results["node"]["rss_bytes"] > 0
     assert set(results["client"]) >= CPU_KEYS
     assert set(report["baselines"]) == {"transport_echo", "rpc_echo", "store"}
@@ -105,7 +107,7 @@ def test_longpoll(bench_dir: Path) -> None:
     assert results["wakeups"] > 0 and results["wakeups"] == results["deliveries"]
     assert set(results["wakeup_after_enqueue_returned_ms"]) == LATENCY_KEYS
     assert_exactly_once(results)
-    assert "load_generator_gc_frozen_objects" not in results  # the node shares the process: nothing frozen
+    assert "load_generator_gc" not in results  # the node shares the process: its collector is left alone
 
 
 def test_idle(bench_dir: Path) -> None:
@@ -211,3 +213,19 @@ def test_latencies_give_a_999th_percentile_only_with_enough_samples() -> None:
     summary = enough.summary()
     assert set(summary) == LATENCY_KEYS | {"p99.9"}
     assert (summary["p99"], summary["p99.9"], summary["max"]) == (19_799.0, 19_979.0, 19_999.0)
+
+
+def test_the_quiet_collector_bounds_what_a_window_piles_up() -> None:
+    quiet = QuietCollector()
+    quiet.start()
+    try:
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        kept = [[index] for index in range(YOUNG_BOUND + 1000)]
+        quiet.check()
+        assert quiet.collections == 1 and gc.get_count()[0] < YOUNG_BOUND
+        quiet.check()
+        assert quiet.collections == 1
+        del kept
+    finally:
+        quiet.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
