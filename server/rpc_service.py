@@ -8,8 +8,6 @@ the result. RpcErrors raised anywhere travel back to the caller as `code: reason
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from quicnprotochat.common.errors import ResourceExhausted, Unauthenticated
@@ -299,23 +297,25 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         self, recipient: bytes, channel: bytes, version: int, timeout_ms: int, auth: Any, limit: int, *, remove: bool
     ) -> list[dict[str, Any]]:
         caller = await self._caller(auth)
-        async with self._parked(caller.identity_key):
-            return _envelopes(
-                await self._node.inboxes.fetch_wait(
-                    caller,
-                    recipient,
-                    channel,
-                    version,
-                    timeout_ms,
-                    limit,
-                    remove=remove,
-                    answer_slot=self._budget.answer_slot,
-                )
+        self._park(caller.identity_key)
+        try:
+            messages = await self._node.inboxes.fetch_wait(
+                caller,
+                recipient,
+                channel,
+                version,
+                timeout_ms,
+                limit,
+                remove=remove,
+                answer_slot=self._budget.answer_slot,
             )
+        finally:
+            self._unpark(caller.identity_key)
+        return _envelopes(messages)
 
-    @asynccontextmanager
-    async def _parked(self, identity: bytes) -> AsyncIterator[None]:
-        """One parked long-poll, within the per-connection and per-identity caps; released however it ends."""
+    def _park(self, identity: bytes) -> None:
+        """Counts one parked long-poll, within the per-connection and per-identity caps; `_unpark` however it ends.
+        (Not a context manager: a parked call's objects are what the collector walks while thousands wait.)"""
         counters = self._node.counters
         config = self._node.config
         if self._budget.parked >= config.max_parked_per_connection:
@@ -329,12 +329,12 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         self._budget.parked += 1
         counters.parked_waits += 1
         counters.parked_by_identity[identity] += 1
-        try:
-            yield
-        finally:
-            self._budget.parked -= 1
-            counters.parked_waits -= 1
-            decrement(counters.parked_by_identity, identity)
+
+    def _unpark(self, identity: bytes) -> None:
+        counters = self._node.counters
+        self._budget.parked -= 1
+        counters.parked_waits -= 1
+        decrement(counters.parked_by_identity, identity)
 
     async def peek(
         self, recipientKey: bytes, channelId: bytes, version: int, auth: Any, limit: int, _context: Any, **_: Any
@@ -414,8 +414,11 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
         self, sinceDigest: bytes, timeoutMs: int, auth: Any, _context: Any, **_: Any
     ) -> tuple[bytes, list[dict[str, Any]]]:
         caller = await self._caller(auth)
-        async with self._parked(caller.identity_key):
+        self._park(caller.identity_key)
+        try:
             digest, view = await self._node.bots.wait_approvals(caller, bytes(sinceDigest), timeoutMs)
+        finally:
+            self._unpark(caller.identity_key)
         requests = [
             {
                 "requestId": request.request_id,

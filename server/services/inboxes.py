@@ -247,9 +247,10 @@ class InboxService:
     ) -> list[InboxMessage]:
         recipient, channel = await self._own_inbox(caller, recipient, channel, version)
         timeout = min(timeout_ms, self._max_wait_ms) / 1000.0
-        slot = {} if answer_slot is None else {"answer_slot": answer_slot}
         with store_errors():
-            return await fetch_wait(self._store, recipient, channel, self._limit(limit), timeout, remove=remove, **slot)
+            return await fetch_wait(
+                self._store, recipient, channel, self._limit(limit), timeout, remove=remove, answer_slot=answer_slot
+            )
 
     async def peek(
         self, caller: Caller, recipient: bytes, channel: bytes, version: int, limit: int

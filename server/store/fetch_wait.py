@@ -25,13 +25,14 @@ async def fetch_wait(
     timeout: float,
     *,
     remove: bool = True,
-    answer_slot: AnswerSlot = _any_time,
+    answer_slot: AnswerSlot | None = None,
 ) -> list[InboxMessage]:
     """Return up to `limit` messages, waiting up to `timeout` seconds for the first one; they are removed
     unless `remove` is False (peekWait: the client acks once it has stored them).
 
     Returns [] on timeout. The caller caps `timeout`; cancelling the call leaves nothing registered.
     """
+    slot = answer_slot or _any_time
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(timeout, 0.0)
     # Registered before the first look at the inbox: a commit between that look and the wait still wakes us.
@@ -43,7 +44,7 @@ async def fetch_wait(
             # and a peek is a read anyway: neither needs that extra read.
             if woken or not remove or (await store.inbox_stats(recipient, channel)).depth > 0:
                 read = store.fetch if remove else store.peek
-                async with answer_slot() as reserve:
+                async with slot() as reserve:
                     messages = await read(recipient, channel, limit)
                     reserve(sum(len(message.payload) for message in messages))
                 if messages:
