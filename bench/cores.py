@@ -85,6 +85,21 @@ async def worker_pids(node: NodeUnderTest, workers: int, timeout: float = 60.0) 
     raise RuntimeError("the workers did not all start:\n" + node.stderr_tail())
 
 
+def scheduled_seconds(pid: int) -> tuple[float, float]:
+    """(running, waiting for a CPU while runnable) seconds of a process's live threads so far (/proc schedstat):
+    the second says how much more CPU the process would have used on a machine with a core free for it."""
+    running = waiting = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        try:
+            with open(f"{task.path}/schedstat") as handle:
+                fields = handle.read().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        running += int(fields[0])
+        waiting += int(fields[1])
+    return running / 1e9, waiting / 1e9
+
+
 class Window:
     """CPU from /proc between the load generator's "producing" and "produced" events."""
 
@@ -96,6 +111,8 @@ class Window:
         self.this = ProcessWatch(None)
         self._machine: tuple[float, float] = (0.0, 0.0)
         self._started = 0.0
+        self._scheduled: dict[int, tuple[float, float]] = {}
+        self._scheduled_pids = [*workers, load_pid]
 
     def _all(self) -> list[ProcessWatch]:
         return [self.node, *self.workers, *([self.database] if self.database else []), self.load, self.this]
@@ -103,6 +120,7 @@ class Window:
     def start(self) -> None:
         for watch in self._all():
             watch.start()
+        self._scheduled = {pid: scheduled_seconds(pid) for pid in self._scheduled_pids}
         self._machine = machine_cpu()
         self._started = time.monotonic()
 
@@ -121,6 +139,10 @@ class Window:
         load = used(self.load)
         this = used(self.this)
         machine = round((busy - self._machine[0]) / wall, 3) if wall > 0 else 0.0
+        waiting = []
+        for pid in self._scheduled_pids:
+            before, after = self._scheduled[pid], scheduled_seconds(pid)
+            waiting.append(round((after[1] - before[1]) / wall, 3) if wall > 0 else 0.0)
         return {
             "seconds": round(wall, 3),
             "machine_cores": round(cores, 2),
@@ -133,6 +155,9 @@ class Window:
                 "machine": machine,
                 "others": round(machine - node - (database or 0.0) - load - this, 3),
             },
+            # Time runnable but waiting for a CPU, per second of the window: each worker's, then the load
+            # generator's. A worker that waits is starved by the machine, not limited by its own work.
+            "cores_waited_for": {"workers": waiting[:-1], "load_generator": waiting[-1]},
         }
 
 
@@ -254,8 +279,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 HEADER = (
     "| pair | workers | enqueues/s | deliveries/s | call p50 / p99 ms | cores: node (per worker) | PostgreSQL "
-    "| load generator | others | node CPU per enqueue | connections per worker | errors |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| load generator | others | workers waiting for a CPU | node CPU per enqueue | connections per worker | errors |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -263,13 +288,15 @@ def row(figures: dict[str, Any]) -> str:
     used = figures.get("cpu", {}).get("cores_used", {})
     spread = "/".join(str(count) for count in figures.get("producers_by_process", {}).values())
     per_worker = ", ".join(f"{share:.2f}" for share in used.get("workers", []))
+    waits = figures.get("cpu", {}).get("cores_waited_for", {}).get("workers", [])
+    waited = ", ".join(f"{share:.2f}" for share in waits)
     errors = sum(item["count"] for item in figures.get("errors", {}).values())
     return (
         f"| {figures.get('pair')} | {figures['workers']} | {figures.get('enqueues_per_s', 0):,.0f} "
         f"| {figures.get('deliveries_per_s', 0):,.0f} "
         f"| {figures['call_ms']['p50']:.1f} / {figures['call_ms']['p99']:.1f} "
         f"| {used.get('node', 0):.2f} ({per_worker}) | {used.get('postgresql') or 0:.2f} "
-        f"| {used.get('load_generator', 0):.2f} | {used.get('others', 0):.2f} "
+        f"| {used.get('load_generator', 0):.2f} | {used.get('others', 0):.2f} | {waited} "
         f"| {figures.get('node_cpu_per_enqueue_us')} us | {spread} | {errors} |"
     )
 

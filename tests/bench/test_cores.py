@@ -48,3 +48,5 @@ async def test_the_rust_load_reaches_both_workers_and_every_enqueue_is_delivered
     cores = figures["cpu"]["cores_used"]
     assert len(cores["workers"]) == 2 and cores["node"] >= max(cores["workers"])
     assert cores["load_generator"] > 0
+    waited = figures["cpu"]["cores_waited_for"]
+    assert len(waited["workers"]) == 2 and all(share >= 0 for share in waited["workers"])
