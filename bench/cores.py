@@ -24,7 +24,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,51 +101,52 @@ def scheduled_seconds(pid: int) -> tuple[float, float]:
 
 
 class Window:
-    """CPU from /proc between the load generator's "producing" and "produced" events."""
+    """CPU from /proc between the load generator's "producing" and "produced" events; the load generator's own
+    comes with the events."""
 
-    def __init__(self, node_pid: int, workers: Sequence[int], database_pid: int | None, load_pid: int) -> None:
+    def __init__(self, node_pid: int, workers: Sequence[int], database_pid: int | None) -> None:
         self.node = ProcessWatch(node_pid, tree=True)  # the supervisor and its workers (or the one node)
         self.workers = [ProcessWatch(pid) for pid in workers]
         self.database = ProcessWatch(database_pid, tree=True) if database_pid is not None else None
-        self.load = ProcessWatch(load_pid)
         self.this = ProcessWatch(None)
         self._machine: tuple[float, float] = (0.0, 0.0)
         self._started = 0.0
+        self._worker_pids = list(workers)
         self._scheduled: dict[int, tuple[float, float]] = {}
-        self._scheduled_pids = [*workers, load_pid]
+        self._load: dict[str, float] = {}
 
     def _all(self) -> list[ProcessWatch]:
-        return [self.node, *self.workers, *([self.database] if self.database else []), self.load, self.this]
+        return [self.node, *self.workers, *([self.database] if self.database else []), self.this]
 
-    def start(self) -> None:
+    def start(self, event: dict[str, float]) -> None:
         for watch in self._all():
             watch.start()
-        self._scheduled = {pid: scheduled_seconds(pid) for pid in self._scheduled_pids}
+        self._scheduled = {pid: scheduled_seconds(pid) for pid in self._worker_pids}
+        self._load = event
         self._machine = machine_cpu()
         self._started = time.monotonic()
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self, event: dict[str, float]) -> dict[str, Any]:
         busy, total = machine_cpu()
         wall = time.monotonic() - self._started
-        cores = (total - self._machine[1]) / wall if wall > 0 else 0.0
+
+        def per_s(seconds: float) -> float:
+            return round(seconds / wall, 3) if wall > 0 else 0.0
 
         def used(watch: ProcessWatch) -> float:
             figures = watch.stop()
-            return round((figures["cpu_user_s"] + figures["cpu_sys_s"]) / wall, 3) if wall > 0 else 0.0
+            return per_s(figures["cpu_user_s"] + figures["cpu_sys_s"])
 
         node = used(self.node)
         workers = [used(watch) for watch in self.workers]
         database = used(self.database) if self.database else None
-        load = used(self.load)
         this = used(self.this)
-        machine = round((busy - self._machine[0]) / wall, 3) if wall > 0 else 0.0
-        waiting = []
-        for pid in self._scheduled_pids:
-            before, after = self._scheduled[pid], scheduled_seconds(pid)
-            waiting.append(round((after[1] - before[1]) / wall, 3) if wall > 0 else 0.0)
+        load = per_s(event["running_s"] - self._load["running_s"])
+        machine = per_s(busy - self._machine[0])
+        waiting = [per_s(scheduled_seconds(pid)[1] - self._scheduled[pid][1]) for pid in self._worker_pids]
         return {
             "seconds": round(wall, 3),
-            "machine_cores": round(cores, 2),
+            "machine_cores": per_s(total - self._machine[1]),
             "cores_used": {
                 "node": node,
                 "workers": workers,
@@ -155,9 +156,12 @@ class Window:
                 "machine": machine,
                 "others": round(machine - node - (database or 0.0) - load - this, 3),
             },
-            # Time runnable but waiting for a CPU, per second of the window: each worker's, then the load
-            # generator's. A worker that waits is starved by the machine, not limited by its own work.
-            "cores_waited_for": {"workers": waiting[:-1], "load_generator": waiting[-1]},
+            # Time runnable but waiting for a CPU, per second of the window. A worker that waits is starved by
+            # the machine, not limited by its own work.
+            "cores_waited_for": {
+                "workers": waiting,
+                "load_generator": per_s(event["waiting_s"] - self._load["waiting_s"]),
+            },
         }
 
 
@@ -166,10 +170,9 @@ async def run_load(
     node: NodeUnderTest,
     accounts: Path,
     load: Load,
-    window_for: Callable[[int], Window] | None = None,
+    window: Window | None = None,
 ) -> dict[str, Any]:
-    """Runs `front_end_spike node-load`; the window `window_for` makes for the load generator's pid (if given) is
-    started and stopped at its events."""
+    """Runs `front_end_spike node-load`; `window` (if given) is started and stopped at its events."""
     process = await asyncio.create_subprocess_exec(
         str(binary),
         "node-load",
@@ -194,7 +197,6 @@ async def run_load(
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None and process.stderr is not None
-    window = window_for(process.pid) if window_for is not None else None
     figures: dict[str, Any] = {}
     try:
         async with asyncio.timeout(load.duration + 120):
@@ -202,9 +204,9 @@ async def run_load(
                 document = json.loads(line)
                 event = document.get("event")
                 if event == "producing" and window is not None:
-                    window.start()
+                    window.start(document)
                 elif event == "produced" and window is not None:
-                    figures["cpu"] = window.stop()
+                    figures["cpu"] = window.stop(document)
                 elif event is None:
                     figures.update(document)
             error = (await process.stderr.read()).decode(errors="replace").strip()
@@ -232,12 +234,7 @@ async def one_run(
         bots = await register_accounts(node.address("quic"), node.fingerprint, load.connections, data_dir)
         accounts = data_dir / "accounts"
         write_accounts(accounts, node.fingerprint, bots)
-        node_pid = node.pid
-
-        def window_for(load_pid: int) -> Window:
-            return Window(node_pid, pids, database_pid, load_pid)
-
-        figures = await run_load(binary, node, accounts, load, window_for)
+        figures = await run_load(binary, node, accounts, load, Window(node.pid, pids, database_pid))
     finally:
         await node.stop()
     used = figures.get("cpu", {}).get("cores_used", {})

@@ -242,10 +242,35 @@ fn counts_json(counts: &BTreeMap<u32, u32>) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
-/// A progress line on stdout (the measuring side takes its CPU readings at these).
+/// This process's (running, runnable but waiting for a CPU) seconds so far, summed over its threads
+/// (/proc/self/task/*/schedstat; zero where there is no /proc).
+pub fn scheduled_seconds() -> (f64, f64) {
+    let (mut running, mut waiting) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            let mut fields = text
+                .split_whitespace()
+                .map(|field| field.parse::<u64>().unwrap_or(0));
+            running += fields.next().unwrap_or(0);
+            waiting += fields.next().unwrap_or(0);
+        }
+    }
+    (running as f64 / 1e9, waiting as f64 / 1e9)
+}
+
+/// A progress line on stdout, with this process's CPU so far: the measuring side takes its readings at these,
+/// and reads the load generator's own CPU here because the process may have ended when the line is read.
 fn event(name: &str) {
+    let (running, waiting) = scheduled_seconds();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{{\"event\": \"{name}\"}}");
+    let _ = writeln!(
+        out,
+        "{{\"event\": \"{name}\", \"running_s\": {running:.6}, \"waiting_s\": {waiting:.6}}}"
+    );
     let _ = out.flush();
 }
 
@@ -537,6 +562,16 @@ mod tests {
         );
         assert_eq!(error_code("Disconnected: connection lost"), "other");
         assert_eq!(error_code("no reason at all"), "other");
+    }
+
+    #[test]
+    fn this_process_has_run() {
+        let (running, _) = scheduled_seconds();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(20) {}
+        let (again, waiting) = scheduled_seconds();
+        assert!(again - running >= 0.01, "{running} -> {again}");
+        assert!(waiting >= 0.0);
     }
 
     #[test]
