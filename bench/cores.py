@@ -55,6 +55,14 @@ class Load:
     consumer: str = "peekack"
 
 
+def load_options(connections: int, concurrency: int, payload_size: int, duration: float | None) -> list[str]:
+    """The options the spike's `load` (against its own server) and `node-load` (against the node) share; no
+    duration: the load generator's default."""
+    options = ["--connections", str(connections), "--concurrency", str(concurrency)]
+    options += ["--payload-size", str(payload_size)]
+    return options + (["--duration", str(duration)] if duration is not None else [])
+
+
 def write_accounts(path: Path, fingerprint: str, bots: Sequence[Bot]) -> None:
     """The file `front_end_spike node-load --accounts` reads (mode 0600: it holds session tokens)."""
     lines = [f"fingerprint {fingerprint}"]
@@ -182,14 +190,7 @@ async def run_load(
         str(node.quic_port),
         "--accounts",
         str(accounts),
-        "--connections",
-        str(load.connections),
-        "--concurrency",
-        str(load.concurrency),
-        "--payload-size",
-        str(load.payload_size),
-        "--duration",
-        str(load.duration),
+        *load_options(load.connections, load.concurrency, load.payload_size, load.duration),
         "--consumer",
         load.consumer,
         stdin=asyncio.subprocess.DEVNULL,

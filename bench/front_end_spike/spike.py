@@ -41,6 +41,7 @@ from quicnprotochat.bench.baselines import (
     drive_rpc,
     start_echo_process,
 )
+from quicnprotochat.bench.cores import load_options
 from quicnprotochat.bench.metrics import ProcessWatch
 from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.common import kj_loop
@@ -403,14 +404,7 @@ async def rust_client_load(port: int, load: Load, pid: int) -> dict[str, Any]:
         "load",
         "--port",
         str(port),
-        "--connections",
-        str(load.connections),
-        "--concurrency",
-        str(load.concurrency),
-        "--payload-size",
-        str(load.payload_size),
-        "--duration",
-        str(load.duration),
+        *load_options(load.connections, load.concurrency, load.payload_size, load.duration),
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
