@@ -53,6 +53,9 @@ class Load:
     payload_size: int = 256
     duration: float = 10.0
     consumer: str = "peekack"
+    # Connections spread evenly over the workers (the load generator reopens those past a worker's share): the
+    # kernel's hash spreads a few flows unevenly, and the busiest worker would set the pace.
+    spread_evenly: bool = True
 
 
 def load_options(connections: int, concurrency: int, payload_size: int, duration: float | None) -> list[str]:
@@ -179,6 +182,7 @@ async def run_load(
     accounts: Path,
     load: Load,
     window: Window | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Runs `front_end_spike node-load`; `window` (if given) is started and stopped at its events."""
     process = await asyncio.create_subprocess_exec(
@@ -193,6 +197,7 @@ async def run_load(
         *load_options(load.connections, load.concurrency, load.payload_size, load.duration),
         "--consumer",
         load.consumer,
+        *(["--workers", str(workers)] if load.spread_evenly and workers > 1 else []),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -235,7 +240,8 @@ async def one_run(
         bots = await register_accounts(node.address("quic"), node.fingerprint, load.connections, data_dir)
         accounts = data_dir / "accounts"
         write_accounts(accounts, node.fingerprint, bots)
-        figures = await run_load(binary, node, accounts, load, Window(node.pid, pids, database_pid))
+        window = Window(node.pid, pids, database_pid)
+        figures = await run_load(binary, node, accounts, load, window, workers)
     finally:
         await node.stop()
     used = figures.get("cpu", {}).get("cores_used", {})
@@ -250,7 +256,9 @@ async def one_run(
 
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     binary = Path(args.load_generator)
-    load = Load(args.connections, args.concurrency, args.payload_size, args.duration, args.consumer)
+    load = Load(
+        args.connections, args.concurrency, args.payload_size, args.duration, args.consumer, not args.kernel_spread
+    )
     counts = [int(count) for count in args.workers.split(",")]
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qpc-cores-") as tmp:
@@ -317,6 +325,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=Load.concurrency)
     run.add_argument("--payload-size", type=int, default=Load.payload_size)
     run.add_argument("--consumer", choices=CONSUMERS, default=Load.consumer)
+    run.add_argument(
+        "--kernel-spread", action="store_true", help="leave the connections where the kernel's hash puts them"
+    )
     run.add_argument("--load-generator", default=str(LOAD_GENERATOR))
     run.add_argument("--json", help="write every run's figures here")
     setup = commands.add_parser("accounts", help="register and log in accounts on a running node for node-load")

@@ -4,9 +4,10 @@
 //! `front_end_spike load --port P [--host H] [--connections 4] [--concurrency 64] [--payload-size 256]
 //! [--duration 5]`: the spike's own enqueue load generator against its own server; prints its figures as JSON.
 //! `front_end_spike node-load --port P --accounts FILE [--host H] [--connections 4] [--concurrency 64]
-//! [--payload-size 256] [--duration 5] [--consumer peekack|fetchwait|none] [--wait-ms 25000] [--drain-timeout 10]`:
-//! load against the real node with the logged-in accounts of FILE (written by `bench/cores.py`), pinned to the
-//! node's fingerprint; prints progress events and then its figures as JSON lines.
+//! [--payload-size 256] [--duration 5] [--consumer peekack|fetchwait|none] [--wait-ms 25000] [--drain-timeout 10]
+//! [--workers N]`: load against the real node with the logged-in accounts of FILE (written by `bench/cores.py`),
+//! pinned to the node's fingerprint, its connections spread evenly over the node's N processes when given;
+//! prints progress events and then its figures as JSON lines.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -116,6 +117,10 @@ async fn load_node(options: HashMap<String, String>) -> Result<(), BoxError> {
         consumer: get(&options, "consumer", "peekack")?,
         wait_ms: get(&options, "wait-ms", "25000")?,
         drain_timeout: Duration::from_secs_f64(get(&options, "drain-timeout", "10")?),
+        spread_over: match get::<usize>(&options, "workers", "0")? {
+            0 => None,
+            workers => Some(workers),
+        },
     };
     let figures = node_load(&load).await?;
     println!("{}", figures.json());

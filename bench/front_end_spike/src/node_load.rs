@@ -104,6 +104,8 @@ pub struct NodeLoad {
     pub consumer: Consumer,
     pub wait_ms: u64,
     pub drain_timeout: Duration,
+    /// The node's process count (`--workers`): spread the connections evenly over them. None: as the kernel does.
+    pub spread_over: Option<usize>,
 }
 
 /// Errors by code (`invalid_argument`, `resource_exhausted`, ... or `disconnected`), with the first text of each.
@@ -289,21 +291,45 @@ async fn process_id(connection: &NodeConnection) -> Result<u32, capnp::Error> {
     Ok(answer.get()?.get_status()?.get_process_id())
 }
 
-/// Opens `count` connections, each on its own endpoint (its own source port), noting which node process
-/// serves each.
+/// Connections opened per connection kept, at most, while spreading them evenly over the node's processes.
+const SPREAD_TRIES_PER_CONNECTION: usize = 32;
+
+/// Opens `count` connections, each on its own endpoint (its own source port), noting which node process serves
+/// each. With `spread_over` = N, connections are opened until each of N processes serves an even share (the
+/// kernel's hash spreads a few flows unevenly: 16 over two workers came out 5/11), closing those past a share.
 async fn open_connections(
     addr: SocketAddr,
     pin: [u8; 32],
     count: usize,
+    spread_over: Option<usize>,
     by_process: &mut BTreeMap<u32, u32>,
 ) -> Result<Vec<NodeConnection>, BoxError> {
+    let share = spread_over.map(|processes| count.div_ceil(processes.max(1)));
     let mut opened = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut tries = 0;
+    while opened.len() < count {
+        tries += 1;
+        if tries > count * SPREAD_TRIES_PER_CONNECTION {
+            return Err(format!(
+                "{count} connections did not spread evenly over {} node processes in {} tries \
+                 (served so far: {by_process:?})",
+                spread_over.unwrap_or(1),
+                tries - 1
+            )
+            .into());
+        }
         let endpoint = pinned_endpoint(addr, pin)?;
         let connection = connect(&endpoint, addr).await?;
-        *by_process
+        let served = by_process
             .entry(process_id(&connection).await?)
-            .or_default() += 1;
+            .or_default();
+        if share.is_some_and(|share| *served as usize >= share) {
+            connection
+                .connection
+                .close(0u32.into(), b"spreading the load");
+            continue;
+        }
+        *served += 1;
         opened.push(connection);
     }
     Ok(opened)
@@ -398,6 +424,7 @@ pub async fn node_load(load: &NodeLoad) -> Result<NodeLoadFigures, BoxError> {
         load.addr,
         pin,
         consumer_count,
+        load.spread_over,
         &mut figures.consumers_by_process,
     )
     .await?;
@@ -405,6 +432,7 @@ pub async fn node_load(load: &NodeLoad) -> Result<NodeLoadFigures, BoxError> {
         load.addr,
         pin,
         load.connections.max(1),
+        load.spread_over,
         &mut figures.producers_by_process,
     )
     .await?;
