@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,11 +113,59 @@ def scheduled_seconds(pid: int) -> tuple[float, float]:
     return running / 1e9, waiting / 1e9
 
 
+class DatabaseWaits:
+    """What the node's PostgreSQL backends wait on (pg_stat_activity every `every` seconds, on a connection of its
+    own): per wait event, backends waiting per sample. Row locks (`Lock/transactionid`) are contention between
+    transactions; NOTIFY's commit lock shows as `Lock/object`."""
+
+    _QUERY = (
+        "SELECT wait_event_type || '/' || wait_event FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type IS NOT NULL"
+    )
+
+    def __init__(self, connection: Any, every: float = 0.05) -> None:
+        self._connection = connection
+        self._every = every
+        self._counts: Counter[str] = Counter()
+        self._samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> DatabaseWaits:
+        import asyncpg  # type: ignore[import-untyped]
+
+        return cls(await asyncpg.connect(url))
+
+    async def _sample(self) -> None:
+        while True:
+            self._counts.update(row[0] for row in await self._connection.fetch(self._QUERY))
+            self._samples += 1
+            await asyncio.sleep(self._every)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+        per_sample = {event: round(count / max(self._samples, 1), 3) for event, count in self._counts.most_common()}
+        return {"samples": self._samples, "backends_waiting_per_sample": per_sample}
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._connection.close()
+
+
 class Window:
     """CPU from /proc between the load generator's "producing" and "produced" events; the load generator's own
     comes with the events."""
 
-    def __init__(self, node_pid: int, workers: Sequence[int], database_pid: int | None) -> None:
+    def __init__(
+        self, node_pid: int, workers: Sequence[int], database_pid: int | None, waits: DatabaseWaits | None = None
+    ) -> None:
+        self.waits = waits
         self.node = ProcessWatch(node_pid, tree=True)  # the supervisor and its workers (or the one node)
         self.workers = [ProcessWatch(pid) for pid in workers]
         self.database = ProcessWatch(database_pid, tree=True) if database_pid is not None else None
@@ -134,6 +184,8 @@ class Window:
             watch.start()
         self._scheduled = {pid: scheduled_seconds(pid) for pid in self._worker_pids}
         self._load = event
+        if self.waits is not None:
+            self.waits.start()
         self._machine = machine_cpu()
         self._started = time.monotonic()
 
@@ -155,7 +207,9 @@ class Window:
         load = per_s(event["running_s"] - self._load["running_s"])
         machine = per_s(busy - self._machine[0])
         waiting = [per_s(scheduled_seconds(pid)[1] - self._scheduled[pid][1]) for pid in self._worker_pids]
+        waits = self.waits.stop() if self.waits is not None else None
         return {
+            "postgresql_waits": waits,
             "seconds": round(wall, 3),
             "machine_cores": per_s(total - self._machine[1]),
             "cores_used": {
@@ -240,8 +294,12 @@ async def one_run(
         bots = await register_accounts(node.address("quic"), node.fingerprint, load.connections, data_dir)
         accounts = data_dir / "accounts"
         write_accounts(accounts, node.fingerprint, bots)
-        window = Window(node.pid, pids, database_pid)
-        figures = await run_load(binary, node, accounts, load, window, workers)
+        waits = await DatabaseWaits.open(store)
+        try:
+            window = Window(node.pid, pids, database_pid, waits)
+            figures = await run_load(binary, node, accounts, load, window, workers)
+        finally:
+            await waits.close()
     finally:
         await node.stop()
     used = figures.get("cpu", {}).get("cores_used", {})
@@ -285,8 +343,9 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 HEADER = (
     "| pair | workers | enqueues/s | deliveries/s | call p50 / p99 ms | cores: node (per worker) | PostgreSQL "
-    "| load generator | others | workers waiting for a CPU | node CPU per enqueue | connections per worker | errors |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| load generator | others | workers waiting for a CPU | PostgreSQL backends waiting on a row lock "
+    "| node CPU per enqueue | connections per worker | errors |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -297,12 +356,14 @@ def row(figures: dict[str, Any]) -> str:
     waits = figures.get("cpu", {}).get("cores_waited_for", {}).get("workers", [])
     waited = ", ".join(f"{share:.2f}" for share in waits)
     errors = sum(item["count"] for item in figures.get("errors", {}).values())
+    waits = figures.get("cpu", {}).get("postgresql_waits") or {}
+    row_locks = waits.get("backends_waiting_per_sample", {}).get("Lock/transactionid", 0.0)
     return (
         f"| {figures.get('pair')} | {figures['workers']} | {figures.get('enqueues_per_s', 0):,.0f} "
         f"| {figures.get('deliveries_per_s', 0):,.0f} "
         f"| {figures['call_ms']['p50']:.1f} / {figures['call_ms']['p99']:.1f} "
         f"| {used.get('node', 0):.2f} ({per_worker}) | {used.get('postgresql') or 0:.2f} "
-        f"| {used.get('load_generator', 0):.2f} | {used.get('others', 0):.2f} | {waited} "
+        f"| {used.get('load_generator', 0):.2f} | {used.get('others', 0):.2f} | {waited} | {row_locks:.2f} "
         f"| {figures.get('node_cpu_per_enqueue_us')} us | {spread} | {errors} |"
     )
 

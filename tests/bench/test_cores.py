@@ -52,3 +52,4 @@ async def test_the_rust_load_spreads_evenly_over_both_workers_and_every_enqueue_
     assert cores["load_generator"] > 0
     waited = figures["cpu"]["cores_waited_for"]
     assert len(waited["workers"]) == 2 and all(share >= 0 for share in waited["workers"])
+    assert figures["cpu"]["postgresql_waits"]["samples"] > 0
