@@ -407,19 +407,17 @@ async fn drain_once(
 
 /// Runs the load: consumers first (parked before anything is sent), then `concurrency` enqueue loops over
 /// `connections` producer connections until `duration` has passed, then waits for the deliveries (up to
-/// `drain_timeout`). Producer connection j enqueues as bot j into the inbox of bot j+1; consumer i drains bot
-/// i's inbox. Prints `{"event": "producing"}` and `{"event": "produced"}` on stdout around the timed part.
+/// `drain_timeout`). The load runs over the first min(accounts, connections) bots, so that every inbox sent to
+/// is drained: producer connection j enqueues as bot j into the inbox of bot j+1 (both modulo that ring);
+/// consumer i drains bot i's inbox. Prints `{"event": "producing"}` and `{"event": "produced"}` on stdout around the timed part.
 /// Call inside a `LocalSet`.
 pub async fn node_load(load: &NodeLoad) -> Result<NodeLoadFigures, BoxError> {
     let bots = Rc::new(load.accounts.bots.clone());
     let pin = load.accounts.fingerprint;
     let mut figures = NodeLoadFigures::default();
 
-    let consumer_count = if load.consumer == Consumer::None {
-        0
-    } else {
-        bots.len().min(load.connections.max(1))
-    };
+    let ring = bots.len().min(load.connections.max(1));
+    let consumer_count = if load.consumer == Consumer::None { 0 } else { ring };
     let consumers = open_connections(
         load.addr,
         pin,
@@ -483,8 +481,8 @@ pub async fn node_load(load: &NodeLoad) -> Result<NodeLoadFigures, BoxError> {
     let loops = (0..load.concurrency.max(1)).map(|index| {
         let slot = index % producers.len();
         let service = producers[slot].service.clone();
-        let sender = bots[slot % bots.len()].clone();
-        let recipient = bots[(slot + 1) % bots.len()].key.clone();
+        let sender = bots[slot % ring].clone();
+        let recipient = bots[(slot + 1) % ring].key.clone();
         let (payload, enqueued, call_us, errors) = (
             payload.clone(),
             enqueued.clone(),
