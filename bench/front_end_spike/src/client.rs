@@ -63,8 +63,39 @@ pub async fn connect(
     })
 }
 
-/// Fills an enqueue request as the bench's producers do: a 32-byte recipient, the payload, wire version 1, a
-/// 32-byte token.
+/// The node's wire version and bearer-token auth version (`common/schema.py`).
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const AUTH_VERSION: u16 = 1;
+
+/// A call's bearer token.
+pub fn set_auth(mut auth: crate::node_capnp::auth::Builder<'_>, token: &[u8]) {
+    auth.set_version(AUTH_VERSION);
+    auth.set_access_token(token);
+}
+
+/// Fills an enqueue request into `recipient`'s default inbox, authenticated by `token`.
+pub fn enqueue_to(
+    service: &node_service::Client,
+    recipient: &[u8],
+    payload: &[u8],
+    version: u16,
+    token: &[u8],
+) -> capnp::capability::Request<
+    node_service::enqueue_params::Owned,
+    node_service::enqueue_results::Owned,
+> {
+    let mut request = service.enqueue_request();
+    let mut params = request.get();
+    params.set_recipient_key(recipient);
+    params.set_payload(payload);
+    params.set_channel_id(&[]);
+    params.set_version(version);
+    set_auth(params.init_auth(), token);
+    request
+}
+
+/// Fills an enqueue request as the bench's producers do against the spike's servers: a fixed 32-byte recipient,
+/// the payload, `version`, a fixed 32-byte token.
 pub fn enqueue_request(
     service: &node_service::Client,
     payload: &[u8],
@@ -73,16 +104,7 @@ pub fn enqueue_request(
     node_service::enqueue_params::Owned,
     node_service::enqueue_results::Owned,
 > {
-    let mut request = service.enqueue_request();
-    let mut params = request.get();
-    params.set_recipient_key(&[7u8; 32]);
-    params.set_payload(payload);
-    params.set_channel_id(&[]);
-    params.set_version(version);
-    let mut auth = params.init_auth();
-    auth.set_version(1);
-    auth.set_access_token(&[9u8; 32]);
-    request
+    enqueue_to(service, &[7u8; 32], payload, version, &[9u8; 32])
 }
 
 #[derive(Debug, Clone, Copy)]

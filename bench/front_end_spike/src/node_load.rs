@@ -17,13 +17,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::client::{connect, pinned_endpoint, NodeConnection};
+use crate::client::{
+    connect, enqueue_to, pinned_endpoint, set_auth, NodeConnection, PROTOCOL_VERSION,
+};
 use crate::node_capnp::node_service;
 use crate::tls::{decode_hex, parse_fingerprint, BoxError};
-
-/// The node's wire version and bearer-token auth version (`common/schema.py`).
-const PROTOCOL_VERSION: u16 = 1;
-const AUTH_VERSION: u16 = 1;
 
 /// Distinct error texts kept per error code (the rest are only counted).
 const ERROR_TEXTS_KEPT: usize = 1;
@@ -276,11 +274,6 @@ fn event(name: &str) {
     let _ = out.flush();
 }
 
-fn set_auth(mut auth: crate::node_capnp::auth::Builder<'_>, token: &[u8]) {
-    auth.set_version(AUTH_VERSION);
-    auth.set_access_token(token);
-}
-
 async fn process_id(connection: &NodeConnection) -> Result<u32, capnp::Error> {
     let answer = connection
         .service
@@ -341,14 +334,10 @@ async fn enqueue(
     recipient: &[u8],
     payload: &[u8],
 ) -> Result<(), capnp::Error> {
-    let mut request = service.enqueue_request();
-    let mut params = request.get();
-    params.set_recipient_key(recipient);
-    params.set_payload(payload);
-    params.set_channel_id(&[]);
-    params.set_version(PROTOCOL_VERSION);
-    set_auth(params.init_auth(), &sender.token);
-    request.send().promise.await?;
+    enqueue_to(service, recipient, payload, PROTOCOL_VERSION, &sender.token)
+        .send()
+        .promise
+        .await?;
     Ok(())
 }
 
@@ -417,7 +406,11 @@ pub async fn node_load(load: &NodeLoad) -> Result<NodeLoadFigures, BoxError> {
     let mut figures = NodeLoadFigures::default();
 
     let ring = bots.len().min(load.connections.max(1));
-    let consumer_count = if load.consumer == Consumer::None { 0 } else { ring };
+    let consumer_count = if load.consumer == Consumer::None {
+        0
+    } else {
+        ring
+    };
     let consumers = open_connections(
         load.addr,
         pin,
