@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -42,9 +41,9 @@ from quicnprotochat.bench.node_runner import (
 from quicnprotochat.bench.pgcluster import create_database, with_database
 from quicnprotochat.bench.subprocesses import terminate
 from quicnprotochat.client import KnownHosts
+from quicnprotochat.server.workers import SERVING_LINE
 
 LOAD_GENERATOR = Path(__file__).resolve().parent / "front_end_spike" / "target" / "release" / "front_end_spike"
-_SERVING = re.compile(r"(?P<count>\d+) workers serving \(pids (?P<pids>[\d, ]+)\)")
 CONSUMERS = ("peekack", "fetchwait", "none")
 
 
@@ -92,7 +91,7 @@ async def worker_pids(node: NodeUnderTest, workers: int, timeout: float = 60.0) 
         return [node.pid]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if match := _SERVING.search(node.stderr_tail()):
+        if match := SERVING_LINE.search(node.stderr_tail()):
             return [int(pid) for pid in match["pids"].split(", ")]
         await asyncio.sleep(0.05)  # polls the tail the node runner keeps
     raise RuntimeError("the workers did not all start:\n" + node.stderr_tail())
@@ -152,10 +151,12 @@ class DatabaseWaits:
         return {"samples": self._samples, "backends_waiting_per_sample": per_sample}
 
     async def close(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._connection.close()
+        try:
+            if self._task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        finally:
+            await self._connection.close()
 
 
 class Window:
@@ -312,11 +313,14 @@ async def one_run(
     return figures
 
 
-async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    binary = Path(args.load_generator)
-    load = Load(
+def load_of(args: argparse.Namespace) -> Load:
+    return Load(
         args.connections, args.concurrency, args.payload_size, args.duration, args.consumer, not args.kernel_spread
     )
+
+
+async def measure(args: argparse.Namespace, load: Load) -> list[dict[str, Any]]:
+    binary = Path(args.load_generator)
     counts = [int(count) for count in args.workers.split(",")]
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qpc-cores-") as tmp:
@@ -353,8 +357,8 @@ def row(figures: dict[str, Any]) -> str:
     used = figures.get("cpu", {}).get("cores_used", {})
     spread = "/".join(str(count) for count in figures.get("producers_by_process", {}).values())
     per_worker = ", ".join(f"{share:.2f}" for share in used.get("workers", []))
-    waits = figures.get("cpu", {}).get("cores_waited_for", {}).get("workers", [])
-    waited = ", ".join(f"{share:.2f}" for share in waits)
+    cpu_waits = figures.get("cpu", {}).get("cores_waited_for", {}).get("workers", [])
+    waited = ", ".join(f"{share:.2f}" for share in cpu_waits)
     errors = sum(item["count"] for item in figures.get("errors", {}).values())
     waits = figures.get("cpu", {}).get("postgresql_waits") or {}
     row_locks = waits.get("backends_waiting_per_sample", {}).get("Lock/transactionid", 0.0)
@@ -407,9 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.load_generator).is_file():
         raise SystemExit(f"no load generator at {args.load_generator}: cd bench/front_end_spike && ./build.sh")
     print(HEADER, flush=True)
-    runs = asyncio.run(measure(args))
+    load = load_of(args)
+    runs = asyncio.run(measure(args, load))
     if args.json:
-        Path(args.json).write_text(json.dumps({"load": asdict(Load()), "runs": runs}, indent=1))
+        Path(args.json).write_text(json.dumps({"load": asdict(load), "runs": runs}, indent=1))
     return 0
 
 

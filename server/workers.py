@@ -21,6 +21,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -39,6 +40,9 @@ from quicnprotochat.server.sealed_secrets import SealedDataError
 from quicnprotochat.server.store import StoreError
 
 log = logging.getLogger("quicnprotochat.server.workers")
+
+# What the supervisor logs once every worker listens, and what scripts (tests, the bench) read the pids from.
+SERVING_LINE = re.compile(r"(?P<count>\d+) workers serving \(pids (?P<pids>[\d, ]+)\)")
 
 # A worker must listen within this long after it starts (opening the store includes migrating it).
 START_TIMEOUT_S = 120.0

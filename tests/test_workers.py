@@ -21,10 +21,9 @@ from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
 from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.node import parse_announcement
-from quicnprotochat.server.workers import worker_config
+from quicnprotochat.server.workers import SERVING_LINE, worker_config
 
 TRANSPORTS = ["quic", "tcp"]
-_SERVING = re.compile(r"(?P<count>\d+) workers serving \(pids (?P<pids>[\d, ]+)\)")
 _LISTENING_WORKER = re.compile(r"worker (?P<index>\d+) \(pid (?P<pid>\d+)\).*listening for QUIC")
 
 
@@ -68,7 +67,7 @@ class Workers:
                 self._changed.wait(remaining)
 
     def start(self) -> Workers:
-        serving = self.wait_for(_SERVING)
+        serving = self.wait_for(SERVING_LINE)
         self.pids = [int(pid) for pid in serving["pids"].split(", ")]
         for line in self.lines:
             announced = parse_announcement(line)
