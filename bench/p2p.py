@@ -99,6 +99,8 @@ class Peer:
         done, _ = await asyncio.wait({waiting, self._reader}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
         if waiting not in done:
+            if self._reader in done:
+                self._reader.result()  # the receiver's own failure, when reading its output raised one
             raise RuntimeError(f"the receiving client {'ended' if self._reader in done else 'did not answer'}")
 
     async def wait(self, body: str) -> None:
