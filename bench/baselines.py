@@ -39,7 +39,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from quicnprotochat.bench.budget import Budget, split
 from quicnprotochat.bench.metrics import ErrorCounts, Latencies, ProcessWatch, machine_cpu, now_ns
-from quicnprotochat.bench.subprocesses import terminate
+from quicnprotochat.bench.subprocesses import start_announcing, terminate
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic, open_tcp
 from quicnprotochat.server.config import NodeConfig
@@ -192,23 +192,9 @@ class EchoProcess:
 
 
 async def start_echo_process(data_dir: Path) -> EchoProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "quicnprotochat.bench.baselines",
-        "serve",
-        str(data_dir),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+    process, announced = await start_announcing(
+        sys.executable, "-m", "quicnprotochat.bench.baselines", "serve", str(data_dir)
     )
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        announced = json.loads(line)
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
     servers = EchoServers(announced["fingerprint"], {k: int(v) for k, v in announced["ports"].items()})
     return EchoProcess(servers, process.pid, process)
 
@@ -370,6 +356,16 @@ async def bare_echo(servers: EchoServers, transport: str, load: Load, pid: int |
         return await _drive(calls, load, pid)
 
 
+def pinned(fingerprint: str) -> Callable[[str], None]:
+    """The key check a bench connection makes: the server must present the key of `fingerprint`."""
+
+    def verify(presented: str) -> None:
+        if presented != fingerprint:
+            raise ConnectionError("the server presented another key")
+
+    return verify
+
+
 async def drive_rpc(
     port: int,
     fingerprint: str,
@@ -381,11 +377,7 @@ async def drive_rpc(
     """`_drive` over load.connections RPC connections opened as the client library opens them (`open_quic` or
     `open_tcp`, the key pinned); `call_on(connection)` is what each connection's call loops call."""
     opener = open_quic if transport == "quic" else open_tcp
-
-    def verify(presented: str) -> None:
-        if presented != fingerprint:
-            raise ConnectionError("the server presented another key")
-
+    verify = pinned(fingerprint)
     await kj_loop.acquire()
     connections: list[RpcConnection] = []
     try:

@@ -39,11 +39,12 @@ from quicnprotochat.bench.baselines import (
     bare_echo,
     capnp_echo,
     drive_rpc,
+    pinned,
     start_echo_process,
 )
 from quicnprotochat.bench.cores import load_options
 from quicnprotochat.bench.metrics import ProcessWatch
-from quicnprotochat.bench.subprocesses import terminate
+from quicnprotochat.bench.subprocesses import start_announcing, terminate
 from quicnprotochat.common import kj_loop
 from quicnprotochat.common.connect import RpcConnection, open_quic
 from quicnprotochat.common.errors import (
@@ -66,6 +67,7 @@ from quicnprotochat.server.rpc_session import RpcSessions
 from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.sessions import TOKEN_BYTES, auth_absent, token_hash
 from quicnprotochat.server.store import Store, open_store
+from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES
 
 SPIKE_DIR = Path(__file__).resolve().parent
 BINARY = SPIKE_DIR / "target" / "release" / "front_end_spike"
@@ -74,7 +76,6 @@ THIS_SCRIPT = [sys.executable, str(SPIKE_DIR / "spike.py")]
 RECIPIENT = bytes([7]) * 32
 TOKEN = bytes([9]) * 32
 SENDER = bytes([5]) * 32
-MAX_IDEMPOTENCY_KEY_BYTES = 64
 TTL_S = 7 * 24 * 3600.0
 SPREAD_INBOXES = 4096
 
@@ -127,8 +128,8 @@ class EnqueueHandler:
             raise InvalidArgument("payload is empty")
         if len(payload) > self._max_payload:
             raise InvalidArgument(f"payload is larger than {self._max_payload} bytes")
-        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_BYTES:
-            raise InvalidArgument(f"idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
+        if len(idempotency_key) > MAX_KEY_BYTES:
+            raise InvalidArgument(f"idempotencyKey must be at most {MAX_KEY_BYTES} bytes")
         if recipient not in self._accounts:
             raise NotFound("recipientKey has no account on this node")
         return Prepared(recipient, channel, payload, sender)
@@ -355,25 +356,8 @@ class Server:
 
 
 async def start_server(*command: str) -> Server:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    assert process.stdout is not None
-    try:
-        announced = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
+    process, announced = await start_announcing(*command, stderr=asyncio.subprocess.PIPE)
     return Server(int(announced["port"]), int(announced["pid"]), process)
-
-
-def _pin(fingerprint: str) -> Callable[[str], None]:
-    def verify(presented: str) -> None:
-        if presented != fingerprint:
-            raise ConnectionError("the front end presented another key")
-
-    return verify
 
 
 async def node_enqueue_load(port: int, fingerprint: str, load: Load, pid: int) -> dict[str, Any]:
@@ -520,7 +504,7 @@ async def interop() -> None:
             server = await start_server(*command)
             await kj_loop.acquire()
             try:
-                connection = await open_quic("127.0.0.1", server.port, _pin(fingerprint))
+                connection = await open_quic("127.0.0.1", server.port, pinned(fingerprint))
                 status = (await connection.service.health()).status
                 auth = {"version": AUTH_VERSION, "accessToken": TOKEN}
                 params = {"recipientKey": RECIPIENT, "channelId": b"", "auth": auth, "idempotencyKey": b""}
