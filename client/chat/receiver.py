@@ -291,24 +291,33 @@ class Receiver:
         views: dict[bytes, rules.GroupView] = {}
         if len(envelopes) < 2:
             return ahead
-        async with context.mls:
-            info_bytes = envelope_info(context.identity_key, channel or None)
-            for envelope in envelopes:
-                if await context.store.get_message(hashlib.sha256(envelope.data).digest()) is not None:
-                    continue  # stored before: `_handle` skips it
-                opened = await self._open(envelope, info_bytes)
-                ahead.opened[envelope.seq] = opened  # the one that ends the run too: `_handle` opens none twice
-                if not isinstance(opened, _MlsEnvelope):
-                    break
-                header = opened.header
-                if header.group_id not in views:
-                    views[header.group_id] = await self._group_view(header.group_id)
-                if not rules.decrypt_ahead(header, views[header.group_id]):
-                    break
-                batch.append(opened.frame.message)
-            if len(batch) > 1:
-                results = await asyncio.to_thread(context.vault.process_batch, batch)
-                ahead.results = dict(zip(batch, results, strict=True))
+        try:
+            async with context.mls:
+                info_bytes = envelope_info(context.identity_key, channel or None)
+                for envelope in envelopes:
+                    if await context.store.get_message(hashlib.sha256(envelope.data).digest()) is not None:
+                        continue  # stored before: `_handle` skips it
+                    opened = await self._open(envelope, info_bytes)
+                    ahead.opened[envelope.seq] = opened  # the one that ends the run too: `_handle` opens none twice
+                    if not isinstance(opened, _MlsEnvelope):
+                        break
+                    header = opened.header
+                    if header.group_id not in views:
+                        views[header.group_id] = await self._group_view(header.group_id)
+                    if not rules.decrypt_ahead(header, views[header.group_id]):
+                        break
+                    batch.append(opened.frame.message)
+                if len(batch) > 1:
+                    results = await asyncio.to_thread(context.vault.process_batch, batch)
+                    ahead.results = dict(zip(batch, results, strict=True))
+        except (NodeUnavailable, Disconnected, OSError, TimeoutError):
+            raise  # transient, as in `_process`: the batch is fetched again
+        except Exception:  # noqa: BLE001 - not ours to judge here: see below
+            # Batching is only a shortcut. Whatever failed here (a group's state that does not load, a storage
+            # fault of the batch's transaction, which rolled back whole) meets each envelope again in `_handle`,
+            # where the inbox's retry and give-up rules apply to it alone: one bad envelope must not block its
+            # inbox for ever by failing every fetch of its batch.
+            ahead.results = {}
         return ahead
 
     # ── direct delivery ─────────────────────────────────────────────────────────────────────────────────
