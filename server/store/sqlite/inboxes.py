@@ -145,8 +145,6 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
 # ── SQL helpers run on the writer or reader thread ────────────────────────────────────────────────────────────
 
 
-# The first messages of an inbox in seq order, each with the payload bytes queued before it; callers keep those
-# with `before` under the byte budget. Parameters: recipient, channel, now, count.
 SHARE_HELD = (
     "SELECT count(*) FROM messages WHERE recipient = ? AND channel_id = ? AND sender = ?"
     " AND (expires_at IS NULL OR expires_at > ?)"
@@ -154,6 +152,8 @@ SHARE_HELD = (
 """The sender's unexpired messages in a default inbox: read from `messages_by_sender` alone, which holds
 `expires_at` (migration 11) so that no message row is looked up."""
 
+# The first messages of an inbox in seq order, each with the payload bytes queued before it; callers keep those
+# with `before` under the byte budget. Parameters: recipient, channel, now, count.
 _FIRST_MESSAGES = (
     "SELECT id, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages"
     " WHERE recipient = ? AND channel_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq LIMIT ?"
