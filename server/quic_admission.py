@@ -56,7 +56,6 @@ class InitialAdmission:
         self._versions = frozenset(configuration.supported_versions)
         self._proves_address = proves_address
         self._answers = TokenBuckets(answers, clock, max_keys=1)
-        self.answered = 0
 
     def refusal(self, data: bytes, addr: NetworkAddress, known: Container[bytes]) -> bytes | None:
         """None to let `data` through to aioquic; else what to send back (`SILENT`: nothing)."""
@@ -83,7 +82,6 @@ class InitialAdmission:
         if self._answers.take("all") is not None:
             return SILENT
         assert header.version is not None  # an Initial always has one
-        self.answered += 1
         reason = f"{REASON} {retry_after:.1f} s"
         return refused_initial(header.version, header.destination_cid, header.source_cid, reason)
 
