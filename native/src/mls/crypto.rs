@@ -63,10 +63,9 @@ impl OpenMlsCrypto for VaultCrypto {
         if hash_type != HashType::Sha2_256 {
             return self.0.hkdf_extract(hash_type, salt, ikm);
         }
-        // HKDF-Extract is HMAC(salt, ikm); an empty salt pads to the same key as HashLen zeros.
-        let (prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
-        let prk = Zeroizing::new(<[u8; 32]>::from(prk));
-        Ok(prk.to_vec().into())
+        // HKDF-Extract is HMAC(salt, ikm); an empty salt pads to the same key as HashLen zeros. `Hkdf::extract`
+        // would also key an HMAC with the PRK for expanding, which is thrown away here.
+        self.hmac(hash_type, salt, ikm)
     }
 
     fn hmac(
