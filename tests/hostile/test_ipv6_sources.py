@@ -6,13 +6,13 @@ from documentation prefixes (2001:db8::/32) instead of connecting from them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from quicnprotochat.common.errors import InvalidArgument, ResourceExhausted
+from quicnprotochat.server.config import NodeConfig
 from quicnprotochat.server.connection_budget import ConnectionBudget
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.node_state import connection_limits
@@ -32,23 +32,18 @@ def test_the_key_of_a_peer_is_its_ipv4_address_or_its_ipv6_64() -> None:
 
 
 @pytest.fixture
-async def strict_node(tmp_path: Path) -> AsyncIterator[Node]:
-    config = replace(
+def node_config(tmp_path: Path) -> NodeConfig:
+    """Strict per-address limits, for the suite's `node` fixture."""
+    return replace(
         loopback_config(tmp_path / "node"),
         max_connections_per_address=3,
         login_rate_per_address=0.001,
         login_burst_per_address=4,
     )
-    node = Node(config)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
 
 
-async def test_connections_from_one_64_share_the_per_address_cap(strict_node: Node) -> None:
-    sessions = strict_node._sessions  # the node's own admission, as its listeners call it
+async def test_connections_from_one_64_share_the_per_address_cap(node: Node) -> None:
+    sessions = node._sessions  # the node's own admission, as its listeners call it
     assert sessions is not None
     same_64 = [Peer("tcp", f"2001:db8:7:8::{index:x}", 1000 + index) for index in range(1, 5)]
     for peer in same_64[:3]:
@@ -59,10 +54,10 @@ async def test_connections_from_one_64_share_the_per_address_cap(strict_node: No
     assert sessions.admit(Peer("quic", "192.0.2.1", 1)) is None
 
 
-async def test_login_attempts_from_one_64_share_one_bucket(strict_node: Node) -> None:
-    state = strict_node.state
+async def test_login_attempts_from_one_64_share_one_bucket(node: Node) -> None:
+    state = node.state
     assert state is not None
-    limits = connection_limits(strict_node.config)
+    limits = connection_limits(node.config)
 
     def service(host: str) -> NodeServiceImpl:
         return NodeServiceImpl(state, Peer("quic", host, 4433), ConnectionBudget(limits))
