@@ -347,17 +347,11 @@ def address_of(record: endpoint_record.EndpointRecord) -> iroh.EndpointAddr:
 
 async def raw_request(record: endpoint_record.EndpointRecord, request: bytes) -> bytes | str:
     """One stream to the endpoint a record names, from a bare iroh endpoint: the answer, or how it failed."""
-    endpoint = await stranger_endpoint()
+    endpoint, connection = await stranger_connection(record)
     try:
-        connection = await asyncio.wait_for(endpoint.connect(address_of(record), direct_wire.ALPN), 5)
-        stream = await connection.open_bi()
-        send = stream.send()
-        try:
-            await send.write_all(request)
-            await send.finish()
-            return await asyncio.wait_for(stream.recv().read_to_end(16), 15)
-        except iroh.IrohError as error:
-            return f"failed: {error.message()}"
+        return await ask(connection, request)
+    except iroh.IrohError as error:
+        return f"failed: {error.message()}"
     finally:
         await endpoint.close()
 
@@ -599,8 +593,11 @@ async def test_after_a_refusal_nothing_more_is_taken_on_that_connection(node: No
         assert await ask(connection, direct_wire.encode_request(channel, envelope)) == b"\x01"
         assert bob_log.bodies() == []
         # On a fresh connection it is taken.
-        _, fresh = await stranger_connection(record)
-        assert await ask(fresh, direct_wire.encode_request(channel, envelope)) == direct_wire.STORED
+        second, fresh = await stranger_connection(record)
+        try:
+            assert await ask(fresh, direct_wire.encode_request(channel, envelope)) == direct_wire.STORED
+        finally:
+            await second.close()
         await bob_log.message("behind a refused one")
     finally:
         await endpoint.close()
