@@ -343,8 +343,8 @@ class Measured:
             process.start()
         self._machine = machine_cpu()
         self._store_before = store_metrics(self.nodes)
-        # Not where a node shares this process: the node is what is measured.
-        self._quiet = QuietCollector() if os.getpid() not in self._watches else None
+        # Not where a node shares this process (there is no client watch then): the node is what is measured.
+        self._quiet = QuietCollector() if self.client_watch is not None else None
         if self._quiet is not None:
             self._quiet.start()
         tick = self._quiet.check if self._quiet is not None else None
