@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from quicnprotochat.bench.metrics import Latencies
 from quicnprotochat.bench.rawrpc import RawRpc, auth, rpc, text, wire
@@ -188,6 +190,39 @@ def half_frames(address: tuple[str, int], who: dict[str, Any], stop: threading.E
     return {"connections": len(opened), "closed_by_node": closed + refused}
 
 
+def quic_attempt(
+    address: tuple[str, int], source: str = STRANGER, token: bytes | None = None, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """One QUIC client's first flight from `source` (through a Retry when the node asks for one), and what the
+    node's first other answer did to it: its close (error code, reason) if any, and its TLS state. A node that
+    does not answer within `timeout_s`: TimeoutError. A port per attempt: no stray answers."""
+    client = QuicConnection(
+        configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    )
+    retries = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind((source, 0))
+        udp.settimeout(timeout_s)
+        client.connect(address, now=time.time())
+        if token is not None:  # a forged token: aioquic's server refuses it with INVALID_TOKEN
+            client._peer_token = token
+        for _ in range(2):
+            for datagram, _address in client.datagrams_to_send(now=time.time()):
+                udp.sendto(datagram, address)
+            data, _sender = udp.recvfrom(65536)
+            retry = pull_quic_header(Buffer(data=data), host_cid_length=8).packet_type == QuicPacketType.RETRY
+            client.receive_datagram(data, address, now=time.time())
+            if not retry:
+                break
+            retries += 1
+    close = client._close_event
+    return {
+        "closed": None if close is None else (close.error_code, close.reason_phrase),
+        "tls": client.tls.state,
+        "retries": retries,
+    }
+
+
 def quic_handshake_flood(address: tuple[str, int], who: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     """New QUIC connections from a third address, one after another as fast as the node answers, each left
     half-open after the node's first answer (the node holds it until its handshake timeout): what a handshake
@@ -196,23 +231,14 @@ def quic_handshake_flood(address: tuple[str, int], who: dict[str, Any], stop: th
     target = who.get("quic_address")
     if target is None:
         return {"skipped": "the node has no QUIC listener"}
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
     started = refused = unanswered = 0
     while not stop.is_set():
-        client = QuicConnection(configuration=configuration)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # a port per attempt: no stray answers
-            udp.bind((HANDSHAKE_FLOODER, 0))
-            udp.settimeout(1.0)
-            client.connect(target, now=time.time())
-            for datagram, _address in client.datagrams_to_send(now=time.time()):
-                udp.sendto(datagram, target)
-            try:
-                data, _sender = udp.recvfrom(65536)
-            except TimeoutError:
-                unanswered += 1
-                continue
-        client.receive_datagram(data, target, now=time.time())
-        if client._close_event is not None:  # the node closed it in its first answer: refused
+        try:
+            attempt = quic_attempt(target, HANDSHAKE_FLOODER, timeout_s=1.0)
+        except TimeoutError:
+            unanswered += 1
+            continue
+        if attempt["closed"] is not None:  # the node closed it in its first answer: refused
             refused += 1
         else:
             started += 1

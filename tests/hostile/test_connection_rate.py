@@ -8,19 +8,14 @@ import asyncio
 import os
 import re
 import socket
-import ssl
-import time
 from pathlib import Path
 from typing import Any
 
-from aioquic._buffer import Buffer
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode, QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import State
 
+from quicnprotochat.bench.hostile import STRANGER, quic_attempt
 from quicnprotochat.bench.rawrpc import RawRpc
-from quicnprotochat.common.schema import ALPN
 from quicnprotochat.server.connection_rate import SETTING, ConnectionRate
 from quicnprotochat.server.node import Node
 from quicnprotochat.server.node_counters import NodeCounters
@@ -31,7 +26,6 @@ from tests.conftest import ClientFactory, FakeClock, loopback_config
 from tests.hostile.conftest import UserFactory, Witness
 from tests.test_metrics import scrape
 
-STRANGER = "127.0.0.2"
 # One new connection per 100 s: nothing refills during a test, so what the bucket lets through is its burst.
 SLOW = 0.01
 
@@ -59,36 +53,6 @@ def reset_before_tls(address: tuple[str, int]) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-def quic_attempt(address: tuple[str, int], source: str = STRANGER, token: bytes | None = None) -> dict[str, Any]:
-    """One QUIC client's first flight from `source` (through a Retry when the node asks for one), and what the
-    node's first other answer did to it: its close (error code, reason) if any, and its TLS state."""
-    client = QuicConnection(
-        configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
-    )
-    retries = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind((source, 0))
-        udp.settimeout(10)
-        client.connect(address, now=time.time())
-        if token is not None:  # a forged token: aioquic's server refuses it with INVALID_TOKEN
-            client._peer_token = token
-        for _ in range(2):
-            for datagram, _address in client.datagrams_to_send(now=time.time()):
-                udp.sendto(datagram, address)
-            data, _sender = udp.recvfrom(65536)
-            retry = pull_quic_header(Buffer(data=data), host_cid_length=8).packet_type == QuicPacketType.RETRY
-            client.receive_datagram(data, address, now=time.time())
-            if not retry:
-                break
-            retries += 1
-    close = client._close_event
-    return {
-        "closed": None if close is None else (close.error_code, close.reason_phrase),
-        "tls": client.tls.state,
-        "retries": retries,
-    }
 
 
 def refused_with_retry_after(attempt: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from quicnprotochat.bench.hostile import STRANGER
 from quicnprotochat.bench.rawrpc import RawRpc, text, wire
 from quicnprotochat.client import accounts
 from quicnprotochat.common.errors import InvalidArgument, ResourceExhausted
@@ -18,8 +19,6 @@ from quicnprotochat.server.node import Node
 from tests.conftest import UserFactory, loopback_config
 
 from .conftest import Witness
-
-STRANGER = "127.0.0.2"
 
 
 def _failed_finishes(address: tuple[str, int], names: list[str], source: str) -> list[str]:
