@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,40 @@ async def _registered(port: int, known: KnownHosts, fingerprint: str, vaults: li
     return client
 
 
+async def _removals(client: NodeClient, me: bytes, after_each: Callable[[], Awaitable[None]]) -> None:
+    """The removals both backends' tests make of messages 1-6: fetch 1, fetch 2 and 3, peek 4 and ack it,
+    fetchWait 5; `after_each` runs after each of the four."""
+    assert [e.seq for e in await client.fetch(me, limit=1)] == [1]
+    await after_each()
+    assert [e.seq for e in await client.fetch(me, limit=2)] == [2, 3]
+    await after_each()
+    assert [e.seq for e in await client.peek(me, limit=1)] == [4]
+    await client.ack(me, 4)
+    await after_each()
+    assert [e.seq for e in await client.fetch_wait(me, timeout_ms=1000, limit=1)] == [5]
+    await after_each()
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _left_after_restart(
+    data_dir: Path, known: KnownHosts, fingerprint: str, vault: Vault, env: dict[str, str] | None = None
+) -> list[tuple[int, bytes]]:
+    """The node started again on `data_dir`: what is left in the inbox of `vault` (user0)."""
+    process, _, ports, _ = start_node_process(data_dir, env=env)
+    try:
+        reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
+        try:
+            await accounts.login(reader, vault, "user0", "pw")
+            return [(e.seq, e.data) for e in await reader.fetch(vault.identity_key)]
+        finally:
+            await reader.close()
+    finally:
+        stop_node_process(process)
+
+
 @pytest.mark.skipif(not _can_trace(), reason="needs strace allowed to trace (Debian package strace; scripts/install)")
 async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path) -> None:
     """fetch and ack answer once committed, without waiting for an fsync of their own; a killed node keeps them
@@ -128,11 +163,7 @@ async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path)
             assert await client.enqueue(me, f"message {n}".encode()) == n
             assert _wal_syncs(log) > before, "an enqueue's seq came back before its commit was synced"
         synced = _wal_syncs(log)
-        assert [e.seq for e in await client.fetch(me, limit=1)] == [1]
-        assert [e.seq for e in await client.fetch(me, limit=2)] == [2, 3]
-        assert [e.seq for e in await client.peek(me, limit=1)] == [4]
-        await client.ack(me, 4)
-        assert [e.seq for e in await client.fetch_wait(me, timeout_ms=1000, limit=1)] == [5]
+        await _removals(client, me, _nothing)
         assert _wal_syncs(log) == synced
         os.kill(node_pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -142,14 +173,9 @@ async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path)
             os.kill(node_pid, signal.SIGKILL)
             process.wait(timeout=10)
 
-    process, _, ports, _ = start_node_process(data_dir)
     try:
-        reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
-        await accounts.login(reader, vaults[0], "user0", "pw")
-        assert [(e.seq, e.data) for e in await reader.fetch(vaults[0].identity_key)] == [(6, b"message 6")]
-        await reader.close()
+        assert await _left_after_restart(data_dir, known, fingerprint, vaults[0]) == [(6, b"message 6")]
     finally:
-        stop_node_process(process)
         for vault in vaults:
             vault.close()
 
@@ -192,16 +218,13 @@ async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
         for n in range(1, 7):
             assert await client.enqueue(me, f"message {n}".encode()) == n
             assert await _unflushed_wal(admin) <= PAGE_HEADER, "an enqueue's seq came back before its WAL flush"
-        unflushed = []
-        assert [e.seq for e in await client.fetch(me, limit=1)] == [1]
-        unflushed.append(await _unflushed_wal(admin))
-        assert [e.seq for e in await client.fetch(me, limit=2)] == [2, 3]
-        unflushed.append(await _unflushed_wal(admin))
-        assert [e.seq for e in await client.peek(me, limit=1)] == [4]
-        await client.ack(me, 4)
-        unflushed.append(await _unflushed_wal(admin))
-        assert [e.seq for e in await client.fetch_wait(me, timeout_ms=1000, limit=1)] == [5]
-        unflushed.append(await _unflushed_wal(admin))
+        unflushed: list[int] = []
+
+        async def look() -> None:
+            unflushed.append(await _unflushed_wal(admin))
+
+        await _removals(client, me, look)
+        assert len(unflushed) == 4
         # Each removal left its commit unflushed (but for one the WAL writer's own flush may have caught).
         assert sum(lag > PAGE_HEADER for lag in unflushed) >= len(unflushed) - 1, unflushed
         assert await client.enqueue(me, b"message 7") == 7
@@ -217,14 +240,9 @@ async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
         await admin.execute("SELECT pg_reload_conf()")
         await admin.close()
 
-    process, _, ports, _ = start_node_process(data_dir, env=env)
     try:
-        reader = NodeClient(f"127.0.0.1:{ports['quic']}", known_hosts=known, server_fingerprint=fingerprint)
-        await accounts.login(reader, vaults[0], "user0", "pw")
-        stored = [(e.seq, e.data) for e in await reader.fetch(vaults[0].identity_key)]
+        stored = await _left_after_restart(data_dir, known, fingerprint, vaults[0], env)
         assert stored == [(6, b"message 6"), (7, b"message 7")]
-        await reader.close()
     finally:
-        stop_node_process(process)
         for vault in vaults:
             vault.close()
