@@ -309,10 +309,10 @@ class DirectDelivery:
 
     async def _serve_streams(self, connection: iroh.Connection) -> None:
         """Accept streams as they come and hand them, in that order (the order the sender opened them), to one
-        handler: a sender's messages are stored in the order it wrote them. At most `MAX_IN_FLIGHT` are held;
-        one past that is reset at once. The stream limit below only bounds what QUIC grants later: the first
-        streams of a connection are granted by iroh's transport settings (100), which the bindings do not set,
-        so the count here is what bounds a stranger's buffered requests."""
+        handler: a sender's messages are stored in the order it wrote them. At most `MAX_IN_FLIGHT` are held
+        (accepted, and not yet read and handled); one past that is reset at once. The stream limit below only
+        bounds what QUIC grants later: the first streams of a connection are granted by iroh's transport settings
+        (100), which the bindings do not set, so the count here is what bounds a stranger's buffered requests."""
         connection.set_max_concurrent_bi_streams(wire.MAX_IN_FLIGHT)
         queue: asyncio.Queue[iroh.BiStream | None] = asyncio.Queue()
         held = 0
@@ -326,14 +326,20 @@ class DirectDelivery:
                     taking = False  # one was reset here: a later one taken would overtake it
                     continue
                 try:
-                    if not await self._serve_stream(stream, taking):
-                        # The refused copy goes through the node; a later one taken here would overtake it.
-                        taking = False
-                except iroh.IrohError:
-                    connection.close(0, b"stream failed")
-                    return
+                    stored = await self._handle_request(stream, taking)
                 finally:
+                    # Read and handled: no longer held. Released before the answer goes out, since the sender may
+                    # open its next stream as soon as it has the answer.
                     held -= 1
+                if stored is not None:
+                    try:
+                        await _answer(stream, stored)
+                    except iroh.IrohError:
+                        connection.close(0, b"stream failed")
+                        return
+                if not stored:
+                    # Refused or reset, it goes through the node; a later one taken here would overtake it.
+                    taking = False
 
         handler = asyncio.create_task(handle(), name="p2p peer streams")
         try:
@@ -349,8 +355,9 @@ class DirectDelivery:
             handler.cancel()
             await asyncio.gather(handler, return_exceptions=True)
 
-    async def _serve_stream(self, stream: iroh.BiStream, taking: bool) -> bool:
-        """Read one request and answer it (handled only while `taking`); True if its envelope was stored."""
+    async def _handle_request(self, stream: iroh.BiStream, taking: bool) -> bool | None:
+        """Read one request and hand its envelope to the receiver (only while `taking`): whether it was stored, or
+        None if the request was unreadable (the stream is reset)."""
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 request = await stream.recv().read_to_end(self._max_envelope + wire.REQUEST_OVERHEAD)
@@ -358,17 +365,19 @@ class DirectDelivery:
         except (TimeoutError, wire.WireError, iroh.IrohError):
             with contextlib.suppress(iroh.IrohError):
                 await stream.send().reset(1)
+            return None
+        if not taking:
             return False
-        stored = False
-        if taking:
-            try:
-                stored = await self._receive(channel, envelope)
-            except ChatError:
-                stored = False
-        send = stream.send()
-        await send.write_all(wire.STORED if stored else wire.VIA_NODE)
-        await send.finish()
-        return stored
+        try:
+            return await self._receive(channel, envelope)
+        except ChatError:
+            return False
+
+
+async def _answer(stream: iroh.BiStream, stored: bool) -> None:
+    send = stream.send()
+    await send.write_all(wire.STORED if stored else wire.VIA_NODE)
+    await send.finish()
 
 
 async def _refuse(stream: iroh.BiStream) -> None:

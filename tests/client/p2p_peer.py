@@ -2,13 +2,15 @@
 cares about ({"joined": name}, {"body": ..., "route": ...}) and {"ready": true} once its endpoint is published.
 
 Run: python p2p_peer.py SERVER FINGERPRINT USERNAME STATE_DIR [--die-before-storing | --die-before-answering]
-                        [--hold-first] [--die-after-storing N]
+                        [--hold-first] [--die-after-storing N] [--slow-answers MS]
 
 The --die options SIGKILL the process from inside the direct receive path (a test's wrapper around the
 receiver's method, installed here; the client itself has no such hook): before the envelope is stored, or after
 it is stored and before the sender gets its answer; --die-after-storing N does the latter at the Nth envelope.
 --hold-first keeps the first direct envelope waiting (it prints {"holding": true}) until the process gets SIGUSR1,
-so that a test can let the sender's outbox fill up first."""
+so that a test can let the sender's outbox fill up first. --slow-answers MS returns from finishing each answer
+stream MS milliseconds after the answer went out, as when the process's loop or its GIL is busy elsewhere: the
+sender has the answer, and may open its next stream, before the receiver is back from writing it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+import iroh
 
 from quicnprotochat.client.chat import ChatClient, ChatConfig, Event, JoinedConversation, MessageReceived
 from quicnprotochat.client.chat.receiver import Receiver
@@ -70,6 +74,16 @@ def die_after_storing(count: int) -> None:
     Receiver.receive_direct = dying  # type: ignore[method-assign]
 
 
+def slow_answers(milliseconds: int) -> None:
+    original = iroh.SendStream.finish
+
+    async def finishing_late(self: iroh.SendStream) -> None:
+        await original(self)
+        await asyncio.sleep(milliseconds / 1000)
+
+    iroh.SendStream.finish = finishing_late  # type: ignore[method-assign]
+
+
 def option(flags: tuple[str, ...], name: str) -> str | None:
     return flags[flags.index(name) + 1] if name in flags else None
 
@@ -83,6 +97,8 @@ async def main(server: str, fingerprint: str, username: str, state_dir: str, *fl
         die_after_storing(int(count))
     if "--hold-first" in flags:
         hold_first()
+    if (milliseconds := option(flags, "--slow-answers")) is not None:
+        slow_answers(int(milliseconds))
     config = ChatConfig(
         server=server,
         username=username,

@@ -623,3 +623,25 @@ async def test_a_connection_holds_a_bounded_number_of_requests(node: Node, open_
     assert (await alice.send("bob", "after the stranger")).route == "direct"
     await bob_log.message("after the stranger")
     assert bob_log.bodies() == ["after the stranger"]
+
+
+async def test_a_sender_at_the_most_in_flight_delivers_a_long_run_directly(
+    node: Node, open_chat: ChatFactory, tmp_path: Path
+) -> None:
+    count = 3 * direct_wire.MAX_IN_FLIGHT
+    # bob holds the first copy until alice wrote them all, so the rest go as one run with the most in flight; he is
+    # slow to come back from writing each answer, so alice has it, and opens her next stream, before he is.
+    bob = PeerProcess(node, "bob", tmp_path / "state-bob", "--hold-first", "--slow-answers", "20")
+    await bob.start()
+    alice, alice_log = await open_chat(node, "alice", **P2P, p2p_max_in_flight=direct_wire.MAX_IN_FLIGHT)
+    await alice.dm("bob")
+    await bob.wait_for(lambda line: "joined" in line)
+    queued = [await alice.send("bob", f"a long run {i}", wait=False) for i in range(count)]
+    await bob.wait_for(lambda line: "holding" in line)
+    assert bob.process is not None
+    bob.process.send_signal(signal.SIGUSR1)
+    sent = [await alice_log.settled(message, timeout=30) for message in queued]
+    await bob.kill()
+    routes = [message.route for message in sent]
+    assert routes == ["direct"] * count, f"{routes.count('node')} of {count} went through the node"
+    assert bob.bodies() == [message.body for message in queued]
