@@ -250,6 +250,73 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX bot_challenges_by_expiry ON bot_challenges (expires_at)",
         ),
     ),
+    Migration(
+        11,
+        "fetch and ack as one statement each: the inbox's lock, the removal and its commit mode in one round trip",
+        (
+            # An inbox's first messages in seq order, at most `n` of them, while the payload bytes before each
+            # stay under `max_bytes` (so at least one): a fetched response must stay readable by the client. SQL
+            # and STABLE, so the planner inlines it into the statement that calls it (peek, qpc_fetch).
+            """CREATE FUNCTION qpc_first_seqs(r BYTEA, c BYTEA, now DOUBLE PRECISION, n BIGINT, max_bytes BIGINT)
+            RETURNS SETOF BIGINT LANGUAGE sql STABLE AS $$
+                SELECT seq FROM (
+                    SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before
+                    FROM messages WHERE recipient = r AND channel_id = c AND (expires_at IS NULL OR expires_at > now)
+                    ORDER BY seq LIMIT n
+                ) AS first WHERE before < max_bytes
+            $$""",
+            # Removals that may come undone, so committed without waiting for the WAL flush (engine.transaction
+            # says why that is safe). Each locks the inbox's counter row first, as every writer does, and stops
+            # there if the inbox is empty; PL/pgSQL takes a new snapshot for each statement, so the removal sees
+            # every commit made before it got the lock (one statement alone would not: a fetch that waited for
+            # another node's fetch would find only the rows that one already took, and answer nothing).
+            """CREATE FUNCTION qpc_fetch(r BYTEA, c BYTEA, now DOUBLE PRECISION, n BIGINT, max_bytes BIGINT)
+            RETURNS TABLE (fetched_seq BIGINT, fetched_payload BYTEA) LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                held BIGINT;
+            BEGIN
+                PERFORM set_config('synchronous_commit', 'off', true);
+                SELECT depth INTO held FROM inboxes WHERE recipient = r AND channel_id = c FOR UPDATE;
+                IF coalesce(held, 0) = 0 THEN
+                    RETURN;
+                END IF;
+                RETURN QUERY WITH gone AS (
+                    DELETE FROM messages
+                    WHERE recipient = r AND channel_id = c
+                        AND seq IN (SELECT s FROM qpc_first_seqs(r, c, now, n, max_bytes) AS s)
+                    RETURNING seq, payload, size
+                ), shrink AS (
+                    UPDATE inboxes SET depth = depth - (SELECT count(*) FROM gone),
+                        bytes = bytes - (SELECT coalesce(sum(size), 0) FROM gone)
+                    WHERE recipient = r AND channel_id = c
+                )
+                SELECT seq, payload FROM gone ORDER BY seq;
+            END
+            $$""",
+            """CREATE FUNCTION qpc_ack(r BYTEA, c BYTEA, up_to BIGINT)
+            RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                held BIGINT;
+                removed BIGINT;
+            BEGIN
+                PERFORM set_config('synchronous_commit', 'off', true);
+                SELECT depth INTO held FROM inboxes WHERE recipient = r AND channel_id = c FOR UPDATE;
+                IF coalesce(held, 0) = 0 THEN
+                    RETURN 0;
+                END IF;
+                WITH gone AS (
+                    DELETE FROM messages WHERE recipient = r AND channel_id = c AND seq <= up_to RETURNING size
+                ), shrink AS (
+                    UPDATE inboxes SET depth = depth - (SELECT count(*) FROM gone),
+                        bytes = bytes - (SELECT coalesce(sum(size), 0) FROM gone)
+                    WHERE recipient = r AND channel_id = c
+                )
+                SELECT count(*) INTO removed FROM gone;
+                RETURN removed;
+            END
+            $$""",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -313,3 +315,114 @@ async def test_a_transaction_commits_or_rolls_back_and_sets_its_commit_mode_alon
         assert [row[0] for row in await conn.fetch("SELECT n FROM t")] == [1]
     finally:
         await conn.close()
+
+
+class CountingProxy:
+    """Forwards TCP to PostgreSQL and counts, per connection, what the client sent in separate reads: a client
+    waiting for each answer before its next request sends one read's worth per round trip."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.sends: list[int] = []  # per connection, in accept order
+        self.startups: list[bytes] = []  # the first bytes each client sent: names its application
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def pooled_sends(self) -> int:
+        """Sends on the pool's connections (not the wake-up listener's, which checks its liveness on a timer)."""
+        return sum(n for n, start in zip(self.sends, self.startups, strict=True) if b"-listen" not in start)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [client_writer, server_writer]
+        index = len(self.sends)
+        self.sends.append(0)
+        self.startups.append(b"")
+
+        async def upstream() -> None:
+            while data := await client_reader.read(65536):
+                self.sends[index] += 1
+                if len(self.startups[index]) < 1024:
+                    self.startups[index] += data
+                server_writer.write(data)
+                await server_writer.drain()
+            server_writer.close()
+
+        async def downstream() -> None:
+            while data := await server_reader.read(65536):
+                client_writer.write(data)
+                await client_writer.drain()
+            client_writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(upstream(), downstream())
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_fetch_ack_peek_and_depth_read_are_one_round_trip_each(pg_url: str) -> None:
+    """The hot path's calls cost one round trip each: a fetch or an ack is one statement (its lock, removal and
+    commit mode inside the database's function), and a connection handed back to the pool is not reset."""
+    parts = urlsplit(pg_url)
+    proxy = CountingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    port = await proxy.start()
+    user = parts.netloc.rpartition("@")[0]
+    url = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}")) + "?pool_min_size=1&pool_max_size=1"
+    store = await open_store(url, clock=FakeClock())
+    try:
+        for n in range(8):
+            await store.enqueue(R1, b"", b"m%d" % n, None)
+
+        async def round_trips(call: Callable[[], Awaitable[object]]) -> int:
+            await call()  # the first use of a statement on a connection also prepares it
+            before = proxy.pooled_sends()
+            await call()
+            return proxy.pooled_sends() - before
+
+        assert await round_trips(lambda: store.peek(R1, b"", 1)) == 1
+        assert await round_trips(lambda: store.inbox_stats(R1, b"")) == 1
+        assert await round_trips(lambda: store.fetch(R1, b"", 1)) == 1
+        assert await round_trips(lambda: store.ack(R1, b"", 4)) == 1
+        assert [m.seq for m in await store.peek(R1, b"", 0)] == [5, 6, 7, 8]
+    finally:
+        await store.close()
+        await proxy.close()
+
+
+async def test_two_nodes_fetching_one_inbox_at_once_get_disjoint_runs_in_seq_order(nodes: Nodes) -> None:
+    """Every fetch takes the inbox's first messages as they are once it holds the inbox: the two nodes' runs are
+    disjoint, each in seq order, together everything, and no fetch comes back empty while messages are queued."""
+    a, b = await nodes.open(), await nodes.open()
+    total = 300
+    await asyncio.gather(*(a.batch_enqueue([R1], b"", b"%d" % n, None) for n in range(total)))
+    runs: list[list[int]] = []
+    emptied = False  # a fetch came back empty: no message is left (nothing is enqueued meanwhile)
+
+    async def drain(store: PostgresStore) -> list[int]:
+        nonlocal emptied
+        taken: list[int] = []
+        while True:
+            late = emptied
+            batch = await store.fetch(R1, b"", 3)
+            if not batch:
+                emptied = True
+                return taken
+            assert not late, "a fetch came back empty while messages were queued"
+            runs.append([m.seq for m in batch])
+            taken += runs[-1]
+
+    taken = await asyncio.gather(*(drain(store) for store in (a, b, a, b)))
+    assert (await a.inbox_stats(R1, b"")).depth == 0
+    assert all(seqs == sorted(seqs) for seqs in taken)
+    for run in runs:
+        assert run == list(range(run[0], run[0] + len(run)))
+    assert sorted(seq for run in runs for seq in run) == list(range(1, total + 1))

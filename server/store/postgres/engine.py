@@ -112,12 +112,24 @@ def already_exists(exc: asyncpg.UniqueViolationError, default: str) -> AlreadyEx
     return AlreadyExists(_UNIQUE_FIELDS.get(getattr(exc, "constraint_name", None) or "", default))
 
 
+async def keep_session(conn: Any) -> None:
+    """The pool's reset of a connection handed back: nothing to do, so no round trip.
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release, a round trip as long as the statement the connection was taken for. The store leaves no session
+    state to undo: its advisory locks are transaction-level, its settings `SET LOCAL` (or `set_config(..., true)`),
+    it opens no cursor outside a transaction and listens on a connection of its own, never a pooled one. asyncpg
+    still rolls back a transaction left open before calling this.
+    """
+
+
 @contextlib.asynccontextmanager
 async def transaction(conn: Any, *, sync: bool = True) -> AsyncIterator[None]:
     """A transaction on `conn`, committed when the block ends without an exception, else rolled back.
 
     `sync=False` commits without waiting for the WAL flush (`synchronous_commit = off` for this transaction only),
-    for transactions made only of removals that may come undone: an inbox's fetch or ack. The COMMIT still returns
+    for transactions made only of removals that may come undone, as an inbox's fetch or ack (the database's
+    functions qpc_fetch and qpc_ack set the same for their own statement: `_remove`). The COMMIT still returns
     only once the transaction is committed and visible to every session, so no node hands those messages out
     again, and a node killed afterwards changes nothing. Only a crash of the database server (or its machine)
     within a few `wal_writer_delay`s can undo it, and then it is undone as a whole: the messages are back with their
@@ -181,6 +193,7 @@ class PostgresEngine(StoreEngine):
                 max_size=options.pool_max_size,
                 server_settings=settings,
                 timeout=CONNECT_TIMEOUT_S,
+                reset=keep_session,
             )
         except (*_DB_ERRORS, ValueError) as exc:
             raise StoreError(f"cannot open the database at {where}: {type(exc).__name__}: {exc}") from exc
@@ -277,6 +290,32 @@ class PostgresEngine(StoreEngine):
                     raise store_error(exc, committing=committing, what="write") from exc
                 self._writer.count_commit(1)
                 return result
+        finally:
+            self._leave()
+
+    async def _remove(self, query: str, *args: object) -> list[Any]:
+        """One statement calling a removal function of the database's (qpc_fetch, qpc_ack): the function locks the
+        inbox, removes and commits without the WAL flush wait (see `transaction`), all in this one round trip.
+
+        Retried on deadlock, which rolled the statement back whole. A connection lost meanwhile may have been lost
+        after the commit: the outcome is unknown.
+        """
+        self._enter()
+        try:
+            attempt = 0
+            while True:
+                try:
+                    async with pooled(self._pool) as conn:
+                        rows: list[Any] = await conn.fetch(query, *args)
+                except asyncpg.DeadlockDetectedError as exc:
+                    attempt += 1
+                    if attempt >= _RETRIES:
+                        raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
+                    continue
+                except Exception as exc:  # every failure becomes a StoreError that says what happened
+                    raise store_error(exc, committing=is_connection_fault(exc), what="write") from exc
+                self._writer.count_commit(1)
+                return rows
         finally:
             self._leave()
 

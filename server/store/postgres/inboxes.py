@@ -88,30 +88,16 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
         return seqs
 
     async def _fetch(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
-        r, c = inbox
-
-        async def op(conn: Any) -> list[InboxMessage]:
-            if not await _lock_inbox(conn, r, c):
-                return []
-            rows = await conn.fetch(_FETCH, r, c, now, count, self._limits.max_fetch_bytes)
-            return [InboxMessage(row[0], bytes(row[1])) for row in rows]
-
-        # Answered once committed, without waiting for the WAL flush: see `transaction` on removals.
-        return await self._transact(op, sync=False)
+        rows = await self._remove(_FETCH, *inbox, now, count, self._limits.max_fetch_bytes)
+        return [InboxMessage(row[0], bytes(row[1])) for row in rows]
 
     async def _peek(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
         rows = await self._fetchrows(_PEEK, *inbox, now, count, self._limits.max_fetch_bytes)
         return [InboxMessage(row[0], bytes(row[1])) for row in rows]
 
     async def _ack(self, inbox: Inbox, up_to: int) -> int:
-        r, c = inbox
-
-        async def op(conn: Any) -> int:
-            if not await _lock_inbox(conn, r, c):
-                return 0
-            return int(await conn.fetchval(_ACK, r, c, up_to))
-
-        return await self._transact(op, sync=False)
+        rows = await self._remove(_ACK, *inbox, up_to)
+        return int(rows[0][0])
 
     async def inbox_stats(self, recipient: bytes, channel: bytes) -> InboxStats:
         row = await self._fetchrow(
@@ -167,49 +153,11 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
 
 # ── SQL ───────────────────────────────────────────────────────────────────────────────────────────────────────
 
-# Each deletes messages of the inbox $1/$2 and shrinks its counters by what it deleted, in one statement; the
-# caller holds the counter row's lock already.
-# The first seqs of inbox $1/$2 in order, at most $4 of them, while the payload bytes before each stay under $5
-# (so at least one): a response must stay readable by the client, since fetched messages are gone.
-_FIRST_SEQS = """
-SELECT seq FROM (
-    SELECT seq, SUM(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM messages
-    WHERE recipient = $1 AND channel_id = $2 AND (expires_at IS NULL OR expires_at > $3) ORDER BY seq LIMIT $4
-) AS first WHERE before < $5
-"""
-
-# Both compose module constants only (no values), hence the S608 exemptions.
-_PEEK = f"SELECT seq, payload FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq IN ({_FIRST_SEQS}) ORDER BY seq"  # noqa: S608, E501
-
-_FETCH = f"""
-WITH gone AS (
-    DELETE FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq IN ({_FIRST_SEQS})
-    RETURNING seq, payload, size
-), shrink AS (
-    UPDATE inboxes SET depth = depth - (SELECT count(*) FROM gone),
-        bytes = bytes - (SELECT coalesce(sum(size), 0) FROM gone)
-    WHERE recipient = $1 AND channel_id = $2
+# qpc_first_seqs, qpc_fetch and qpc_ack are the database's functions (postgres_migrations, version 11): each
+# removal is one statement, so one round trip, that locks the inbox, removes and sets its own commit mode.
+_PEEK = (
+    "SELECT seq, payload FROM messages WHERE recipient = $1 AND channel_id = $2"
+    " AND seq IN (SELECT s FROM qpc_first_seqs($1, $2, $3, $4, $5) AS s) ORDER BY seq"
 )
-SELECT seq, payload FROM gone ORDER BY seq
-"""  # noqa: S608
-
-_ACK = """
-WITH gone AS (
-    DELETE FROM messages WHERE recipient = $1 AND channel_id = $2 AND seq <= $3 RETURNING size
-), shrink AS (
-    UPDATE inboxes SET depth = depth - (SELECT count(*) FROM gone),
-        bytes = bytes - (SELECT coalesce(sum(size), 0) FROM gone)
-    WHERE recipient = $1 AND channel_id = $2
-)
-SELECT count(*) FROM gone
-"""
-
-
-async def _lock_inbox(conn: Any, recipient: bytes, channel: bytes) -> bool:
-    """Lock the inbox's counter row (before any of its messages); False if the inbox is empty or unknown."""
-    depth = await conn.fetchval(
-        "SELECT depth FROM inboxes WHERE recipient = $1 AND channel_id = $2 FOR UPDATE",
-        recipient,
-        channel,
-    )
-    return bool(depth)
+_FETCH = "SELECT fetched_seq, fetched_payload FROM qpc_fetch($1, $2, $3, $4, $5)"
+_ACK = "SELECT qpc_ack($1, $2, $3)"
