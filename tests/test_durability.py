@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -176,6 +177,41 @@ async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path)
     try:
         assert await _left_after_restart(data_dir, known, fingerprint, vaults[0]) == [(6, b"message 6")]
     finally:
+        for vault in vaults:
+            vault.close()
+
+
+@pytest.mark.skipif(not _can_trace(), reason="needs strace allowed to trace (Debian package strace; scripts/install)")
+async def test_an_expiry_sweep_commits_without_fsync(tmp_path: Path) -> None:
+    """Removing expired messages is a removal like fetch and ack: a power loss may bring them back, and the next
+    sweep removes them again, so its commit does not wait for an fsync of the WAL."""
+    log = tmp_path / "syscalls"
+    strace = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(log)]
+    env = {**os.environ, "QPC_SERVER_MESSAGE_TTL_SECONDS": "1", "QPC_SERVER_SWEEP_INTERVAL_S": "0.2"}
+    process, fingerprint, ports, _ = start_node_process(tmp_path / "node", env=env, wrapper=strace)
+    node_pid = _traced_pid(process.pid)
+    known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
+    vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
+    try:
+        client = await _registered(ports["quic"], known, fingerprint, vaults)
+        me = vaults[0].identity_key
+        before = _wal_syncs(log)
+        for n in range(1, 4):
+            assert await client.enqueue(me, f"expiring {n}".encode()) == n
+        synced = _wal_syncs(log)
+        assert synced > before  # the enqueues' commits were synced: the count sees a sync when there is one
+        await client.close()
+        assert process.stderr is not None
+        dropped = 0
+        async with asyncio.timeout(20):
+            while dropped < 3:
+                line = await asyncio.to_thread(process.stderr.readline)
+                if found := re.search(r"dropped (\d+) expired messages", line):
+                    dropped += int(found[1])
+        assert _wal_syncs(log) == synced
+    finally:
+        os.kill(node_pid, signal.SIGKILL)
+        process.wait(timeout=10)
         for vault in vaults:
             vault.close()
 
