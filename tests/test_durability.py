@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from quicnprotochat.client import KnownHosts, NodeClient, accounts
 from quicnprotochat.native import Vault
+from quicnprotochat.server.store import open_store
 from tests.pgcluster import PgServer
 from tests.test_cli import start_node_process, stop_node_process
 
@@ -228,53 +230,62 @@ async def _unflushed_wal(admin: Any) -> int:
     return int(lag)
 
 
-async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
-    tmp_path: Path, pg_server: PgServer, pg_url: str
-) -> None:
-    """On PostgreSQL too, fetch and ack answer once committed without waiting for their WAL flush
-    (synchronous_commit off for those transactions alone); every enqueue is answered only once flushed, which
-    flushes the removals before it as well; a node killed after a removal keeps it."""
+@contextlib.asynccontextmanager
+async def _lazy_wal_writer(pg_server: PgServer) -> AsyncIterator[Any]:
+    """An admin connection to the suite's PostgreSQL, whose WAL writer meanwhile flushes on its own only every 10 s
+    (`wal_writer_delay`, the most): it does not hide an unflushed removal by flushing it in the moment between its
+    answer and our look. Skips the test without a superuser."""
     admin = await asyncpg.connect(pg_server.admin_url)
-    # The WAL writer flushes async commits by itself every wal_writer_delay: at 10 s (the most) it does not
-    # hide an unflushed removal by flushing it in the moment between its answer and our look.
     try:
         await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
     except asyncpg.InsufficientPrivilegeError:
         await admin.close()
         pytest.skip("needs a PostgreSQL superuser (to set wal_writer_delay): QPC_TEST_POSTGRES_URL's role is not")
     await admin.execute("SELECT pg_reload_conf()")
+    try:
+        yield admin
+    finally:
+        await admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+
+
+async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
+    tmp_path: Path, pg_server: PgServer, pg_url: str
+) -> None:
+    """On PostgreSQL too, fetch and ack answer once committed without waiting for their WAL flush
+    (synchronous_commit off for those transactions alone); every enqueue is answered only once flushed, which
+    flushes the removals before it as well; a node killed after a removal keeps it."""
     data_dir = tmp_path / "node"
     env = {**os.environ, "QPC_SERVER_STORE": pg_url}
     known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
     vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
-    process, fingerprint, ports, _ = start_node_process(data_dir, env=env)
-    try:
-        client = await _registered(ports["quic"], known, fingerprint, vaults)
-        me = vaults[0].identity_key
-        for n in range(1, 7):
-            assert await client.enqueue(me, f"message {n}".encode()) == n
-            assert await _unflushed_wal(admin) <= PAGE_HEADER, "an enqueue's seq came back before its WAL flush"
-        unflushed: list[int] = []
+    async with _lazy_wal_writer(pg_server) as admin:
+        process, fingerprint, ports, _ = start_node_process(data_dir, env=env)
+        try:
+            client = await _registered(ports["quic"], known, fingerprint, vaults)
+            me = vaults[0].identity_key
+            for n in range(1, 7):
+                assert await client.enqueue(me, f"message {n}".encode()) == n
+                assert await _unflushed_wal(admin) <= PAGE_HEADER, "an enqueue's seq came back before its WAL flush"
+            unflushed: list[int] = []
 
-        async def look() -> None:
-            unflushed.append(await _unflushed_wal(admin))
+            async def look() -> None:
+                unflushed.append(await _unflushed_wal(admin))
 
-        await _removals(client, me, look)
-        assert len(unflushed) == 4
-        # Each removal left its commit unflushed (but for one the WAL writer's own flush may have caught).
-        assert sum(lag > PAGE_HEADER for lag in unflushed) >= len(unflushed) - 1, unflushed
-        assert await client.enqueue(me, b"message 7") == 7
-        assert await _unflushed_wal(admin) <= PAGE_HEADER, "the enqueue's flush left earlier removals unflushed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        await client.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
+            await _removals(client, me, look)
+            assert len(unflushed) == 4
+            # Each removal left its commit unflushed (but for one the WAL writer's own flush may have caught).
+            assert sum(lag > PAGE_HEADER for lag in unflushed) >= len(unflushed) - 1, unflushed
+            assert await client.enqueue(me, b"message 7") == 7
+            assert await _unflushed_wal(admin) <= PAGE_HEADER, "the enqueue's flush left earlier removals unflushed"
+            process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
-        await admin.execute("ALTER SYSTEM RESET wal_writer_delay")
-        await admin.execute("SELECT pg_reload_conf()")
-        await admin.close()
+            await client.close()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
 
     try:
         stored = await _left_after_restart(data_dir, known, fingerprint, vaults[0], env)
@@ -282,3 +293,23 @@ async def test_postgres_removals_commit_without_a_wal_flush_and_survive_sigkill(
     finally:
         for vault in vaults:
             vault.close()
+
+
+async def test_a_postgres_expiry_sweep_commits_without_a_wal_flush(pg_server: PgServer, pg_url: str) -> None:
+    """PostgreSQL's expiry sweep is a removal like fetch and ack: expired messages a crash of the database brings
+    back are swept again, so its commit does not wait for the WAL flush."""
+    async with _lazy_wal_writer(pg_server) as admin:
+        store = await open_store(pg_url)
+        try:
+            unflushed: list[int] = []
+            for sweep in range(2):
+                for n in range(3):
+                    await store.enqueue(bytes(32), b"", b"expiring %d" % n, 100.0 + sweep)
+                assert await _unflushed_wal(admin) <= PAGE_HEADER
+                assert await store.sweep_expired(now=101.0 + sweep) == 3
+                unflushed.append(await _unflushed_wal(admin))
+            # Each sweep left its commit unflushed, but for one the WAL writer's own flush may have caught.
+            assert any(lag > PAGE_HEADER for lag in unflushed), unflushed
+            assert (await store.inbox_stats(bytes(32), b"")).depth == 0
+        finally:
+            await store.close()

@@ -128,9 +128,9 @@ async def transaction(conn: Any, *, sync: bool = True) -> AsyncIterator[None]:
     """A transaction on `conn`, committed when the block ends without an exception, else rolled back.
 
     `sync=False` commits without waiting for the WAL flush (`synchronous_commit = off` for this transaction only),
-    for transactions made only of removals that may come undone, as an inbox's fetch or ack (the database's
-    functions qpc_fetch and qpc_ack set the same for their own statement: `_remove`). The COMMIT still returns
-    only once the transaction is committed and visible to every session, so no node hands those messages out
+    for transactions made only of removals that may come undone: an expiry sweep, an inbox's fetch or ack (the
+    database's functions qpc_fetch and qpc_ack set the same for their own statement: `_remove`). The COMMIT still
+    returns only once the transaction is committed and visible to every session, so no node hands those messages out
     again, and a node killed afterwards changes nothing. Only a crash of the database server (or its machine)
     within a few `wal_writer_delay`s can undo it, and then it is undone as a whole: the messages are back with their
     seqs, delivered again, never lost. The WAL is one sequence, so any later synchronous commit (the next enqueue,
@@ -267,7 +267,7 @@ class PostgresEngine(StoreEngine):
         """Run `fn` in its own transaction on a pooled connection; retried on deadlock or serialization failure.
 
         `fn` may raise `Again` to be rerun from scratch with a fresh transaction (used by the ungrouped enqueue).
-        `sync=False`: only for a transaction that removes messages a crash may bring back (fetch, ack); see
+        `sync=False`: only for a transaction that removes messages a crash may bring back (an expiry sweep); see
         `transaction`.
         """
         self._enter()

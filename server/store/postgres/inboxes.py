@@ -146,7 +146,8 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
             return int(removed)
 
         total = 0
-        while (removed := await self._transact(op)) >= 0:
+        # A removal like fetch and ack: expired messages a crash of the database brings back are swept again.
+        while (removed := await self._transact(op, sync=False)) >= 0:
             total += removed
         return total
 
