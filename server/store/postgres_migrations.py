@@ -269,15 +269,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             # says why that is safe). Each locks the inbox's counter row first, as every writer does, and stops
             # there if the inbox is empty; PL/pgSQL takes a new snapshot for each statement, so the removal sees
             # every commit made before it got the lock (one statement alone would not: a fetch that waited for
-            # another node's fetch would find only the rows that one already took, and answer nothing).
+            # another node's fetch would find only the rows that one already took, and answer nothing). A fetch
+            # of an inbox found empty is a read (no lock, nothing to commit): as cheap as a look at its depth.
             """CREATE FUNCTION qpc_fetch(r BYTEA, c BYTEA, now DOUBLE PRECISION, n BIGINT, max_bytes BIGINT)
             RETURNS TABLE (fetched_seq BIGINT, fetched_payload BYTEA) LANGUAGE plpgsql VOLATILE AS $$
             DECLARE
                 held BIGINT;
             BEGIN
+                IF NOT EXISTS (SELECT FROM inboxes WHERE recipient = r AND channel_id = c AND depth > 0) THEN
+                    RETURN;
+                END IF;
                 PERFORM set_config('synchronous_commit', 'off', true);
                 SELECT depth INTO held FROM inboxes WHERE recipient = r AND channel_id = c FOR UPDATE;
-                IF coalesce(held, 0) = 0 THEN
+                IF held = 0 THEN
                     RETURN;
                 END IF;
                 RETURN QUERY WITH gone AS (

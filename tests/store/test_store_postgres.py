@@ -426,3 +426,19 @@ async def test_two_nodes_fetching_one_inbox_at_once_get_disjoint_runs_in_seq_ord
     for run in runs:
         assert run == list(range(run[0], run[0] + len(run)))
     assert sorted(seq for run in runs for seq in run) == list(range(1, total + 1))
+
+
+async def test_a_fetch_of_an_empty_inbox_neither_takes_nor_waits_for_its_lock(nodes: Nodes) -> None:
+    """Finding an inbox empty is a read, as cheap as a look at its depth (fetchWait's first look on arrival)."""
+    store = await nodes.open()
+    await store.enqueue(R1, b"", b"m", None)
+    assert [m.seq for m in await store.fetch(R1, b"", 0)] == [1]
+    holder = await asyncpg.connect(nodes.url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM inboxes WHERE recipient = $1 FOR UPDATE", R1)
+            assert await asyncio.wait_for(store.fetch(R1, b"", 0), 5) == []
+    finally:
+        await holder.close()
+    await store.enqueue(R1, b"", b"n", None)
+    assert [m.seq for m in await store.fetch(R1, b"", 0)] == [2]
