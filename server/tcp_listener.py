@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import socket
@@ -43,6 +44,8 @@ DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 TLS_READ_BUFFER_BYTES = 32 * 1024
 # How long accepting pauses after the process ran out of file descriptors or memory (asyncio's own pause).
 ACCEPT_RETRY_S = 1.0
+# The accept errors asyncio's own server pauses for; after any other, accepting goes on at once.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # SO_LINGER on, zero seconds: close() resets the connection and the node keeps no TIME_WAIT state for it.
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
@@ -100,11 +103,18 @@ class TcpListener:
                 sock, address = await loop.sock_accept(listening)
             except (ConnectionAbortedError, InterruptedError):
                 continue  # the client gave up while it waited in the backlog
-            except OSError as error:  # out of file descriptors or memory: what asyncio's own server pauses for
-                _accept_faults.warning(
-                    error.errno, "accepting TLS connections failed: %s; pausing %g s", error, ACCEPT_RETRY_S
-                )
-                await asyncio.sleep(ACCEPT_RETRY_S)
+            except OSError as error:
+                if error.errno in _OUT_OF_RESOURCES:
+                    _accept_faults.warning(
+                        error.errno, "accepting TLS connections failed: %s; pausing %g s", error, ACCEPT_RETRY_S
+                    )
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                else:
+                    # One connection failed in the backlog (Linux hands its pending network error to accept:
+                    # EPROTO, ENETDOWN, a firewall's EPERM...): the next may be fine. The turn given to the loop
+                    # keeps an error that repeats from holding it.
+                    _accept_faults.warning(error.errno, "accepting a TLS connection failed: %s", error)
+                    await asyncio.sleep(0)
                 continue
             peer = peer_from_address("tcp", address)
             rate = self._connection_rate
