@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,75 +148,89 @@ async def _left_after_restart(
         stop_node_process(process)
 
 
+@dataclass
+class _TracedNode:
+    """A node process under strace, which logs its fsync and fdatasync calls, with two users registered."""
+
+    process: subprocess.Popen[str]
+    pid: int
+    log: Path
+    fingerprint: str
+    known: KnownHosts
+    vaults: list[Vault]
+
+    def wal_syncs(self) -> int:
+        return _wal_syncs(self.log)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def _traced_node(
+    data_dir: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[_TracedNode, NodeClient]]:
+    """A `_TracedNode` on `data_dir` and a client logged in as its first user; the node is killed at the end."""
+    log = data_dir.with_name("syscalls")
+    strace = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(log)]
+    process, fingerprint, ports, _ = start_node_process(data_dir, env=env, wrapper=strace)
+    known = KnownHosts(data_dir.with_name("known_hosts"), notice=lambda _m: None)
+    vaults = [Vault.open(str(data_dir.with_name(f"v{i}.sqlite")), os.urandom(32)) for i in range(2)]
+    node = _TracedNode(process, _traced_pid(process.pid), log, fingerprint, known, vaults)
+    try:
+        client = await _registered(ports["quic"], known, fingerprint, vaults)
+        try:
+            yield node, client
+        finally:
+            await client.close()
+    finally:
+        node.kill()
+        for vault in vaults:
+            vault.close()
+
+
 @pytest.mark.skipif(not _can_trace(), reason="needs strace allowed to trace (Debian package strace; scripts/install)")
 async def test_removals_commit_without_fsync_and_survive_sigkill(tmp_path: Path) -> None:
     """fetch and ack answer once committed, without waiting for an fsync of their own; a killed node keeps them
     anyway (only a power loss could bring such messages back), while every enqueue still syncs before its seq."""
     data_dir = tmp_path / "node"
-    log = tmp_path / "syscalls"
-    strace = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(log)]
-    process, fingerprint, ports, _ = start_node_process(data_dir, wrapper=strace)
-    node_pid = _traced_pid(process.pid)
-    known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
-    vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
-    try:
-        client = await _registered(ports["quic"], known, fingerprint, vaults)
-        me = vaults[0].identity_key
+    async with _traced_node(data_dir) as (node, client):
+        me = node.vaults[0].identity_key
         for n in range(1, 7):
-            before = _wal_syncs(log)
+            before = node.wal_syncs()
             assert await client.enqueue(me, f"message {n}".encode()) == n
-            assert _wal_syncs(log) > before, "an enqueue's seq came back before its commit was synced"
-        synced = _wal_syncs(log)
+            assert node.wal_syncs() > before, "an enqueue's seq came back before its commit was synced"
+        synced = node.wal_syncs()
         await _removals(client, me, _nothing)
-        assert _wal_syncs(log) == synced
-        os.kill(node_pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        await client.close()
-    finally:
-        if process.poll() is None:
-            os.kill(node_pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-    try:
-        assert await _left_after_restart(data_dir, known, fingerprint, vaults[0]) == [(6, b"message 6")]
-    finally:
-        for vault in vaults:
-            vault.close()
+        assert node.wal_syncs() == synced
+        node.kill()
+        left = await _left_after_restart(data_dir, node.known, node.fingerprint, node.vaults[0])
+        assert left == [(6, b"message 6")]
 
 
 @pytest.mark.skipif(not _can_trace(), reason="needs strace allowed to trace (Debian package strace; scripts/install)")
 async def test_an_expiry_sweep_commits_without_fsync(tmp_path: Path) -> None:
     """Removing expired messages is a removal like fetch and ack: a power loss may bring them back, and the next
     sweep removes them again, so its commit does not wait for an fsync of the WAL."""
-    log = tmp_path / "syscalls"
-    strace = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(log)]
     env = {**os.environ, "QPC_SERVER_MESSAGE_TTL_SECONDS": "1", "QPC_SERVER_SWEEP_INTERVAL_S": "0.2"}
-    process, fingerprint, ports, _ = start_node_process(tmp_path / "node", env=env, wrapper=strace)
-    node_pid = _traced_pid(process.pid)
-    known = KnownHosts(tmp_path / "known_hosts", notice=lambda _m: None)
-    vaults = [Vault.open(str(tmp_path / f"v{i}.sqlite"), os.urandom(32)) for i in range(2)]
-    try:
-        client = await _registered(ports["quic"], known, fingerprint, vaults)
-        me = vaults[0].identity_key
-        before = _wal_syncs(log)
+    async with _traced_node(tmp_path / "node", env) as (node, client):
+        me = node.vaults[0].identity_key
+        before = node.wal_syncs()
         for n in range(1, 4):
             assert await client.enqueue(me, f"expiring {n}".encode()) == n
-        synced = _wal_syncs(log)
+        synced = node.wal_syncs()
         assert synced > before  # the enqueues' commits were synced: the count sees a sync when there is one
-        await client.close()
-        assert process.stderr is not None
+        stderr = node.process.stderr
+        assert stderr is not None
         dropped = 0
         async with asyncio.timeout(20):
             while dropped < 3:
-                line = await asyncio.to_thread(process.stderr.readline)
+                line = await asyncio.to_thread(stderr.readline)
                 if found := re.search(r"dropped (\d+) expired messages", line):
                     dropped += int(found[1])
-        assert _wal_syncs(log) == synced
-    finally:
-        os.kill(node_pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        for vault in vaults:
-            vault.close()
+        assert node.wal_syncs() == synced
 
 
 PAGE_HEADER = 40
