@@ -321,6 +321,73 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             $$""",
         ),
     ),
+    Migration(
+        12,
+        "enqueue as one statement: limits, shares and the other nodes' notifications in one round trip",
+        (
+            # Enqueues of one or many operations (a group-commit batch) in one call: locks every inbox involved (in
+            # sorted order: rows are inserted in the SELECT's order), moves each inbox's counter by the k messages
+            # it gets, inserts the messages with seqs last_seq - k + 1 .. last_seq, checks each sender's share of a
+            # default inbox deep enough for it to matter (a new statement, so a new snapshot: it counts what other
+            # nodes committed before our locks were granted, and our own rows), and notifies the other nodes
+            # (delivered only once committed). Whatever does not fit raises QP001, which undoes the whole call; the
+            # caller then looks closer, operation by operation.
+            #   in_r, in_c, in_k, in_b: per inbox (recipient, channel, k, bytes);
+            #   m_r, m_c, m_n, m_e, m_p, m_s: per message (recipient, channel, rank n within its inbox in this
+            #   call, expires_at, payload index, its sender where the per-sender share applies, else NULL).
+            """CREATE FUNCTION qpc_enqueue(
+                in_r BYTEA[], in_c BYTEA[], in_k BIGINT[], in_b BIGINT[], max_depth BIGINT, max_bytes BIGINT,
+                m_r BYTEA[], m_c BYTEA[], m_n BIGINT[], m_e DOUBLE PRECISION[], m_p INTEGER[], payloads BYTEA[],
+                m_s BYTEA[], max_share BIGINT, default_channel BYTEA, now DOUBLE PRECISION,
+                notify_channel TEXT, notify_payloads TEXT[]
+            ) RETURNS TABLE (o_recipient BYTEA, o_channel BYTEA, o_last_seq BIGINT)
+            LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                a_r BYTEA[];
+                a_c BYTEA[];
+                a_l BIGINT[];
+                a_d BIGINT[];
+            BEGIN
+                WITH input AS (
+                    SELECT r, c, k, b FROM unnest(in_r, in_c, in_k, in_b) AS t(r, c, k, b)
+                ), up AS (
+                    INSERT INTO inboxes AS i (recipient, channel_id, last_seq, depth, bytes)
+                    SELECT r, c, k, k, b FROM input ORDER BY r, c
+                    ON CONFLICT (recipient, channel_id) DO UPDATE
+                        SET last_seq = i.last_seq + excluded.last_seq,
+                            depth = i.depth + excluded.depth,
+                            bytes = i.bytes + excluded.bytes
+                        WHERE i.depth + excluded.depth <= max_depth AND i.bytes + excluded.bytes <= max_bytes
+                    RETURNING i.recipient, i.channel_id, i.last_seq, i.depth
+                ), ins AS (
+                    INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)
+                    SELECT m.r, m.c, up.last_seq - input.k + m.n, length(payloads[m.p]), m.e, payloads[m.p], m.s
+                    FROM unnest(m_r, m_c, m_n, m_e, m_p, m_s) AS m(r, c, n, e, p, s)
+                    JOIN input ON input.r = m.r AND input.c = m.c
+                    JOIN up ON up.recipient = m.r AND up.channel_id = m.c
+                )
+                SELECT array_agg(recipient), array_agg(channel_id), array_agg(last_seq), array_agg(depth)
+                INTO a_r, a_c, a_l, a_d FROM up;
+                IF coalesce(cardinality(a_r), 0) <> cardinality(in_r) THEN
+                    RAISE EXCEPTION 'an inbox is full' USING ERRCODE = 'QP001';
+                END IF;
+                IF EXISTS (
+                    SELECT FROM (SELECT DISTINCT r, s FROM unnest(m_r, m_s) AS t(r, s) WHERE s IS NOT NULL) AS k
+                    JOIN unnest(a_r, a_c, a_d) AS u(r, c, d) ON u.r = k.r AND u.c = default_channel
+                    WHERE u.d > max_share AND (
+                        SELECT count(*) FROM messages
+                        WHERE recipient = k.r AND channel_id = default_channel AND sender = k.s
+                            AND (expires_at IS NULL OR expires_at > now)
+                    ) > max_share
+                ) THEN
+                    RAISE EXCEPTION 'a sender''s share is full' USING ERRCODE = 'QP001';
+                END IF;
+                PERFORM pg_notify(notify_channel, p) FROM unnest(notify_payloads) AS p;
+                RETURN QUERY SELECT * FROM unnest(a_r, a_c, a_l);
+            END
+            $$""",
+        ),
+    ),
 )
 
 LATEST_VERSION = POSTGRES_MIGRATIONS[-1].version

@@ -5,9 +5,10 @@ while the previous batch was running, runs them in one transaction on one pooled
 notifications inside that transaction, commits once, and only then resolves the callers' futures: a seq is never
 seen before it is durable.
 
-Within the transaction, the whole batch is first tried as one statement (`merge`: one round trip for all of it).
-If anything in it is refused or fails, that is rolled back and each operation runs in its own SAVEPOINT, so that a
-refused one rolls back alone.
+The whole batch is first tried as one statement outside a transaction (`merge`: the statement is the transaction,
+its notifications included, so one round trip for all of it, a single enqueue too). If anything in it is refused or
+fails, the statement is undone whole, and the batch runs in a transaction with each operation in its own
+SAVEPOINT, so that a refused one rolls back alone.
 
 Lock order. Every writer locks an inbox's counter row before touching its messages, so message rows are never
 part of a lock cycle. Counter rows are locked in sorted order within an operation, and the operations of a batch
@@ -85,9 +86,9 @@ class WriteOp(Generic[T]):
 
 
 Publish = Callable[[Iterable[Inbox]], list[str]]
-Merge = Callable[[Any, list[Any]], Awaitable[list[Any] | None]]
-"""(connection, [op.data, ...]) -> one result per operation, or None if the batch cannot be applied as a whole
-(the writer then rolls back what it did)."""
+Merge = Callable[[Any, list[Any], tuple[str, list[str]]], Awaitable[list[Any] | None]]
+"""(connection outside a transaction, [op.data, ...], (channel, payloads)) -> one result per operation, committed
+with those notifications, in one statement; or None if the batch cannot be applied as a whole (nothing was)."""
 
 
 @dataclass(slots=True)
@@ -289,28 +290,34 @@ class GroupCommitWriter:
             self._on_committed(touched)
         await release(self._pool, conn)
 
-    async def _run_merged(
+    async def _run_at_once(
         self,
         conn: Any,
         batch: list[WriteOp[Any]],
         outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]],
         touched: set[Inbox],
     ) -> bool:
-        if self._merge is None or len(batch) < 2 or any(op.data is None for op in batch):
+        """The whole batch, with its notifications, as one statement outside a transaction: one round trip, its
+        commit the statement's own. False if it cannot go that way (an operation that is not a merge's) or did not
+        (refused or failed as a whole, so nothing was applied): the caller then runs it operation by operation."""
+        if self._merge is None or any(op.data is None for op in batch):
             return False
+        inboxes = {inbox for op in batch for inbox in op.inboxes}
+        # The statement commits by itself: a connection lost meanwhile leaves its outcome unknown.
+        self._in_hand.committing = True
         try:
-            results = await self._merge(conn, [op.data for op in batch])
+            results = await self._merge(conn, [op.data for op in batch], (self._channel, self._publish(inboxes)))
         except asyncpg.PostgresError as exc:  # deadlock or anything else: the per-operation path sorts it out
             if is_connection_fault(exc):
                 raise
             log.info("merged batch failed (%s); running its operations one by one", type(exc).__name__)
             results = None
         if results is None:
-            await conn.execute("ROLLBACK TO SAVEPOINT op")
+            self._in_hand.committing = False
             return False
         for op, result in zip(batch, results, strict=True):
             outcomes.append((op, result, None))
-            touched.update(op.inboxes)
+        touched.update(inboxes)
         return True
 
     async def _run_transaction(
@@ -321,11 +328,21 @@ class GroupCommitWriter:
         touched: set[Inbox],
         deferred: list[WriteOp[Any]],
     ) -> None:
+        """The batch's transaction: one statement if it goes at once, else one savepoint per operation."""
+        if not await self._run_at_once(conn, batch, outcomes, touched):
+            await self._run_one_by_one(conn, batch, outcomes, touched, deferred)
+
+    async def _run_one_by_one(
+        self,
+        conn: Any,
+        batch: list[WriteOp[Any]],
+        outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]],
+        touched: set[Inbox],
+        deferred: list[WriteOp[Any]],
+    ) -> None:
         # Savepoint commands go as one simple-protocol message with whatever came before: one round trip each.
         await conn.execute("BEGIN; SAVEPOINT op")
         # No ROLLBACK on failure: the caller terminates the connection, and PostgreSQL rolls back what it held.
-        if await self._run_merged(conn, batch, outcomes, touched):
-            batch = []
         for op in batch:
             attempt = 0
             while True:

@@ -16,7 +16,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
-from quicnprotochat.server.store import SchemaTooNew, StoreError, StoreLimits, fetch_wait, open_store
+from quicnprotochat.server.store import LimitExceeded, SchemaTooNew, StoreError, StoreLimits, fetch_wait, open_store
 from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redacted
 from quicnprotochat.server.store.postgres.engine import transaction
 from quicnprotochat.server.store.postgres_migrations import LATEST_VERSION, POSTGRES_MIGRATIONS
@@ -369,9 +369,10 @@ class CountingProxy:
             await self._server.wait_closed()
 
 
-async def test_fetch_ack_peek_and_depth_read_are_one_round_trip_each(pg_url: str) -> None:
-    """The hot path's calls cost one round trip each: a fetch or an ack is one statement (its lock, removal and
-    commit mode inside the database's function), and a connection handed back to the pool is not reset."""
+async def test_fetch_ack_peek_depth_read_and_enqueue_are_one_round_trip_each(pg_url: str) -> None:
+    """The hot path's calls cost one round trip each: a fetch, an ack or a group-commit batch of enqueues is one
+    statement (locks, limits, removal or insertion, notifications and commit mode inside the database's
+    functions), and a connection handed back to the pool is not reset."""
     parts = urlsplit(pg_url)
     proxy = CountingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
     port = await proxy.start()
@@ -393,6 +394,9 @@ async def test_fetch_ack_peek_and_depth_read_are_one_round_trip_each(pg_url: str
         assert await round_trips(lambda: store.fetch(R1, b"", 1)) == 1
         assert await round_trips(lambda: store.ack(R1, b"", 4)) == 1
         assert [m.seq for m in await store.peek(R1, b"", 0)] == [5, 6, 7, 8]
+        # An enqueue (a group-commit batch of one here) with its notification and its synchronous commit.
+        assert await round_trips(lambda: store.batch_enqueue([R1, R2], b"", b"e", None)) == 1
+        assert [m.seq for m in await store.peek(R1, b"", 0)] == [5, 6, 7, 8, 9, 10]
     finally:
         await store.close()
         await proxy.close()
@@ -442,3 +446,24 @@ async def test_a_fetch_of_an_empty_inbox_neither_takes_nor_waits_for_its_lock(no
         await holder.close()
     await store.enqueue(R1, b"", b"n", None)
     assert [m.seq for m in await store.fetch(R1, b"", 0)] == [2]
+
+
+async def test_a_senders_share_holds_against_batches_racing_on_two_nodes(nodes: Nodes) -> None:
+    """Enqueues from one sender to one default inbox through two nodes at once: exactly the share gets in (each
+    batch counts the sender's messages after its lock is granted, other nodes' commits included), the rest is
+    refused, and the seqs stay gap-free."""
+    limits = StoreLimits(max_inbox_share_per_sender=10, max_inbox_depth=100)
+    a, b = await nodes.open(limits), await nodes.open(limits)
+    mallory = key(7)
+
+    async def send(store: PostgresStore, n: int) -> int | None:
+        try:
+            return await store.enqueue(R1, b"", b"m%d" % n, None, sender=mallory)
+        except LimitExceeded:
+            return None
+
+    seqs = await asyncio.gather(*(send((a, b)[n % 2], n) for n in range(40)))
+    assert sorted(s for s in seqs if s is not None) == list(range(1, 11))
+    assert (await a.inbox_stats(R1, b"")).depth == 10
+    # Others are not held to mallory's share.
+    assert await b.enqueue(R1, b"", b"from bob", None, sender=key(8)) == 11

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 from ..base import DEFAULT_CHANNEL, Inbox, StoreError, StoreLimits
 from ..inboxes import check_room, check_share, has_room, share_may_be_full, shared_inbox
 from ..postgres_writer import Again
@@ -21,48 +23,27 @@ WITH gone AS (
 SELECT count(*), coalesce(sum(size), 0) FROM gone
 """
 
-# Enqueues of one or many operations in one statement: locks every inbox involved (in sorted order: rows are
-# inserted in the SELECT's order), moves each inbox's counter by the k messages it gets if its limits allow, and
-# inserts the messages with seqs last_seq - k + 1 .. last_seq. An inbox whose limits do not allow it is locked
-# but left unchanged and missing from the result; the caller then rolls back and looks closer.
-#   $1..$4: per inbox (recipient, channel, k, bytes);  $5, $6: depth and bytes limits;
-#   $7..$11: per message (recipient, channel, rank n within its inbox in this statement, expires_at, payload index);
-#   $12: the distinct payloads;  $13: per message, its sender where the per-sender share applies (else NULL).
-_ENQUEUE = """
-WITH input AS (
-    SELECT r, c, k, b FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[]) AS t(r, c, k, b)
-), up AS (
-    INSERT INTO inboxes AS i (recipient, channel_id, last_seq, depth, bytes)
-    SELECT r, c, k, k, b FROM input ORDER BY r, c
-    ON CONFLICT (recipient, channel_id) DO UPDATE
-        SET last_seq = i.last_seq + excluded.last_seq,
-            depth = i.depth + excluded.depth,
-            bytes = i.bytes + excluded.bytes
-        WHERE i.depth + excluded.depth <= $5 AND i.bytes + excluded.bytes <= $6
-    RETURNING i.recipient, i.channel_id, i.last_seq, i.depth
-), ins AS (
-    INSERT INTO messages (recipient, channel_id, seq, size, expires_at, payload, sender)
-    SELECT m.r, m.c, up.last_seq - input.k + m.n, length(($12::bytea[])[m.p]), m.e, ($12::bytea[])[m.p], m.s
-    FROM unnest($7::bytea[], $8::bytea[], $9::bigint[], $10::float8[], $11::int[], $13::bytea[])
-        AS m(r, c, n, e, p, s)
-    JOIN input ON input.r = m.r AND input.c = m.c
-    JOIN up ON up.recipient = m.r AND up.channel_id = m.c
-)
-SELECT recipient, channel_id, last_seq, depth FROM up
-"""
+# qpc_enqueue is the database's function (postgres_migrations, version 12): see there for what it does.
+_ENQUEUE = "SELECT * FROM qpc_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+
+REFUSED = "QP001"
+"""The SQLSTATE qpc_enqueue raises when a limit is in the way: the whole call is undone."""
 
 
-async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] | None:
+async def enqueue_many(
+    conn: Any, ops: Sequence[EnqueueOp], notify: tuple[str, list[str]] | None = None
+) -> list[list[int]] | None:
     """Apply every operation in one statement and return their seqs; None if a limit is in the way of any of
-    them (or would be even for an empty inbox): the caller must then roll back what the statement did.
+    them (or would be even for an empty inbox): nothing was applied, and inside a transaction the caller must roll
+    back to its savepoint (the statement failed).
 
-    All the operations come from one store, so they share its limits.
+    `notify`: (channel, payloads) to send from the statement, for a caller without a transaction of its own (its
+    commit is the statement's). All the operations come from one store, so they share its limits.
     """
     if not ops:
         return []
     limits = ops[0].limits
     usage: dict[Inbox, list[int]] = {}  # inbox -> [k, bytes]
-    shares: dict[tuple[bytes, bytes], int] = {}  # (recipient, sender) -> messages added to a shared inbox
     messages: list[tuple[bytes, bytes, int, float | None, int, bytes | None]] = []
     payloads: list[bytes] = []
     for op in ops:
@@ -73,35 +54,36 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
             entry[0] += 1
             entry[1] += size
             sender = op.sender if shared_inbox((r, op.channel), op.sender) else None
-            if sender is not None:
-                shares[(r, sender)] = shares.get((r, sender), 0) + 1
             messages.append((r, op.channel, entry[0], op.expires_at, len(payloads), sender))
     # A new inbox row is inserted without the limit check: refuse here what cannot fit even an empty inbox.
     if any(k > limits.max_inbox_depth or b > limits.max_inbox_bytes for k, b in usage.values()):
         return None
     inboxes = list(usage)
-    rows = await conn.fetch(
-        _ENQUEUE,
-        [r for r, _ in inboxes],
-        [c for _, c in inboxes],
-        [usage[i][0] for i in inboxes],
-        [usage[i][1] for i in inboxes],
-        limits.max_inbox_depth,
-        limits.max_inbox_bytes,
-        [m[0] for m in messages],
-        [m[1] for m in messages],
-        [m[2] for m in messages],
-        [m[3] for m in messages],
-        [m[4] for m in messages],
-        payloads,
-        [m[5] for m in messages],
-    )
-    if len(rows) != len(inboxes):
-        return None
-    depths = {(bytes(row[0]), bytes(row[1])): int(row[3]) for row in rows}
-    shares = {key: n for key, n in shares.items() if share_may_be_full(limits, depths[(key[0], DEFAULT_CHANNEL)])}
-    if shares and not await _within_shares(conn, limits, shares, ops[0].now):
-        return None
+    try:
+        rows = await conn.fetch(
+            _ENQUEUE,
+            [r for r, _ in inboxes],
+            [c for _, c in inboxes],
+            [usage[i][0] for i in inboxes],
+            [usage[i][1] for i in inboxes],
+            limits.max_inbox_depth,
+            limits.max_inbox_bytes,
+            [m[0] for m in messages],
+            [m[1] for m in messages],
+            [m[2] for m in messages],
+            [m[3] for m in messages],
+            [m[4] for m in messages],
+            payloads,
+            [m[5] for m in messages],
+            limits.max_inbox_share_per_sender,
+            DEFAULT_CHANNEL,
+            ops[0].now,
+            *(notify or ("", [])),
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == REFUSED:
+            return None
+        raise
     next_seq = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
     for inbox, (k, _) in usage.items():
         next_seq[inbox] -= k - 1
@@ -113,26 +95,6 @@ async def enqueue_many(conn: Any, ops: Sequence[EnqueueOp]) -> list[list[int]] |
             next_seq[(r, op.channel)] += 1
         results.append(seqs)
     return results
-
-
-async def _within_shares(conn: Any, limits: StoreLimits, shares: dict[tuple[bytes, bytes], int], now: float) -> bool:
-    """Whether every sender is within its share of each default inbox, its new messages included.
-
-    Counted after the enqueue statement, which holds the lock of every inbox row it wrote until the commit: an
-    enqueue to the same inbox on another node waits for that commit and counts after it (a new inbox row too:
-    its insert waits on ours), so racing batches cannot pass a share together."""
-    keys = list(shares)
-    rows = await conn.fetch(
-        "SELECT m.recipient, m.sender, count(*) FROM messages m"
-        " JOIN unnest($1::bytea[], $2::bytea[]) AS t(r, s) ON m.recipient = t.r AND m.sender = t.s"
-        " WHERE m.channel_id = $3 AND (m.expires_at IS NULL OR m.expires_at > $4) GROUP BY 1, 2",
-        [r for r, _ in keys],
-        [s for _, s in keys],
-        DEFAULT_CHANNEL,
-        now,
-    )
-    held = {(bytes(row[0]), bytes(row[1])): int(row[2]) for row in rows}
-    return all(held.get(key, 0) <= limits.max_inbox_share_per_sender for key in shares)
 
 
 # How many times an enqueue is checked and applied before giving up on a share that keeps moving under it.
