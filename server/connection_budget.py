@@ -47,7 +47,7 @@ class ConnectionBudget:
         self._unsent: Callable[[], int] = _nothing_unsent
         self._on_room: Callable[[], None] = _no_op
         self._changed = asyncio.Event()
-        self._answer_slot = asyncio.Lock()
+        self._slot_taken = False  # the answer slot: one answer being made at a time
         self._poke_scheduled = False
         self.authenticated = False
         self.on_authenticated: Callable[[], None] = _no_op
@@ -128,9 +128,28 @@ class ConnectionBudget:
     @asynccontextmanager
     async def answer_slot(self) -> AsyncIterator[Callable[[int], None]]:
         """Yields `reserve(n)`: count an answer of about `n` bytes until the transport has taken it."""
-        async with self._answer_slot:
-            await self._wait_until(self._answers_drained)
+        await self._wait_until(self._slot_free)
+        self._slot_taken = True
+        try:
             yield self._reserve
+        finally:
+            self.release_answer_slot()
+
+    def try_answer_slot(self) -> Callable[[int], None] | None:
+        """The answer slot taken now, without waiting (`reserve`), or None if it is not free at once; whoever
+        takes it calls `release_answer_slot` once the answer is counted. For an answer made elsewhere: a parked
+        long-poll answered by the store's writer."""
+        if not self._slot_free():
+            return None
+        self._slot_taken = True
+        return self._reserve
+
+    def release_answer_slot(self) -> None:
+        self._slot_taken = False
+        self.poke()
+
+    def _slot_free(self) -> bool:
+        return not self._slot_taken and self._answers_drained()
 
     def _reserve(self, count: int) -> None:
         self._produced += count

@@ -307,7 +307,7 @@ class NodeServiceImpl(_NodeServiceServer):  # type: ignore[misc]
                 timeout_ms,
                 limit,
                 remove=remove,
-                answer_slot=self._budget.answer_slot,
+                answer_slots=self._budget,
             )
         finally:
             self._unpark(caller.identity_key)

@@ -16,7 +16,7 @@ from quicnprotochat.server.services import validation
 from quicnprotochat.server.services.errors import store_errors
 from quicnprotochat.server.services.sessions import SESSION_CACHE_SECONDS, Caller
 from quicnprotochat.server.store import AccountStore, BotKeyStore, Clock, InboxMessage, InboxStore, fetch_wait
-from quicnprotochat.server.store.fetch_wait import AnswerSlot
+from quicnprotochat.server.store.fetch_wait import AnswerSlots
 from quicnprotochat.server.store.idempotency import MAX_KEY_BYTES, IdempotencyKey, IdempotencyStore
 
 MAX_BATCH_RECIPIENTS = 1000
@@ -243,13 +243,13 @@ class InboxService:
         limit: int,
         *,
         remove: bool = True,
-        answer_slot: AnswerSlot | None = None,
+        answer_slots: AnswerSlots | None = None,
     ) -> list[InboxMessage]:
         recipient, channel = await self._own_inbox(caller, recipient, channel, version)
         timeout = min(timeout_ms, self._max_wait_ms) / 1000.0
         with store_errors():
             return await fetch_wait(
-                self._store, recipient, channel, self._limit(limit), timeout, remove=remove, answer_slot=answer_slot
+                self._store, recipient, channel, self._limit(limit), timeout, remove=remove, answer_slots=answer_slots
             )
 
     async def peek(

@@ -101,6 +101,11 @@ class InboxStore(Protocol):
         ...
 
 
+def fetch_count(limits: StoreLimits, limit: int) -> int:
+    """How many messages a fetch asking for `limit` (not negative) may take: 0 or above the cap is the cap."""
+    return limits.max_fetch if limit == 0 else min(limit, limits.max_fetch)
+
+
 def check_payload(limits: StoreLimits, payload: bytes) -> None:
     """The payload cap every way of enqueueing applies before it reaches the database."""
     if len(payload) > limits.max_payload_bytes:
@@ -201,8 +206,7 @@ class InboxesBase(StoreEngine):
     def _fetch_limit(self, limit: int) -> int:
         if limit < 0:
             raise ValueError("limit must not be negative")
-        cap = self._limits.max_fetch
-        return cap if limit == 0 else min(limit, cap)
+        return fetch_count(self._limits, limit)
 
     # ── the backend's hooks ──────────────────────────────────────────────────────────────────────────────────
 

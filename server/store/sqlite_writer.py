@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -69,6 +69,9 @@ class _Op(Generic[T]):
 
 
 Outcome = tuple["_Op[Any]", Any, BaseException | None]
+
+Removal = tuple[WriteFn[Any], "asyncio.Future[Any]"]
+"""An operation and the future its result goes to (see `GroupCommitWriter.submit`)."""
 
 
 class GroupCommitWriter(StoreThread):
@@ -125,9 +128,23 @@ class GroupCommitWriter(StoreThread):
     def restarts(self) -> int:
         return self._restarts
 
-    async def submit(self, fn: WriteFn[T], *, frees_space: bool = False, sync: bool = True) -> T:
+    async def submit(
+        self, fn: WriteFn[T], *, frees_space: bool = False, sync: bool = True, removals: Sequence[Removal] = ()
+    ) -> T:
+        """`removals`: operations that remove what `fn` may have added (a parked waiter's fetch, answered through
+        its own future), run right after it in the same transaction; each is a removal that may come undone
+        (`sync=False`), refused or rolled back on its own like any operation."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._put(_Op(fn, future, frees_space, sync))
+        op = _Op(fn, future, frees_space, sync)
+        if removals:
+            try:
+                self._put([op, *(_Op(removal, answer, True, False) for removal, answer in removals)])
+            except BaseException as exc:
+                for _removal, answer in removals:
+                    settle(answer, None, exc)
+                raise
+        else:
+            self._put(op)
         # Cancelling the caller does not withdraw the operation: it may already be committed.
         return await future
 
@@ -161,7 +178,7 @@ class GroupCommitWriter(StoreThread):
                 self._upkeep()
             batch, stopping = self._take(MAX_BATCH)
             if batch:
-                self._run_batch(batch)
+                self._run_batch(_ops(batch))
             if stopping:
                 return
 
@@ -320,7 +337,7 @@ class GroupCommitWriter(StoreThread):
         return error
 
     def _fail_pending(self) -> None:
-        pending: list[Outcome] = [(op, None, StoreClosed()) for op in self._drain()]
+        pending: list[Outcome] = [(op, None, StoreClosed()) for op in _ops(self._drain())]
         if pending:
             self._call_on_loop(self._deliver, pending, set())
 
@@ -331,6 +348,17 @@ class GroupCommitWriter(StoreThread):
             settle(op.future, result, exc)
         if touched:
             self._on_committed(touched)
+
+
+def _ops(items: list[Any]) -> list[_Op[Any]]:
+    """The queue's items as operations: an operation submitted with its removals is one item, a list."""
+    ops: list[_Op[Any]] = []
+    for item in items:
+        if type(item) is list:
+            ops.extend(item)
+        else:
+            ops.append(item)
+    return ops
 
 
 def _sqlite_code(exc: BaseException) -> int:

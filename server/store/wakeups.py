@@ -10,14 +10,18 @@ missed:
         while not (messages := await store.fetch(recipient, channel)):
             if not await w.wait(remaining):
                 break
+
+A parked `fetchWait` registers a `ClaimableWaiter` instead: a store whose writer can fetch for it (SQLite) claims it
+when it submits an enqueue to its inbox, fetches its messages in the enqueue's own transaction, and answers it with
+the commit, so the wake-up needs no second transaction. A waiter nobody claims is woken as above.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class InboxWaiter(Protocol):
@@ -29,6 +33,23 @@ class InboxWaiter(Protocol):
 
 class WaiterRegistration(Protocol):
     async def __aenter__(self) -> InboxWaiter: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class AnswerSlotTaker(Protocol):
+    def try_answer_slot(self) -> Callable[[int], None] | None:
+        """The connection's answer slot taken at once (its `reserve`), or None; see fetch_wait.AnswerSlots."""
+        ...
+
+
+class ClaimableRegistration(Protocol):
+    async def __aenter__(self) -> ClaimableWaiter: ...
 
     async def __aexit__(
         self,
@@ -54,7 +75,7 @@ class _Waiter:
 
     def __init__(self) -> None:
         self._fired = False
-        self._future: asyncio.Future[None] | None = None
+        self._future: asyncio.Future[Any] | None = None
 
     def fire(self) -> None:
         # Remembered even when nobody is waiting yet: that is what makes register-then-check race-free.
@@ -63,39 +84,99 @@ class _Waiter:
         if future is not None and not future.done():
             future.set_result(None)
 
+    def claim(self) -> asyncio.Future[Any] | None:
+        """See `ClaimableWaiter`; a plain waiter is only ever woken."""
+        return None
+
     async def wait(self, timeout: float | None) -> bool:
         if not self._fired and (timeout is None or timeout > 0):
-            # A timer that resolves the future, rather than asyncio.timeout's cancellation: a parked waiter holds
-            # fewer objects for the collector to walk, and a timeout raises no exception.
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            self._future = future
-            timer = None if timeout is None else loop.call_later(timeout, _time_up, future)
-            try:
-                await future
-            finally:
-                self._future = None
-                if timer is not None:
-                    timer.cancel()
+            await self._park(timeout)
+        fired = self._fired
+        self._fired = False
+        return fired
+
+    async def _park(self, timeout: float | None) -> Any:
+        # A timer that resolves the future, rather than asyncio.timeout's cancellation: a parked waiter holds
+        # fewer objects for the collector to walk, and a timeout raises no exception.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._future = future
+        timer = None if timeout is None else loop.call_later(timeout, _time_up, self, future)
+        try:
+            return await future
+        finally:
+            self._future = None
+            if timer is not None:
+                timer.cancel()
+
+
+class ClaimableWaiter(_Waiter):
+    """A parked fetchWait that the store may answer itself. `claim()` (on the loop, by whoever submits a write to
+    the inbox) hands out the parked future: the claimant sets it to the messages it removed for this waiter, or to
+    its failure. Once claimed, the waiter waits for that answer, past its timeout if need be (the messages may
+    already be removed); a wake-up is only remembered.
+
+    A claim takes the connection's answer slot, as a fetch does, and is made only when it is free at once; the
+    slot's `reserve` is then `reserve`. `wanted` turns False when the waiter gives up (cancelled): a claimant
+    that has not removed anything yet then removes nothing.
+    """
+
+    __slots__ = ("_slots", "claimed", "limit", "reserve", "wanted")
+
+    def __init__(self, limit: int, slots: AnswerSlotTaker) -> None:
+        super().__init__()
+        self.limit = limit
+        self._slots = slots
+        self.claimed = False
+        self.wanted = True
+        self.reserve: Callable[[int], None] | None = None
+
+    def claim(self) -> asyncio.Future[Any] | None:
+        future = self._future
+        if future is None or future.done() or self.claimed:
+            return None
+        reserve = self._slots.try_answer_slot()
+        if reserve is None:
+            return None
+        self.claimed, self.reserve = True, reserve
+        return future
+
+    def fire(self) -> None:
+        if self.claimed:
+            self._fired = True
+        else:
+            super().fire()
+
+    async def wait_or_answer(self, timeout: float) -> Any:
+        """False on timeout, True when woken (go and look), or the claimant's answer (`claimed` is then True and
+        stays so until the caller resets it, having dealt with the answer and what the claim took)."""
+        if self._fired or timeout <= 0:
+            fired = self._fired
+            self._fired = False
+            return fired
+        outcome = await self._park(timeout)
+        if self.claimed:
+            return outcome
         fired = self._fired
         self._fired = False
         return fired
 
 
-def _time_up(future: asyncio.Future[None]) -> None:
-    if not future.done():
+def _time_up(waiter: _Waiter, future: asyncio.Future[Any]) -> None:
+    # A claimed waiter waits for its answer.
+    if not future.done() and not (isinstance(waiter, ClaimableWaiter) and waiter.claimed):
         future.set_result(None)
 
 
 class _Registration:
     __slots__ = ("_key", "_owner", "_waiter")
 
-    def __init__(self, owner: InProcessWakeups, key: tuple[bytes, bytes]) -> None:
+    def __init__(self, owner: InProcessWakeups, key: tuple[bytes, bytes], waiter: _Waiter) -> None:
         self._owner = owner
         self._key = key
-        self._waiter = _Waiter()
+        self._waiter = waiter
 
-    async def __aenter__(self) -> InboxWaiter:
+    async def __aenter__(self) -> Any:
         self._owner._add(self._key, self._waiter)
         return self._waiter
 
@@ -115,7 +196,24 @@ class InProcessWakeups:
         self._waiters: dict[tuple[bytes, bytes], set[_Waiter]] = {}
 
     def waiter(self, recipient: bytes, channel: bytes) -> WaiterRegistration:
-        return _Registration(self, (bytes(recipient), bytes(channel)))
+        return _Registration(self, (bytes(recipient), bytes(channel)), _Waiter())
+
+    def claimable_waiter(
+        self, recipient: bytes, channel: bytes, limit: int, slots: AnswerSlotTaker
+    ) -> ClaimableRegistration:
+        """A waiter for a fetchWait that removes up to `limit` messages (see `ClaimableWaiter`)."""
+        return _Registration(self, (bytes(recipient), bytes(channel)), ClaimableWaiter(limit, slots))
+
+    def claim(self, key: tuple[bytes, bytes]) -> tuple[ClaimableWaiter, asyncio.Future[Any]] | None:
+        """One parked waiter of the inbox that may be answered now, claimed (see `ClaimableWaiter`); None if none."""
+        waiters = self._waiters.get(key)
+        if waiters:
+            for waiter in waiters:
+                future = waiter.claim()
+                if future is not None:
+                    assert isinstance(waiter, ClaimableWaiter)
+                    return waiter, future
+        return None
 
     def notify(self, inboxes: Iterable[tuple[bytes, bytes]]) -> None:
         for key in inboxes:

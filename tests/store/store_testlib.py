@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from dataclasses import dataclass, field
 
 from quicnprotochat.server.store import Store, StoreLimits, open_store
+from quicnprotochat.server.store.sqlite_writer import OpContext
 
 T0 = 1_700_000_000.0
 
@@ -35,6 +39,28 @@ class Backend:
     async def close_all(self) -> None:
         for store in self.opened:
             await store.close()
+
+
+async def parked(store: Store, count: int) -> None:
+    """Until `count` fetchWait/peekWait waiters are registered, and then long enough for their first look at the
+    inbox to have found nothing (they are then parked)."""
+    deadline = time.monotonic() + 5
+    while store.wakeups.waiter_count() != count:
+        assert time.monotonic() < deadline, f"{store.wakeups.waiter_count()} waiters, not {count}"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+
+
+def hold_writer(store: Store, seconds: float) -> asyncio.Future[None]:
+    """The SQLite store's writer thread busy for `seconds`: whatever is submitted meanwhile is committed in the
+    batch after it."""
+
+    def sleep(conn: sqlite3.Connection, ctx: OpContext) -> None:
+        time.sleep(seconds)
+
+    writer = store._writer  # type: ignore[attr-defined]
+    held: asyncio.Future[None] = asyncio.ensure_future(writer.submit(sleep))
+    return held
 
 
 def key(n: int) -> bytes:

@@ -4,16 +4,13 @@ fails: the refused operation must roll back alone, even the part of its work it 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
 from quicnprotochat.server.store import LimitExceeded, StoreLimits, open_store
-from quicnprotochat.server.store.sqlite_writer import OpContext
 
-from .store_testlib import key
+from .store_testlib import hold_writer, key
 
 FULL, OTHER = key(1), key(2)
 
@@ -23,12 +20,8 @@ async def test_a_refused_enqueue_in_a_batch_rolls_back_alone(tmp_path: Path) -> 
     try:
         assert [await store.enqueue(FULL, b"", b"m", None) for _ in range(2)] == [1, 2]
 
-        def hold_the_writer(conn: sqlite3.Connection, ctx: OpContext) -> None:
-            time.sleep(0.3)
-
         # Everything submitted while the writer sleeps is committed in the one batch after it.
-        writer = store._writer  # type: ignore[attr-defined]
-        held = asyncio.ensure_future(writer.submit(hold_the_writer))
+        held = hold_writer(store, 0.3)
         await asyncio.sleep(0.05)
         before = store.metrics().largest_batch
         results = await asyncio.gather(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -18,7 +18,7 @@ from ..disk_reserve import DiskReserve
 from ..engine import StoreEngine
 from ..migrations import migrate
 from ..sqlite_reader import ReadThread
-from ..sqlite_writer import WAL_TRUNCATE_BYTES, GroupCommitWriter, OpContext
+from ..sqlite_writer import WAL_TRUNCATE_BYTES, GroupCommitWriter, OpContext, Removal
 from ..wakeups import InProcessWakeups
 
 T = TypeVar("T")
@@ -73,6 +73,7 @@ class SqliteEngine(StoreEngine):
     ) -> None:
         """Use `open`."""
         super().__init__(limits, clock, wakeups)
+        self._local_wakeups = wakeups  # the same object, with `claim` (parked fetches answered by the writer)
         self.path = path
         self._writer = GroupCommitWriter(
             write_conn,
@@ -140,13 +141,21 @@ class SqliteEngine(StoreEngine):
         await self._reader.close()
 
     async def _write(
-        self, fn: Callable[[sqlite3.Connection, OpContext], T], *, frees_space: bool = False, sync: bool = True
+        self,
+        fn: Callable[[sqlite3.Connection, OpContext], T],
+        *,
+        frees_space: bool = False,
+        sync: bool = True,
+        removals: Callable[[], Sequence[Removal]] | None = None,
     ) -> T:
         """`frees_space`: a deletion, which may still run on a full disk; `sync=False`: a removal that a power loss
         may undo (messages come back, never go missing), committed without waiting for the disk (see
-        GroupCommitWriter)."""
+        GroupCommitWriter); `removals()`: what to run after `fn` in its transaction, each answering its own future
+        (called once the store is known to be open, so that whatever it claims is answered)."""
         self._check_open()
-        return await self._writer.submit(fn, frees_space=frees_space, sync=sync)
+        return await self._writer.submit(
+            fn, frees_space=frees_space, sync=sync, removals=() if removals is None else removals()
+        )
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` runs in a read transaction (one snapshot for reads made of several statements)."""

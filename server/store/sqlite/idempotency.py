@@ -9,7 +9,7 @@ from ..groups import pack_seqs, unpack_seqs
 from ..idempotency import IdempotencyBase, IdempotencyKey, KeyReused
 from ..sqlite_writer import OpContext
 from .engine import SqliteEngine
-from .inboxes import enqueue_one
+from .inboxes import answer_parked, enqueue_one
 
 
 class SqliteIdempotency(IdempotencyBase, SqliteEngine):
@@ -45,7 +45,7 @@ class SqliteIdempotency(IdempotencyBase, SqliteEngine):
             ctx.touched.extend(inboxes)
             return seqs
 
-        return await self._write(op)
+        return await self._write(op, removals=lambda: answer_parked(self._local_wakeups, limits, inboxes, now))
 
     async def _purge_idempotency_keys(self, now: float) -> int:
         def op(conn: sqlite3.Connection, ctx: OpContext) -> int:

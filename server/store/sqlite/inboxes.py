@@ -12,11 +12,13 @@ from ..inboxes import (
     InboxStats,
     check_room,
     check_share,
+    fetch_count,
     has_room,
     share_may_be_full,
     shared_inbox,
 )
-from ..sqlite_writer import OpContext
+from ..sqlite_writer import OpContext, Removal, WriteFn
+from ..wakeups import ClaimableWaiter, InProcessWakeups
 from .engine import SqliteEngine
 
 # A sweep deletes at most this many messages per transaction so that enqueues are not held up behind it.
@@ -75,17 +77,13 @@ class SqliteInboxes(InboxesBase, SqliteEngine):
             ctx.touched.extend(inboxes)
             return seqs
 
-        return await self._write(op)
+        return await self._write(op, removals=lambda: answer_parked(self._local_wakeups, limits, inboxes, now))
 
     async def _fetch(self, inbox: Inbox, count: int, now: float) -> list[InboxMessage]:
+        max_bytes = self._limits.max_fetch_bytes
+
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[InboxMessage]:
-            rows = conn.execute(
-                _FETCH,
-                (*inbox, now, count, self._limits.max_fetch_bytes),
-            ).fetchall()
-            _shrink(conn, inbox, len(rows), sum(r[2] for r in rows))
-            # RETURNING promises no order.
-            return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
+            return fetch_messages(conn, inbox, count, now, max_bytes)
 
         # Answered once committed, without the fsync: see GroupCommitWriter on removals.
         return await self._write(op, frees_space=True, sync=False)
@@ -165,6 +163,40 @@ _FETCH = f"DELETE FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) 
 _PEEK = (
     f"SELECT seq, payload FROM messages WHERE id IN (SELECT id FROM ({_FIRST_MESSAGES}) WHERE before < ?) ORDER BY seq"  # noqa: S608
 )
+
+
+def answer_parked(wakeups: InProcessWakeups, limits: StoreLimits, inboxes: list[Inbox], now: float) -> list[Removal]:
+    """For an enqueue to `inboxes`: one parked fetchWait of each claimed, to be answered by a fetch run right after
+    the enqueue in its transaction, instead of a wake-up and a transaction of its own (see fetch_wait)."""
+    removals: list[Removal] = []
+    for inbox in inboxes:
+        claimed = wakeups.claim(inbox)
+        if claimed is not None:
+            waiter, answer = claimed
+            removals.append((_fetch_for(waiter, inbox, fetch_count(limits, waiter.limit), now, limits), answer))
+    return removals
+
+
+def _fetch_for(
+    waiter: ClaimableWaiter, inbox: Inbox, count: int, now: float, limits: StoreLimits
+) -> WriteFn[list[InboxMessage]]:
+    max_bytes = limits.max_fetch_bytes
+
+    def op(conn: sqlite3.Connection, ctx: OpContext) -> list[InboxMessage]:
+        # Looked at on the writer thread: a waiter that gave up before this ran loses nothing.
+        return fetch_messages(conn, inbox, count, now, max_bytes) if waiter.wanted else []
+
+    return op
+
+
+def fetch_messages(
+    conn: sqlite3.Connection, inbox: Inbox, count: int, now: float, max_bytes: int
+) -> list[InboxMessage]:
+    """Remove and return the inbox's first `count` unexpired messages within `max_bytes`, in seq order."""
+    rows = conn.execute(_FETCH, (*inbox, now, count, max_bytes)).fetchall()
+    _shrink(conn, inbox, len(rows), sum(r[2] for r in rows))
+    # RETURNING promises no order.
+    return sorted((InboxMessage(r[0], bytes(r[1])) for r in rows), key=lambda m: m.seq)
 
 
 def _channel_of(conn: sqlite3.Connection, lo: bytes, hi: bytes) -> bytes | None:
