@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
-from .base import DiskFull, StoreUnavailable
 from .inboxes import InboxMessage, InboxStore
 from .wakeups import AnswerSlotTaker, ClaimableWaiter, InboxWaiter, InProcessWakeups
 
@@ -32,8 +31,6 @@ class AnswerSlots(AnswerSlotTaker, Protocol):
     def answer_slot(self) -> AbstractAsyncContextManager[Reserve]:
         """Waits for the slot; yields `reserve`."""
         ...
-
-    def release_answer_slot(self) -> None: ...
 
 
 def _no_count(_count: int) -> None:
@@ -99,7 +96,7 @@ async def fetch_wait(
             if remaining <= 0:
                 return []
             if isinstance(waiter, ClaimableWaiter):
-                outcome = await _wait_or_answer(waiter, remaining, slots)
+                outcome = await waiter.wait_or_answer(remaining)
                 if isinstance(outcome, list):
                     if outcome:
                         return outcome
@@ -110,32 +107,3 @@ async def fetch_wait(
             elif not await waiter.wait(remaining):
                 return []
             look = woken = True
-
-
-async def _wait_or_answer(waiter: ClaimableWaiter, remaining: float, slots: AnswerSlots) -> bool | list[InboxMessage]:
-    """The waiter's wake-up (bool), or the messages the store's writer removed for it, counted against the answer
-    budget; whatever way it ends, the answer slot a claim took is given back."""
-    answered = 0
-    outcome: bool | list[InboxMessage]
-    try:
-        raw = await waiter.wait_or_answer(remaining)
-        if waiter.claimed:
-            messages: list[InboxMessage] = raw
-            answered = sum(len(message.payload) for message in messages)
-            outcome = messages
-        else:
-            outcome = bool(raw)
-    except (StoreUnavailable, DiskFull):
-        # Only a claim answers with an exception: the transaction that claimed us was not stored, so nothing
-        # was removed for us (nor enqueued).
-        outcome = []
-    except BaseException:
-        waiter.wanted = False
-        raise
-    finally:
-        if waiter.claimed:
-            reserve, waiter.claimed, waiter.reserve = waiter.reserve, False, None
-            assert reserve is not None
-            reserve(answered)
-            slots.release_answer_slot()
-    return outcome

@@ -21,7 +21,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .base import DiskFull, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .inboxes import InboxMessage
 
 
 class InboxWaiter(Protocol):
@@ -43,9 +48,13 @@ class WaiterRegistration(Protocol):
 
 
 class AnswerSlotTaker(Protocol):
+    """What a claim takes: the connection's answer slot (see fetch_wait.AnswerSlots)."""
+
     def try_answer_slot(self) -> Callable[[int], None] | None:
-        """The connection's answer slot taken at once (its `reserve`), or None; see fetch_wait.AnswerSlots."""
+        """The slot taken at once (its `reserve`: count the answer's bytes), or None if it is not free."""
         ...
+
+    def release_answer_slot(self) -> None: ...
 
 
 class ClaimableRegistration(Protocol):
@@ -90,24 +99,29 @@ class _Waiter:
 
     async def wait(self, timeout: float | None) -> bool:
         if not self._fired and (timeout is None or timeout > 0):
-            await self._park(timeout)
+            future, timer = self._arm(timeout)
+            try:
+                await future
+            finally:
+                self._disarm(timer)
         fired = self._fired
         self._fired = False
         return fired
 
-    async def _park(self, timeout: float | None) -> Any:
+    # Arming and disarming are plain calls around the await, not a coroutine of their own: one frame fewer per
+    # parked call for the collector to walk.
+    def _arm(self, timeout: float | None) -> tuple[asyncio.Future[Any], asyncio.TimerHandle | None]:
         # A timer that resolves the future, rather than asyncio.timeout's cancellation: a parked waiter holds
-        # fewer objects for the collector to walk, and a timeout raises no exception.
+        # fewer objects, and a timeout raises no exception.
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._future = future
-        timer = None if timeout is None else loop.call_later(timeout, _time_up, self, future)
-        try:
-            return await future
-        finally:
-            self._future = None
-            if timer is not None:
-                timer.cancel()
+        return future, None if timeout is None else loop.call_later(timeout, _time_up, self, future)
+
+    def _disarm(self, timer: asyncio.TimerHandle | None) -> None:
+        self._future = None
+        if timer is not None:
+            timer.cancel()
 
 
 class ClaimableWaiter(_Waiter):
@@ -117,11 +131,11 @@ class ClaimableWaiter(_Waiter):
     already be removed); a wake-up is only remembered.
 
     A claim takes the connection's answer slot, as a fetch does, and is made only when it is free at once; the
-    slot's `reserve` is then `reserve`. `wanted` turns False when the waiter gives up (cancelled): a claimant
+    slot is then held until the answer is counted. `wanted` turns False when the waiter gives up (cancelled): a claimant
     that has not removed anything yet then removes nothing.
     """
 
-    __slots__ = ("_slots", "claimed", "limit", "reserve", "wanted")
+    __slots__ = ("_reserve", "_slots", "claimed", "limit", "wanted")
 
     def __init__(self, limit: int, slots: AnswerSlotTaker) -> None:
         super().__init__()
@@ -129,7 +143,7 @@ class ClaimableWaiter(_Waiter):
         self._slots = slots
         self.claimed = False
         self.wanted = True
-        self.reserve: Callable[[int], None] | None = None
+        self._reserve: Callable[[int], None] | None = None
 
     def claim(self) -> asyncio.Future[Any] | None:
         future = self._future
@@ -138,7 +152,7 @@ class ClaimableWaiter(_Waiter):
         reserve = self._slots.try_answer_slot()
         if reserve is None:
             return None
-        self.claimed, self.reserve = True, reserve
+        self.claimed, self._reserve = True, reserve
         return future
 
     def fire(self) -> None:
@@ -147,16 +161,39 @@ class ClaimableWaiter(_Waiter):
         else:
             super().fire()
 
-    async def wait_or_answer(self, timeout: float) -> Any:
-        """False on timeout, True when woken (go and look), or the claimant's answer (`claimed` is then True and
-        stays so until the caller resets it, having dealt with the answer and what the claim took)."""
+    async def wait_or_answer(self, timeout: float) -> bool | list[InboxMessage]:
+        """False on timeout, True when woken (go and look), or the messages a claimant removed for this waiter,
+        counted against the answer budget; [] when a claim brought nothing (wait on). Whatever way it ends, the
+        answer slot a claim took is given back."""
         if self._fired or timeout <= 0:
             fired = self._fired
             self._fired = False
             return fired
-        outcome = await self._park(timeout)
-        if self.claimed:
-            return outcome
+        future, timer = self._arm(timeout)
+        answer: list[InboxMessage] = []
+        claimed = False
+        try:
+            outcome = await future
+        except (StoreUnavailable, DiskFull):
+            # Only a claim answers with an exception: the transaction that claimed us was not stored, so nothing
+            # was removed for us (nor enqueued).
+            pass
+        except BaseException:
+            self.wanted = False
+            raise
+        else:
+            if self.claimed:
+                answer = outcome
+        finally:
+            self._disarm(timer)
+            claimed = self.claimed
+            if claimed:
+                reserve, self.claimed, self._reserve = self._reserve, False, None
+                assert reserve is not None
+                reserve(sum(len(message.payload) for message in answer))
+                self._slots.release_answer_slot()
+        if claimed:
+            return answer
         fired = self._fired
         self._fired = False
         return fired
