@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .base import DiskFull, StoreUnavailable
 
@@ -36,8 +36,13 @@ class InboxWaiter(Protocol):
         ...
 
 
-class WaiterRegistration(Protocol):
-    async def __aenter__(self) -> InboxWaiter: ...
+W_co = TypeVar("W_co", covariant=True)
+
+
+class Registration(Protocol[W_co]):
+    """Registers the waiter on entry, removes it on exit."""
+
+    async def __aenter__(self) -> W_co: ...
 
     async def __aexit__(
         self,
@@ -57,19 +62,8 @@ class AnswerSlotTaker(Protocol):
     def release_answer_slot(self) -> None: ...
 
 
-class ClaimableRegistration(Protocol):
-    async def __aenter__(self) -> ClaimableWaiter: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
 class InboxWakeups(Protocol):
-    def waiter(self, recipient: bytes, channel: bytes) -> WaiterRegistration: ...
+    def waiter(self, recipient: bytes, channel: bytes) -> Registration[InboxWaiter]: ...
 
     def notify(self, inboxes: Iterable[tuple[bytes, bytes]]) -> None:
         """Wake every waiter of these inboxes. Called on the event loop that owns the waiters."""
@@ -232,12 +226,12 @@ class InProcessWakeups:
     def __init__(self) -> None:
         self._waiters: dict[tuple[bytes, bytes], set[_Waiter]] = {}
 
-    def waiter(self, recipient: bytes, channel: bytes) -> WaiterRegistration:
+    def waiter(self, recipient: bytes, channel: bytes) -> Registration[InboxWaiter]:
         return _Registration(self, (bytes(recipient), bytes(channel)), _Waiter())
 
     def claimable_waiter(
         self, recipient: bytes, channel: bytes, limit: int, slots: AnswerSlotTaker
-    ) -> ClaimableRegistration:
+    ) -> Registration[ClaimableWaiter]:
         """A waiter for a fetchWait that removes up to `limit` messages (see `ClaimableWaiter`)."""
         return _Registration(self, (bytes(recipient), bytes(channel)), ClaimableWaiter(limit, slots))
 

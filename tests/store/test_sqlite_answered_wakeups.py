@@ -9,13 +9,22 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from quicnprotochat.server.connection_budget import ConnectionBudget, ConnectionLimits
-from quicnprotochat.server.store import DiskFull, IdempotencyKey, Store, StoreLimits, fetch_wait, open_store
+from quicnprotochat.server.store import (
+    DiskFull,
+    IdempotencyKey,
+    InboxMessage,
+    Store,
+    StoreLimits,
+    fetch_wait,
+    open_store,
+)
 from tests.test_disk_full import fill, mounted_tmpfs
 
 from .store_testlib import FakeClock, hold_writer, key, parked
@@ -23,88 +32,83 @@ from .store_testlib import FakeClock, hold_writer, key, parked
 BOB, ALICE = key(1), key(2)
 
 
-async def test_a_parked_fetch_is_answered_by_the_enqueues_commit(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An SQLite store (this behaviour is SQLite's alone; the backend-wide `store` fixture is overridden here)."""
+    opened = await open_store(tmp_path / "store.db")
     try:
-        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
-        await parked(store, 1)
-        before = store.metrics()
-        assert await store.enqueue(BOB, b"", b"hello", None) == 1
-        assert [(m.seq, m.payload) for m in await asyncio.wait_for(waiting, 5)] == [(1, b"hello")]
-        after = store.metrics()
-        # One commit for both: the enqueue and the waiter's fetch ran in one transaction.
-        assert (after.commits - before.commits, after.write_ops - before.write_ops) == (1, 2)
-        assert (await store.inbox_stats(BOB, b"")).depth == 0
-        assert store.wakeups.waiter_count() == 0
+        yield opened
     finally:
-        await store.close()
+        await opened.close()
 
 
-async def test_an_idempotent_enqueue_answers_a_parked_fetch_too(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
-    try:
-        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
-        await parked(store, 1)
-        before = store.metrics().commits
-        once = IdempotencyKey(ALICE, b"k1", time.time() + 60)
-        assert await store.enqueue_once(once, [BOB], b"", b"hello", None) == [1]
-        assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"hello"]
-        assert store.metrics().commits - before == 1
-    finally:
-        await store.close()
+async def _claimed_while_the_writer_is_busy(
+    store: Store, payload: bytes, *, timeout: float, busy: float
+) -> tuple[asyncio.Future[list[InboxMessage]], asyncio.Future[None], asyncio.Future[int]]:
+    """A parked fetchWait (`timeout`), claimed by an enqueue of `payload` while the writer is busy for `busy`
+    seconds: the wait, the busy writer's operation and the enqueue, none of them done yet."""
+    waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, timeout))
+    await parked(store, 1)
+    held = hold_writer(store, busy)
+    await asyncio.sleep(0.05)
+    sent = asyncio.ensure_future(store.enqueue(BOB, b"", payload, None))  # claims the waiter now
+    return waiting, held, sent
 
 
-async def test_a_claimed_waiter_past_its_timeout_gets_what_was_removed_for_it(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
-    try:
-        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 0.3))
-        await parked(store, 1)
-        held = hold_writer(store, 0.6)
-        await asyncio.sleep(0.05)
-        sent = asyncio.ensure_future(store.enqueue(BOB, b"", b"late", None))  # claims the waiter now
-        await held
-        # The timeout passed while the writer was busy; the messages removed for the waiter are still its answer.
-        assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"late"]
-        assert await sent == 1
-        assert (await store.inbox_stats(BOB, b"")).depth == 0
-    finally:
-        await store.close()
+async def test_a_parked_fetch_is_answered_by_the_enqueues_commit(store: Store) -> None:
+    waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
+    await parked(store, 1)
+    before = store.metrics()
+    assert await store.enqueue(BOB, b"", b"hello", None) == 1
+    assert [(m.seq, m.payload) for m in await asyncio.wait_for(waiting, 5)] == [(1, b"hello")]
+    after = store.metrics()
+    # One commit for both: the enqueue and the waiter's fetch ran in one transaction.
+    assert (after.commits - before.commits, after.write_ops - before.write_ops) == (1, 2)
+    assert (await store.inbox_stats(BOB, b"")).depth == 0
+    assert store.wakeups.waiter_count() == 0
 
 
-async def test_a_waiter_that_gives_up_before_the_writer_fetched_loses_nothing(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
-    try:
-        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
-        await parked(store, 1)
-        held = hold_writer(store, 0.4)
-        await asyncio.sleep(0.05)
-        sent = asyncio.ensure_future(store.enqueue(BOB, b"", b"kept", None))  # claims the waiter
-        await asyncio.sleep(0.05)
-        waiting.cancel()  # as when the connection drops
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        await held
-        assert await sent == 1
-        assert [m.payload for m in await store.fetch(BOB, b"")] == [b"kept"]
-        assert store.wakeups.waiter_count() == 0
-    finally:
-        await store.close()
+async def test_an_idempotent_enqueue_answers_a_parked_fetch_too(store: Store) -> None:
+    waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
+    await parked(store, 1)
+    before = store.metrics().commits
+    once = IdempotencyKey(ALICE, b"k1", time.time() + 60)
+    assert await store.enqueue_once(once, [BOB], b"", b"hello", None) == [1]
+    assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"hello"]
+    assert store.metrics().commits - before == 1
 
 
-async def test_two_waiters_on_one_inbox_get_one_message_each(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
-    try:
-        waiters = [asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5)) for _ in range(2)]
-        await parked(store, 2)
-        await store.enqueue(BOB, b"", b"first", None)
-        done, pending = await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        assert [[m.payload for m in task.result()] for task in done] == [[b"first"]]
-        await asyncio.sleep(0.1)
-        assert len(pending) == 1 and not next(iter(pending)).done()  # the other waits on
-        await store.enqueue(BOB, b"", b"second", None)
-        assert [m.payload for m in await asyncio.wait_for(next(iter(pending)), 5)] == [b"second"]
-    finally:
-        await store.close()
+async def test_a_claimed_waiter_past_its_timeout_gets_what_was_removed_for_it(store: Store) -> None:
+    waiting, held, sent = await _claimed_while_the_writer_is_busy(store, b"late", timeout=0.3, busy=0.6)
+    await held
+    # The timeout passed while the writer was busy; the messages removed for the waiter are still its answer.
+    assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"late"]
+    assert await sent == 1
+    assert (await store.inbox_stats(BOB, b"")).depth == 0
+
+
+async def test_a_waiter_that_gives_up_before_the_writer_fetched_loses_nothing(store: Store) -> None:
+    waiting, held, sent = await _claimed_while_the_writer_is_busy(store, b"kept", timeout=5, busy=0.4)
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # as when the connection drops
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await held
+    assert await sent == 1
+    assert [m.payload for m in await store.fetch(BOB, b"")] == [b"kept"]
+    assert store.wakeups.waiter_count() == 0
+
+
+async def test_two_waiters_on_one_inbox_get_one_message_each(store: Store) -> None:
+    waiters = [asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5)) for _ in range(2)]
+    await parked(store, 2)
+    await store.enqueue(BOB, b"", b"first", None)
+    done, pending = await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert [[m.payload for m in task.result()] for task in done] == [[b"first"]]
+    await asyncio.sleep(0.1)
+    assert len(pending) == 1 and not next(iter(pending)).done()  # the other waits on
+    await store.enqueue(BOB, b"", b"second", None)
+    assert [m.payload for m in await asyncio.wait_for(next(iter(pending)), 5)] == [b"second"]
 
 
 async def _claimed_behind_another(store: Store, limit: int) -> list[int]:
@@ -121,14 +125,10 @@ async def _claimed_behind_another(store: Store, limit: int) -> list[int]:
     return [m.seq for m in await asyncio.wait_for(waiting, 5)]
 
 
-async def test_a_claimed_fetch_keeps_the_waiters_count_limit(tmp_path: Path) -> None:
-    store = await open_store(tmp_path / "store.db")
-    try:
-        assert await _claimed_behind_another(store, 1) == [1]
-        assert [m.seq for m in await store.fetch(BOB, b"")] == [2]
-        assert await _claimed_behind_another(store, 0) == [3, 4]
-    finally:
-        await store.close()
+async def test_a_claimed_fetch_keeps_the_waiters_count_limit(store: Store) -> None:
+    assert await _claimed_behind_another(store, 1) == [1]
+    assert [m.seq for m in await store.fetch(BOB, b"")] == [2]
+    assert await _claimed_behind_another(store, 0) == [3, 4]
 
 
 async def test_a_claimed_fetch_keeps_the_byte_budget(tmp_path: Path) -> None:
