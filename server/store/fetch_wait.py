@@ -84,8 +84,13 @@ async def fetch_wait(
         while True:
             # A fetch is a write transaction: on arrival, a read of the inbox's depth first spares thousands of idle
             # clients' polls a commit each. After a wake-up the commit has just told us the inbox holds something,
-            # and a peek is a read anyway: neither needs that extra read.
-            if look and (woken or not remove or (await store.inbox_stats(recipient, channel)).depth > 0):
+            # and a peek is a read anyway, as is a fetch of an empty inbox in some stores: none needs that read.
+            if look and (
+                woken
+                or not remove
+                or not store.fetch_commits_when_empty
+                or (await store.inbox_stats(recipient, channel)).depth > 0
+            ):
                 read = store.fetch if remove else store.peek
                 async with slots.answer_slot() as reserve:
                     messages = await read(recipient, channel, limit)

@@ -45,6 +45,10 @@ class InboxStore(Protocol):
         """Signalled after every commit that added messages to an inbox."""
         ...
 
+    fetch_commits_when_empty: bool
+    """Whether a fetch that finds its inbox empty still costs a write transaction (then fetchWait looks at the
+    inbox's depth first, so that thousands of idle clients' polls cost no commit each)."""
+
     # 1:1 channels
     async def get_or_create_channel(self, a: bytes, b: bytes) -> bytes:
         """The 16-byte id of the channel of the unordered pair {a, b}; the same pair always gets the same id."""
@@ -147,6 +151,8 @@ def check_share(limits: StoreLimits, held: int, index: int | None = None) -> Non
 
 class InboxesBase(StoreEngine):
     """The backend-independent half of `InboxStore`: argument checks and caps here, rows in the backend's hooks."""
+
+    fetch_commits_when_empty = True
 
     async def enqueue(
         self,

@@ -369,7 +369,7 @@ class CountingProxy:
             await self._server.wait_closed()
 
 
-async def test_fetch_ack_peek_depth_read_and_enqueue_are_one_round_trip_each(pg_url: str) -> None:
+async def test_fetch_ack_peek_depth_read_enqueue_and_fetch_wait_are_one_round_trip_each(pg_url: str) -> None:
     """The hot path's calls cost one round trip each: a fetch, an ack or a group-commit batch of enqueues is one
     statement (locks, limits, removal or insertion, notifications and commit mode inside the database's
     functions), and a connection handed back to the pool is not reset."""
@@ -397,6 +397,10 @@ async def test_fetch_ack_peek_depth_read_and_enqueue_are_one_round_trip_each(pg_
         # An enqueue (a group-commit batch of one here) with its notification and its synchronous commit.
         assert await round_trips(lambda: store.batch_enqueue([R1, R2], b"", b"e", None)) == 1
         assert [m.seq for m in await store.peek(R1, b"", 0)] == [5, 6, 7, 8, 9, 10]
+        # fetchWait's first look is its fetch: finding the inbox empty is a read here, no depth read first.
+        assert await round_trips(lambda: fetch_wait(store, R1, b"", 1, 0)) == 1
+        assert await round_trips(lambda: fetch_wait(store, key(3), b"", 1, 0)) == 1
+        assert [m.seq for m in await store.peek(R1, b"", 0)] == [7, 8, 9, 10]
     finally:
         await store.close()
         await proxy.close()

@@ -298,7 +298,7 @@ class PostgresEngine(StoreEngine):
         inbox, removes and commits without the WAL flush wait (see `transaction`), all in this one round trip.
 
         Retried on deadlock, which rolled the statement back whole. A connection lost meanwhile may have been lost
-        after the commit: the outcome is unknown.
+        after the commit: the outcome is unknown. Counted as a write by the caller, if it removed anything.
         """
         self._enter()
         try:
@@ -314,7 +314,6 @@ class PostgresEngine(StoreEngine):
                     continue
                 except Exception as exc:  # every failure becomes a StoreError that says what happened
                     raise store_error(exc, committing=is_connection_fault(exc), what="write") from exc
-                self._writer.count_commit(1)
                 return rows
         finally:
             self._leave()
