@@ -329,17 +329,8 @@ class GroupCommitWriter:
         deferred: list[WriteOp[Any]],
     ) -> None:
         """The batch's transaction: one statement if it goes at once, else one savepoint per operation."""
-        if not await self._run_at_once(conn, batch, outcomes, touched):
-            await self._run_one_by_one(conn, batch, outcomes, touched, deferred)
-
-    async def _run_one_by_one(
-        self,
-        conn: Any,
-        batch: list[WriteOp[Any]],
-        outcomes: list[tuple[WriteOp[Any], Any, BaseException | None]],
-        touched: set[Inbox],
-        deferred: list[WriteOp[Any]],
-    ) -> None:
+        if await self._run_at_once(conn, batch, outcomes, touched):
+            return
         # Savepoint commands go as one simple-protocol message with whatever came before: one round trip each.
         await conn.execute("BEGIN; SAVEPOINT op")
         # No ROLLBACK on failure: the caller terminates the connection, and PostgreSQL rolls back what it held.
