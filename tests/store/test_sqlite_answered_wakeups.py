@@ -7,6 +7,7 @@ its commit.)"""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,7 @@ from quicnprotochat.server.store import (
     fetch_wait,
     open_store,
 )
+from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupWrite
 from tests.test_disk_full import fill, mounted_tmpfs
 
 from .store_testlib import FakeClock, hold_writer, key, parked
@@ -75,6 +77,27 @@ async def test_an_idempotent_enqueue_answers_a_parked_fetch_too(store: Store) ->
     once = IdempotencyKey(ALICE, b"k1", time.time() + 60)
     assert await store.enqueue_once(once, [BOB], b"", b"hello", None) == [1]
     assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"hello"]
+    assert store.metrics().commits - before == 1
+
+
+async def test_a_group_message_answers_a_parked_members_fetch(store: Store) -> None:
+    waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
+    await parked(store, 1)
+    before = store.metrics().commits
+    write = GroupWrite(
+        group_id=b"g" * 16,
+        expected_epoch=None,
+        epoch_after=0,
+        members_after=frozenset({ALICE, BOB}),
+        sender=ALICE,
+        digest=hashlib.sha256(b"to the group").digest(),
+        is_commit=False,
+        message_epoch=0,
+        deliveries=(GroupDelivery(BOB, b"", b"to the group"),),
+        expires_at=None,
+    )
+    assert await store.write_group_submission(write, GroupLimits()) == [1]
+    assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"to the group"]
     assert store.metrics().commits - before == 1
 
 

@@ -20,7 +20,7 @@ from ..groups import (
 )
 from ..sqlite_writer import OpContext
 from .engine import SqliteEngine
-from .inboxes import enqueue_one
+from .inboxes import answer_parked, enqueue_one
 
 
 class SqliteGroups(SqliteEngine):
@@ -44,6 +44,7 @@ class SqliteGroups(SqliteEngine):
         store_limits = self._limits
         now = self._clock()
         members = pack_keys(write.members_after)
+        inboxes = [(d.recipient, d.channel) for d in write.deliveries]
 
         def op(conn: sqlite3.Connection, ctx: OpContext) -> list[int]:
             if write.expected_epoch is None:
@@ -94,7 +95,7 @@ class SqliteGroups(SqliteEngine):
                     "DELETE FROM mls_group_log WHERE group_id = ? AND epoch < ?",
                     (write.group_id, write.epoch_after - limits.log_epochs),
                 )
-            ctx.touched.extend((d.recipient, d.channel) for d in write.deliveries)
+            ctx.touched.extend(inboxes)
             return seqs
 
-        return await self._write(op)
+        return await self._write(op, removals=lambda: answer_parked(self._local_wakeups, store_limits, inboxes, now))
