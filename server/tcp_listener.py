@@ -42,10 +42,25 @@ DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024
 # default: most of an idle TLS connection's memory). TLS records are at most 16 KiB, so a few records per read
 # lose nothing. It is a class attribute, so this applies to every asyncio TLS connection of the process.
 TLS_READ_BUFFER_BYTES = 32 * 1024
-# How long accepting pauses after the process ran out of file descriptors or memory (asyncio's own pause).
+# How long accepting pauses after an error that is not one broken connection's (see _ONE_CONNECTION_BROKE).
 ACCEPT_RETRY_S = 1.0
-# The accept errors asyncio's own server pauses for; after any other, accepting goes on at once.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# The errors of one connection that broke while it waited in the backlog, which Linux hands to accept (accept(2):
+# TCP's pending network errors, and a firewall's EPERM): the next connection may be fine, so accepting goes on at
+# once. After any other error (out of descriptors, buffers or memory, as asyncio's own server pauses for, or an
+# error of the listening socket itself, which would come back on every call) accepting pauses.
+_ONE_CONNECTION_BROKE = frozenset(
+    {
+        errno.ENETDOWN,
+        errno.EPROTO,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+        errno.EPERM,
+    }
+)
 # SO_LINGER on, zero seconds: close() resets the connection and the node keeps no TIME_WAIT state for it.
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
@@ -104,17 +119,15 @@ class TcpListener:
             except (ConnectionAbortedError, InterruptedError):
                 continue  # the client gave up while it waited in the backlog
             except OSError as error:
-                if error.errno in _OUT_OF_RESOURCES:
+                if error.errno in _ONE_CONNECTION_BROKE:
+                    # The turn given to the loop keeps a run of broken connections from holding it.
+                    _accept_faults.warning(error.errno, "accepting a TLS connection failed: %s", error)
+                    await asyncio.sleep(0)
+                else:
                     _accept_faults.warning(
                         error.errno, "accepting TLS connections failed: %s; pausing %g s", error, ACCEPT_RETRY_S
                     )
                     await asyncio.sleep(ACCEPT_RETRY_S)
-                else:
-                    # One connection failed in the backlog (Linux hands its pending network error to accept:
-                    # EPROTO, ENETDOWN, a firewall's EPERM...): the next may be fine. The turn given to the loop
-                    # keeps an error that repeats from holding it.
-                    _accept_faults.warning(error.errno, "accepting a TLS connection failed: %s", error)
-                    await asyncio.sleep(0)
                 continue
             peer = peer_from_address("tcp", address)
             rate = self._connection_rate
