@@ -342,11 +342,16 @@ class DirectDelivery:
                     taking = False
 
         handler = asyncio.create_task(handle(), name="p2p peer streams")
+        marked = False
         try:
             while True:
                 stream = await connection.accept_bi()
                 if held >= wire.MAX_IN_FLIGHT:
-                    queue.put_nowait(None)
+                    # The handler takes nothing after the first refusal's marker, so one marker is enough: a stream
+                    # of refusals while the handler is busy queues nothing more.
+                    if not marked:
+                        queue.put_nowait(None)
+                        marked = True
                     await _refuse(stream)
                     continue
                 held += 1
