@@ -38,13 +38,35 @@ def is_connection_fault(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_FAULTS)
 
 
+_LEFT_UNANSWERED: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08, and asyncpg's "the connection was closed in the middle"
+    asyncpg.AdminShutdownError,  # 57P01, 57P02, 57P03: FATAL, the session ends, possibly after a commit it had no
+    asyncpg.CrashShutdownError,  # time to report
+    asyncpg.CannotConnectNowError,
+)
+
+
+def answered(exc: BaseException) -> bool:
+    """True when the server answered with an error: the failed statement, and the transaction it ran in (its own
+    implicit one for a lone statement, or the one its COMMIT ended), was rolled back, nothing of it stored. That
+    holds for class 53 (disk full, out of memory) and 57014 (cancelled, statement_timeout) too.
+
+    False when no answer came (the connection was lost or timed out, the call was cancelled, a FATAL error ended
+    the session), or the failure was not the server's: a commit may have happened without our hearing of it."""
+    if not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, _LEFT_UNANSWERED):
+        return False
+    severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
+    return severity not in ("FATAL", "PANIC")
+
+
 def store_error(exc: BaseException, *, committing: bool, what: str = "operation") -> StoreError:
     """The StoreError a caller gets for `exc`, raised while its transaction was running or (committing=True)
-    while its COMMIT was on the way."""
+    while its commit was on the way: a COMMIT sent, or a lone statement outside a transaction (its commit is its
+    own). Only a commit left unanswered has an unknown outcome."""
     if isinstance(exc, StoreError):
         return exc
     error: StoreError
-    if committing:
+    if committing and not answered(exc):
         error = OutcomeUnknown()
     elif is_connection_fault(exc):
         error = StoreUnavailable()

@@ -31,7 +31,7 @@ import asyncpg  # type: ignore[import-untyped]
 from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import BatchSizes, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
-from .postgres_faults import CONNECT_TIMEOUT_S, describe, is_connection_fault, release, terminate
+from .postgres_faults import CONNECT_TIMEOUT_S, answered, describe, is_connection_fault, release, terminate
 from .store_thread import settle
 
 T = TypeVar("T")
@@ -59,8 +59,9 @@ LOG_PERIOD_S = 30.0
 
 def _batch_error(exc: BaseException, *, committing: bool) -> StoreError:
     """A failed batch's connection is terminated, so PostgreSQL rolls back whatever it did: not stored, unless
-    its COMMIT was already on the way."""
-    error = OutcomeUnknown() if committing else StoreUnavailable("storage write failed; not stored, retry")
+    its commit was on the way and no answer came back (see `answered`)."""
+    unknown = committing and not answered(exc)
+    error = OutcomeUnknown() if unknown else StoreUnavailable("storage write failed; not stored, retry")
     error.__cause__ = exc
     return error
 
@@ -303,7 +304,8 @@ class GroupCommitWriter:
         if self._merge is None or any(op.data is None for op in batch):
             return False
         inboxes = {inbox for op in batch for inbox in op.inboxes}
-        # The statement commits by itself: a connection lost meanwhile leaves its outcome unknown.
+        # The statement commits by itself: a connection lost meanwhile leaves its outcome unknown (an error the
+        # server answered with does not: the statement was rolled back).
         self._in_hand.committing = True
         try:
             results = await self._merge(conn, [op.data for op in batch], (self._channel, self._publish(inboxes)))

@@ -16,7 +16,16 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
-from quicnprotochat.server.store import LimitExceeded, SchemaTooNew, StoreError, StoreLimits, fetch_wait, open_store
+from quicnprotochat.server.store import (
+    LimitExceeded,
+    OutcomeUnknown,
+    SchemaTooNew,
+    StoreError,
+    StoreLimits,
+    StoreUnavailable,
+    fetch_wait,
+    open_store,
+)
 from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redacted
 from quicnprotochat.server.store.postgres.engine import transaction
 from quicnprotochat.server.store.postgres_migrations import LATEST_VERSION, POSTGRES_MIGRATIONS
@@ -406,9 +415,29 @@ async def test_fetch_ack_peek_depth_read_enqueue_and_fetch_wait_are_one_round_tr
         await proxy.close()
 
 
-async def test_two_nodes_fetching_one_inbox_at_once_get_disjoint_runs_in_seq_order(nodes: Nodes) -> None:
+@pytest.mark.parametrize("database_isolation", [None, "serializable"])
+async def test_two_nodes_fetching_one_inbox_at_once_get_disjoint_runs_in_seq_order(
+    nodes: Nodes, database_isolation: str | None
+) -> None:
     """Every fetch takes the inbox's first messages as they are once it holds the inbox: the two nodes' runs are
-    disjoint, each in seq order, together everything, and no fetch comes back empty while messages are queued."""
+    disjoint, each in seq order, together everything, and no fetch comes back empty while messages are queued.
+
+    Also on a database whose sessions start in SERIALIZABLE (the store's functions need READ COMMITTED's snapshot
+    per statement, and the store asks for it whatever the database's default)."""
+    if database_isolation is not None:
+        admin = await asyncpg.connect(nodes.url)
+        try:
+            database = urlsplit(nodes.url).path.lstrip("/")
+            await admin.execute(
+                f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = '{database_isolation}'"
+            )
+        finally:
+            await admin.close()
+        plain = await asyncpg.connect(nodes.url)
+        try:
+            assert await plain.fetchval("SHOW default_transaction_isolation") == database_isolation
+        finally:
+            await plain.close()
     a, b = await nodes.open(), await nodes.open()
     total = 300
     await asyncio.gather(*(a.batch_enqueue([R1], b"", b"%d" % n, None) for n in range(total)))
@@ -450,6 +479,56 @@ async def test_a_fetch_of_an_empty_inbox_neither_takes_nor_waits_for_its_lock(no
         await holder.close()
     await store.enqueue(R1, b"", b"n", None)
     assert [m.seq for m in await store.fetch(R1, b"", 0)] == [2]
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection) -> int:
+    """The process id of the session of the database that waits for a lock (polled until there is one)."""
+    for _ in range(1000):
+        await conn.execute("SELECT pg_stat_clear_snapshot()")  # a transaction sees the view as it first read it
+        pid: int | None = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if pid is not None:
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session waits for a lock")
+
+
+async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_unavailable(nodes: Nodes) -> None:
+    """An enqueue batch, a fetch and an ack are each one statement outside a transaction. One the server answers
+    with an error (here 57014, its statement_timeout while another session holds the inbox's lock; class 53, a
+    full disk, is answered the same way) was rolled back whole: the caller hears "not stored, retry", not "outcome
+    unknown", and nothing was stored or removed. Only one cut off with no answer leaves the outcome unknown."""
+    plain = await nodes.open()  # migrates the database without the timeout
+    await plain.enqueue(R1, b"", b"first", None)
+    hasty = await nodes.open(options="?statement_timeout=300")
+    holder = await asyncpg.connect(nodes.url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM inboxes WHERE recipient = $1 FOR UPDATE", R1)
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: hasty.enqueue(R1, b"", b"second", None),
+                lambda: hasty.fetch(R1, b"", 0),
+                lambda: hasty.ack(R1, b"", 1),
+            ]
+            for call in calls:
+                with pytest.raises(StoreUnavailable) as refused:
+                    await asyncio.wait_for(call(), 10)
+                assert isinstance(refused.value.__cause__, asyncpg.QueryCanceledError)
+            # The same statements cut off with no answer (their session killed while they wait) stay unknown.
+            cut_offs: list[Callable[[], Awaitable[object]]] = [
+                lambda: plain.enqueue(R1, b"", b"second", None),
+                lambda: plain.fetch(R1, b"", 0),
+            ]
+            for cut_off in cut_offs:
+                waiting = asyncio.ensure_future(cut_off())
+                await holder.execute("SELECT pg_terminate_backend($1)", await _waiting_for_a_lock(holder))
+                with pytest.raises(OutcomeUnknown):
+                    await asyncio.wait_for(waiting, 10)
+    finally:
+        await holder.close()
+    assert [(m.seq, m.payload) for m in await plain.peek(R1, b"", 0)] == [(1, b"first")]
+    assert [m.seq for m in await hasty.fetch(R1, b"", 0)] == [1]  # the store serves on
 
 
 async def test_a_senders_share_holds_against_batches_racing_on_two_nodes(nodes: Nodes) -> None:

@@ -32,7 +32,6 @@ from ..engine import StoreEngine
 from ..postgres_faults import (
     CONNECT_TIMEOUT_S,
     describe,
-    is_connection_fault,
     pooled,
     quiet_pool_log,
     store_error,
@@ -185,7 +184,9 @@ class PostgresEngine(StoreEngine):
         dsn, options = parse_url(url)
         quiet_pool_log(LogThrottle(logging.getLogger(__name__), period_s=30.0))
         where = redacted(dsn)
-        settings = {"application_name": "quicnprotochat"}
+        # The database's functions (qpc_fetch, qpc_ack, qpc_enqueue) see other sessions' commits made while they
+        # waited for a lock only with a snapshot per statement: READ COMMITTED, whatever the database's default.
+        settings = {"application_name": "quicnprotochat", "default_transaction_isolation": "read committed"}
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -297,8 +298,10 @@ class PostgresEngine(StoreEngine):
         """One statement calling a removal function of the database's (qpc_fetch, qpc_ack): the function locks the
         inbox, removes and commits without the WAL flush wait (see `transaction`), all in this one round trip.
 
-        Retried on deadlock, which rolled the statement back whole. A connection lost meanwhile may have been lost
-        after the commit: the outcome is unknown. Counted as a write by the caller, if it removed anything.
+        Retried on deadlock or serialization failure (not expected under the pinned READ COMMITTED), which rolled
+        the statement back whole, as any error the server answered with did. A connection lost meanwhile may have
+        been lost after the commit: the outcome is unknown. Counted as a write by the caller, if it removed
+        anything.
         """
         self._enter()
         try:
@@ -307,13 +310,13 @@ class PostgresEngine(StoreEngine):
                 try:
                     async with pooled(self._pool) as conn:
                         rows: list[Any] = await conn.fetch(query, *args)
-                except asyncpg.DeadlockDetectedError as exc:
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                     attempt += 1
                     if attempt >= _RETRIES:
                         raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
                     continue
                 except Exception as exc:  # every failure becomes a StoreError that says what happened
-                    raise store_error(exc, committing=is_connection_fault(exc), what="write") from exc
+                    raise store_error(exc, committing=True, what="write") from exc
                 return rows
         finally:
             self._leave()
@@ -326,9 +329,8 @@ class PostgresEngine(StoreEngine):
                 try:
                     return await fn(conn)
                 except Exception as exc:  # every failure becomes a StoreError that says what happened
-                    # An autocommit write cut off mid-statement may have committed.
-                    cut_off = what == "write" and is_connection_fault(exc)
-                    raise store_error(exc, committing=cut_off, what=what) from exc
+                    # An autocommit write's commit is its statement's own.
+                    raise store_error(exc, committing=what == "write", what=what) from exc
         finally:
             self._leave()
 
