@@ -281,19 +281,32 @@ class GroupCommitWriter(StoreThread):
         """The disk is full and the batch holds deletions: they run again alone, with the reserve given up for
         them if it is still held; everything else in the batch is refused (it would only take that space)."""
         self._rollback_quietly()
-        self._in_hand = []
+        deletions = [op for op in batch if op.frees_space]
+        # Still to be answered, whatever happens before they run again.
+        self._in_hand = deletions
         refused = [op for op in batch if not op.frees_space]
         if refused:
             self._failed_batches += 1
             failure = _batch_error(exc, committing=False)
             self._call_on_loop(self._deliver, [(op, None, failure) for op in refused], set())
-        if self._reserve is not None and self._reserve.release():
+        self._release_reserve()
+        self._run_batch(deletions, retry_if_full=False)
+
+    def _release_reserve(self) -> None:
+        if self._reserve is None:
+            return
+        try:
+            released = self._reserve.release()
+        except OSError as exc:
+            # The deletions still run: they may fit without it.
+            self._faults.error("reserve", "disk full, and the disk reserve could not be released: %s", exc)
+            return
+        if released:
             self._faults.warning(
                 "reserve released",
                 "disk full: released the %d MiB disk reserve so that inboxes can drain",
                 self._reserve.size >> 20,
             )
-        self._run_batch([op for op in batch if op.frees_space], retry_if_full=False)
 
     @property
     def reusable_bytes(self) -> int:

@@ -102,7 +102,7 @@ async def test_a_group_message_answers_a_parked_members_fetch(store: Store) -> N
 
 
 async def test_a_claimed_waiter_past_its_timeout_gets_what_was_removed_for_it(store: Store) -> None:
-    waiting, held, sent = await _claimed_while_the_writer_is_busy(store, b"late", timeout=0.3, busy=0.6)
+    waiting, held, sent = await _claimed_while_the_writer_is_busy(store, b"late", timeout=1.0, busy=1.5)
     await held
     # The timeout passed while the writer was busy; the messages removed for the waiter are still its answer.
     assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"late"]
@@ -196,6 +196,26 @@ async def test_a_failed_transaction_sends_its_claimed_waiter_back_to_waiting(tin
         os.unlink(tiny_disk / "filler")
         assert await store.enqueue(BOB, b"", b"after", None) == 1
         assert [(m.seq, m.payload) for m in await asyncio.wait_for(waiting, 5)] == [(1, b"after")]
+    finally:
+        await store.close()
+
+
+async def test_a_disk_reserve_that_cannot_be_released_leaves_no_claimed_waiter_unanswered(tiny_disk: Path) -> None:
+    """The disk is full and the reserve cannot be given back (its path is a directory here: unlink fails with
+    EISDIR): the deletions of the batch, a claimed waiter's fetch among them, still run and are answered; the
+    waiter, claimed and so deaf to its timer, waits on and times out instead of waiting for ever."""
+    store = await open_store(tiny_disk / "store.db", StoreLimits(disk_reserve_bytes=1 << 20))
+    reserve = tiny_disk / "store.db.reserve"
+    try:
+        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 1.0))
+        await parked(store, 1)
+        reserve.unlink()
+        reserve.mkdir()
+        fill(tiny_disk / "filler")
+        with pytest.raises(DiskFull):
+            await store.enqueue(BOB, b"", os.urandom(256 << 10), None)  # claims the waiter; the batch is refused
+        assert await asyncio.wait_for(waiting, 10) == []
+        assert store.wakeups.waiter_count() == 0
     finally:
         await store.close()
 
