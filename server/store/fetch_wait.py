@@ -74,7 +74,7 @@ async def fetch_wait(
     deadline = loop.time() + max(timeout, 0.0)
     wakeups = store.wakeups
     registration: AbstractAsyncContextManager[InboxWaiter]
-    if remove and limit >= 0 and isinstance(wakeups, InProcessWakeups):
+    if remove and limit >= 0 and store.answers_parked_fetches and isinstance(wakeups, InProcessWakeups):
         registration = wakeups.claimable_waiter(recipient, channel, limit, slots)
     else:
         registration = wakeups.waiter(recipient, channel)

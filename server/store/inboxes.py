@@ -49,6 +49,10 @@ class InboxStore(Protocol):
     """Whether a fetch that finds its inbox empty still costs a write transaction (then fetchWait looks at the
     inbox's depth first, so that thousands of idle clients' polls cost no commit each)."""
 
+    answers_parked_fetches: bool
+    """Whether the store's enqueues claim parked fetchWaits and answer them from their own commit (see fetch_wait);
+    a store that does not only wakes them."""
+
     # 1:1 channels
     async def get_or_create_channel(self, a: bytes, b: bytes) -> bytes:
         """The 16-byte id of the channel of the unordered pair {a, b}; the same pair always gets the same id."""
@@ -153,6 +157,7 @@ class InboxesBase(StoreEngine):
     """The backend-independent half of `InboxStore`: argument checks and caps here, rows in the backend's hooks."""
 
     fetch_commits_when_empty = True
+    answers_parked_fetches = False
 
     async def enqueue(
         self,

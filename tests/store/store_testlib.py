@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from quicnprotochat.server.store import Store, StoreLimits, open_store
 from quicnprotochat.server.store.sqlite_writer import OpContext
+from quicnprotochat.server.store.wakeups import InProcessWakeups
 
 T0 = 1_700_000_000.0
 
@@ -42,13 +43,19 @@ class Backend:
 
 
 async def parked(store: Store, count: int) -> None:
-    """Until `count` fetchWait/peekWait waiters are registered, and then long enough for their first look at the
-    inbox to have found nothing (they are then parked)."""
-    deadline = time.monotonic() + 5
-    while store.wakeups.waiter_count() != count:
-        assert time.monotonic() < deadline, f"{store.wakeups.waiter_count()} waiters, not {count}"
+    """Until `count` fetchWait/peekWait waiters are parked: registered, and waiting after their first look at the
+    inbox found nothing."""
+    deadline = time.monotonic() + 10
+    while (armed := _waiting(store)) != count:
+        assert time.monotonic() < deadline, f"{armed} waiters parked, not {count}"
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)
+
+
+def _waiting(store: Store) -> int:
+    # The node's in-process wake-ups (PostgreSQL's derive from them): a waiter has its future while it waits.
+    wakeups = store.wakeups
+    assert isinstance(wakeups, InProcessWakeups)
+    return sum(1 for waiters in wakeups._waiters.values() for waiter in waiters if waiter._future is not None)
 
 
 def hold_writer(store: Store, seconds: float) -> asyncio.Future[None]:

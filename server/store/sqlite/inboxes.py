@@ -26,6 +26,8 @@ _SWEEP_CHUNK = 2000
 
 
 class SqliteInboxes(InboxesBase, SqliteEngine):
+    answers_parked_fetches = True  # its enqueues claim them: answer_parked
+
     # ── channels ──────────────────────────────────────────────────────────────────────────────────────────────
 
     async def _find_channel(self, lo: bytes, hi: bytes) -> bytes | None:
