@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 
 from quicnprotochat.server.store import Store, StoreLimits, open_store
 from quicnprotochat.server.store.sqlite_writer import OpContext
-from quicnprotochat.server.store.wakeups import InProcessWakeups
+from quicnprotochat.server.store.wakeups import ClaimableWaiter, InProcessWakeups, _Waiter
 
 T0 = 1_700_000_000.0
 
@@ -53,17 +54,29 @@ async def parked(store: Store, count: int) -> None:
 
 def _waiting(store: Store) -> int:
     # The node's in-process wake-ups (PostgreSQL's derive from them): a waiter has its future while it waits.
+    return sum(1 for waiter in _waiters(store) if waiter._future is not None)
+
+
+def claimed(store: Store) -> int:
+    """Parked fetchWaits that an enqueue has claimed and that wait for the writer's answer (SQLite)."""
+    return sum(1 for waiter in _waiters(store) if isinstance(waiter, ClaimableWaiter) and waiter.claimed)
+
+
+def _waiters(store: Store) -> list[_Waiter]:
     wakeups = store.wakeups
     assert isinstance(wakeups, InProcessWakeups)
-    return sum(1 for waiters in wakeups._waiters.values() for waiter in waiters if waiter._future is not None)
+    return [waiter for waiters in wakeups._waiters.values() for waiter in waiters]
 
 
-def hold_writer(store: Store, seconds: float) -> asyncio.Future[None]:
-    """The SQLite store's writer thread busy for `seconds`: whatever is submitted meanwhile is committed in the
-    batch after it."""
+def hold_writer(store: Store, seconds: float, until: threading.Event | None = None) -> asyncio.Future[None]:
+    """The SQLite store's writer thread busy for `seconds`, or until `until` is set if that comes first: whatever
+    is submitted meanwhile is committed in the batch after it."""
 
     def sleep(conn: sqlite3.Connection, ctx: OpContext) -> None:
-        time.sleep(seconds)
+        if until is None:
+            time.sleep(seconds)
+        else:
+            until.wait(seconds)
 
     writer = store._writer  # type: ignore[attr-defined]
     held: asyncio.Future[None] = asyncio.ensure_future(writer.submit(sleep))

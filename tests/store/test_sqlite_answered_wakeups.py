@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from quicnprotochat.server.store import (
 from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupWrite
 from tests.test_disk_full import fill, mounted_tmpfs
 
-from .store_testlib import FakeClock, hold_writer, key, parked
+from .store_testlib import FakeClock, claimed, hold_writer, key, parked
 
 BOB, ALICE = key(1), key(2)
 
@@ -113,6 +114,7 @@ async def test_a_claimed_waiter_past_its_timeout_gets_what_was_removed_for_it(st
 async def test_a_waiter_that_gives_up_before_the_writer_fetched_loses_nothing(store: Store) -> None:
     waiting, held, sent = await _claimed_while_the_writer_is_busy(store, b"kept", timeout=5, busy=0.4)
     await asyncio.sleep(0.05)
+    assert claimed(store) == 1  # not a plain waiter woken later: the writer holds a fetch for it
     waiting.cancel()  # as when the connection drops
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -137,12 +139,18 @@ async def test_two_waiters_on_one_inbox_get_one_message_each(store: Store) -> No
 async def _claimed_behind_another(store: Store, limit: int) -> list[int]:
     """A waiter claimed by the second of two enqueues committed together, the first of which came before the
     waiter parked (so it claimed nothing): the claimed fetch finds two messages. The seqs it was answered with."""
-    held = hold_writer(store, 0.4)
-    await asyncio.sleep(0.05)
-    first = asyncio.ensure_future(store.enqueue(BOB, b"", b"a" * 600, None))
-    waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", limit, 5))
-    await parked(store, 1)  # its first look read the inbox empty: the first enqueue is not committed yet
-    second = asyncio.ensure_future(store.enqueue(BOB, b"", b"b" * 600, None))
+    release = threading.Event()
+    held = hold_writer(store, 10, until=release)
+    try:
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(store.enqueue(BOB, b"", b"a" * 600, None))
+        waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", limit, 5))
+        await parked(store, 1)  # its first look read the inbox empty: the first enqueue is not committed yet
+        second = asyncio.ensure_future(store.enqueue(BOB, b"", b"b" * 600, None))
+        await asyncio.sleep(0.05)
+        assert claimed(store) == 1
+    finally:
+        release.set()
     await held
     await asyncio.gather(first, second)
     return [m.seq for m in await asyncio.wait_for(waiting, 5)]
