@@ -5,11 +5,12 @@ writes per second. Here the writer thread takes everything submitted while the p
 it in one transaction (each operation in its own SAVEPOINT, so a refused one rolls back alone), commits once, and
 only then resolves the callers' futures: a result is never seen before it is committed.
 
-A batch made only of removals that may come undone (`sync=False`: an inbox's fetch or ack) commits without the
-fsync (synchronous=NORMAL). WAL mode keeps such a commit through a crash of the process (its frames are written
-before COMMIT returns); only a power loss or a kernel crash can take it back, and then the removed messages come
-back: delivered again with the same seqs, never lost. The next synced commit, or a checkpoint, makes it durable
-as well, because it syncs the WAL up to its own frames and every frame before them.
+A batch made only of removals that may come undone (`sync=False`: an inbox's fetch, ack or expiry sweep) commits
+without the fsync (synchronous=NORMAL). WAL mode keeps such a commit through a crash of the process (its frames
+are written before COMMIT returns); only a power loss or a kernel crash can take it back, and then the removed
+messages come back: delivered again with the same seqs (an expired one is swept again), never lost. The next
+synced commit, or a checkpoint, makes it durable as well, because it syncs the WAL up to its own frames and every
+frame before them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# Bounds the latency one huge burst adds to the callers at its head, and the size of one transaction.
+# Bounds the latency one huge burst adds to the callers at its head, and the size of one transaction. Counted in
+# submissions: an enqueue and the parked fetches it claimed are one.
 MAX_BATCH = 1024
 
 MIN_BACKOFF_S = 0.05

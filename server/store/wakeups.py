@@ -1,7 +1,7 @@
 """Inbox wake-ups: let `fetchWait` sleep until something is committed to an inbox, without polling.
 
-The protocol is what the node uses; `InProcessWakeups` serves a single node. A PostgreSQL LISTEN/NOTIFY
-implementation (later issue) will feed the same interface from notifications of other nodes.
+The protocol is what the node uses; `InProcessWakeups` serves a single node, and `PostgresWakeups`
+(postgres_wakeups.py) feeds it from other nodes' notifications as well.
 
 Usage, registering before looking at the inbox so that a commit landing between the check and the wait is not
 missed:
@@ -11,9 +11,10 @@ missed:
             if not await w.wait(remaining):
                 break
 
-A parked `fetchWait` registers a `ClaimableWaiter` instead: a store whose writer can fetch for it (SQLite) claims it
-when it submits an enqueue to its inbox, fetches its messages in the enqueue's own transaction, and answers it with
-the commit, so the wake-up needs no second transaction. A waiter nobody claims is woken as above.
+In a store whose enqueues answer parked fetches (`answers_parked_fetches`: SQLite), a parked `fetchWait` registers a
+`ClaimableWaiter` instead: an enqueue to its inbox claims it when submitted, the writer fetches its messages in the
+enqueue's own transaction, and it is answered with the commit, so the wake-up needs no second transaction. A waiter
+nobody claims is woken as above.
 """
 
 from __future__ import annotations
