@@ -54,15 +54,16 @@ async def parked(store: Store, count: int) -> None:
 
 def _waiting(store: Store) -> int:
     # The node's in-process wake-ups (PostgreSQL's derive from them): a waiter has its future while it waits.
-    return sum(1 for waiter in _waiters(store) if waiter._future is not None)
+    return sum(1 for waiter in registered_waiters(store) if waiter._future is not None)
 
 
 def claimed(store: Store) -> int:
     """Parked fetchWaits that an enqueue has claimed and that wait for the writer's answer (SQLite)."""
-    return sum(1 for waiter in _waiters(store) if isinstance(waiter, ClaimableWaiter) and waiter.claimed)
+    return sum(1 for waiter in registered_waiters(store) if isinstance(waiter, ClaimableWaiter) and waiter.claimed)
 
 
-def _waiters(store: Store) -> list[_Waiter]:
+def registered_waiters(store: Store) -> list[_Waiter]:
+    """Every fetchWait/peekWait waiter registered with the store's wake-ups, parked or not."""
     wakeups = store.wakeups
     assert isinstance(wakeups, InProcessWakeups)
     return [waiter for waiters in wakeups._waiters.values() for waiter in waiters]

@@ -6,8 +6,9 @@ import time
 import pytest
 
 from quicnprotochat.server.store import InProcessWakeups, LimitExceeded, Store, StoreLimits, fetch_wait
+from quicnprotochat.server.store.wakeups import ClaimableWaiter
 
-from .store_testlib import Backend, key
+from .store_testlib import Backend, key, parked, registered_waiters
 
 pytestmark = pytest.mark.asyncio
 
@@ -175,3 +176,19 @@ async def test_two_fetch_waiters_share_nothing(store: Store) -> None:
     await store.enqueue(R1, b"", b"only one", None)
     results = await asyncio.gather(first, second)
     assert sorted(len(r) for r in results) == [0, 1]
+
+
+async def test_a_parked_fetch_wait_is_claimable_only_in_a_store_whose_enqueues_answer_it(
+    backend: Backend, store: Store
+) -> None:
+    """SQLite's enqueues answer a parked fetchWait from their own commit, so it parks as a claimable waiter; on
+    PostgreSQL nothing claims one (its wake-ups derive from the in-process ones), so it parks as a plain waiter,
+    without the claim's state or a hold on its connection's answer slot."""
+    answered_by_enqueues = backend.name == "sqlite"
+    assert store.answers_parked_fetches is answered_by_enqueues
+    waiting = asyncio.ensure_future(fetch_wait(store, R1, b"", 0, 5))
+    await parked(store, 1)
+    [waiter] = registered_waiters(store)
+    assert isinstance(waiter, ClaimableWaiter) is answered_by_enqueues
+    await store.enqueue(R1, b"", b"m", None)
+    assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"m"]
