@@ -56,6 +56,10 @@ _UNIQUE_FIELDS = {
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
+# What the database rolls back whole, to be tried again: two transactions locking in a cycle, or (not expected
+# under the READ COMMITTED the sessions pin) a snapshot that cannot be serialized.
+_CONTENDED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
 
 @dataclass(frozen=True, slots=True)
 class PostgresOptions:
@@ -271,28 +275,21 @@ class PostgresEngine(StoreEngine):
         `sync=False`: only for a transaction that removes messages a crash may bring back (an expiry sweep); see
         `transaction`.
         """
-        self._enter()
-        try:
-            attempt = 0
-            while True:
-                committing = False
-                try:
-                    async with pooled(self._pool) as conn, transaction(conn, sync=sync):
-                        result = await fn(conn)
-                        committing = True
-                except Again:
-                    continue
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
-                    attempt += 1
-                    if attempt >= attempts:
-                        raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
-                    continue
-                except Exception as exc:  # every failure becomes a StoreError that says what happened
-                    raise store_error(exc, committing=committing, what="write") from exc
-                self._writer.count_commit(1)
-                return result
-        finally:
-            self._leave()
+
+        async def once() -> T:
+            committing = False
+            try:
+                async with pooled(self._pool) as conn, transaction(conn, sync=sync):
+                    result = await fn(conn)
+                    committing = True
+            except (Again, *_CONTENDED):
+                raise
+            except Exception as exc:  # every failure becomes a StoreError that says what happened
+                raise store_error(exc, committing=committing, what="write") from exc
+            self._writer.count_commit(1)
+            return result
+
+        return await self._retried(once, attempts)
 
     async def _remove(self, query: str, *args: object) -> list[Any]:
         """One statement calling a removal function of the database's (qpc_fetch, qpc_ack): the function locks the
@@ -303,21 +300,34 @@ class PostgresEngine(StoreEngine):
         been lost after the commit: the outcome is unknown. Counted as a write by the caller, if it removed
         anything.
         """
+
+        async def once() -> list[Any]:
+            try:
+                async with pooled(self._pool) as conn:
+                    rows: list[Any] = await conn.fetch(query, *args)
+            except _CONTENDED:
+                raise
+            except Exception as exc:  # every failure becomes a StoreError that says what happened
+                raise store_error(exc, committing=True, what="write") from exc
+            return rows
+
+        return await self._retried(once, _RETRIES)
+
+    async def _retried(self, once: Callable[[], Awaitable[T]], attempts: int) -> T:
+        """`once()`, called again after `Again` and, up to `attempts` calls in all, after a deadlock or a
+        serialization failure: the database rolled back what it did, so nothing is lost by running it again."""
         self._enter()
         try:
             attempt = 0
             while True:
                 try:
-                    async with pooled(self._pool) as conn:
-                        rows: list[Any] = await conn.fetch(query, *args)
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
-                    attempt += 1
-                    if attempt >= _RETRIES:
-                        raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
+                    return await once()
+                except Again:
                     continue
-                except Exception as exc:  # every failure becomes a StoreError that says what happened
-                    raise store_error(exc, committing=True, what="write") from exc
-                return rows
+                except _CONTENDED as exc:
+                    attempt += 1
+                    if attempt >= attempts:
+                        raise StoreUnavailable("storage write failed (lock contention); not stored, retry") from exc
         finally:
             self._leave()
 
