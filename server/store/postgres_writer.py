@@ -47,7 +47,7 @@ MAX_DEADLOCK_RETRIES = 5
 
 TRANSACTION_TIMEOUT_S = 10.0
 """A batch's transaction that takes longer (a hung server, a silent network) is cut off: its connection is
-terminated and its callers are told (not stored, or outcome unknown once the COMMIT was sent)."""
+terminated and its callers are told (not stored, or outcome unknown once its commit was on the way)."""
 
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 0.5
@@ -105,7 +105,8 @@ class _Counters:
 
 @dataclass(slots=True)
 class _InHand:
-    """The batch the writer is working on, and whether its COMMIT has been sent."""
+    """The batch the writer is working on, and whether its commit is on the way: the COMMIT sent, or the batch's
+    one statement, which commits by itself, sent."""
 
     batch: list[WriteOp[Any]] = field(default_factory=list)
     committing: bool = False
