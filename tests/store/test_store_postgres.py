@@ -531,6 +531,28 @@ async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_un
     assert [m.seq for m in await hasty.fetch(R1, b"", 0)] == [1]  # the store serves on
 
 
+async def test_a_write_the_database_aborts_to_break_a_deadlock_is_run_again(nodes: Nodes) -> None:
+    """A transaction PostgreSQL aborts as a deadlock's victim did nothing, so the store runs it again (here an
+    expiry sweep, which locks its inboxes in order, against a session locking the same two the other way round)."""
+    store = await nodes.open()
+    for r in (R1, R2):
+        await store.enqueue(r, b"", b"expired", nodes.clock.now - 1)
+    holder = await asyncpg.connect(nodes.url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM inboxes WHERE recipient = $1 FOR UPDATE", R2)
+            sweeping = asyncio.ensure_future(store.sweep_expired())
+            await _waiting_for_a_lock(holder)  # the sweep holds R1's row and waits for R2's
+            # Closing the cycle well after the sweep began to wait: its session's deadlock_timeout ends first, so
+            # it is the one that finds the cycle and is aborted; then this lock is granted and the holder commits.
+            await asyncio.sleep(0.3)
+            await holder.execute("SELECT FROM inboxes WHERE recipient = $1 FOR UPDATE", R1)
+        assert await asyncio.wait_for(sweeping, 10) == 2
+    finally:
+        await holder.close()
+    assert [(await store.inbox_stats(r, b"")).depth for r in (R1, R2)] == [0, 0]
+
+
 async def test_a_senders_share_holds_against_batches_racing_on_two_nodes(nodes: Nodes) -> None:
     """Enqueues from one sender to one default inbox through two nodes at once: exactly the share gets in (each
     batch counts the sender's messages after its lock is granted, other nodes' commits included), the rest is
