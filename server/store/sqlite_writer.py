@@ -284,8 +284,8 @@ class GroupCommitWriter(StoreThread):
         them if it is still held; everything else in the batch is refused (it would only take that space)."""
         self._rollback_quietly()
         deletions = [op for op in batch if op.frees_space]
-        # Still to be answered, whatever happens before they run again.
-        self._in_hand = deletions
+        # Still to be answered, whatever happens before they run again (and not yet committing: they have not run).
+        self._in_hand, self._committing = deletions, False
         refused = [op for op in batch if not op.frees_space]
         if refused:
             self._failed_batches += 1
