@@ -33,8 +33,9 @@ _CONNECTION_FAULTS: tuple[type[BaseException], ...] = (
 
 
 def is_connection_fault(exc: BaseException) -> bool:
-    """True when the session (not the statement) failed: the connection must be terminated, and the operation may
-    be retried once the database answers again."""
+    """True when the database, not the statement, failed (the session, or the server's resources or patience): the
+    operation may be retried once the database answers again (`unavailable`). Whether the session survived is
+    `session_lost`'s question."""
     return isinstance(exc, _CONNECTION_FAULTS)
 
 
@@ -57,6 +58,19 @@ def answered(exc: BaseException) -> bool:
         return False
     severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
     return severity not in ("FATAL", "PANIC")
+
+
+def session_lost(exc: BaseException) -> bool:
+    """True when the connection `exc` came from may be dead or stuck mid-operation: it must be terminated, the
+    pool's other connections may be as dead (the server restarted), and the database deserves a rest before the
+    next try. That is a connection fault no answer came with, or a cancellation of our own mid-operation.
+
+    An error the server answered with, even 57014 (statement_timeout, a cancel) or class 53 (disk full), left the
+    session usable: the statement was rolled back, and asyncpg rolls back an open transaction on release. So does
+    our own exception raised between statements."""
+    if not isinstance(exc, Exception):
+        return True
+    return is_connection_fault(exc) and not answered(exc)
 
 
 def store_error(exc: BaseException, *, committing: bool, what: str = "operation") -> StoreError:
@@ -97,12 +111,11 @@ async def pooled(pool: Any) -> AsyncIterator[Any]:
     try:
         yield conn
     except BaseException as exc:
-        # A refused statement, or our own exception between statements, leaves the session usable (the
-        # transaction was rolled back); a fault in the session or a cancellation mid-operation does not.
-        if not isinstance(exc, Exception) or is_connection_fault(exc):
+        lost = session_lost(exc)
+        if lost:
             terminate(conn)
         await release(pool, conn)
-        if isinstance(exc, Exception) and is_connection_fault(exc):
+        if lost and isinstance(exc, Exception):
             # The server may have restarted: its other pooled connections are as dead as this one.
             await pool.expire_connections()
         raise

@@ -31,7 +31,15 @@ import asyncpg  # type: ignore[import-untyped]
 from quicnprotochat.server.log_throttle import LogThrottle
 
 from .base import BatchSizes, Inbox, OutcomeUnknown, StoreClosed, StoreError, StoreMetrics, StoreUnavailable
-from .postgres_faults import CONNECT_TIMEOUT_S, answered, describe, is_connection_fault, release, terminate
+from .postgres_faults import (
+    CONNECT_TIMEOUT_S,
+    answered,
+    describe,
+    is_connection_fault,
+    release,
+    session_lost,
+    terminate,
+)
 from .store_thread import settle
 
 T = TypeVar("T")
@@ -51,19 +59,33 @@ terminated and its callers are told (not stored, or outcome unknown once its com
 
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 0.5
-"""After a batch fails on the connection, the next waits this long (doubling from the minimum): the database is
-not hammered while down, and is used again within half a second of coming back."""
+"""After a batch fails on a lost session (not on an error the server answered), the next waits this long
+(doubling from the minimum): the database is not hammered while down, and is used again within half a second of
+coming back."""
 
 LOG_PERIOD_S = 30.0
 
 
 def _batch_error(exc: BaseException, *, committing: bool) -> StoreError:
-    """A failed batch's connection is terminated, so PostgreSQL rolls back whatever it did: not stored, unless
-    its commit was on the way and no answer came back (see `answered`)."""
+    """A failed batch's transaction is rolled back (its connection terminated if the session was lost, so
+    PostgreSQL rolls back whatever it did): not stored, unless its commit was on the way and no answer came back
+    (see `answered`)."""
     unknown = committing and not answered(exc)
     error = OutcomeUnknown() if unknown else StoreUnavailable("storage write failed; not stored, retry")
     error.__cause__ = exc
     return error
+
+
+async def _rolled_back(conn: Any) -> bool:
+    """Roll back the transaction a failed batch left open, if any; False if that failed too."""
+    if not conn.is_in_transaction():
+        return True
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await conn.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - the connection is terminated instead
+        return False
+    return True
 
 
 class Again(Exception):
@@ -239,7 +261,7 @@ class GroupCommitWriter:
                     await self._run_batch(batch)
                 except Exception as exc:  # noqa: BLE001 - whatever happens, every caller of the batch hears of it
                     self._batch_failed(batch, exc)
-                    if is_connection_fault(exc):
+                    if session_lost(exc):
                         # Every pooled connection may be as dead as this one (the server restarted): replace them.
                         await self._pool.expire_connections()
                 self._in_hand = _InHand()
@@ -252,9 +274,11 @@ class GroupCommitWriter:
         committing = self._in_hand.committing
         self._counters.failed_batches += 1
         self._counters.deferred = []
-        if is_connection_fault(exc):
+        if session_lost(exc):
             self._backoff = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self._backoff * 2))
             self._faults.warning("connection", "store write failed: %s; retrying with backoff", describe(exc))
+        elif is_connection_fault(exc):  # answered (a statement_timeout, a full disk): the session serves on
+            self._faults.warning("answered", "store write failed: %s", describe(exc))
         else:
             self._faults.log(logging.ERROR, ("unexpected", type(exc)), "store write failed unexpectedly: %r", exc)
         self._fail(batch, _batch_error(exc, committing=committing))
@@ -274,10 +298,16 @@ class GroupCommitWriter:
         try:
             async with asyncio.timeout(self._transaction_timeout):
                 await self._run_transaction(conn, batch, outcomes, touched, deferred)
-        except BaseException:
-            # Whatever the operation in progress was, it is cut off: this connection must never serve again.
-            terminate(conn)
-            await release(self._pool, conn)
+        except BaseException as exc:
+            # An operation cut off mid-way leaves the connection unfit to serve again; an answered error does not,
+            # once the transaction it aborted is rolled back.
+            kept = False
+            try:
+                kept = not session_lost(exc) and await _rolled_back(conn)
+            finally:
+                if not kept:
+                    terminate(conn)
+                await release(self._pool, conn)
             raise
         # Committed: the callers hear it now, whatever happens to the connection afterwards.
         self._backoff = 0.0
@@ -336,7 +366,8 @@ class GroupCommitWriter:
             return
         # Savepoint commands go as one simple-protocol message with whatever came before: one round trip each.
         await conn.execute("BEGIN; SAVEPOINT op")
-        # No ROLLBACK on failure: the caller terminates the connection, and PostgreSQL rolls back what it held.
+        # No ROLLBACK on failure here: the caller rolls back, or terminates the connection and PostgreSQL rolls
+        # back what it held.
         for op in batch:
             attempt = 0
             while True:

@@ -25,6 +25,7 @@ from quicnprotochat.server.store import (
     StoreUnavailable,
     fetch_wait,
     open_store,
+    postgres_writer,
 )
 from quicnprotochat.server.store.postgres import PostgresStore, parse_url, redacted
 from quicnprotochat.server.store.postgres.engine import transaction
@@ -494,18 +495,38 @@ async def _waiting_for_a_lock(conn: asyncpg.Connection) -> int:
     raise AssertionError("no session waits for a lock")
 
 
-async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_unavailable(nodes: Nodes) -> None:
+async def _store_sessions(conn: asyncpg.Connection) -> set[int]:
+    """The process ids of the stores' pooled sessions on this database (their LISTEN sessions are named apart)."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'quicnprotochat'"
+    )
+    return {row["pid"] for row in rows}
+
+
+async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_unavailable(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An enqueue batch, a fetch and an ack are each one statement outside a transaction. One the server answers
     with an error (here 57014, its statement_timeout while another session holds the inbox's lock; class 53, a
     full disk, is answered the same way) was rolled back whole: the caller hears "not stored, retry", not "outcome
-    unknown", and nothing was stored or removed. Only one cut off with no answer leaves the outcome unknown."""
+    unknown", and nothing was stored or removed. Only one cut off with no answer leaves the outcome unknown.
+
+    An answered error also leaves the session usable: the pool keeps every connection and the writer does not back
+    off. A session killed under a statement still costs the pool all its connections (the server may have
+    restarted)."""
+    # A backoff long enough that a write after one cannot finish within the test's wait.
+    for bound in ("MIN_BACKOFF_S", "MAX_BACKOFF_S"):
+        monkeypatch.setattr(postgres_writer, bound, 60.0)
     plain = await nodes.open()  # migrates the database without the timeout
     await plain.enqueue(R1, b"", b"first", None)
-    hasty = await nodes.open(options="?statement_timeout=300")
     holder = await asyncpg.connect(nodes.url)
+    plains = await _store_sessions(holder)
+    hasty = await nodes.open(options="?statement_timeout=300")
     try:
         async with holder.transaction():
             await holder.execute("SELECT FROM inboxes WHERE recipient = $1 FOR UPDATE", R1)
+            sessions = await _store_sessions(holder)
             calls: list[Callable[[], Awaitable[object]]] = [
                 lambda: hasty.enqueue(R1, b"", b"second", None),
                 lambda: hasty.fetch(R1, b"", 0),
@@ -515,6 +536,11 @@ async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_un
                 with pytest.raises(StoreUnavailable) as refused:
                     await asyncio.wait_for(call(), 10)
                 assert isinstance(refused.value.__cause__, asyncpg.QueryCanceledError)
+            # The next calls go at once, on the same sessions (one at a time: the pool need not grow).
+            for _ in range(2):
+                await asyncio.wait_for(hasty.enqueue(R2, b"", b"at once", None), 5)
+                await asyncio.wait_for(hasty.fetch(R2, b"", 0), 5)
+            assert await _store_sessions(holder) == sessions
             # The same statements cut off with no answer (their session killed while they wait) stay unknown.
             cut_offs: list[Callable[[], Awaitable[object]]] = [
                 lambda: plain.enqueue(R1, b"", b"second", None),
@@ -529,6 +555,19 @@ async def test_a_lone_statement_the_server_cancels_stored_nothing_and_answers_un
         await holder.close()
     assert [(m.seq, m.payload) for m in await plain.peek(R1, b"", 0)] == [(1, b"first")]
     assert [m.seq for m in await hasty.fetch(R1, b"", 0)] == [1]  # the store serves on
+    # The killed sessions cost the plain store its other pooled connections too: each is replaced when next used
+    # (and the one replaced is closed in the background, so its session may linger a moment).
+    assert plains
+    watcher = await asyncpg.connect(nodes.url)
+    try:
+        for _ in range(100):
+            await plain.peek(R1, b"", 0)
+            if not plains & await _store_sessions(watcher):
+                break
+            await asyncio.sleep(0.02)
+        assert not plains & await _store_sessions(watcher)
+    finally:
+        await watcher.close()
 
 
 async def test_a_write_the_database_aborts_to_break_a_deadlock_is_run_again(nodes: Nodes) -> None:
