@@ -93,7 +93,8 @@ class Again(Exception):
 
 
 OpFn = Callable[[Any, int], Awaitable[T]]
-"""(connection, attempt) -> result; attempt starts at 0 and grows with each `Again`."""
+"""(connection, attempt) -> result; attempt starts at 0 (at 1 after its merge alone failed: see `WriteOp.data`)
+and grows with each `Again`."""
 
 
 @dataclass(slots=True)
@@ -104,7 +105,8 @@ class WriteOp(Generic[T]):
     future: asyncio.Future[T]
     sort_key: Inbox = (b"", b"")
     data: Any = None
-    """What `merge` needs to run this operation together with others; None: run it alone."""
+    """What `merge` needs to run this operation together with others; None: run it alone. `merge` of this
+    operation alone is its `fn`'s attempt 0, so an operation alone in a batch whose merge failed goes on at 1."""
     deadlocks: int = 0
 
 
@@ -332,14 +334,15 @@ class GroupCommitWriter:
         """The whole batch, with its notifications, as one statement outside a transaction: one round trip, its
         commit the statement's own. False if it cannot go that way (an operation that is not a merge's) or did not
         (refused or failed as a whole, so nothing was applied): the caller then runs it operation by operation."""
-        if self._merge is None or any(op.data is None for op in batch):
+        merge = self._merge_for(batch)
+        if merge is None:
             return False
         inboxes = {inbox for op in batch for inbox in op.inboxes}
         # The statement commits by itself: a connection lost meanwhile leaves its outcome unknown (an error the
         # server answered with does not: the statement was rolled back).
         self._in_hand.committing = True
         try:
-            results = await self._merge(conn, [op.data for op in batch], (self._channel, self._publish(inboxes)))
+            results = await merge(conn, [op.data for op in batch], (self._channel, self._publish(inboxes)))
         except asyncpg.PostgresError as exc:  # deadlock or anything else: the per-operation path sorts it out
             if is_connection_fault(exc):
                 raise
@@ -353,6 +356,10 @@ class GroupCommitWriter:
         touched.update(inboxes)
         return True
 
+    def _merge_for(self, batch: list[WriteOp[Any]]) -> Merge | None:
+        """`merge`, if every operation of the batch is one of its."""
+        return self._merge if all(op.data is not None for op in batch) else None
+
     async def _run_transaction(
         self,
         conn: Any,
@@ -364,12 +371,14 @@ class GroupCommitWriter:
         """The batch's transaction: one statement if it goes at once, else one savepoint per operation."""
         if await self._run_at_once(conn, batch, outcomes, touched):
             return
+        # An operation alone in its batch had its attempt 0 as the merged statement that just failed.
+        first_attempt = 1 if len(batch) == 1 and self._merge_for(batch) is not None else 0
         # Savepoint commands go as one simple-protocol message with whatever came before: one round trip each.
         await conn.execute("BEGIN; SAVEPOINT op")
         # No ROLLBACK on failure here: the caller rolls back, or terminates the connection and PostgreSQL rolls
         # back what it held.
         for op in batch:
-            attempt = 0
+            attempt = first_attempt
             while True:
                 try:
                     result = await op.fn(conn, attempt)

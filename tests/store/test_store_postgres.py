@@ -382,13 +382,14 @@ class CountingProxy:
 async def test_fetch_ack_peek_depth_read_enqueue_and_fetch_wait_are_one_round_trip_each(pg_url: str) -> None:
     """The hot path's calls cost one round trip each: a fetch, an ack or a group-commit batch of enqueues is one
     statement (locks, limits, removal or insertion, notifications and commit mode inside the database's
-    functions), and a connection handed back to the pool is not reset."""
+    functions), and a connection handed back to the pool is not reset. An enqueue refused as a whole goes on from
+    its failed statement to the exact check, without running that statement again."""
     parts = urlsplit(pg_url)
     proxy = CountingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
     port = await proxy.start()
     user = parts.netloc.rpartition("@")[0]
     url = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}")) + "?pool_min_size=1&pool_max_size=1"
-    store = await open_store(url, clock=FakeClock())
+    store = await open_store(url, StoreLimits(max_inbox_depth=10), clock=FakeClock())
     try:
         for n in range(8):
             await store.enqueue(R1, b"", b"m%d" % n, None)
@@ -411,6 +412,19 @@ async def test_fetch_ack_peek_depth_read_enqueue_and_fetch_wait_are_one_round_tr
         assert await round_trips(lambda: fetch_wait(store, R1, b"", 1, 0)) == 1
         assert await round_trips(lambda: fetch_wait(store, key(3), b"", 1, 0)) == 1
         assert [m.seq for m in await store.peek(R1, b"", 0)] == [7, 8, 9, 10]
+        # A refused enqueue, alone in its batch: the merged statement, then the transaction's BEGIN and savepoint,
+        # the locked depth read, the clean-up of expired messages (none here), the rollback to the savepoint and the
+        # commit; not the merged statement again as the savepoint's first try (8 round trips then).
+        full = key(4)
+        for n in range(10):
+            await store.enqueue(full, b"", b"f%d" % n, None)
+
+        async def refused() -> None:
+            with pytest.raises(LimitExceeded):
+                await store.enqueue(full, b"", b"one too many", None)
+
+        assert await round_trips(refused) == 6
+        assert (await store.inbox_stats(full, b"")).depth == 10
     finally:
         await store.close()
         await proxy.close()
