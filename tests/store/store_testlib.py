@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 
 from quicnprotochat.server.store import Store, StoreLimits, open_store
+from quicnprotochat.server.store.groups import GroupDelivery, GroupWrite
 from quicnprotochat.server.store.sqlite_writer import OpContext
 from quicnprotochat.server.store.wakeups import ClaimableWaiter, InProcessWakeups, _Waiter
 
 T0 = 1_700_000_000.0
+
+
+def new_group_message(sender: bytes, recipient: bytes, payload: bytes) -> GroupWrite:
+    """A proposal creating a group of the two (epoch 0) and delivering `payload` to `recipient`."""
+    return GroupWrite(
+        group_id=b"g" * 16,
+        expected_epoch=None,
+        epoch_after=0,
+        members_after=frozenset({sender, recipient}),
+        sender=sender,
+        digest=hashlib.sha256(payload).digest(),
+        is_commit=False,
+        message_epoch=0,
+        deliveries=(GroupDelivery(recipient, b"", payload),),
+        expires_at=None,
+    )
 
 
 class FakeClock:

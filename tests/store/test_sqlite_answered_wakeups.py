@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -28,10 +27,10 @@ from quicnprotochat.server.store import (
     fetch_wait,
     open_store,
 )
-from quicnprotochat.server.store.groups import GroupDelivery, GroupLimits, GroupWrite
+from quicnprotochat.server.store.groups import GroupLimits
 from tests.test_disk_full import fill, mounted_tmpfs
 
-from .store_testlib import FakeClock, claimed, hold_writer, key, parked
+from .store_testlib import FakeClock, claimed, hold_writer, key, new_group_message, parked
 
 BOB, ALICE = key(1), key(2)
 
@@ -86,18 +85,7 @@ async def test_a_group_message_answers_a_parked_members_fetch(store: Store) -> N
     waiting = asyncio.ensure_future(fetch_wait(store, BOB, b"", 0, 5))
     await parked(store, 1)
     before = store.metrics().commits
-    write = GroupWrite(
-        group_id=b"g" * 16,
-        expected_epoch=None,
-        epoch_after=0,
-        members_after=frozenset({ALICE, BOB}),
-        sender=ALICE,
-        digest=hashlib.sha256(b"to the group").digest(),
-        is_commit=False,
-        message_epoch=0,
-        deliveries=(GroupDelivery(BOB, b"", b"to the group"),),
-        expires_at=None,
-    )
+    write = new_group_message(ALICE, BOB, b"to the group")
     assert await store.write_group_submission(write, GroupLimits()) == [1]
     assert [m.payload for m in await asyncio.wait_for(waiting, 5)] == [b"to the group"]
     assert store.metrics().commits - before == 1
