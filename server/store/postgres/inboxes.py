@@ -7,7 +7,6 @@ from typing import Any
 
 from ..base import Inbox, StoreError
 from ..inboxes import InboxesBase, InboxMessage, InboxStats
-from ..postgres_wakeups import CHANNEL
 from ..postgres_writer import Again
 from .engine import PostgresEngine
 from .enqueue import EnqueueOp
@@ -78,11 +77,7 @@ class PostgresInboxes(InboxesBase, PostgresEngine):
             except Again:
                 attempt += 1
                 raise
-            await conn.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                CHANNEL,
-                self._pg_wakeups.payloads(inboxes),
-            )
+            await self._notify_in(conn, inboxes)
             return seqs
 
         seqs = await self._transact(run)
