@@ -65,6 +65,10 @@ from .framing import FileContent, FrameError, MlsFrame, TextContent, WelcomeFram
 from .key_packages import KeyPackageStock
 from .receipts import message_ref
 
+# Failures of reaching the node or of the client's own I/O: the envelope is fetched and tried again later, and
+# counts against none of its inbox's retry or give-up rules.
+_TRANSIENT = (NodeUnavailable, Disconnected, OSError, TimeoutError)
+
 
 @dataclass
 class _InboxState:
@@ -256,7 +260,7 @@ class Receiver:
                     try:
                         async with context.mls:
                             await self._handle(inbox.channel, envelope, digests, ahead=ahead)
-                    except (NodeUnavailable, Disconnected, OSError, TimeoutError):
+                    except _TRANSIENT:
                         raise  # transient: the envelope is tried again later
                     except _Deferred as held:
                         if inbox.rules.hold(envelope.seq, time.monotonic(), final=final, defer=held.defer):
@@ -310,7 +314,7 @@ class Receiver:
                 if len(batch) > 1:
                     results = await asyncio.to_thread(context.vault.process_batch, batch)
                     ahead.results = dict(zip(batch, results, strict=True))
-        except (NodeUnavailable, Disconnected, OSError, TimeoutError):
+        except _TRANSIENT:
             raise  # transient, as in `_process`: the batch is fetched again
         except Exception:  # noqa: BLE001 - not ours to judge here: see below
             # Batching is only a shortcut. Whatever failed here (a group's state that does not load, a storage
