@@ -99,6 +99,10 @@ class _Waiter:
                 await future
             finally:
                 self._disarm(timer)
+        return self._take_fired()
+
+    def _take_fired(self) -> bool:
+        """Whether a wake-up came since the last look; forgotten once looked at."""
         fired = self._fired
         self._fired = False
         return fired
@@ -161,9 +165,7 @@ class ClaimableWaiter(_Waiter):
         counted against the answer budget; [] when a claim brought nothing (wait on). Whatever way it ends, the
         answer slot a claim took is given back."""
         if self._fired or timeout <= 0:
-            fired = self._fired
-            self._fired = False
-            return fired
+            return self._take_fired()
         future, timer = self._arm(timeout)
         answer: list[InboxMessage] = []
         claimed = False
@@ -189,9 +191,7 @@ class ClaimableWaiter(_Waiter):
                 self._slots.release_answer_slot()
         if claimed:
             return answer
-        fired = self._fired
-        self._fired = False
-        return fired
+        return self._take_fired()
 
 
 def _time_up(waiter: _Waiter, future: asyncio.Future[Any]) -> None:
