@@ -76,6 +76,7 @@ class InboxWakeups(Protocol):
 class _Waiter:
     # Thousands of these can be parked at once: keep them to two slots and create a future only while waiting.
     __slots__ = ("_fired", "_future")
+    claimed = False  # a plain waiter is never claimed; ClaimableWaiter keeps its own in a slot
 
     def __init__(self) -> None:
         self._fired = False
@@ -196,7 +197,7 @@ class ClaimableWaiter(_Waiter):
 
 def _time_up(waiter: _Waiter, future: asyncio.Future[Any]) -> None:
     # A claimed waiter waits for its answer.
-    if not future.done() and not (isinstance(waiter, ClaimableWaiter) and waiter.claimed):
+    if not future.done() and not waiter.claimed:
         future.set_result(None)
 
 
